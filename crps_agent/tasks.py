@@ -1,0 +1,125 @@
+"""Reading and validating task files before any backend or model is loaded.
+
+Formats: `jsonl` (one `{id?, prompt, reference?, domain?, namespace?, meta?}` per line) and
+the native formats registered by plugins (`--format gsm8k`, `math500`, `bbh`, ...). Every
+error names the file, the line and the field.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from crps_agent.errors import ConfigError, TaskFileError
+from crps_agent.namespaces import validate_namespace
+from crps_agent.types import Task
+
+
+class TaskRecord(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str
+    id: str | None = None
+    reference: str | None = None
+    domain: str | None = None
+    namespace: str | None = None
+    meta: dict[str, Any] = {}
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("is empty")
+        return value
+
+    @field_validator("reference", "id", mode="before")
+    @classmethod
+    def _scalar_to_str(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            return str(value)
+        if isinstance(value, int | float):
+            return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+        return value
+
+
+def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, object) for each non-blank line; bad JSON is a TaskFileError."""
+    try:
+        handle = path.open(encoding="utf-8")
+    except OSError as exc:
+        raise TaskFileError(str(path), None, None, f"cannot read: {exc.strerror}") from None
+    with handle:
+        for lineno, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise TaskFileError(str(path), lineno, None,
+                                    f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+            if not isinstance(obj, dict):
+                raise TaskFileError(str(path), lineno, None,
+                                    f"expected a JSON object, got {type(obj).__name__}")
+            yield lineno, obj
+
+
+def _to_task(path: Path, lineno: int, obj: dict[str, Any], domain: str | None,
+             namespace: str | None) -> Task:
+    try:
+        rec = TaskRecord.model_validate(obj)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or None
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = ("unknown field (allowed: id, prompt, reference, domain, namespace, meta; "
+                   "use --format for native dataset files)")
+        elif err["type"] == "missing":
+            msg = "is required"
+        raise TaskFileError(str(path), lineno, field, msg) from None
+    ns = rec.namespace or namespace or "default"
+    try:
+        validate_namespace(ns)
+    except ConfigError as exc:
+        raise TaskFileError(str(path), lineno, "namespace", str(exc)) from None
+    return Task(prompt=rec.prompt, domain=rec.domain or domain or "math", reference=rec.reference,
+                namespace=ns, meta=rec.meta, id=rec.id or "")
+
+
+def load_tasks(path: str | Path, *, format: str = "jsonl", domain: str | None = None,
+               namespace: str | None = None, limit: int | None = None,
+               offset: int = 0) -> list[Task]:
+    """Read and validate a whole task file. Task domains fall back to the format's, then
+    to `domain`. Duplicate ids are an error (they would merge two tasks' evidence)."""
+    p = Path(path)
+    if not p.exists():
+        raise TaskFileError(str(p), None, None, "no such file")
+    if format == "jsonl":
+        records: Iterator[tuple[int, dict[str, Any]]] = read_jsonl(p)
+        default_domain = domain
+    else:
+        from crps_agent.plugins import get_registry
+
+        fmt = get_registry().task_format(format)
+        records = fmt.read(p)
+        default_domain = domain or fmt.domain
+    tasks: list[Task] = []
+    seen: dict[str, int] = {}
+    for index, (lineno, obj) in enumerate(records):
+        if index < offset:
+            continue
+        if limit is not None and len(tasks) >= limit:
+            break
+        task = _to_task(p, lineno, obj, default_domain, namespace)
+        if task.id in seen:
+            raise TaskFileError(str(p), lineno, "id",
+                                f"duplicate task id '{task.id}' (first on line {seen[task.id]})")
+        seen[task.id] = lineno
+        tasks.append(task)
+    if not tasks:
+        raise TaskFileError(str(p), None, None, "contains no tasks")
+    return tasks
