@@ -1,0 +1,40 @@
+# make demo : set up .venv and run the main job (learn on a GSM8K slice with a HF model)
+# make test : set up .venv and run the tests (what CI runs)
+# Both are idempotent: the venv is reused while pyproject files are unchanged.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PLUGINS := plugins/crps-math plugins/crps-exact
+DEMO_MODEL ?= Qwen/Qwen2.5-0.5B-Instruct
+DEMO_STORE ?= demo-store
+DEMO_TASKS ?= examples/gsm8k/test-first20.jsonl
+DEMO_LIMIT ?= 8
+
+.PHONY: install test demo lint offline clean
+
+$(STAMP): pyproject.toml $(addsuffix /pyproject.toml,$(PLUGINS))
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]' $(addprefix -e ,$(PLUGINS))
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: install
+	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(BIN)/python -m pytest -q
+
+demo: install
+	$(BIN)/crps-agent learn $(DEMO_TASKS) --format gsm8k --limit $(DEMO_LIMIT) \
+		--backend hf --model $(DEMO_MODEL) --budget 4 --store $(DEMO_STORE)
+	$(BIN)/crps-agent insights list --store $(DEMO_STORE)
+
+offline: install
+	examples/offline/run.sh $(DEMO_STORE)-offline
+
+lint: install
+	$(BIN)/ruff check crps_agent plugins tests
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

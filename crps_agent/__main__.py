@@ -1,0 +1,3 @@
+from crps_agent.cli import main
+
+main()

@@ -1,0 +1,68 @@
+"""Options and output helpers shared by the command groups."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+if TYPE_CHECKING:
+    from crps_agent.config import Settings
+    from crps_agent.memory.facade import Memory
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def store_options(fn: F) -> F:
+    """--store, --namespace, --embedder, --json: every command that opens a store."""
+    fn = click.option("--json", "as_json", is_flag=True, help="Print JSON Lines.")(fn)
+    fn = click.option("--embedder", default=None,
+                      help="Embedder of the store: minilm (default) or hash.")(fn)
+    fn = click.option("--namespace", default=None, help="Namespace (default: 'default').")(fn)
+    fn = click.option("--store", default=None,
+                      help="Store directory or http://HOST:PORT (default ./store).")(fn)
+    return fn
+
+
+def backend_options(fn: F) -> F:
+    """The options that choose and configure the LLM backend."""
+    for opt in reversed([
+        click.option("--domain", default=None, help="Task domain (see `crps-agent plugins`)."),
+        click.option("--backend", default=None, help="hf | openai | scripted | ... "),
+        click.option("--model", default=None, help="Hugging Face model id or local directory."),
+        click.option("--base-url", default=None, help="OpenAI-compatible server URL."),
+        click.option("--script", default=None, type=click.Path(dir_okay=False),
+                     help="Script file of the scripted backend (YAML or JSONL)."),
+        click.option("--budget", default=None, type=int, help="Attempts per task (n)."),
+        click.option("--seed", default=None, type=int, help="Sampling seed."),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+def make_settings(**flags: Any) -> Settings:
+    """Settings from file/env with the given CLI flags (None = not given) on top."""
+    from crps_agent.config import load_settings
+
+    search = {"n": flags.pop("budget", None)}
+    memory = {"embedder": flags.pop("embedder", None)}
+    return load_settings(search=search, memory=memory, **flags)
+
+
+def open_memory(settings: Settings) -> Memory:
+    from crps_agent.memory.facade import Memory
+
+    return Memory.from_settings(settings)
+
+
+def emit_jsonl(objects: Iterable[dict[str, Any]]) -> None:
+    for obj in objects:
+        click.echo(json.dumps(obj, ensure_ascii=False, default=str))
+
+
+def console() -> Any:
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=False)

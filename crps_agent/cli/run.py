@@ -1,0 +1,106 @@
+"""`crps-agent learn` and `crps-agent solve`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from crps_agent.cli.common import (
+    backend_options,
+    console,
+    emit_jsonl,
+    make_settings,
+    store_options,
+)
+
+
+@click.command()
+@click.argument("tasks", type=click.Path(dir_okay=False))
+@click.option("--format", "fmt", default="jsonl", show_default=True,
+              help="Task file format: jsonl, or a native one (gsm8k, math500, bbh, ...).")
+@click.option("--limit", type=int, default=None, help="Use at most this many tasks.")
+@click.option("--offset", type=int, default=0, help="Skip this many tasks first.")
+@click.option("--run-id", default=None, help="Resume the run with this id (tasks it finished "
+              "are not attempted again).")
+@backend_options
+@store_options
+def learn(tasks: str, fmt: str, limit: int | None, offset: int, run_id: str | None,
+          as_json: bool, **flags: Any) -> None:
+    """Attempt TASKS, contrast successes with failures, and remember the insights."""
+    from crps_agent.graph.agent import Agent, TaskReport
+    from crps_agent.tasks import load_tasks
+
+    settings = make_settings(**flags)
+    # The task file is read and validated before any backend or model is loaded.
+    task_list = load_tasks(tasks, format=fmt, domain=flags.get("domain") or None,
+                           namespace=settings.namespace, limit=limit, offset=offset)
+    agent = Agent(settings)
+    agent.validate(task_list)
+    _ = agent.backend  # load the model now, so a missing model fails before any work
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.console import Console
+
+    progress = Progress(TextColumn("[bold]learn"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("solved {task.fields[solved]}"), TimeElapsedColumn(),
+                        console=Console(stderr=True), transient=as_json)
+    solved = 0
+
+    def on_task(report: TaskReport) -> None:
+        nonlocal solved
+        solved += report.solved
+        progress.update(bar, advance=1, solved=solved)
+        if as_json:
+            emit_jsonl([{"type": "task", **report.to_dict()}])
+
+    try:
+        with progress:
+            bar = progress.add_task("learn", total=len(task_list), solved=0)
+            result = agent.learn(task_list, run_id=run_id, on_task=on_task)
+    finally:
+        agent.close()
+    totals = result.totals()
+    if as_json:
+        emit_jsonl([{"type": "summary", **totals}])
+        return
+    con = console()
+    con.print(f"run {totals['run_id']}: solved {totals['solved']}/{totals['tasks']} tasks "
+              f"({totals['correct_attempts']}/{totals['attempts']} attempts correct), "
+              f"{totals['contrasts']} contrasts, {totals['insights_added']} new insights, "
+              f"{totals['insights_merged']} merged, rejected {totals['rejected'] or 'none'}, "
+              f"{totals['wall_s']} s")
+    con.print(f"resume with --run-id {totals['run_id']}; "
+              "see the insights with `crps-agent insights list`")
+
+
+@click.command()
+@click.argument("prompt")
+@click.option("--reference", default=None, help="Reference answer: verify and credit insights.")
+@click.option("--show-prompt", is_flag=True, help="Print the notes recalled into the prompt.")
+@backend_options
+@store_options
+def solve(prompt: str, reference: str | None, show_prompt: bool, as_json: bool,
+          **flags: Any) -> None:
+    """Solve PROMPT with the insights recalled from the store."""
+    from crps_agent.graph.agent import Agent
+
+    settings = make_settings(**flags)
+    agent = Agent(settings)
+    try:
+        out = agent.solve(prompt, reference=reference)
+    finally:
+        agent.close()
+    if as_json:
+        emit_jsonl([out.to_dict()])
+        return
+    con = console()
+    if show_prompt and out.notes:
+        con.print("[bold]recalled notes:[/bold]")
+        for note in out.notes:
+            con.print(f"  - {note}")
+    if out.result.best is not None:
+        con.print(out.result.best.text)
+        con.print()
+    verdict = "" if out.correct is None else (" (correct)" if out.correct else " (incorrect)")
+    con.print(f"[bold]answer:[/bold] {out.answer}{verdict}")

@@ -1,0 +1,50 @@
+"""Graph state and run-time context of the agent graph.
+
+State holds plain JSON-able values only, so the SQLite checkpointer can store it; the live
+objects (backend, memory, domain) travel in the `AgentContext` given through `Runtime`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from typing_extensions import TypedDict
+
+if TYPE_CHECKING:
+    from crps_agent.backends.base import Backend
+    from crps_agent.config import Settings
+    from crps_agent.domains import Domain
+    from crps_agent.memory.facade import Memory
+
+
+class AgentState(TypedDict, total=False):
+    mode: Literal["learn", "solve"]
+    task: dict[str, Any]
+    notes: list[str]
+    recalled_ids: list[str]
+    result: dict[str, Any]
+    contrasts: list[dict[str, Any]]
+    reflections: int
+    insights: list[dict[str, Any]]
+    rejected: dict[str, int]
+    added: int
+    merged: int
+    llm_calls: int
+
+
+@dataclass
+class AgentContext:
+    settings: Settings
+    backend: Backend
+    memory: Memory
+    domains: Mapping[str, Domain]
+
+    def domain(self, name: str) -> Domain:
+        from crps_agent.errors import UnknownDomainError
+
+        try:
+            return self.domains[name]
+        except KeyError:
+            raise UnknownDomainError(f"unknown domain '{name}'") from None

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The whole loop, fully offline, with the scripted backend and the real MiniLM embedder.
+#
+#   examples/offline/run.sh STORE        # STORE: a directory (created if missing)
+#
+# Pass 1 attempts three GSM8K problems (4 attempts each), pairs successes with failures,
+# reflects on each contrast and stores the insights. Pass 2 attempts two new problems: the
+# recalled insights appear in their prompts (shown from the transcript) and their uses,
+# wins and losses are counted. Uses `crps-agent` from PATH, else the repo's .venv.
+set -euo pipefail
+STORE="${1:?usage: examples/offline/run.sh STORE}"
+HERE="$(cd "$(dirname "$0")" && pwd)"
+ROOT="$(cd "$HERE/../.." && pwd)"
+CLI="crps-agent"
+command -v crps-agent >/dev/null 2>&1 || CLI="$ROOT/.venv/bin/crps-agent"
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+COMMON=(--backend scripted --script "$HERE/script.yaml" --store "$STORE")
+TRANSCRIPT="$(mktemp)"
+trap 'rm -f "$TRANSCRIPT"' EXIT
+
+echo "== pass 1: learn from 3 problems, 4 attempts each"
+"$CLI" learn "$HERE/tasks.jsonl" "${COMMON[@]}" --budget 4 --json
+echo
+echo "== insights after pass 1"
+"$CLI" insights list --store "$STORE"
+
+echo
+echo "== pass 2: 2 new problems, with recalled insights in the prompt"
+CRPS_TRANSCRIPT="$TRANSCRIPT" "$CLI" learn "$HERE/tasks-pass2.jsonl" "${COMMON[@]}" --budget 3 --json
+echo
+echo "== notes recalled into the pass-2 solve prompts"
+python3 - "$TRANSCRIPT" <<'PY'
+import json, re, sys
+for line in open(sys.argv[1], encoding="utf-8"):
+    rec = json.loads(line)
+    if rec["purpose"] != "solve":
+        continue
+    notes = re.search(r"<notes>.*?</notes>", rec["prompt"], re.S)
+    problem = rec["prompt"].split("Problem:\n", 1)[-1].split("\n", 1)[0][:70]
+    print(f"-- {problem}...")
+    print(notes.group(0) if notes else "(no notes recalled)")
+PY
+echo
+echo "== insights after pass 2 (uses, wins and losses counted)"
+"$CLI" insights list --store "$STORE"
+"$CLI" insights stats --store "$STORE"
