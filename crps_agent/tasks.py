@@ -42,7 +42,9 @@ class TaskRecord(BaseModel):
         if isinstance(value, bool):
             return str(value)
         if isinstance(value, int | float):
-            return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+            if isinstance(value, float) and value.is_integer():
+                return str(int(value))
+            return str(value)
         return value
 
 
@@ -72,7 +74,9 @@ def _to_task(path: Path, lineno: int, obj: dict[str, Any], domain: str | None,
     try:
         rec = TaskRecord.model_validate(obj)
     except ValidationError as exc:
-        err = exc.errors()[0]
+        errors = exc.errors()
+        # An unknown field (a typo such as "promt") explains a missing one: report it first.
+        err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
         field = ".".join(str(p) for p in err["loc"]) or None
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
