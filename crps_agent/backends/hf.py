@@ -1,0 +1,342 @@
+"""The `hf` backend: transformers `generate` in this process (CPU or GPU), batched.
+
+`HFBackend(model)` takes a local model directory or a Hugging Face model id. Ids are looked up
+in the local Hugging Face cache first; only if they are not there is the hub asked (a short
+probe, so that no network fails in seconds with `ModelUnavailableError`, not after minutes).
+`HF_HUB_OFFLINE=1` fails at once for an id that is not cached.
+
+Generation: chat messages go through the tokenizer's chat template, plain prompts as they are.
+Requests with the same sampling parameters are batched together, all their samples at once
+(left padding, at most `max_batch` rows per `generate` call). Temperature 0 is greedy decoding
+(one row per request, copied n times). Sampling is plain temperature + top-p (no top-k, no
+repetition penalty, whatever the model's generation config says), seeded per call with
+`torch.manual_seed` (the request's seed, or one drawn from the backend's seeded RNG). Stop
+strings end generation (transformers' `stop_strings`) and are cut from the text. `json_schema`
+is ignored (the caller parses the text). torch and transformers are imported on first use.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from crps_agent.backends.base import Capabilities, Completion, GenerationRequest, apply_stop
+from crps_agent.errors import BackendError, ModelUnavailableError
+
+if TYPE_CHECKING:
+    from crps_agent.config import Settings
+
+ALTERNATIVES = ("pass --model PATH (a local model directory), or use an OpenAI-compatible "
+                "server with --backend openai --base-url URL")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_DTYPES = ("float32", "float16", "bfloat16")
+
+
+@dataclass
+class HFCompletion(Completion):
+    """A `Completion` with the per-token detail the hf backend knows (for the test server)."""
+
+    token_ids: list[int] | None = None  # the generated ids counted in completion_tokens
+    tokens: list[str] | None = None  # with logprobs: the text of each token
+    token_logprobs: list[float] | None = None
+
+
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def _unavailable(model: str, reason: str) -> ModelUnavailableError:
+    reason = " ".join(reason.split())
+    return ModelUnavailableError(f"cannot load model '{model}': {reason}; {ALTERNATIVES}")
+
+
+def _probe_hub(model: str, timeout: float) -> str | None:
+    """None if the hub knows `model`, else why not (one line). Bounded by `timeout` + 1 s."""
+    import httpx
+
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    headers = {}
+    token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    result: dict[str, Any] = {}
+
+    def probe() -> None:
+        try:
+            r = httpx.get(f"{endpoint}/api/models/{model}", headers=headers, timeout=timeout,
+                          follow_redirects=True)
+            result["status"] = r.status_code
+        except Exception as exc:  # connection refused, DNS, timeout, proxy, TLS ...
+            result["error"] = exc
+
+    thread = threading.Thread(target=probe, name="hf-hub-probe", daemon=True)
+    thread.start()
+    thread.join(timeout + 1.0)  # DNS lookups are not covered by httpx's timeout
+    if thread.is_alive():
+        return f"it is not in the local Hugging Face cache and {endpoint} did not answer " \
+               f"within {timeout:g} s"
+    if "error" in result:
+        exc = result["error"]
+        return f"it is not in the local Hugging Face cache and {endpoint} is unreachable " \
+               f"({type(exc).__name__}: {str(exc)[:200]})"
+    status = int(result["status"])
+    if status == 200:
+        return None
+    if status in (401, 403, 404):
+        return f"{endpoint} has no model '{model}' (HTTP {status}; private or gated models " \
+               "need HF_TOKEN)"
+    return f"it is not in the local Hugging Face cache and {endpoint} answered HTTP {status}"
+
+
+def resolve_model(model: str, *, probe_timeout: float = 3.0) -> str:
+    """A local directory for `model`, or the hub id itself if it must be downloaded.
+
+    Raises `ModelUnavailableError` (one line, naming the model and the alternatives) when it
+    is neither a local model directory, nor cached, nor reachable on the hub.
+    """
+    path = Path(model).expanduser()
+    if path.exists():
+        if not path.is_dir() or not (path / "config.json").is_file():
+            raise _unavailable(model, f"{path} is not a model directory (no config.json)")
+        return str(path.resolve())
+    if model.startswith((".", "/", "~")) or not _HUB_ID.match(model):
+        raise _unavailable(model, f"no such directory {model}")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return str(snapshot_download(model, local_files_only=True))
+    except Exception:  # not cached (LocalEntryNotFoundError) or a broken cache entry
+        pass
+    if _env_true("HF_HUB_OFFLINE") or _env_true("TRANSFORMERS_OFFLINE"):
+        raise _unavailable(model, "it is not in the local Hugging Face cache and HF_HUB_OFFLINE "
+                                  "is set")
+    reason = _probe_hub(model, probe_timeout)
+    if reason is not None:
+        raise _unavailable(model, reason)
+    return model
+
+
+class HFBackend:
+    """transformers `generate`, batched across requests and samples."""
+
+    name = "hf"
+    capabilities = Capabilities(structured_output=False, logprobs=True, prefix_caching=False,
+                                lora=True)
+
+    def __init__(self, model: str, *, device: str = "cpu", dtype: str = "auto", seed: int = 0,
+                 adapter: str | Path | None = None, max_batch: int = 32,
+                 probe_timeout: float = 3.0) -> None:
+        if dtype != "auto" and dtype not in _DTYPES:
+            raise BackendError(f"unknown dtype {dtype!r}: use auto, {', '.join(_DTYPES)}")
+        if max_batch < 1:
+            raise BackendError(f"max_batch must be >= 1, got {max_batch}")
+        self.model_name = model
+        self.source = resolve_model(model, probe_timeout=probe_timeout)
+        self.device = device
+        self.dtype = dtype
+        self.seed = seed
+        self.adapter = str(adapter) if adapter is not None else None
+        self.max_batch = max_batch
+        self._rng = random.Random(seed)
+        self._lock = threading.RLock()
+        self._model: Any = None
+        self._tok: Any = None
+        self._eos: set[int] = set()
+        self._pad = 0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> HFBackend:
+        """Settings `model` and `seed`; `device`, `dtype`, `adapter` if Settings has them."""
+        return cls(settings.model, seed=settings.seed,
+                   device=str(getattr(settings, "device", None) or "cpu"),
+                   dtype=str(getattr(settings, "dtype", None) or "auto"),
+                   adapter=getattr(settings, "adapter", None))
+
+    # -- loading -------------------------------------------------------------------------
+
+    def load(self) -> HFBackend:
+        """Load tokenizer, model (and adapter) now; `generate` calls this on first use."""
+        with self._lock:
+            if self._model is None:
+                self._load()
+        return self
+
+    def _load(self) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        device = self.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype: Any = self.dtype
+        if dtype == "auto":
+            dtype = torch.float32 if device == "cpu" else "auto"
+        else:
+            dtype = getattr(torch, dtype)
+        try:
+            tok = AutoTokenizer.from_pretrained(self.source)
+            model: Any = AutoModelForCausalLM.from_pretrained(self.source, dtype=dtype)
+        except OSError as exc:  # missing or incomplete files
+            raise _unavailable(self.model_name, f"loading failed ({exc})") from exc
+        except (ValueError, KeyError) as exc:  # e.g. an architecture transformers lacks
+            msg = " ".join(str(exc).split())[:300]
+            raise BackendError(f"cannot load model '{self.model_name}': {msg}") from exc
+        model.to(device)
+        model.eval()
+        if tok.pad_token_id is None:
+            tok.pad_token = tok.eos_token
+        tok.padding_side = "left"
+        eos = model.generation_config.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+        if tok.eos_token_id is not None:
+            eos_ids.add(tok.eos_token_id)
+        self._tok, self._model, self.device = tok, model, device
+        self._eos, self._pad = eos_ids, int(tok.pad_token_id)
+        if self.adapter is not None:
+            self._attach(self.adapter)
+
+    def _attach(self, adapter: str) -> None:
+        if not Path(adapter).is_dir():
+            raise BackendError(f"adapter {adapter} is not a directory (expected a peft adapter "
+                               "saved with save_pretrained)")
+        from peft import PeftModel
+
+        self._model = PeftModel.from_pretrained(self._model, adapter).to(self.device)
+        self._model.eval()
+
+    def set_adapter(self, adapter: str | Path | None) -> None:
+        """Swap the peft adapter (None: the base model alone)."""
+        with self._lock:
+            self.adapter = str(adapter) if adapter is not None else None
+            if self._model is None:
+                return
+            if hasattr(self._model, "peft_config"):
+                self._model = self._model.unload()
+            if self.adapter is not None:
+                self._attach(self.adapter)
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.load()._tok
+
+    @property
+    def model(self) -> Any:
+        return self.load()._model
+
+    # -- generation ----------------------------------------------------------------------
+
+    def prompt_ids(self, request: GenerationRequest) -> list[int]:
+        """The token ids the model sees for `request`."""
+        tok = self.tokenizer
+        if request.messages is not None:
+            if not getattr(tok, "chat_template", None):
+                raise BackendError(f"model {self.model_name} has no chat template: send a plain "
+                                   "prompt, or use an instruction-tuned model")
+            text = tok.apply_chat_template(request.messages, add_generation_prompt=True,
+                                           tokenize=False)
+            return list(tok(text, add_special_tokens=False)["input_ids"])
+        return list(tok(request.prompt)["input_ids"])
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
+        with self._lock:
+            self.load()
+            out: list[list[Completion]] = [[] for _ in requests]
+            prompts = [self.prompt_ids(r) for r in requests]
+            groups: dict[tuple[Any, ...], list[int]] = {}
+            for i, r in enumerate(requests):
+                greedy = r.temperature <= 0
+                key = (greedy, 0.0 if greedy else r.temperature, 1.0 if greedy else r.top_p,
+                       r.max_tokens, tuple(r.stop), r.seed)
+                groups.setdefault(key, []).append(i)
+            for key, idxs in groups.items():
+                seed = requests[idxs[0]].seed
+                self._seed(self._rng.randrange(2**31) if seed is None else seed)
+                greedy = bool(key[0])
+                rows = [(i, j) for i in idxs for j in range(1 if greedy else requests[i].n)]
+                for start in range(0, len(rows), self.max_batch):
+                    chunk = rows[start:start + self.max_batch]
+                    comps = self._run([prompts[i] for i, _ in chunk],
+                                      [requests[i] for i, _ in chunk])
+                    for (i, _), comp in zip(chunk, comps, strict=True):
+                        out[i].append(comp)
+                if greedy:
+                    for i in idxs:
+                        out[i] = [_copy(out[i][0]) for _ in range(requests[i].n)]
+            return out
+
+    def _seed(self, seed: int) -> None:
+        import torch
+
+        torch.manual_seed(seed)
+
+    def _run(self, prompts: list[list[int]], reqs: list[GenerationRequest]) -> list[Completion]:
+        """One `generate` call over rows sharing sampling parameters (those of reqs[0])."""
+        import torch
+
+        req = reqs[0]
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self._pad, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for k, p in enumerate(prompts):
+            if p:
+                ids[k, width - len(p):] = torch.tensor(p, dtype=torch.long)
+                mask[k, width - len(p):] = 1
+        want_lp = any(r.logprobs for r in reqs)
+        sampling = req.temperature > 0
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": req.max_tokens, "do_sample": sampling,
+            "temperature": req.temperature if sampling else 1.0,
+            "top_p": req.top_p if sampling else 1.0, "top_k": 0 if sampling else 50,
+            "repetition_penalty": 1.0,  # neutral values: greedy ignores them, and no warning
+            "pad_token_id": self._pad, "eos_token_id": sorted(self._eos) or None,
+            "return_dict_in_generate": True, "output_logits": want_lp,
+        }
+        if req.stop:
+            kwargs.update(stop_strings=list(req.stop), tokenizer=self._tok)
+        with torch.inference_mode():
+            gen = self._model.generate(input_ids=ids.to(self.device),
+                                       attention_mask=mask.to(self.device), **kwargs)
+            scores = None
+            if want_lp:
+                scores = self._model.compute_transition_scores(
+                    gen.sequences, gen.logits, normalize_logits=True).float().cpu()
+        new = gen.sequences[:, width:].cpu().tolist()
+        comps: list[Completion] = []
+        for k, (tokens, r) in enumerate(zip(new, reqs, strict=True)):
+            row_lp = scores[k].tolist() if scores is not None and r.logprobs else None
+            comps.append(self._completion(tokens, r, len(prompts[k]), row_lp))
+        return comps
+
+    def _completion(self, tokens: list[int], req: GenerationRequest, n_prompt: int,
+                    logprobs: list[float] | None) -> HFCompletion:
+        ends = self._eos | {self._pad}
+        end = next((p for p, t in enumerate(tokens) if t in ends), len(tokens))
+        body = tokens[:end]
+        text = self._tok.decode(body, skip_special_tokens=True)
+        text, stopped = apply_stop(text, req.stop)
+        if stopped:
+            finish, used = "stop", len(body)
+        elif end < len(tokens):
+            finish, used = "stop", end + (1 if tokens[end] in self._eos else 0)
+        else:
+            finish, used = ("length" if len(body) >= req.max_tokens else "stop"), len(body)
+        comp = HFCompletion(text=text, finish_reason=finish, prompt_tokens=n_prompt,
+                            completion_tokens=used, token_ids=tokens[:used])
+        if logprobs is not None:
+            lps = [float(x) for x in logprobs[:used]]
+            comp.cumulative_logprob = float(sum(lps))
+            comp.token_logprobs = lps
+            comp.tokens = [self._tok.decode([t]) for t in tokens[:used]]
+        return comp
+
+
+def _copy(c: Completion) -> Completion:
+    from dataclasses import replace
+
+    return replace(c)

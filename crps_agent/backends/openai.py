@@ -1,0 +1,333 @@
+"""The `openai` backend: any OpenAI-compatible HTTP server (vLLM, llama.cpp, Ollama, hosted).
+
+Speaks the wire format with httpx (no `openai` package). Requests with chat messages go to
+`/v1/chat/completions`, plain prompts to `/v1/completions` (`mode="chat"` sends prompts as one
+user message; `mode="completions"` refuses messages). `base_url` may end in `/v1` or not.
+
+The requests of one `generate` call run concurrently (asyncio + `httpx.AsyncClient`, at most
+`concurrency` in flight), also when called from inside a running event loop (then in a worker
+thread). 429, 5xx, connection errors and timeouts are retried with exponential backoff and
+jitter (honouring `Retry-After`); other 4xx raise `BackendError` with the server's message. A
+server that returns fewer than n choices (some ignore `n`) gets more calls until n are in
+(seeds offset per call), and the backend remembers its cap. A JSON schema is sent as
+`response_format`; a server that rejects it (400 naming response_format) is asked again
+without, and is not sent one again (likewise `logprobs`). Token usage accumulates in `usage`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import re
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from crps_agent.backends.base import (
+    Capabilities,
+    Completion,
+    GenerationRequest,
+    apply_stop,
+    estimate_tokens,
+)
+from crps_agent.errors import BackendError
+
+if TYPE_CHECKING:
+    from crps_agent.config import Settings
+
+MODES = ("auto", "chat", "completions")
+_DROPPABLE = ("response_format", "logprobs")  # optional features a server may reject
+
+
+@dataclass
+class Usage:
+    """Totals over the backend's life (only successful calls count tokens)."""
+
+    calls: int = 0
+    retries: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+def normalise_base_url(url: str) -> str:
+    """`http://h:8000`, `http://h:8000/v1/` and `.../v1/chat/completions` → `http://h:8000/v1`."""
+    url = url.strip().rstrip("/")
+    for suffix in ("/chat/completions", "/completions"):
+        if url.endswith(suffix):
+            url = url[: -len(suffix)]
+    return url if url.endswith("/v1") else url + "/v1"
+
+
+def _server_message(r: httpx.Response) -> str:
+    try:
+        data = r.json()
+    except ValueError:
+        return " ".join(r.text.split())[:500] or r.reason_phrase
+    err = data.get("error", data) if isinstance(data, dict) else data
+    msg = (err.get("message") or err.get("detail") or err) if isinstance(err, dict) else err
+    return " ".join(str(msg).split())[:500]
+
+
+def _schema_name(schema: dict[str, Any]) -> str:
+    name = re.sub(r"[^A-Za-z0-9_-]", "_", str(schema.get("title") or "response"))
+    return name[:64] or "response"
+
+
+def _split_tokens(total: int, texts: list[str], full: list[bool], max_tokens: int) -> list[int]:
+    """Share a call's `total` completion tokens among its choices.
+
+    A choice cut by length (`full`) used exactly `max_tokens`; the others share the rest in
+    proportion to their text length (the wire format gives no per-choice count).
+    """
+    shares = [max_tokens if f else 0 for f in full]
+    rest = total - sum(shares)
+    if rest < 0:  # the server counts differently: share everything by length
+        full, shares, rest = [False] * len(texts), [0] * len(texts), total
+    idx = [i for i, f in enumerate(full) if not f]
+    if not idx:
+        return shares
+    weights = [max(1, len(texts[i])) for i in idx]
+    exact = [rest * w / sum(weights) for w in weights]
+    for i, x in zip(idx, exact, strict=True):
+        shares[i] = int(x)
+    left = rest - sum(shares[i] for i in idx)
+    for k in sorted(range(len(idx)), key=lambda k: int(exact[k]) - exact[k])[:left]:
+        shares[idx[k]] += 1
+    return shares
+
+
+def _sum_logprobs(choice: dict[str, Any]) -> float | None:
+    lp = choice.get("logprobs")
+    if not isinstance(lp, dict):
+        return None
+    if isinstance(lp.get("content"), list):  # chat
+        vals = [t.get("logprob") for t in lp["content"] if isinstance(t, dict)]
+    elif isinstance(lp.get("token_logprobs"), list):  # completions
+        vals = lp["token_logprobs"]
+    else:
+        return None
+    return float(sum(v for v in vals if isinstance(v, int | float)))
+
+
+class OpenAIBackend:
+    """A client of an OpenAI-compatible server."""
+
+    name = "openai"
+
+    def __init__(self, base_url: str | None, model: str, api_key: str | None = None, *,
+                 concurrency: int = 8, timeout: float = 60.0, max_retries: int = 4,
+                 mode: str = "auto", backoff: float = 0.5, max_backoff: float = 20.0) -> None:
+        if not base_url:
+            raise BackendError("the openai backend needs a server: pass --base-url URL "
+                               "(for example --base-url http://localhost:8000/v1)")
+        if mode not in MODES:
+            raise BackendError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
+        if concurrency < 1 or max_retries < 0:
+            raise BackendError("concurrency must be >= 1 and max_retries >= 0")
+        self.base_url = normalise_base_url(base_url)
+        self.model = model
+        self.api_key = api_key
+        self.concurrency = concurrency
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.mode = mode
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.capabilities = Capabilities(structured_output=True, logprobs=True)
+        self.usage = Usage()
+        self.dropped: set[str] = set()  # features this server rejected
+        self.n_cap: int | None = None  # most choices the server returned for one call
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> OpenAIBackend:
+        return cls(settings.base_url, settings.model,
+                   settings.api_key or os.environ.get("OPENAI_API_KEY"))
+
+    # -- public API ----------------------------------------------------------------------
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
+        if not requests:
+            return []
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self.agenerate(requests))
+        with ThreadPoolExecutor(1, thread_name_prefix="openai-backend") as pool:
+            return pool.submit(asyncio.run, self.agenerate(requests)).result()
+
+    async def agenerate(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
+        """`generate` for callers that are already in an event loop."""
+        sem = asyncio.Semaphore(self.concurrency)
+        limits = httpx.Limits(max_connections=self.concurrency,
+                              max_keepalive_connections=self.concurrency)
+        async with httpx.AsyncClient(timeout=httpx.Timeout(self.timeout), limits=limits,
+                                     headers=self._headers()) as client:
+            tasks = [asyncio.ensure_future(self._request(client, sem, r)) for r in requests]
+            try:
+                return list(await asyncio.gather(*tasks))
+            except BaseException:
+                for t in tasks:
+                    t.cancel()
+                raise
+
+    def models(self) -> list[str]:
+        """The model ids the server lists (`GET /v1/models`)."""
+        try:
+            r = httpx.get(f"{self.base_url}/models", headers=self._headers(), timeout=self.timeout)
+        except httpx.HTTPError as exc:
+            raise BackendError(f"cannot reach {self.base_url}: {exc}") from exc
+        if r.status_code != 200:
+            raise BackendError(f"{self.base_url}/models: HTTP {r.status_code}: "
+                               f"{_server_message(r)}")
+        return [str(m.get("id")) for m in r.json().get("data", [])]
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        return headers
+
+    def _chat(self, req: GenerationRequest) -> bool:
+        if self.mode == "completions" and req.messages is not None:
+            raise BackendError("mode 'completions' cannot send chat messages: use mode 'chat' "
+                               "or 'auto', or send a plain prompt")
+        return self.mode == "chat" or req.messages is not None
+
+    def _payload(self, req: GenerationRequest, n: int, seed: int | None) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": self.model, "n": n, "temperature": req.temperature,
+                                "top_p": req.top_p, "max_tokens": req.max_tokens}
+        if self._chat(req):
+            body["messages"] = req.messages or [{"role": "user", "content": req.prompt or ""}]
+        else:
+            body["prompt"] = req.prompt
+        if req.stop:
+            body["stop"] = list(req.stop)
+        if seed is not None:
+            body["seed"] = seed
+        if req.logprobs and "logprobs" not in self.dropped:
+            body["logprobs"] = True if "messages" in body else 1
+        if req.json_schema is not None and "response_format" not in self.dropped:
+            body["response_format"] = {"type": "json_schema", "json_schema": {
+                "name": _schema_name(req.json_schema), "schema": req.json_schema}}
+        return body
+
+    async def _request(self, client: httpx.AsyncClient, sem: asyncio.Semaphore,
+                       req: GenerationRequest) -> list[Completion]:
+        got: list[Completion] = []
+        calls = 0
+        while len(got) < req.n:
+            need = req.n - len(got)
+            cap = self.n_cap or need
+            sizes = [min(cap, need - k) for k in range(0, need, cap)]
+            seeds = [None if req.seed is None else req.seed + calls + k for k in range(len(sizes))]
+            calls += len(sizes)
+            results = await asyncio.gather(*(self._call(client, sem, req, size, seed)
+                                             for size, seed in zip(sizes, seeds, strict=True)))
+            for size, comps in zip(sizes, results, strict=True):
+                if not comps:
+                    raise BackendError(f"{self.base_url} returned no choices")
+                if len(comps) < size:
+                    with self._lock:
+                        self.n_cap = min(self.n_cap or len(comps), len(comps))
+                got.extend(comps)
+            if calls > 2 * req.n + 2:
+                raise BackendError(f"{self.base_url} keeps returning too few choices")
+        return got[: req.n]
+
+    async def _call(self, client: httpx.AsyncClient, sem: asyncio.Semaphore,
+                    req: GenerationRequest, n: int, seed: int | None) -> list[Completion]:
+        chat = self._chat(req)
+        data = await self._post(client, sem, "/chat/completions" if chat else "/completions",
+                                lambda: self._payload(req, n, seed))
+        choices = sorted(data.get("choices") or [], key=lambda c: c.get("index", 0))
+        texts: list[str] = []
+        for c in choices:
+            raw = (c.get("message") or {}).get("content") if chat else c.get("text")
+            texts.append(apply_stop(raw or "", req.stop)[0])
+        usage = data.get("usage") or {}
+        prompt_tokens = int(usage.get("prompt_tokens") or estimate_tokens(req.text()))
+        total = usage.get("completion_tokens")
+        full = [c.get("finish_reason") == "length" for c in choices]
+        shares = (_split_tokens(total, texts, full, req.max_tokens) if isinstance(total, int)
+                  else [estimate_tokens(t) for t in texts])
+        with self._lock:
+            self.usage.prompt_tokens += prompt_tokens
+            self.usage.completion_tokens += sum(shares)
+        return [Completion(text=t, finish_reason="length" if c.get("finish_reason") == "length"
+                           else "stop", prompt_tokens=prompt_tokens, completion_tokens=k,
+                           cumulative_logprob=_sum_logprobs(c) if req.logprobs else None)
+                for c, t, k in zip(choices, texts, shares, strict=True)]
+
+    async def _post(self, client: httpx.AsyncClient, sem: asyncio.Semaphore, path: str,
+                    make_body: Any) -> dict[str, Any]:
+        url = self.base_url + path
+        attempt = 0
+        while True:
+            body = make_body()
+            delay: float | None = None
+            try:
+                async with sem:
+                    r = await client.post(url, json=body)
+            except httpx.TransportError as exc:  # connect errors, timeouts, protocol errors
+                err = f"{type(exc).__name__}: {exc}".rstrip(": ")
+            else:
+                if r.status_code == 200:
+                    with self._lock:
+                        self.usage.calls += 1
+                    try:
+                        data = r.json()
+                    except ValueError:
+                        raise BackendError(f"{url} answered with invalid JSON") from None
+                    if not isinstance(data, dict):
+                        raise BackendError(f"{url} answered with unexpected JSON")
+                    return data
+                msg = _server_message(r)
+                err = f"HTTP {r.status_code}: {msg}"
+                if r.status_code != 429 and r.status_code < 500:
+                    if r.status_code == 400 and self._drop_feature(body, msg):
+                        continue
+                    hint = {401: " (check --api-key or CRPS_API_KEY)",
+                            403: " (check --api-key or CRPS_API_KEY)",
+                            404: " (check --model and --base-url)"}.get(r.status_code, "")
+                    raise BackendError(f"{url} rejected the request ({err}){hint}")
+                delay = _retry_after(r)
+            if attempt >= self.max_retries:
+                raise BackendError(f"{url} failed after {attempt + 1} attempts ({err}); is the "
+                                   "server up and the --base-url right?")
+            base = min(self.max_backoff, self.backoff * 2**attempt)
+            wait = base / 2 + random.uniform(0, base / 2)
+            if delay is not None:
+                wait = max(wait, min(delay, self.max_backoff))
+            attempt += 1
+            with self._lock:
+                self.usage.retries += 1
+            await asyncio.sleep(wait)
+
+    def _drop_feature(self, body: dict[str, Any], msg: str) -> bool:
+        """A 400 naming an optional feature we sent: stop sending it (True: try again)."""
+        low = msg.lower()
+        for feature in _DROPPABLE:
+            words = (feature, "json_schema") if feature == "response_format" else (feature,)
+            if feature in body and any(w in low for w in words):
+                with self._lock:
+                    self.dropped.add(feature)
+                if feature == "response_format":
+                    self.capabilities.structured_output = False
+                return True
+        return False
+
+
+def _retry_after(r: httpx.Response) -> float | None:
+    value = r.headers.get("retry-after")
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
