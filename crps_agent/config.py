@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     base_url: str | None = None
     api_key: str | None = None
     script: str | None = Field(None, description="script file of the scripted backend")
+    device: str = Field("cpu", description="hf backend: torch device (cpu, cuda, cuda:1)")
+    dtype: str = Field("auto", description="hf backend: auto, float32, bfloat16, float16")
+    adapter: str | None = Field(None, description="a peft LoRA adapter directory to load")
     seed: int = 0
     search: SearchSettings = Field(default_factory=SearchSettings)
     reflect: ReflectSettings = Field(default_factory=ReflectSettings)

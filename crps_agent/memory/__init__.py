@@ -1,0 +1,54 @@
+"""Memory: insights and the trajectory log in ChromaDB (see DESIGN.md §4, §6).
+
+The names below are loaded on first access, so `import crps_agent.memory` stays cheap:
+chromadb is imported only when a store is opened, sentence-transformers only on the first
+MiniLM embedding.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from crps_agent.memory.embedders import Embedder, HashEmbedder, MiniLMEmbedder, get_embedder
+    from crps_agent.memory.facade import Memory
+    from crps_agent.memory.insights import AddOutcome, InsightStore, RecalledInsight
+    from crps_agent.memory.trajectories import TrajectoryLog
+
+_EXPORTS = {
+    "Memory": "crps_agent.memory.facade",
+    "InsightStore": "crps_agent.memory.insights",
+    "RecalledInsight": "crps_agent.memory.insights",
+    "AddOutcome": "crps_agent.memory.insights",
+    "TrajectoryLog": "crps_agent.memory.trajectories",
+    "Embedder": "crps_agent.memory.embedders",
+    "HashEmbedder": "crps_agent.memory.embedders",
+    "MiniLMEmbedder": "crps_agent.memory.embedders",
+    "get_embedder": "crps_agent.memory.embedders",
+}
+
+__all__ = [
+    "AddOutcome",
+    "Embedder",
+    "HashEmbedder",
+    "InsightStore",
+    "Memory",
+    "MiniLMEmbedder",
+    "RecalledInsight",
+    "TrajectoryLog",
+    "get_embedder",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'crps_agent.memory' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

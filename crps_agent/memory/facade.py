@@ -1,0 +1,84 @@
+"""Memory: the insights and the trajectory log of one store, behind one object."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from crps_agent.config import MemorySettings
+from crps_agent.memory.chroma import local_store_path, open_client
+from crps_agent.memory.embedders import Embedder, get_embedder
+from crps_agent.memory.insights import AddOutcome, InsightStore, RecalledInsight
+from crps_agent.memory.trajectories import TrajectoryLog
+from crps_agent.namespaces import validate_namespace
+
+if TYPE_CHECKING:
+    from crps_agent.config import Settings
+    from crps_agent.types import Insight
+
+
+class Memory:
+    """The memory of one store: insights + trajectory log.
+
+    `store` is a directory (embedded Chroma, created if missing) or `http://HOST:PORT` (a
+    Chroma server). `embedder` is a name ("minilm", "hash", "hash-<dim>") or an Embedder;
+    it defaults to `settings.embedder` when settings are given.
+    """
+
+    def __init__(
+        self,
+        store: str | Path = "./store",
+        *,
+        embedder: str | Embedder | None = None,
+        settings: MemorySettings | None = None,
+    ) -> None:
+        if embedder is None:
+            embedder = settings.embedder if settings is not None else "minilm"
+        self.embedder: Embedder = (
+            get_embedder(embedder) if isinstance(embedder, str) else embedder
+        )
+        if settings is None:
+            settings = MemorySettings.model_validate({"embedder": self.embedder.name})
+        self.settings = settings
+        self.store = str(store)
+        self.local_path: Path | None = local_store_path(self.store)
+        self.client = open_client(self.store)
+        self.insights = InsightStore(self.client, self.embedder,
+                                     dedup_threshold=settings.dedup_threshold)
+        self.trajectories = TrajectoryLog(self.client, self.embedder)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Memory:
+        return cls(settings.store, embedder=settings.memory.embedder, settings=settings.memory)
+
+    def recall(
+        self,
+        query: str,
+        *,
+        namespace: str = "default",
+        domain: str | None = None,
+        k: int | None = None,
+        token_budget: int | None = None,
+        min_similarity: float | None = None,
+    ) -> list[RecalledInsight]:
+        """The insights to put in the prompt for `query` (defaults from the settings)."""
+        return self.insights.recall(
+            query,
+            namespace=validate_namespace(namespace),
+            domain=domain,
+            k=self.settings.recall_k if k is None else k,
+            token_budget=self.settings.token_budget if token_budget is None else token_budget,
+            min_similarity=(self.settings.min_similarity if min_similarity is None
+                            else min_similarity),
+        )
+
+    def record(self, insight_ids: list[str], correct: bool) -> None:
+        """Credit a task's verdict to the insights it used."""
+        self.insights.record_outcome(insight_ids, correct)
+
+    def remember(self, insights: list[Insight]) -> list[AddOutcome]:
+        """Add insights, merging near-duplicates."""
+        return self.insights.add_many(insights)
+
+    def __repr__(self) -> str:
+        return f"Memory(store={self.store!r}, embedder={self.embedder.name!r})"

@@ -1,0 +1,245 @@
+"""TrajectoryLog: every attempt and every contrast, as JSON documents in Chroma.
+
+Collection `trajectories` holds two kinds of record (metadata `kind`):
+- `trajectory` (id `t:<search_id>:<index>`): document = the trajectory's dict plus its
+  `task` and `namespace`; embedding = the task prompt's embedding (one per task, shared by
+  all its attempts; it also serves episodic retrieval of similar solved tasks);
+- `search` (id `s:<search_id>`): document = the SearchResult without its trajectories
+  (task, best, stats, tree), so `search_result(search_id)` round-trips.
+Collection `contrasts`: one record per contrast, embedding = the good trajectory's text.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
+
+from crps_agent.errors import NotFoundError
+from crps_agent.memory.chroma import open_collection, where_clause
+from crps_agent.namespaces import validate_namespace
+from crps_agent.types import Contrast, SearchResult, Trajectory
+
+if TYPE_CHECKING:
+    from chromadb.api import ClientAPI
+
+    from crps_agent.memory.embedders import Embedder
+
+_PROMPT_CACHE_SIZE = 2048
+TRAJECTORY = "trajectory"
+SEARCH = "search"
+
+
+def _traj_id(search_id: str, index: int) -> str:
+    return f"t:{search_id}:{index:05d}"
+
+
+def _search_id(search_id: str) -> str:
+    return f"s:{search_id}"
+
+
+class TrajectoryLog:
+    """The log of searches, trajectories and contrasts of one store."""
+
+    def __init__(self, client: ClientAPI, embedder: Embedder) -> None:
+        self.client = client
+        self.embedder = embedder
+        self.collection = open_collection(client, "trajectories", embedder)
+        self.contrast_collection = open_collection(client, "contrasts", embedder)
+        self._prompt_cache: OrderedDict[str, list[float]] = OrderedDict()
+
+    def _embed_prompt(self, prompt: str) -> list[float]:
+        """A task prompt's embedding, cached (LRU): a task is logged once per search and
+        then looked up for similar successes, with the same prompt each time."""
+        cached = self._prompt_cache.get(prompt)
+        if cached is not None:
+            self._prompt_cache.move_to_end(prompt)
+            return cached
+        embedding = self.embedder.embed([prompt])[0]
+        self._prompt_cache[prompt] = embedding
+        if len(self._prompt_cache) > _PROMPT_CACHE_SIZE:
+            self._prompt_cache.popitem(last=False)
+        return embedding
+
+    # ------------------------------------------------------------------ searches
+
+    def add_search(self, result: SearchResult, namespace: str) -> None:
+        """Log one search: a record per trajectory and one for the search itself, all
+        embedded with the task prompt's embedding (one embed call per task). Re-adding the same
+        search id overwrites it."""
+        validate_namespace(namespace)
+        task = result.task
+        embedding = self._embed_prompt(task.prompt)
+        now = time.time()
+        task_dict = task.to_dict()
+        ids: list[str] = []
+        documents: list[str] = []
+        metadatas: list[dict[str, Any]] = []
+        for index, traj in enumerate(result.trajectories):
+            ids.append(_traj_id(result.search_id, index))
+            documents.append(json.dumps({**traj.to_dict(), "task": task_dict,
+                                         "namespace": namespace}))
+            metadatas.append({
+                "kind": TRAJECTORY,
+                "task_id": traj.task_id,
+                "search_id": result.search_id,
+                "namespace": namespace,
+                "domain": task.domain,
+                "correct": bool(traj.verdict.correct),
+                "reward": float(traj.verdict.reward),
+                "answer": traj.answer if traj.answer is not None else "",
+                "tokens": int(traj.tokens),
+                "n_insights": len(traj.insight_ids),
+                "trajectory_id": traj.id,
+                "index": index,
+                "created_at": now,
+            })
+        record = result.to_dict()
+        record.pop("trajectories")
+        record["namespace"] = namespace
+        record["n_trajectories"] = len(result.trajectories)
+        ids.append(_search_id(result.search_id))
+        documents.append(json.dumps(record))
+        metadatas.append({
+            "kind": SEARCH,
+            "task_id": task.id,
+            "search_id": result.search_id,
+            "namespace": namespace,
+            "domain": task.domain,
+            "solved": result.solved,
+            "n_trajectories": len(result.trajectories),
+            "n_correct": result.n_correct,
+            "created_at": now,
+        })
+        # Re-adding a search with fewer trajectories must not leave stale ones behind.
+        self.collection.delete(where=where_clause(kind=TRAJECTORY, search_id=result.search_id))
+        self.collection.upsert(
+            ids=ids,
+            embeddings=[embedding] * len(ids),  # type: ignore[arg-type]
+            documents=documents,
+            metadatas=metadatas,  # type: ignore[arg-type]
+        )
+
+    def _trajectories(self, where: dict[str, Any] | None) -> list[Trajectory]:
+        res = self.collection.get(where=where, include=["documents", "metadatas"])
+        rows = sorted(
+            zip(res["documents"] or [], res["metadatas"] or [], strict=True),
+            key=lambda row: (row[1].get("created_at", 0.0), str(row[1].get("search_id", "")),
+                             row[1].get("index", 0)),
+        )
+        return [Trajectory.from_dict(json.loads(doc or "{}")) for doc, _ in rows]
+
+    def for_task(self, task_id: str) -> list[Trajectory]:
+        """Every logged attempt at a task, oldest search first, in search order."""
+        return self._trajectories(where_clause(kind=TRAJECTORY, task_id=task_id))
+
+    def search_result(self, search_id: str) -> SearchResult:
+        """The logged SearchResult with this id, trajectories included."""
+        res = self.collection.get(ids=[_search_id(search_id)], include=["documents"])
+        if not res["ids"]:
+            raise NotFoundError(f"no logged search with id {search_id!r}")
+        record = json.loads((res["documents"] or [""])[0] or "{}")
+        record["trajectories"] = [
+            t.to_dict()
+            for t in self._trajectories(where_clause(kind=TRAJECTORY, search_id=search_id))
+        ]
+        return SearchResult.from_dict(record)
+
+    def similar_successes(
+        self,
+        prompt: str,
+        *,
+        namespace: str,
+        domain: str,
+        k: int = 3,
+        exclude_task: str | None = None,
+    ) -> list[Trajectory]:
+        """Correct trajectories of other tasks, one per task (highest reward, then fewest
+        tokens), the task most similar to `prompt` first."""
+        if k <= 0:
+            return []
+        validate_namespace(namespace)
+        where = where_clause(
+            kind=TRAJECTORY, namespace=namespace, domain=domain, correct=True,
+            task_id={"$ne": exclude_task} if exclude_task is not None else None,
+        )
+        embedding = self._embed_prompt(prompt)
+        n = max(16, 8 * k)
+        while True:
+            res = self.collection.query(
+                query_embeddings=[embedding],  # type: ignore[arg-type]
+                n_results=n,
+                where=where,
+                include=["documents", "metadatas"],
+            )
+            docs = (res["documents"] or [[]])[0]
+            metas = (res["metadatas"] or [[]])[0]
+            best: dict[str, tuple[tuple[float, int], str]] = {}  # task -> (rank key, doc)
+            order: list[str] = []
+            for doc, meta in zip(docs, metas, strict=True):
+                task_id = str(meta.get("task_id", ""))
+                key = (-float(meta.get("reward", 0.0)),  # type: ignore[arg-type]
+                       int(meta.get("tokens", 0)))  # type: ignore[arg-type]
+                if task_id not in best:
+                    order.append(task_id)
+                if task_id not in best or key < best[task_id][0]:
+                    best[task_id] = (key, doc or "{}")
+            if len(order) >= k or len(docs) < n:
+                break
+            n *= 4  # many attempts per task: widen until k tasks or everything is seen
+        return [Trajectory.from_dict(json.loads(best[t][1])) for t in order[:k]]
+
+    def count(self) -> int:
+        """Number of logged trajectories (search records not counted)."""
+        return len(self.collection.get(where={"kind": TRAJECTORY}, include=[])["ids"])
+
+    # ------------------------------------------------------------------ contrasts
+
+    def add_contrasts(self, contrasts: list[Contrast], *, namespace: str, domain: str) -> None:
+        """Log contrasts (by id: re-adding one overwrites it), embedded by the good
+        trajectory's text (one embed call)."""
+        validate_namespace(namespace)
+        unique = list({c.id: c for c in contrasts}.values())
+        if not unique:
+            return
+        embeddings = self.embedder.embed([c.good.text for c in unique])
+        now = time.time()
+        self.contrast_collection.upsert(
+            ids=[c.id for c in unique],
+            embeddings=embeddings,  # type: ignore[arg-type]
+            documents=[json.dumps(c.to_dict()) for c in unique],
+            metadatas=[
+                {
+                    "task_id": c.task_id,
+                    "namespace": namespace,
+                    "domain": domain,
+                    "kind": c.kind,
+                    "gap": float(c.gap),
+                    "divergence_step": int(c.divergence_step),
+                    "good_id": c.good.id,
+                    "bad_id": c.bad.id,
+                    "index": index,
+                    "created_at": now,
+                }
+                for index, c in enumerate(unique)
+            ],
+        )
+
+    def contrasts(self, task_id: str | None = None, namespace: str | None = None
+                  ) -> list[Contrast]:
+        """Logged contrasts, oldest first, optionally of one task and/or namespace."""
+        if namespace is not None:
+            validate_namespace(namespace)
+        res = self.contrast_collection.get(
+            where=where_clause(task_id=task_id, namespace=namespace),
+            include=["documents", "metadatas"],
+        )
+        rows = sorted(
+            zip(res["documents"] or [], res["metadatas"] or [], strict=True),
+            key=lambda row: (row[1].get("created_at", 0.0), row[1].get("index", 0)),
+        )
+        return [Contrast.from_dict(json.loads(doc or "{}")) for doc, _ in rows]
+
+    def count_contrasts(self) -> int:
+        return self.contrast_collection.count()
