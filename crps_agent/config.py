@@ -46,8 +46,9 @@ class MemorySettings(BaseModel):
     embedder: str = Field("minilm", description="'minilm' (real) or 'hash' (fast, for tests)")
     recall_k: int = Field(5, ge=0)
     token_budget: int = Field(300, ge=0, description="tokens of recalled notes in a prompt")
-    min_similarity: float = Field(0.2, ge=-1.0, le=1.0)
-    dedup_threshold: float = Field(0.9, ge=0.0, le=1.0)
+    min_similarity: float = Field(0.1, ge=-1.0, le=1.0, description="general insights score "
+                                  "only 0.1-0.35 against a problem text with MiniLM")
+    dedup_threshold: float = Field(0.85, ge=0.0, le=1.0)
 
 
 class Settings(BaseSettings):
