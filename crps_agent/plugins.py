@@ -172,7 +172,7 @@ def plugin_manager() -> pluggy.PluginManager:
 def register_plugin(obj: object, name: str | None = None) -> None:
     """Register a plugin object at run time (tests, notebooks); refreshes the registry."""
     global _registry
-    label = name or getattr(obj, "__name__", repr(obj))
+    label: str = name or str(getattr(obj, "__name__", repr(obj)))
     _extra.append((obj, label))
     if _pm is not None and not _pm.is_registered(obj):
         _pm.register(obj, name=label)

@@ -57,7 +57,8 @@ class Rule:
             try:
                 self._compiled = re.compile(self.regex, re.S)
             except re.error as exc:
-                raise ScriptError(f"rule {self.name!r}: invalid regex {self.regex!r}: {exc}") from None
+                raise ScriptError(
+                    f"rule {self.name!r}: invalid regex {self.regex!r}: {exc}") from None
 
     def matches(self, request: GenerationRequest) -> bool:
         if self.purpose is not None and request.purpose != self.purpose:

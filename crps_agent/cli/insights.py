@@ -96,7 +96,10 @@ def show(insight_id: str, as_json: bool, **flags: Any) -> None:
 def stats(as_json: bool, **flags: Any) -> None:
     """Counts by status, kind and domain; totals of uses, wins and losses."""
     settings = make_settings(**flags)
-    data = open_memory(settings).insights.stats(namespace=flags.get("namespace"))
+    memory = open_memory(settings)
+    data = memory.insights.stats(namespace=flags.get("namespace"))
+    data["attempts"] = memory.trajectories.count()
+    data["contrasts"] = memory.trajectories.count_contrasts()
     if as_json:
         emit_jsonl([data])
         return

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from crps_agent.cli.common import console, emit_jsonl
@@ -14,7 +16,7 @@ def plugins(as_json: bool) -> None:
     from crps_agent.plugins import get_registry
 
     reg = get_registry()
-    rows = []
+    rows: list[dict[str, Any]] = []
     for who in reg.plugins:
         provides: dict[str, list[str]] = {"domains": [], "backends": [], "formats": []}
         for key, origin in reg.origin.items():

@@ -39,8 +39,8 @@ def learn(tasks: str, fmt: str, limit: int | None, offset: int, run_id: str | No
     agent.validate(task_list)
     _ = agent.backend  # load the model now, so a missing model fails before any work
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     progress = Progress(TextColumn("[bold]learn"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("solved {task.fields[solved]}"), TimeElapsedColumn(),

@@ -71,7 +71,8 @@ def remember_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str
                                               domain=task.domain)
     outcomes = ctx.memory.remember([Insight.from_dict(i) for i in state.get("insights", [])])
     recalled = state.get("recalled_ids", [])
-    verified = bool((task.reference or "").strip()) or not ctx.domain(task.domain).requires_reference
+    needs_ref = ctx.domain(task.domain).requires_reference
+    verified = bool((task.reference or "").strip()) or not needs_ref
     if recalled and verified:
         ctx.memory.record(recalled, result.solved)
     return {"added": sum(1 for o in outcomes if not o.merged),

@@ -44,7 +44,7 @@ def test_settings_precedence(tmp_path, monkeypatch):
 
 def test_settings_errors_name_the_setting(monkeypatch):
     monkeypatch.delenv("CRPS_CONFIG", raising=False)
-    with pytest.raises(ConfigError, match="search.n"):
+    with pytest.raises(ConfigError, match=r"search\.n"):
         load_settings(search={"n": 0})
     with pytest.raises(ConfigError, match="namespace"):
         load_settings(namespace="bad namespace!")

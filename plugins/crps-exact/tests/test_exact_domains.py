@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from crps_exact.domains import BBHDomain, ExactDomain, MCDomain, choice_letter, word_tokens
-from crps_exact.extract import extract_final, normalise
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crps_agent.plugins import get_registry
 from crps_agent.types import Task
+from crps_exact.domains import BBHDomain, ExactDomain, MCDomain, choice_letter, word_tokens
+from crps_exact.extract import extract_final, normalise
 
 EXACT = ExactDomain()
 MC = MCDomain()

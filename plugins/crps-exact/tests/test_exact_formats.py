@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
-from crps_exact.domains import BBHDomain
-from crps_exact.formats import read_bbh
 
 from crps_agent.errors import TaskFileError
 from crps_agent.tasks import load_tasks
+from crps_exact.domains import BBHDomain
+from crps_exact.formats import read_bbh
 
 BBH_DIR = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "bbh"
 FILES = sorted(BBH_DIR.glob("*.json")) if BBH_DIR.exists() else []

@@ -6,14 +6,14 @@ import threading
 import time
 
 import pytest
-from crps_math.domain import MathDomain
-from crps_math.equivalence import is_bare, math_equivalent, normalise, risky
-from crps_math.extract import extract_math_answer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crps_agent.plugins import get_registry
 from crps_agent.types import Task, Verdict
+from crps_math.domain import MathDomain
+from crps_math.equivalence import is_bare, math_equivalent, normalise, risky
+from crps_math.extract import extract_math_answer
 
 SAME = [
     ("18.0", "18"), ("18", "18"), ("0.5", "\\frac{1}{2}"), ("1/2", "\\frac{1}{2}"),

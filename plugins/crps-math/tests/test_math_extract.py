@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from crps_math.extract import clean_answer, extract_math_answer, last_boxed
 
 REALISTIC: list[tuple[str, str | None]] = [

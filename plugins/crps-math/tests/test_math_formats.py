@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
-from crps_math.domain import MathDomain
-from crps_math.formats import gsm8k_reference, read_gsm8k, read_math500
 
 from crps_agent.errors import TaskFileError
 from crps_agent.tasks import load_tasks
+from crps_math.domain import MathDomain
+from crps_math.formats import gsm8k_reference, read_gsm8k, read_math500
 
 DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"
 GSM8K = DATA / "gsm8k" / "test.jsonl"
