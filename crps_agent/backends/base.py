@@ -30,6 +30,10 @@ class GenerationRequest:
     logprobs: bool = False
     purpose: str = "solve"
     meta: dict[str, Any] = field(default_factory=dict)
+    # Assistant text already written (an MCTS node's step prefix): the completion continues
+    # it and does not repeat it. With chat messages it follows the generation prompt.
+    prefix: str | None = None
+    adapter: str | None = None  # a LoRA adapter name/path, where the backend supports it
 
     def __post_init__(self) -> None:
         if (self.prompt is None) == (self.messages is None):
