@@ -16,7 +16,7 @@ DEMO_LIMIT ?= 8
 $(STAMP): pyproject.toml $(addsuffix /pyproject.toml,$(PLUGINS))
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]' $(addprefix -e ,$(PLUGINS))
+	$(BIN)/pip install -q -e '.[dev,train]' $(addprefix -e ,$(PLUGINS))
 	touch $(STAMP)
 
 install: $(STAMP)
