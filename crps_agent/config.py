@@ -23,13 +23,45 @@ from crps_agent.errors import ConfigError
 CONFIG_FILE = "crps-agent.toml"
 
 
+class MCTSSettings(BaseModel):
+    """MCTS over reasoning steps (`search.method = "mcts"`); defaults from DESIGN §4."""
+
+    c_puct: float = Field(1.4, ge=0.0, description="exploration constant of PUCT / UCT")
+    selection: Literal["puct", "uct"] = "puct"
+    max_depth: int = Field(16, ge=1, le=512, description="steps on a path; deeper steps are "
+                           "folded into the last node")
+    expand_k: int = Field(3, ge=1, le=64, description="rollouts sampled per expanded node")
+    rollouts: int = Field(10, ge=1, le=100_000, description="rollout budget per task")
+    wave: int = Field(4, ge=1, le=1024, description="selections sent in one batched call")
+    step_tokens: int = Field(256, ge=1, description="least room a continuation gets: a node "
+                             "whose prefix leaves less is not expanded")
+    rollout_tokens: int = Field(2048, ge=1, description="tokens of one whole rollout, "
+                                "prefix included")
+    token_budget: int | None = Field(None, ge=1, description="generated tokens per search "
+                                     "(none: rollouts × rollout_tokens)")
+    wall_s: float | None = Field(None, gt=0.0, description="no new wave after this many s")
+    delimiters: list[str] = Field(default_factory=lambda: ["step", "\n\n", "\n"],
+                                  description="step segmentation, by priority: 'step' "
+                                  "(`Step k:` markers) or a literal separator")
+    virtual_loss: float = Field(1.0, ge=0.0, description="virtual visits (of value 0) per "
+                                "pending selection within a wave")
+
+    @field_validator("delimiters")
+    @classmethod
+    def _delimiters(cls, value: list[str]) -> list[str]:
+        if not value or any(not d for d in value):
+            raise ValueError("needs at least one non-empty delimiter")
+        return value
+
+
 class SearchSettings(BaseModel):
-    method: Literal["best-of-n"] = "best-of-n"
+    method: Literal["best-of-n", "mcts"] = "best-of-n"
     n: int = Field(4, ge=1, le=256, description="samples per task")
     temperature: float = Field(0.7, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_tokens: int = Field(512, ge=1)
     stop: list[str] = Field(default_factory=list)
+    mcts: MCTSSettings = Field(default_factory=MCTSSettings)
 
 
 class ReflectSettings(BaseModel):
@@ -49,6 +81,48 @@ class MemorySettings(BaseModel):
     min_similarity: float = Field(0.1, ge=-1.0, le=1.0, description="general insights score "
                                   "only 0.1-0.35 against a problem text with MiniLM")
     dedup_threshold: float = Field(0.85, ge=0.0, le=1.0)
+    # Credit (DESIGN.md §4): utility = Beta posterior mean of the success rate.
+    prior_a: float = Field(1.0, gt=0.0, description="Beta prior: pseudo-wins of every insight")
+    prior_b: float = Field(1.0, gt=0.0, description="Beta prior: pseudo-losses")
+    ablation_share: float = Field(0.1, ge=0.0, le=1.0, description="share of learn tasks run "
+                                  "without insights to estimate the namespace's baseline")
+    credit_confidence: float = Field(0.95, gt=0.5, lt=1.0, description="posterior probability "
+                                     "of being below (above) the baseline that retires "
+                                     "(promotes) an insight")
+    credit_min_uses: int = Field(10, ge=1, description="uses before an insight can be retired "
+                                 "or promoted")
+    credit_min_baseline: int = Field(10, ge=1, description="ablated tasks needed before the "
+                                     "baseline is trusted")
+    promotion_boost: float = Field(1.25, ge=1.0, description="recall score factor of promoted "
+                                   "insights")
+    # Recall ranking.
+    exploration: float = Field(0.1, ge=0.0, description="UCB bonus weight for insights with "
+                               "few uses")
+    mmr_lambda: float = Field(0.7, ge=0.0, le=1.0, description="MMR: 1 = relevance only, lower "
+                              "= more diverse notes")
+    shared_namespaces: list[str] = Field(default_factory=list, description="namespaces recall "
+                                         "also reads (explicit sharing, e.g. ['global'])")
+    # Contradictions and merging.
+    contradiction_min_similarity: float = Field(0.6, ge=-1.0, le=1.0, description="similar "
+                                                "insights with opposite cues are flagged")
+    contradiction_llm: bool = Field(False, description="confirm likely contradictions with "
+                                    "the backend (learn)")
+    cluster_threshold: float = Field(0.75, ge=0.0, le=1.0, description="similarity that puts "
+                                     "insights in one cluster for `consolidate`")
+    # Admission: a new insight is a candidate until check rollouts on its source task show
+    # that it does no worse than without it.
+    admission: bool = Field(True, description="check new insights before they become active")
+    admission_rollouts: int | None = Field(None, ge=1, le=256, description="rollouts per arm "
+                                           "(with / without the candidate); none: search.n")
+    admission_tolerance: float = Field(0.0, ge=0.0, le=1.0, description="a candidate is "
+                                       "rejected when its success rate is lower by more")
+
+    @field_validator("shared_namespaces")
+    @classmethod
+    def _shared(cls, value: list[str]) -> list[str]:
+        from crps_agent.namespaces import validate_namespaces
+
+        return validate_namespaces(value)
 
 
 class Settings(BaseSettings):
@@ -109,6 +183,14 @@ def _drop_none(data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _deep_update(base: dict[str, Any], new: dict[str, Any]) -> None:
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep_update(base[key], value)
+        else:
+            base[key] = value
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Settings from file and environment, with `overrides` (None = not given) on top.
 
@@ -118,11 +200,7 @@ def load_settings(**overrides: Any) -> Settings:
     try:
         base = Settings()
         merged = base.model_dump()
-        for key, value in _drop_none(overrides).items():
-            if isinstance(value, dict) and isinstance(merged.get(key), dict):
-                merged[key].update(value)
-            else:
-                merged[key] = value
+        _deep_update(merged, _drop_none(overrides))
         return Settings.model_validate(merged)
     except ValidationError as exc:
         err = exc.errors()[0]

@@ -3,20 +3,44 @@
 Hard contrasts pair a failure with the success that shares the longest step prefix with it
 (the divergence step localises the failure); soft contrasts pair the shortest success with a
 correct attempt much longer than it. At most `max_pairs` per task, hard ones first.
+
+Results of a tree search (MCTS: `result.tree` with `nodes` and `rollouts`) are paired on the
+tree: a pair's divergence step is where the two paths part (the depth of their last common
+node). Hard candidates are ranked by that shared prefix, longest first; among failures that
+share as long a prefix, the order is drawn at random in proportion to the visit count of the
+branch where the failure parts from its success (the mistakes the search ran into most
+often come first; `rng`, seeded from the task id when not given). Soft contrasts fill in.
 """
 
 from __future__ import annotations
 
+import random
+from typing import Any
+
 from crps_agent.search.steps import common_prefix
-from crps_agent.types import Contrast, SearchResult
+from crps_agent.types import Contrast, SearchResult, Trajectory, stable_id
 
 
-def pair_contrasts(result: SearchResult, *, max_pairs: int = 3,
-                   soft_ratio: float = 1.5) -> list[Contrast]:
+def pair_contrasts(result: SearchResult, *, max_pairs: int = 3, soft_ratio: float = 1.5,
+                   rng: random.Random | None = None) -> list[Contrast]:
     good = [t for t in result.trajectories if t.verdict.correct]
     bad = [t for t in result.trajectories if not t.verdict.correct]
     if not good or max_pairs <= 0:
         return []
+    paths = _tree_paths(result)
+    if paths is not None:
+        if rng is None:
+            rng = random.Random(int(stable_id(result.task.id, result.search_id), 16))
+        contrasts = _tree_hard_pairs(result, paths, max_pairs, rng)
+    else:
+        contrasts = _hard_pairs(result, bad, good, max_pairs)
+    if len(contrasts) < max_pairs and len(good) > 1:
+        contrasts.extend(_soft_pairs(result, good, soft_ratio, max_pairs - len(contrasts)))
+    return contrasts
+
+
+def _hard_pairs(result: SearchResult, bad: list[Trajectory], good: list[Trajectory],
+                max_pairs: int) -> list[Contrast]:
     candidates: list[tuple[int, int, Contrast]] = []
     seen_bad_text: set[str] = set()
     for order, b in enumerate(bad):
@@ -29,14 +53,77 @@ def pair_contrasts(result: SearchResult, *, max_pairs: int = 3,
             task_id=result.task.id, good=g, bad=b, divergence_step=shared, kind="hard",
             gap=g.verdict.reward - b.verdict.reward)))
     candidates.sort(key=lambda c: (c[0], c[1]), reverse=True)
-    contrasts = [c for _, _, c in candidates[:max_pairs]]
-    if len(contrasts) < max_pairs and len(good) > 1:
-        shortest = min(good, key=lambda t: t.tokens)
-        longer = sorted((t for t in good if t.tokens >= soft_ratio * max(shortest.tokens, 1)
-                         and t.text != shortest.text), key=lambda t: -t.tokens)
-        for t in longer[: max_pairs - len(contrasts)]:
-            contrasts.append(Contrast(
-                task_id=result.task.id, good=shortest, bad=t,
-                divergence_step=common_prefix(shortest.steps, t.steps), kind="soft",
-                gap=round(1.0 - shortest.tokens / max(t.tokens, 1), 4)))
-    return contrasts
+    return [c for _, _, c in candidates[:max_pairs]]
+
+
+def _soft_pairs(result: SearchResult, good: list[Trajectory], soft_ratio: float,
+                room: int) -> list[Contrast]:
+    shortest = min(good, key=lambda t: t.tokens)
+    longer = sorted((t for t in good if t.tokens >= soft_ratio * max(shortest.tokens, 1)
+                     and t.text != shortest.text), key=lambda t: -t.tokens)
+    return [Contrast(task_id=result.task.id, good=shortest, bad=t,
+                     divergence_step=common_prefix(shortest.steps, t.steps), kind="soft",
+                     gap=round(1.0 - shortest.tokens / max(t.tokens, 1), 4))
+            for t in longer[:room]]
+
+
+def _tree_paths(result: SearchResult) -> list[list[int]] | None:
+    """Per trajectory, its node path from the root (None: no usable tree)."""
+    tree = result.tree
+    if not isinstance(tree, dict):
+        return None
+    nodes, rollouts = tree.get("nodes"), tree.get("rollouts")
+    if not isinstance(nodes, list) or not isinstance(rollouts, list) \
+            or len(rollouts) != len(result.trajectories):
+        return None
+    try:
+        parent = [n["parent"] for n in nodes]
+        paths = []
+        for r in rollouts:
+            path: list[int] = []
+            cur = r["leaf"]
+            while cur is not None:
+                path.append(cur)
+                cur = parent[cur]
+            paths.append(path[::-1])
+    except (KeyError, IndexError, TypeError):
+        return None
+    return paths
+
+
+def _shared(a: list[int], b: list[int]) -> int:
+    """Steps two root paths share (the root itself is not a step)."""
+    n = 0
+    for x, y in zip(a[1:], b[1:], strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _tree_hard_pairs(result: SearchResult, paths: list[list[int]], max_pairs: int,
+                     rng: random.Random) -> list[Contrast]:
+    nodes: list[dict[str, Any]] = result.tree["nodes"] if result.tree else []
+    trajs = result.trajectories
+    good = [i for i, t in enumerate(trajs) if t.verdict.correct]
+    candidates: list[tuple[int, float, Contrast]] = []
+    seen: set[tuple[tuple[int, ...], str]] = set()
+    for i, b in enumerate(trajs):
+        if b.verdict.correct:
+            continue
+        key = (tuple(paths[i]), b.text)
+        if key in seen:  # identical failures teach nothing new
+            continue
+        seen.add(key)
+        j = max(good, key=lambda g: (_shared(paths[g], paths[i]), -trajs[g].tokens, -g))
+        shared = _shared(paths[j], paths[i])
+        # The branch where the failure parts from the success (its leaf if it stops first).
+        branch = paths[i][min(shared + 1, len(paths[i]) - 1)]
+        visits = max(1, int(nodes[branch].get("visits", 1)))
+        # Efraimidis-Spirakis: sorting by u^(1/w) samples in proportion to w.
+        draw = rng.random() ** (1.0 / visits)
+        candidates.append((shared, draw, Contrast(
+            task_id=result.task.id, good=trajs[j], bad=b, divergence_step=shared, kind="hard",
+            gap=trajs[j].verdict.reward - b.verdict.reward)))
+    candidates.sort(key=lambda c: (c[0], c[1]), reverse=True)
+    return [c for _, _, c in candidates[:max_pairs]]

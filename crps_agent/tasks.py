@@ -87,7 +87,7 @@ def _to_task(path: Path, lineno: int, obj: dict[str, Any], domain: str | None,
         raise TaskFileError(str(path), lineno, field, msg) from None
     ns = rec.namespace or namespace or "default"
     try:
-        validate_namespace(ns)
+        ns = validate_namespace(ns)
     except ConfigError as exc:
         raise TaskFileError(str(path), lineno, "namespace", str(exc)) from None
     return Task(prompt=rec.prompt, domain=rec.domain or domain or "math", reference=rec.reference,

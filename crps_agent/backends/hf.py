@@ -6,6 +6,9 @@ probe, so that no network fails in seconds with `ModelUnavailableError`, not aft
 `HF_HUB_OFFLINE=1` fails at once for an id that is not cached.
 
 Generation: chat messages go through the tokenizer's chat template, plain prompts as they are.
+A request's `prefix` (assistant text already written) is appended as raw text after the chat
+template's generation prompt (or after the plain prompt); the completion continues it and its
+text and token counts exclude it (the prefix counts as prompt tokens).
 Requests with the same sampling parameters are batched together, all their samples at once
 (left padding, at most `max_batch` rows per `generate` call). Temperature 0 is greedy decoding
 (one row per request, copied n times). Sampling is plain temperature + top-p (no top-k, no
@@ -240,8 +243,8 @@ class HFBackend:
                                    "prompt, or use an instruction-tuned model")
             text = tok.apply_chat_template(request.messages, add_generation_prompt=True,
                                            tokenize=False)
-            return list(tok(text, add_special_tokens=False)["input_ids"])
-        return list(tok(request.prompt)["input_ids"])
+            return list(tok(text + (request.prefix or ""), add_special_tokens=False)["input_ids"])
+        return list(tok((request.prompt or "") + (request.prefix or ""))["input_ids"])
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
         with self._lock:

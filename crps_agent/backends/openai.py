@@ -12,6 +12,12 @@ server that returns fewer than n choices (some ignore `n`) gets more calls until
 (seeds offset per call), and the backend remembers its cap. A JSON schema is sent as
 `response_format`; a server that rejects it (400 naming response_format) is asked again
 without, and is not sent one again (likewise `logprobs`). Token usage accumulates in `usage`.
+
+A request's `prefix` (assistant text already written, as MCTS sends) is appended to the prompt
+on `/v1/completions`. On `/v1/chat/completions` it is sent as a final assistant message with
+`continue_final_message: true, add_generation_prompt: false` — vLLM's server extensions
+(`vllm serve`); other servers may reject them or start a new assistant turn. Either way the
+returned text is the continuation only.
 """
 
 from __future__ import annotations
@@ -205,9 +211,14 @@ class OpenAIBackend:
         body: dict[str, Any] = {"model": self.model, "n": n, "temperature": req.temperature,
                                 "top_p": req.top_p, "max_tokens": req.max_tokens}
         if self._chat(req):
-            body["messages"] = req.messages or [{"role": "user", "content": req.prompt or ""}]
+            messages = req.messages or [{"role": "user", "content": req.prompt or ""}]
+            if req.prefix:  # vLLM-specific: continue the assistant message, no new turn
+                messages = [*messages, {"role": "assistant", "content": req.prefix}]
+                body["continue_final_message"] = True
+                body["add_generation_prompt"] = False
+            body["messages"] = messages
         else:
-            body["prompt"] = req.prompt
+            body["prompt"] = (req.prompt or "") + (req.prefix or "")
         if req.stop:
             body["stop"] = list(req.stop)
         if seed is not None:
@@ -253,7 +264,8 @@ class OpenAIBackend:
             raw = (c.get("message") or {}).get("content") if chat else c.get("text")
             texts.append(apply_stop(raw or "", req.stop)[0])
         usage = data.get("usage") or {}
-        prompt_tokens = int(usage.get("prompt_tokens") or estimate_tokens(req.text()))
+        prompt_tokens = int(usage.get("prompt_tokens")
+                            or estimate_tokens(req.text() + (req.prefix or "")))
         total = usage.get("completion_tokens")
         full = [c.get("finish_reason") == "length" for c in choices]
         shares = (_split_tokens(total, texts, full, req.max_tokens) if isinstance(total, int)

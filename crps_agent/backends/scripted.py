@@ -13,6 +13,14 @@ For tests, docs and the offline example. A script is a YAML file
 or a JSONL file with one rule per line. In Python: `ScriptedBackend(rules=[...])`,
 `backend.enqueue("text")` (a queue consumed before the rules) and `backend.respond(fn)`.
 Rules are tried in order; the first whose `match`/`regex`/`purpose` all hold answers.
+
+Continuations (`request.prefix`, the assistant text already written, as MCTS sends): a rule's
+responses are whole answers; with a prefix, only the responses whose text starts with the
+prefix are candidates (cycled among themselves) and the remainder after the prefix is
+returned. A rule with no such response does not match, so later rules and the default are
+tried. Queued texts and the default are returned minus the prefix when they start with it,
+as given otherwise. A responder `fn(request)` sees `request.prefix` and returns the
+continuation itself (without the prefix). Prompt token counts include the prefix.
 """
 
 from __future__ import annotations
@@ -49,6 +57,7 @@ class Rule:
     name: str = ""
     _compiled: re.Pattern[str] | None = field(default=None, repr=False)
     _next: int = field(default=0, repr=False)
+    _next_by_prefix: dict[str, int] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if not self.responses:
@@ -66,12 +75,38 @@ class Rule:
         text = request.text()
         if self.match is not None and self.match not in text:
             return False
-        return not (self._compiled is not None and not self._compiled.search(text))
+        if self._compiled is not None and not self._compiled.search(text):
+            return False
+        return not request.prefix or bool(self._continuing(request.prefix))
 
-    def take(self) -> Any:
-        item = self.responses[self._next % len(self.responses)]
-        self._next += 1
+    def _continuing(self, prefix: str) -> list[Any]:
+        return [r for r in self.responses if _text_of(r).startswith(prefix)]
+
+    def take(self, prefix: str | None = None) -> Any:
+        """The next response (with a prefix: the next one that continues it, minus it)."""
+        if not prefix:
+            item = self.responses[self._next % len(self.responses)]
+            self._next += 1
+            return item
+        candidates = self._continuing(prefix)
+        if not candidates:
+            raise ScriptError(f"rule {self.name or self.match or self.regex!r} has no response "
+                              f"that continues the prefix {prefix[:60]!r}")
+        k = self._next_by_prefix.get(prefix, 0)
+        self._next_by_prefix[prefix] = k + 1
+        return _strip_prefix(candidates[k % len(candidates)], prefix)
+
+
+def _text_of(item: Any) -> str:
+    return str(item.get("text", "")) if isinstance(item, dict) else str(item)
+
+
+def _strip_prefix(item: Any, prefix: str | None) -> Any:
+    """`item` minus `prefix` when its text starts with it (dict items keep their fields)."""
+    text = _text_of(item)
+    if not prefix or not text.startswith(prefix):
         return item
+    return {**item, "text": text[len(prefix):]} if isinstance(item, dict) else text[len(prefix):]
 
 
 def _rule_from_obj(obj: Any, where: str) -> Rule:
@@ -161,14 +196,16 @@ class ScriptedBackend:
         if from_fn:
             return from_fn.pop(0) if len(from_fn) > 1 else from_fn[0]
         if self.queue:
-            return self.queue.popleft()
+            return _strip_prefix(self.queue.popleft(), request.prefix)
         for rule in self.rules:
             if rule.matches(request):
-                return rule.take()
+                return rule.take(request.prefix)
         if self.default is not None:
-            return self.default
+            return _strip_prefix(self.default, request.prefix)
         head = request.text()[:120].replace("\n", " ")
-        raise ScriptError(f"no scripted rule matches this {request.purpose} prompt: {head!r}...")
+        tail = f" continuing {request.prefix[:60]!r}" if request.prefix else ""
+        raise ScriptError(f"no scripted rule matches this {request.purpose} prompt{tail}: "
+                          f"{head!r}...")
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
         out: list[list[Completion]] = []
@@ -180,7 +217,7 @@ class ScriptedBackend:
                     from_fn = [got] if isinstance(got, str) else list(got)
                     break
             comps = []
-            prompt_tokens = estimate_tokens(req.text())
+            prompt_tokens = estimate_tokens(req.text() + (req.prefix or ""))
             for _ in range(req.n):
                 item = self._one(req, from_fn)
                 text = item["text"] if isinstance(item, dict) else str(item)
@@ -195,7 +232,10 @@ class ScriptedBackend:
             self.calls.append((req, comps))
             if self.transcript is not None:
                 with self.transcript.open("a", encoding="utf-8") as fh:
-                    fh.write(json.dumps({"purpose": req.purpose, "prompt": req.text(),
-                                         "responses": [c.text for c in comps]}) + "\n")
+                    record = {"purpose": req.purpose, "prompt": req.text(),
+                              "responses": [c.text for c in comps]}
+                    if req.prefix:
+                        record["prefix"] = req.prefix
+                    fh.write(json.dumps(record) + "\n")
             out.append(comps)
         return out

@@ -4,6 +4,9 @@ The case file is JSON Lines, one `{pred, gold, expected, source_test}` per line 
 `../shared/data/math_equivalence/cases.jsonl`, pairs taken from the equivalence tests of
 Math-Verify, lighteval, NeMo-Skills and hendrycks/math).
 
+`source_test` is optional: rows without it (such as the Game of 24 rows `{pred, gold:
+"4 9 10 13", expected}`) are counted under the case file's name.
+
 Each row is checked the way a live attempt is: the domain reads the final answer out of
 `pred` with `extract_answer`, then compares it with `equivalent(answer, gold)`. Some
 sources give `pred` as an already-extracted answer (bare LaTeX such as `\\tfrac83`, with
@@ -44,6 +47,7 @@ def read_cases(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
             raise _bad(p, lineno, f"not valid JSON ({exc.msg} at column {exc.colno})") from None
         if not isinstance(row, dict):
             raise _bad(p, lineno, f"expected a JSON object, got {type(row).__name__}")
+        row.setdefault("source_test", p.stem)
         for key in ("pred", "gold", "source_test"):
             if not isinstance(row.get(key), str):
                 what = "missing" if key not in row else f"not a string ({row[key]!r})"

@@ -12,6 +12,7 @@ from crps_agent.cli.bench import bench
 from crps_agent.cli.insights import insights
 from crps_agent.cli.plugins_cmd import plugins
 from crps_agent.cli.run import learn, solve
+from crps_agent.cli.tree import tree
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -30,6 +31,7 @@ cli.add_command(solve)
 cli.add_command(insights)
 cli.add_command(plugins)
 cli.add_command(bench)
+cli.add_command(tree)
 
 
 def main(argv: list[str] | None = None) -> None:

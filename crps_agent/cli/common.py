@@ -35,7 +35,10 @@ def backend_options(fn: F) -> F:
         click.option("--base-url", default=None, help="OpenAI-compatible server URL."),
         click.option("--script", default=None, type=click.Path(dir_okay=False),
                      help="Script file of the scripted backend (YAML or JSONL)."),
-        click.option("--budget", default=None, type=int, help="Attempts per task (n)."),
+        click.option("--search", default=None, type=click.Choice(["best-of-n", "mcts"]),
+                     help="Search method (default best-of-n, or search.method)."),
+        click.option("--budget", default=None, type=int,
+                     help="Attempts per task: samples (best-of-n) or rollouts (mcts)."),
         click.option("--seed", default=None, type=int, help="Sampling seed."),
     ]):
         fn = opt(fn)
@@ -46,7 +49,10 @@ def make_settings(**flags: Any) -> Settings:
     """Settings from file/env with the given CLI flags (None = not given) on top."""
     from crps_agent.config import load_settings
 
-    search = {"n": flags.pop("budget", None)}
+    budget = flags.pop("budget", None)
+    # --budget is the attempts per task: samples for best-of-n, rollouts for MCTS.
+    search = {"n": budget, "method": flags.pop("search", None),
+              "mcts": {"rollouts": budget}}
     memory = {"embedder": flags.pop("embedder", None)}
     return load_settings(search=search, memory=memory, **flags)
 

@@ -1,7 +1,11 @@
-"""`crps-agent insights`: inspect what was learned."""
+"""`crps-agent insights`: inspect and curate what was learned (logic in
+`crps_agent.memory.curation`; these commands parse flags and print)."""
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -94,15 +98,182 @@ def show(insight_id: str, as_json: bool, **flags: Any) -> None:
 @insights.command()
 @store_options
 def stats(as_json: bool, **flags: Any) -> None:
-    """Counts by status, kind and domain; totals of uses, wins and losses."""
+    """Counts by status, kind and domain; utility distribution; best and worst."""
+    from crps_agent.memory.curation import stats as curation_stats
+
     settings = make_settings(**flags)
     memory = open_memory(settings)
-    data = memory.insights.stats(namespace=flags.get("namespace"))
+    data = curation_stats(memory.insights, namespace=flags.get("namespace"))
     data["attempts"] = memory.trajectories.count()
     data["contrasts"] = memory.trajectories.count_contrasts()
     if as_json:
         emit_jsonl([data])
         return
     con = console()
-    for key, value in data.items():
-        con.print(f"[bold]{key:>10}[/bold]  {value}")
+    util = data["utility"]
+    for key in ("embedder", "total", "by_status", "by_kind", "by_domain", "uses", "wins",
+                "losses", "promoted", "flagged", "attempts", "contrasts"):
+        con.print(f"[bold]{key:>10}[/bold]  {data[key]}")
+    con.print(f"[bold]{'utility':>10}[/bold]  {util['used']} used, {util['unused']} unused; "
+              f"mean {util['mean']}; quantiles {util['quantiles'] or '-'}")
+    if util["used"]:
+        peak = max(b["n"] for b in util["histogram"]) or 1
+        for b in util["histogram"]:
+            con.print(f"{'':>12}{b['lo']:.1f}-{b['hi']:.1f} {'#' * round(30 * b['n'] / peak)}"
+                      f" {b['n']}")
+    for key in ("best", "worst"):
+        for row in data[key]:
+            con.print(f"[bold]{key:>10}[/bold]  {row['id'][:8]} u={row['utility']:.3f} "
+                      f"({row['wins']}/{row['losses']}) {row['text']}")
+
+
+def _changed(ins: Insight, action: str, changed: bool, as_json: bool) -> None:
+    if as_json:
+        emit_jsonl([insight_json(ins, action=action, changed=changed)])
+    elif changed:
+        console().print(f"{action}: {ins.id} ({ins.status}) {ins.text}")
+    else:
+        console().print(f"{ins.id} is {ins.status} already: nothing to {action}")
+
+
+@insights.command()
+@click.argument("insight_id")
+@click.option("--text", required=True, help="The new text (re-embedded).")
+@store_options
+def edit(insight_id: str, text: str, as_json: bool, **flags: Any) -> None:
+    """Replace the text of an insight (an id or a unique prefix)."""
+    from crps_agent.memory.curation import edit as curation_edit
+
+    ins = curation_edit(open_memory(make_settings(**flags)).insights, insight_id, text)
+    _changed(ins, "edit", True, as_json)
+
+
+@insights.command()
+@click.argument("insight_id")
+@store_options
+def retire(insight_id: str, as_json: bool, **flags: Any) -> None:
+    """Retire an insight: kept, no longer recalled, restorable."""
+    from crps_agent.memory.curation import retire as curation_retire
+
+    ins, changed = curation_retire(open_memory(make_settings(**flags)).insights, insight_id)
+    _changed(ins, "retire", changed, as_json)
+
+
+@insights.command()
+@click.argument("insight_id")
+@store_options
+def restore(insight_id: str, as_json: bool, **flags: Any) -> None:
+    """Make a retired (or candidate) insight active again."""
+    from crps_agent.memory.curation import restore as curation_restore
+
+    ins, changed = curation_restore(open_memory(make_settings(**flags)).insights, insight_id)
+    _changed(ins, "restore", changed, as_json)
+
+
+@insights.command()
+@click.argument("insight_id")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@store_options
+def delete(insight_id: str, yes: bool, as_json: bool, **flags: Any) -> None:
+    """Delete an insight for good (`retire` keeps it)."""
+    from crps_agent.errors import CrpsError
+    from crps_agent.memory.curation import delete as curation_delete
+
+    store = open_memory(make_settings(**flags)).insights
+    if not yes:
+        if as_json or not sys.stdin.isatty():
+            raise CrpsError("refusing to delete without confirmation: pass --yes")
+        ins = store.get(insight_id)
+        click.confirm(f"delete {ins.id} ({ins.text!r})?", abort=True, err=True)
+    ins = curation_delete(store, insight_id)
+    if as_json:
+        emit_jsonl([{"action": "delete", "id": ins.id, "deleted": True}])
+    else:
+        console().print(f"deleted {ins.id}")
+
+
+@contextmanager
+def _progress(show: bool) -> Iterator[Callable[[str, int, int], None] | None]:
+    """A progress bar per stage on stderr (None when there is nothing to show)."""
+    if not show:
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    bars: dict[str, Any] = {}
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                        MofNCompleteColumn(), console=Console(stderr=True), transient=True)
+
+    def update(what: str, done: int, total: int) -> None:
+        if what not in bars:
+            bars[what] = progress.add_task(what, total=total)
+        progress.update(bars[what], completed=done, total=total)
+
+    with progress:
+        yield update
+
+
+@insights.command("export")
+@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
+@store_options
+def export_(file: str, as_json: bool, **flags: Any) -> None:
+    """Write the insights (of --namespace, else all) to FILE as JSON Lines ("-": stdout)."""
+    from crps_agent.memory.curation import export_insights
+
+    store = open_memory(make_settings(**flags)).insights
+    n = export_insights(store, file, namespace=flags.get("namespace"))
+    summary = {"action": "export", "file": file, "count": n}
+    if file == "-":
+        click.echo(f"exported {n} insights", err=True)
+    elif as_json:
+        emit_jsonl([summary])
+    else:
+        console().print(f"exported {n} insights to {file}")
+
+
+@insights.command("import")
+@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
+@store_options
+def import_(file: str, as_json: bool, **flags: Any) -> None:
+    """Add the insights of a JSON Lines FILE by id (re-embedded; re-importing changes
+    nothing; known ids take the file's fields)."""
+    from crps_agent.memory.curation import import_insights
+
+    store = open_memory(make_settings(**flags)).insights
+    with _progress(sys.stderr.isatty()) as progress:
+        report = import_insights(store, file, progress=progress)
+    summary = {"action": "import", "file": file, "added": report.added,
+               "updated": report.updated, "unchanged": report.unchanged,
+               "repeated": report.repeated, "total": report.total}
+    if as_json:
+        emit_jsonl([summary])
+    else:
+        console().print(f"imported {report.total} insights from {file}: {report.added} added, "
+                        f"{report.updated} updated, {report.unchanged} unchanged")
+
+
+@insights.command()
+@click.option("--embedder", required=True, help="The new embedder: minilm, hash or hash-<dim>.")
+@click.option("--store", default=None, help="Store directory or http://HOST:PORT.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON Lines.")
+def reindex(embedder: str, store: str | None, as_json: bool) -> None:
+    """Re-embed every insight, trajectory and contrast with another embedder into new
+    collections, then switch the store to them at once."""
+    from crps_agent.memory.chroma import open_client
+    from crps_agent.memory.curation import reindex as curation_reindex
+    from crps_agent.memory.embedders import get_embedder
+
+    settings = make_settings(store=store)
+    new = get_embedder(embedder)
+    client = open_client(settings.store)
+    with _progress(sys.stderr.isatty()) as progress:
+        report = curation_reindex(client, new, progress=progress)
+    if as_json:
+        emit_jsonl([{"action": "reindex", "store": settings.store, **vars(report)}])
+        return
+    counts = ", ".join(f"{v['count']} {k}" for k, v in report.collections.items())
+    console().print(f"re-embedded {counts} with {report.embedder} (generation "
+                    f"{report.generation}, {report.seconds} s). From now on open this store "
+                    f"with --embedder {embedder} (or memory.embedder = \"{embedder}\" in "
+                    "crps-agent.toml, or CRPS_MEMORY__EMBEDDER)")

@@ -3,38 +3,65 @@ a partial state update. Reusable in your own LangGraph graphs."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
+from langgraph.graph import END
 from langgraph.runtime import Runtime
 
 from crps_agent.contrast import pair_contrasts
+from crps_agent.errors import NotFoundError
 from crps_agent.graph.state import AgentContext, AgentState
+from crps_agent.memory.admission import check_candidates, settle
+from crps_agent.memory.credit import should_ablate
 from crps_agent.reflect.reflector import reflect
 from crps_agent.search.best_of_n import best_of_n
 from crps_agent.types import Contrast, Insight, SearchResult, Task
 
 
+def _verifiable(ctx: AgentContext, task: Task) -> bool:
+    return bool((task.reference or "").strip()) or not ctx.domain(task.domain).requires_reference
+
+
 def recall_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
-    """Recall the most useful insights for the task into `notes`."""
+    """Recall the most useful insights for the task into `notes`. In learn mode a share of
+    tasks (`memory.ablation_share`, drawn per run and task) is *ablated*: it runs without
+    insights and its verdict counts towards the namespace's baseline."""
     ctx = runtime.context
     task = Task.from_dict(state["task"])
     mem = ctx.settings.memory
+    info = runtime.execution_info
+    thread = (info.thread_id if info is not None else None) or ""
+    if (state.get("mode", "learn") == "learn" and mem.ablation_share > 0
+            and _verifiable(ctx, task)  # an unverified verdict is no baseline sample
+            and should_ablate(mem.ablation_share, str(ctx.settings.seed), thread, task.id)):
+        return {"notes": [], "recalled_ids": [], "ablated": True}
     recalled = ctx.memory.recall(task.prompt, namespace=task.namespace, domain=task.domain,
                                  k=mem.recall_k, token_budget=mem.token_budget)
     return {"notes": [r.insight.text for r in recalled],
-            "recalled_ids": [r.insight.id for r in recalled]}
+            "recalled_ids": [r.insight.id for r in recalled], "ablated": False}
 
 
 def search_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
-    """Attempt the task (best-of-n, one batched call) with the recalled notes in the prompt."""
+    """Attempt the task with the recalled notes in the prompt: best-of-n (one batched call)
+    or MCTS over reasoning steps (one batched call per wave)."""
     ctx = runtime.context
     task = Task.from_dict(state["task"])
     domain = ctx.domain(task.domain)
     messages = domain.render_prompt(task, state.get("notes", []))
-    result = best_of_n(task, domain, ctx.backend, messages=messages,
-                       settings=ctx.settings.search, seed=ctx.settings.seed,
-                       insight_ids=state.get("recalled_ids", []))
-    return {"result": result.to_dict(), "llm_calls": state.get("llm_calls", 0) + 1}
+    if ctx.settings.search.method == "mcts":
+        from crps_agent.search.mcts import mcts
+
+        result = mcts(task, domain, ctx.backend, messages=messages,
+                      settings=ctx.settings.search, seed=ctx.settings.seed,
+                      insight_ids=state.get("recalled_ids", []),
+                      mode=state.get("mode", "learn"))
+    else:
+        result = best_of_n(task, domain, ctx.backend, messages=messages,
+                           settings=ctx.settings.search, seed=ctx.settings.seed,
+                           insight_ids=state.get("recalled_ids", []))
+    return {"result": result.to_dict(),
+            "llm_calls": state.get("llm_calls", 0) + result.stats.llm_calls}
 
 
 def reflect_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
@@ -60,24 +87,62 @@ def reflect_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str,
 
 
 def remember_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
-    """Log attempts and contrasts, store new insights, credit the recalled ones."""
+    """Log attempts and contrasts, store new insights (as candidates when admission is on),
+    credit the recalled ones (retiring or promoting them against the baseline), or count
+    the verdict in the baseline when the task was ablated."""
     ctx = runtime.context
     result = SearchResult.from_dict(state["result"])
     task = result.task
+    mem = ctx.settings.memory
     ctx.memory.trajectories.add_search(result, namespace=task.namespace)
     contrasts = [Contrast.from_dict(c) for c in state.get("contrasts", [])]
     if contrasts:
         ctx.memory.trajectories.add_contrasts(contrasts, namespace=task.namespace,
                                               domain=task.domain)
-    outcomes = ctx.memory.remember([Insight.from_dict(i) for i in state.get("insights", [])])
+    status = "candidate" if mem.admission else "active"
+    new = [dataclasses.replace(Insight.from_dict(i), status=status)
+           for i in state.get("insights", [])]
+    outcomes = ctx.memory.remember(new, backend=ctx.backend)
     recalled = state.get("recalled_ids", [])
-    needs_ref = ctx.domain(task.domain).requires_reference
-    verified = bool((task.reference or "").strip()) or not needs_ref
-    if recalled and verified:
-        ctx.memory.record(recalled, result.solved)
+    verified = _verifiable(ctx, task)
+    changed: list[Insight] = []
+    if verified and state.get("ablated"):
+        ctx.memory.record_baseline(task.namespace, task.domain, result.solved)
+    elif recalled and verified:
+        changed = ctx.memory.record(recalled, result.solved)
     return {"added": sum(1 for o in outcomes if not o.merged),
             "merged": sum(1 for o in outcomes if o.merged),
-            "insights": [o.insight.to_dict() for o in outcomes]}
+            "insights": [o.insight.to_dict() for o in outcomes],
+            "candidates": list(dict.fromkeys(o.insight.id for o in outcomes
+                                             if o.insight.status == "candidate")),
+            "retired": [i.id for i in changed if i.status == "retired"],
+            "promoted": [i.id for i in changed if i.promoted]}
+
+
+def admit_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
+    """Admission (memory/admission.py): check rollouts on the task without and with each
+    candidate insight; admitted ones become active, the others are retired."""
+    ctx = runtime.context
+    task = Task.from_dict(state["task"])
+    mem = ctx.settings.memory
+    candidates = []
+    for insight_id in state.get("candidates", []):
+        try:
+            candidates.append(ctx.memory.insights.get(insight_id))
+        except NotFoundError:
+            continue
+    checks = check_candidates(
+        task, ctx.domain(task.domain), ctx.backend, notes=state.get("notes", []),
+        candidates=[c for c in candidates if c.status == "candidate"],
+        search=ctx.settings.search, rollouts=mem.admission_rollouts or ctx.settings.search.n,
+        tolerance=mem.admission_tolerance, seed=ctx.settings.seed)
+    settle(ctx.memory.insights, {c.insight_id: c.admitted for c in checks})
+    return {"admission": [c.to_dict() for c in checks],
+            "llm_calls": state.get("llm_calls", 0) + (1 if checks else 0)}
+
+
+def route_after_remember(state: AgentState) -> str:
+    return "admit" if state.get("candidates") else END
 
 
 def route_after_search(state: AgentState) -> str:

@@ -62,7 +62,7 @@ def test_load_tasks_valid(tmp_path):
                           ' "meta": {"k": 1}}'])
     tasks = load_tasks(p, domain="math")
     assert tasks[0].reference == "2" and tasks[0].domain == "math"
-    assert (tasks[1].id, tasks[1].domain, tasks[1].namespace) == ("b", "exact", "team.a")
+    assert (tasks[1].id, tasks[1].domain, tasks[1].namespace) == ("b", "exact", "team%2Ea")
     assert len(load_tasks(p, limit=1)) == 1 and load_tasks(p, offset=1)[0].id == "b"
 
 

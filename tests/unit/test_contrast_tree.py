@@ -1,0 +1,112 @@
+"""Contrast pairing on an MCTS tree: divergence where paths part, longest shared prefix
+first, hard negatives in proportion to visits, soft negatives fill in, at most K pairs."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+from crps_agent.backends.scripted import ScriptedBackend
+from crps_agent.config import MCTSSettings, SearchSettings
+from crps_agent.contrast import pair_contrasts
+from crps_agent.domains import Domain
+from crps_agent.search.mcts import mcts
+from crps_agent.search.tree import Tree
+from crps_agent.types import SearchResult, Task, Trajectory, Verdict
+
+
+class AnswerDomain(Domain):
+    name = "answer"
+
+    def extract_answer(self, text: str) -> str | None:
+        lines = [ln for ln in text.strip().splitlines() if ln.startswith("Answer:")]
+        return lines[-1].removeprefix("Answer:").strip() if lines else None
+
+    def equivalent(self, pred: str, gold: str, task: Task | None = None) -> bool:
+        return pred == gold
+
+
+TASK = Task(prompt="p", domain="answer", reference="42", id="t")
+GOOD = "Step 1: a\nStep 2: b\nStep 3: c\nAnswer: 42"
+BAD_LATE = "Step 1: a\nStep 2: b\nStep 3: x\nAnswer: 41"
+BAD_EARLY = "Step 1: q\nStep 2: r\nAnswer: 40"
+
+
+def test_pairs_from_an_mcts_search_part_where_paths_part() -> None:
+    backend = ScriptedBackend(rules=[{"match": "Problem", "responses": [
+        BAD_EARLY, GOOD, BAD_LATE]}])
+    dom = AnswerDomain()
+    res = mcts(TASK, dom, backend, messages=dom.render_prompt(TASK),
+               settings=SearchSettings(method="mcts", mcts=MCTSSettings(rollouts=12)), seed=0)
+    assert res.n_correct and res.n_correct < len(res.trajectories)
+    pairs = pair_contrasts(res, max_pairs=2)
+    assert [p.kind for p in pairs] == ["hard", "hard"]
+    first = pairs[0]
+    assert first.bad.text == BAD_LATE and first.good.text == GOOD
+    assert first.divergence_step == 2
+    assert first.good.steps[:2] == first.bad.steps[:2] != [] and \
+        first.good.steps[2] != first.bad.steps[2]
+    assert pairs[1].bad.text == BAD_EARLY and pairs[1].divergence_step == 0
+    assert pair_contrasts(res, max_pairs=2) == pairs  # seeded from the task: deterministic
+    assert len(pair_contrasts(res, max_pairs=1)) == 1
+
+
+def _result(attempts: list[tuple[list[str], bool, int]], extra_visits: dict[str, int]
+            ) -> SearchResult:
+    """A search result whose tree holds `attempts` (steps, correct, tokens); nodes named in
+    `extra_visits` get that many more visits (as if the search had gone there more)."""
+    tree = Tree(max_depth=16)
+    trajs: list[Trajectory] = []
+    rollouts: list[dict[str, int]] = []
+    for steps, ok, tokens in attempts:
+        leaf = tree.merge(tree.root, [(s, s + "\n") for s in steps], tokens)
+        tree.finish(leaf, float(ok), ok)
+        text = "\n".join(steps)
+        trajs.append(Trajectory(task_id="t", text=text, steps=steps, answer=steps[-1],
+                                verdict=Verdict(float(ok), ok), tokens=tokens, search_id="s"))
+        rollouts.append({"index": len(rollouts), "from": 0, "leaf": leaf.id})
+    for node in tree.nodes:
+        node.visits += extra_visits.get(node.step, 0)
+    data = tree.to_dict()
+    data["rollouts"] = rollouts
+    return SearchResult(task=TASK, trajectories=trajs, best=None, search_id="s", tree=data)
+
+
+def test_hard_negatives_at_equal_depth_are_drawn_in_proportion_to_visits() -> None:
+    res = _result([(["a", "good"], True, 10), (["a", "rare"], False, 10),
+                   (["a", "common"], False, 10)], {"common": 8})  # visits 1 vs 9
+    firsts = Counter(pair_contrasts(res, max_pairs=1, rng=random.Random(i))[0].bad.steps[-1]
+                     for i in range(600))
+    share = firsts["common"] / 600
+    assert 0.82 < share < 0.97, firsts  # expected 0.9
+    both = pair_contrasts(res, max_pairs=3, rng=random.Random(0))
+    assert {c.bad.steps[-1] for c in both} == {"rare", "common"}
+    assert all(c.divergence_step == 1 and c.good.steps[-1] == "good" for c in both)
+
+
+def test_longest_shared_prefix_beats_visits() -> None:
+    res = _result([(["a", "b", "good"], True, 10), (["a", "b", "late"], False, 10),
+                   (["x", "early"], False, 10)], {"x": 1000, "early": 1000})
+    for i in range(20):
+        first = pair_contrasts(res, max_pairs=1, rng=random.Random(i))[0]
+        assert first.bad.steps[-1] == "late" and first.divergence_step == 2
+
+
+def test_soft_negatives_fill_in_and_k_caps_the_pairs() -> None:
+    res = _result([(["s"], True, 10), (["l1", "l2", "l3"], True, 40), (["x", "bad"], False, 5),
+                   (["y", "bad2"], False, 5), (["l1", "long", "more"], True, 30)], {})
+    pairs = pair_contrasts(res, max_pairs=4, soft_ratio=1.5)
+    assert [p.kind for p in pairs] == ["hard", "hard", "soft", "soft"]
+    assert pairs[2].good.steps == ["s"] and pairs[2].bad.tokens == 40
+    assert len(pair_contrasts(res, max_pairs=1)) == 1
+    assert pair_contrasts(res, max_pairs=0) == []
+    none_good = _result([(["x"], False, 3), (["y"], False, 3)], {})
+    assert pair_contrasts(none_good) == []
+
+
+def test_identical_failures_pair_once_and_a_broken_tree_falls_back() -> None:
+    res = _result([(["g"], True, 3), (["same"], False, 3), (["same"], False, 3)], {})
+    assert len(pair_contrasts(res, max_pairs=3)) == 1
+    assert res.tree is not None
+    res.tree["rollouts"] = res.tree["rollouts"][:1]  # does not match the trajectories
+    assert len(pair_contrasts(res, max_pairs=3)) == 1  # the best-of-n pairing
