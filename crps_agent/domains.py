@@ -6,6 +6,7 @@ implement `extract_answer` and `equivalent`; override `verify` for richer checks
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from crps_agent.errors import TaskError
@@ -17,11 +18,22 @@ NOTES_HEADER = (
 )
 
 
+_NOTES_TAG = re.compile(r"<(\s*/?\s*notes\b)", re.IGNORECASE)
+
+
+def quote_note(note: str) -> str:
+    """A note as inert data: on one line (it cannot open a section of its own) and with any
+    `<notes>` / `</notes>` tag inside it escaped (it cannot close the notes section)."""
+    return _NOTES_TAG.sub(r"&lt;\1", " ".join(note.split()))
+
+
 def render_notes(notes: list[str]) -> str:
-    """The delimited notes section placed before the problem; empty when there are none."""
-    if not notes:
+    """The delimited notes section placed before the problem; empty when there are none.
+    Recalled insights are quoted data in the user turn, never system instructions."""
+    quoted = [q for q in (quote_note(n) for n in notes) if q]
+    if not quoted:
         return ""
-    body = "\n".join(f"- {n}" for n in notes)
+    body = "\n".join(f"- {q}" for q in quoted)
     return f"<notes>\n{NOTES_HEADER}\n{body}\n</notes>\n\n"
 
 

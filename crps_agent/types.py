@@ -213,6 +213,13 @@ class Insight:
     updated_at: float = field(default_factory=time.time)
     embedder: str = ""
     id: str = ""
+    # Lifecycle (DESIGN.md §4): `promoted` when its success rate is confidently above the
+    # namespace's baseline (recall ranks it higher); `flags` are review marks ("contradiction",
+    # "retired:harmful", "admission:rejected", "restored", ...); `contradicts` holds the ids
+    # of insights that likely give the opposite advice.
+    promoted: bool = False
+    flags: list[str] = field(default_factory=list)
+    contradicts: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.id:

@@ -23,9 +23,11 @@ from langgraph.graph import END, START, StateGraph
 
 from crps_agent.config import Settings, load_settings
 from crps_agent.graph.nodes import (
+    admit_node,
     recall_node,
     reflect_node,
     remember_node,
+    route_after_remember,
     route_after_search,
     search_node,
 )
@@ -56,6 +58,11 @@ class TaskReport:
     llm_calls: int = 0
     tokens: int = 0
     resumed: bool = False
+    ablated: bool = False  # run without insights: its verdict went to the baseline
+    admitted: int = 0  # candidate insights that passed their admission check
+    admission_rejected: int = 0
+    retired: list[str] = field(default_factory=list)  # retired by this task's credit
+    promoted: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,6 +88,11 @@ class LearnReport:
             "contrasts": sum(t.contrasts for t in self.tasks),
             "insights_added": sum(t.insights_added for t in self.tasks),
             "insights_merged": sum(t.insights_merged for t in self.tasks),
+            "insights_admitted": sum(t.admitted for t in self.tasks),
+            "insights_admission_rejected": sum(t.admission_rejected for t in self.tasks),
+            "insights_retired": sum(len(t.retired) for t in self.tasks),
+            "insights_promoted": sum(len(t.promoted) for t in self.tasks),
+            "ablated": sum(t.ablated for t in self.tasks),
             "rejected": dict(rejected),
             "llm_calls": sum(t.llm_calls for t in self.tasks),
             "tokens": sum(t.tokens for t in self.tasks),
@@ -89,17 +101,20 @@ class LearnReport:
 
 
 def build_graph(checkpointer: BaseCheckpointSaver[Any] | None = None) -> Any:
-    """The compiled agent graph. Input: {"mode", "task"}; context: `AgentContext`."""
+    """The compiled agent graph: recall → search → (learn: reflect) → remember → (new
+    candidate insights: admit). Input: {"mode", "task"}; context: `AgentContext`."""
     g = StateGraph(AgentState, context_schema=AgentContext)
     g.add_node("recall", recall_node)
     g.add_node("search", search_node)
     g.add_node("reflect", reflect_node)
     g.add_node("remember", remember_node)
+    g.add_node("admit", admit_node)
     g.add_edge(START, "recall")
     g.add_edge("recall", "search")
     g.add_conditional_edges("search", route_after_search, ["reflect", "remember"])
     g.add_edge("reflect", "remember")
-    g.add_edge("remember", END)
+    g.add_conditional_edges("remember", route_after_remember, ["admit", END])
+    g.add_edge("admit", END)
     return g.compile(checkpointer=checkpointer)
 
 
@@ -114,6 +129,10 @@ def _report(state: dict[str, Any], resumed: bool = False) -> TaskReport:
         insights_added=state.get("added", 0), insights_merged=state.get("merged", 0),
         rejected=dict(state.get("rejected", {})), llm_calls=state.get("llm_calls", 0),
         tokens=result.stats.prompt_tokens + result.stats.completion_tokens, resumed=resumed,
+        ablated=bool(state.get("ablated", False)),
+        admitted=sum(1 for c in state.get("admission", []) if c["admitted"]),
+        admission_rejected=sum(1 for c in state.get("admission", []) if not c["admitted"]),
+        retired=list(state.get("retired", [])), promoted=list(state.get("promoted", [])),
     )
 
 

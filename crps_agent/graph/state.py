@@ -32,6 +32,11 @@ class AgentState(TypedDict, total=False):
     added: int
     merged: int
     llm_calls: int
+    ablated: bool  # run without insights (ablation): its verdict is a baseline sample
+    candidates: list[str]  # new insights awaiting admission
+    admission: list[dict[str, Any]]  # AdmissionCheck dicts
+    retired: list[str]  # insights retired by this task's credit
+    promoted: list[str]  # insights promoted by this task's credit
 
 
 @dataclass

@@ -10,9 +10,10 @@ from crps_agent.memory.chroma import local_store_path, open_client
 from crps_agent.memory.embedders import Embedder, get_embedder
 from crps_agent.memory.insights import AddOutcome, InsightStore, RecalledInsight
 from crps_agent.memory.trajectories import TrajectoryLog
-from crps_agent.namespaces import validate_namespace
+from crps_agent.namespaces import Namespace, validate_namespace
 
 if TYPE_CHECKING:
+    from crps_agent.backends.base import Backend
     from crps_agent.config import Settings
     from crps_agent.types import Insight
 
@@ -44,7 +45,8 @@ class Memory:
         self.local_path: Path | None = local_store_path(self.store)
         self.client = open_client(self.store)
         self.insights = InsightStore(self.client, self.embedder,
-                                     dedup_threshold=settings.dedup_threshold)
+                                     dedup_threshold=settings.dedup_threshold,
+                                     settings=settings)
         self.trajectories = TrajectoryLog(self.client, self.embedder)
 
     @classmethod
@@ -55,13 +57,16 @@ class Memory:
         self,
         query: str,
         *,
-        namespace: str = "default",
+        namespace: Namespace = "default",
         domain: str | None = None,
         k: int | None = None,
         token_budget: int | None = None,
         min_similarity: float | None = None,
+        shared: list[Namespace] | None = None,
     ) -> list[RecalledInsight]:
-        """The insights to put in the prompt for `query` (defaults from the settings)."""
+        """The insights to put in the prompt for `query` (defaults from the settings).
+        Only `namespace` is read, plus the `shared` namespaces (default: the setting
+        `shared_namespaces`) when asked for explicitly."""
         return self.insights.recall(
             query,
             namespace=validate_namespace(namespace),
@@ -70,15 +75,34 @@ class Memory:
             token_budget=self.settings.token_budget if token_budget is None else token_budget,
             min_similarity=(self.settings.min_similarity if min_similarity is None
                             else min_similarity),
+            shared=list(self.settings.shared_namespaces) if shared is None else shared,
         )
 
-    def record(self, insight_ids: list[str], correct: bool) -> None:
-        """Credit a task's verdict to the insights it used."""
-        self.insights.record_outcome(insight_ids, correct)
+    def record(self, insight_ids: list[str], correct: bool) -> list[Insight]:
+        """Credit a task's verdict to the insights it used; returns the insights that were
+        retired or promoted (or lost their promotion) by it."""
+        return self.insights.record_outcome(insight_ids, correct)
 
-    def remember(self, insights: list[Insight]) -> list[AddOutcome]:
-        """Add insights, merging near-duplicates."""
-        return self.insights.add_many(insights)
+    def record_baseline(self, namespace: Namespace, domain: str, correct: bool) -> None:
+        """Count the verdict of a task run without insights (ablation) in the baseline of
+        its namespace and domain."""
+        self.insights.record_baseline(namespace, domain, correct)
+
+    def remember(self, insights: list[Insight], *, backend: Backend | None = None
+                 ) -> list[AddOutcome]:
+        """Add insights, merging duplicates and flagging likely contradictions (confirmed
+        by `backend` when given and the setting `contradiction_llm` is on)."""
+        return self.insights.add_many(insights, backend=backend)
+
+    def consolidate(self, namespace: Namespace = "default", *, domain: str | None = None,
+                    backend: Backend | None = None, threshold: float | None = None
+                    ) -> list[Insight]:
+        """Merge clusters of related insights (LLM-rewritten with a backend); see
+        `crps_agent.memory.dedup.consolidate`."""
+        from crps_agent.memory.dedup import consolidate
+
+        return consolidate(self.insights, validate_namespace(namespace), domain=domain,
+                           backend=backend, threshold=threshold)
 
     def __repr__(self) -> str:
         return f"Memory(store={self.store!r}, embedder={self.embedder.name!r})"

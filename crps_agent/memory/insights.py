@@ -2,7 +2,12 @@
 
 One record per insight: id = `Insight.id`, document = the text, embedding = the text's
 embedding, metadata = every other field (lists as JSON strings: Chroma metadata values are
-scalars). See DESIGN.md §4 "Insight lifecycle".
+scalars) plus `text_hash` (exact dedup). See DESIGN.md §4 "Insight lifecycle"; the
+policies live in credit.py (utility, baseline, retire/promote), recall.py (ranking, MMR)
+and dedup.py (exact/embedding dedup, contradictions, LLM merge).
+
+Every read-modify-write sequence runs under `chroma.write_lock(client)` (serialises writers
+of an embedded store across processes; a no-op for a server).
 """
 
 from __future__ import annotations
@@ -10,35 +15,46 @@ from __future__ import annotations
 import builtins
 import dataclasses
 import json
-import re
 import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from crps_agent.backends.base import estimate_tokens
+from crps_agent.config import MemorySettings
 from crps_agent.errors import NotFoundError
-from crps_agent.memory.chroma import open_collection, where_clause
-from crps_agent.namespaces import validate_namespace
+from crps_agent.memory.chroma import open_collection, where_clause, write_lock
+from crps_agent.memory.credit import (
+    ADMISSION_REJECTED,
+    RESTORED,
+    BaselineStore,
+    apply_judgement,
+    judge,
+)
+from crps_agent.memory.credit import utility as _utility
+from crps_agent.memory.dedup import (
+    BatchIndex,
+    combine,
+    flag_pairs,
+    likely_contradiction,
+    merge_target,
+    normalise_text,
+    text_hash,
+)
+from crps_agent.memory.recall import RankParams, RecalledInsight, rank, select
+from crps_agent.memory.records import from_record, lifecycle_meta, to_meta, ts
+from crps_agent.namespaces import Namespace, validate_namespace, validate_namespaces
 from crps_agent.types import Insight
 
 if TYPE_CHECKING:
     from chromadb.api import ClientAPI
 
+    from crps_agent.backends.base import Backend
     from crps_agent.memory.embedders import Embedder
 
+__all__ = ["AddOutcome", "InsightStore", "RecalledInsight", "normalise_text", "utility"]
+
 _MIN_PREFIX = 4
-_SPACES = re.compile(r"\s+")
-
-
-@dataclass
-class RecalledInsight:
-    """An insight returned by recall/search: cosine `similarity` to the query and the
-    ranking `score` (= similarity x utility)."""
-
-    insight: Insight
-    similarity: float
-    score: float
+_NEAR_K = 5  # stored neighbours looked at per added insight (merge target, contradictions)
 
 
 @dataclass
@@ -49,161 +65,90 @@ class AddOutcome:
     merged: bool
 
 
-def utility(insight: Insight) -> float:
-    """Posterior mean of the success rate under a Beta(1, 1) prior: (wins+1)/(wins+losses+2)."""
-    return (insight.wins + 1) / (insight.wins + insight.losses + 2)
-
-
-def normalise_text(text: str) -> str:
-    """Lowercase, collapse whitespace, drop surrounding punctuation (for exact-match dedup)."""
-    return _SPACES.sub(" ", text.lower()).strip(" \t\n.,;:!?\"'`")
-
-
-def _ts(seconds: float) -> float:
-    """Timestamps are kept to the millisecond: Chroma does not round-trip every float64."""
-    return round(float(seconds), 3)
-
-
-def _to_meta(insight: Insight) -> dict[str, Any]:
-    return {
-        "kind": insight.kind,
-        "domain": insight.domain,
-        "namespace": insight.namespace,
-        "tags": json.dumps(list(insight.tags)),
-        "evidence": json.dumps(list(insight.evidence)),
-        "support": int(insight.support),
-        "uses": int(insight.uses),
-        "wins": int(insight.wins),
-        "losses": int(insight.losses),
-        "status": insight.status,
-        "created_at": _ts(insight.created_at),
-        "updated_at": _ts(insight.updated_at),
-        "embedder": insight.embedder,
-    }
-
-
-def _from_record(insight_id: str, document: str | None, meta: Any) -> Insight:
-    m = dict(meta or {})
-    return Insight(
-        id=insight_id,
-        text=document or "",
-        kind=str(m.get("kind", "strategy")),
-        domain=str(m.get("domain", "")),
-        namespace=str(m.get("namespace", "default")),
-        tags=json.loads(m.get("tags") or "[]"),
-        evidence=json.loads(m.get("evidence") or "[]"),
-        support=int(m.get("support", 1)),
-        uses=int(m.get("uses", 0)),
-        wins=int(m.get("wins", 0)),
-        losses=int(m.get("losses", 0)),
-        status=str(m.get("status", "active")),
-        created_at=float(m.get("created_at", 0.0)),
-        updated_at=float(m.get("updated_at", 0.0)),
-        embedder=str(m.get("embedder", "")),
-    )
-
-
-def _union(into: list[str], extra: list[str]) -> list[str]:
-    seen = set(into)
-    out = list(into)
-    for item in extra:
-        if item not in seen:
-            seen.add(item)
-            out.append(item)
-    return out
-
-
-class _BatchIndex:
-    """The insights already placed in a batch, per (namespace, domain), so that later ones
-    can merge into earlier ones. Rows are appended to one preallocated matrix per group:
-    each lookup is a single matrix-vector product."""
-
-    def __init__(self, insights: list[Insight], embeddings: list[list[float]]) -> None:
-        import numpy as np
-
-        self._vectors = np.asarray(embeddings, dtype=np.float32)
-        self._keys = [(ins.namespace, ins.domain) for ins in insights]
-        sizes = Counter(self._keys)
-        dim = self._vectors.shape[1] if len(self._vectors) else 0
-        self._rows = {key: np.empty((n, dim), dtype=np.float32) for key, n in sizes.items()}
-        self._targets: dict[tuple[str, str], list[str]] = {key: [] for key in sizes}
-        self._norms: dict[tuple[tuple[str, str], str], int] = {}  # -> row in its group
-
-    def nearest(self, index: int, norm: str, threshold: float) -> tuple[str, float] | None:
-        """(target id, similarity) of the most similar earlier insight of the same group if
-        it reaches `threshold`, else of an earlier one with the same normalised text."""
-        key = self._keys[index]
-        targets = self._targets[key]
-        if not targets:
-            return None
-        sims = self._rows[key][: len(targets)] @ self._vectors[index]
-        row = int(sims.argmax())
-        if float(sims[row]) >= threshold:
-            return targets[row], float(sims[row])
-        same = self._norms.get((key, norm))
-        return None if same is None else (targets[same], float(sims[same]))
-
-    def place(self, index: int, norm: str, target: str) -> None:
-        key = self._keys[index]
-        row = len(self._targets[key])
-        self._rows[key][row] = self._vectors[index]
-        self._targets[key].append(target)
-        self._norms.setdefault((key, norm), row)
+def utility(insight: Insight, a: float = 1.0, b: float = 1.0) -> float:
+    """Posterior mean of the success rate under a Beta(a, b) prior (Beta(1, 1) by default)."""
+    return _utility(insight, a, b)
 
 
 class InsightStore:
-    """Insights of one Chroma collection (all namespaces; filters select one)."""
+    """Insights of one Chroma collection (all namespaces; filters select one). `settings`
+    holds the lifecycle knobs (prior, ranking, contradictions, credit); defaults if None."""
 
-    candidate_factor = 4  # recall fetches k x this many candidates to re-rank by utility
+    candidate_factor = 4  # recall fetches k x this many candidates to re-rank and diversify
 
-    def __init__(
-        self,
-        client: ClientAPI,
-        embedder: Embedder,
-        *,
-        dedup_threshold: float = 0.9,
-        collection: str = "insights",
-    ) -> None:
+    def __init__(self, client: ClientAPI, embedder: Embedder, *, dedup_threshold: float = 0.9,
+                 collection: str = "insights", settings: MemorySettings | None = None) -> None:
         self.client = client
         self.embedder = embedder
         self.dedup_threshold = dedup_threshold
+        self.settings = settings or MemorySettings()
         self.collection = open_collection(client, collection, embedder)
+        self.baselines = BaselineStore(client)
+
+    @property
+    def rank_params(self) -> RankParams:
+        s = self.settings
+        return RankParams(prior_a=s.prior_a, prior_b=s.prior_b, exploration=s.exploration,
+                          promotion_boost=s.promotion_boost, mmr_lambda=s.mmr_lambda,
+                          near_duplicate=self.dedup_threshold)
+
+    def utility(self, insight: Insight) -> float:
+        return utility(insight, self.settings.prior_a, self.settings.prior_b)
 
     # ----------------------------------------------------------------- adding / merging
 
     def add(self, insight: Insight) -> AddOutcome:
         return self.add_many([insight])[0]
 
-    def add_many(self, insights: builtins.list[Insight]) -> builtins.list[AddOutcome]:
-        """Insert insights, merging each into a near-duplicate (same namespace and domain,
-        cosine >= dedup_threshold or the same normalised text) already stored or earlier in
-        the batch. One embed call, one query per (namespace, domain) in the batch, at most
-        one add and one update."""
+    def add_many(self, insights: builtins.list[Insight], *, backend: Backend | None = None
+                 ) -> builtins.list[AddOutcome]:
+        """Insert insights, merging each into a duplicate of the same namespace and domain,
+        stored or earlier in the batch: the same normalised text, else cosine >=
+        dedup_threshold, unless the two likely contradict each other. A new insight that is
+        similar to one with opposite cues is flagged with it (confirmed by `backend` when
+        given). A merge into an insight retired by admission makes it a candidate again
+        when the newcomer is a candidate (it gets a new check)."""
         if not insights:
             return []
-        for ins in insights:
-            validate_namespace(ins.namespace)
+        insights = [dataclasses.replace(i, namespace=validate_namespace(i.namespace))
+                    for i in insights]
         embeddings = self.embedder.embed([ins.text for ins in insights])
-        stored = self._fetch(ids=list(dict.fromkeys(ins.id for ins in insights)))
-        nearest = self._nearest_stored(insights, embeddings)
+        with write_lock(self.client):
+            return self._add_locked(insights, embeddings, backend)
 
-        pending: dict[str, Insight] = {}  # id -> insight to write (new or merged)
-        new_ids: dict[str, list[float]] = {}  # ids to insert, with their embedding
-        batch = _BatchIndex(insights, embeddings)
+    def _add_locked(self, insights: builtins.list[Insight],
+                    embeddings: builtins.list[builtins.list[float]],
+                    backend: Backend | None) -> builtins.list[AddOutcome]:
+        stored = self._fetch(ids=list(dict.fromkeys(ins.id for ins in insights)))
+        exact = self._by_hash([text_hash(i.namespace, i.domain, i.text) for i in insights])
+        nearest = self._nearest_stored(insights, embeddings)
+        low = self.settings.contradiction_min_similarity
+        pending: dict[str, Insight] = {}  # id -> insight to write (new or changed)
+        new_ids: dict[str, builtins.list[float]] = {}  # ids to insert, with their embedding
+        pairs: builtins.list[tuple[str, str]] = []  # likely contradictions (new id, other id)
+        batch = BatchIndex(insights, embeddings)
         outcomes: builtins.list[AddOutcome] = []
-        now = _ts(time.time())
+        now = ts(time.time())
         for i, (ins, emb) in enumerate(zip(insights, embeddings, strict=True)):
             norm = normalise_text(ins.text)
-            target = self._merge_target(ins, i, norm, stored, pending, nearest.get(i), batch)
+            near = nearest.get(i, [])
+            target = merge_target(ins, i, norm, self.dedup_threshold, stored, pending,
+                                  exact, near, batch)
             if target is None:
                 new = dataclasses.replace(
                     ins, embedder=self.embedder.name, tags=list(ins.tags),
-                    evidence=list(ins.evidence), created_at=_ts(ins.created_at),
-                    updated_at=_ts(ins.updated_at))
+                    evidence=list(ins.evidence), flags=list(ins.flags),
+                    contradicts=list(ins.contradicts), created_at=ts(ins.created_at),
+                    updated_at=ts(ins.updated_at))
                 pending[new.id] = new
                 new_ids[new.id] = emb
                 outcomes.append(AddOutcome(new, merged=False))
-                batch.place(i, norm, new.id)
+                for other, sim in near:
+                    if sim >= low and likely_contradiction(new.text, other.text):
+                        stored.setdefault(other.id, other)
+                        pairs.append((new.id, other.id))
+                pairs += [(new.id, other) for other in batch.conflicts(i, low)]
+                batch.place(i, norm, new.id, new.text)
                 continue
             into = pending.get(target) or stored[target]
             pending[target] = into
@@ -211,83 +156,86 @@ class InsightStore:
             into.evidence = _union(into.evidence, ins.evidence)
             into.tags = _union(into.tags, ins.tags)
             into.updated_at = now
+            if (into.status == "retired" and ADMISSION_REJECTED in into.flags
+                    and ins.status == "candidate"):
+                into.status = "candidate"
+                into.flags = [f for f in into.flags if f != ADMISSION_REJECTED]
             outcomes.append(AddOutcome(into, merged=True))
-            batch.place(i, norm, target)
+            batch.place(i, norm, target, into.text)
+        flag_pairs(pairs, pending, stored,
+                   backend if self.settings.contradiction_llm else None)
+        self._write(pending, new_ids)
+        return outcomes
 
+    def _write(self, pending: dict[str, Insight], new_ids: dict[str, builtins.list[float]]
+               ) -> None:
         if new_ids:
             ids = builtins.list(new_ids)
             self.collection.add(
                 ids=ids,
                 embeddings=[new_ids[i] for i in ids],  # type: ignore[arg-type]
                 documents=[pending[i].text for i in ids],
-                metadatas=[_to_meta(pending[i]) for i in ids],
+                metadatas=[to_meta(pending[i]) for i in ids],
             )
-        merged_ids = [i for i in pending if i not in new_ids]
-        if merged_ids:
-            self.collection.update(
-                ids=merged_ids,
-                metadatas=[
-                    {
-                        "support": pending[i].support,
-                        "evidence": json.dumps(pending[i].evidence),
-                        "tags": json.dumps(pending[i].tags),
-                        "updated_at": pending[i].updated_at,
-                    }
-                    for i in merged_ids
-                ],
-            )
-        return outcomes
+        changed = [i for i in pending if i not in new_ids]
+        if changed:
+            self.collection.update(ids=changed, metadatas=[
+                lifecycle_meta(pending[i]) for i in changed])
 
-    def _merge_target(
-        self,
-        ins: Insight,
-        index: int,
-        norm: str,
-        stored: dict[str, Insight],
-        pending: dict[str, Insight],
-        near: tuple[Insight, float] | None,
-        batch: _BatchIndex,
-    ) -> str | None:
-        """The id the batch's `index`-th insight merges into, or None to insert it."""
-        if ins.id in pending or ins.id in stored:  # same namespace, domain and text
-            return ins.id
-        threshold = self.dedup_threshold - 1e-6  # float noise on exact duplicates
-        target, best = None, float("-inf")
-        if near is not None:
-            other, sim = near
-            if sim >= threshold or normalise_text(other.text) == norm:
-                target, best = other.id, sim
-                stored.setdefault(other.id, other)
-        earlier = batch.nearest(index, norm, threshold)
-        if earlier is not None and earlier[1] > best:
-            target = earlier[0]
-        return target
+    def _by_hash(self, hashes: builtins.list[str]) -> dict[str, Insight]:
+        """Stored insights by exact-dedup key (the oldest one per key)."""
+        where: Any = {"text_hash": {"$in": list(dict.fromkeys(hashes))}}
+        res = self.collection.get(where=where, include=["documents", "metadatas"])
+        found: dict[str, Insight] = {}
+        for rid, doc, meta in zip(res["ids"], res["documents"] or [], res["metadatas"] or [],
+                                  strict=True):
+            ins = from_record(rid, doc, meta)
+            key = str((meta or {}).get("text_hash", ""))
+            if key not in found or (ins.created_at, ins.id) < (found[key].created_at,
+                                                               found[key].id):
+                found[key] = ins
+        return found
 
-    def _nearest_stored(
-        self, insights: builtins.list[Insight], embeddings: builtins.list[builtins.list[float]]
-    ) -> dict[int, tuple[Insight, float]]:
-        """The nearest stored insight of the same namespace and domain, by batch index."""
+    def _nearest_stored(self, insights: builtins.list[Insight],
+                        embeddings: builtins.list[builtins.list[float]]
+                        ) -> dict[int, builtins.list[tuple[Insight, float]]]:
+        """Up to `_NEAR_K` stored insights of the same namespace and domain, most similar
+        first, by batch index."""
         groups: dict[tuple[str, str], builtins.list[int]] = {}
         for i, ins in enumerate(insights):
             groups.setdefault((ins.namespace, ins.domain), []).append(i)
-        out: dict[int, tuple[Insight, float]] = {}
+        out: dict[int, builtins.list[tuple[Insight, float]]] = {}
         if self.collection.count() == 0:
             return out
         for (namespace, domain), idx in groups.items():
             res = self.collection.query(
                 query_embeddings=[embeddings[i] for i in idx],  # type: ignore[arg-type]
-                n_results=1,
-                where=where_clause(namespace=namespace, domain=domain),
-                include=["documents", "metadatas", "distances"],
-            )
+                n_results=_NEAR_K, where=where_clause(namespace=namespace, domain=domain),
+                include=["documents", "metadatas", "distances"])
+            docs_all, metas_all = res["documents"] or [], res["metadatas"] or []
+            dists_all = res["distances"] or []
             for row, i in enumerate(idx):
-                ids = res["ids"][row]
-                if ids:
-                    docs, metas, dists = (res["documents"] or [[]])[row], \
-                        (res["metadatas"] or [[]])[row], (res["distances"] or [[]])[row]
-                    out[i] = (_from_record(ids[0], docs[0], metas[0]),
-                                            1.0 - float(dists[0]))
+                docs, metas, dists = docs_all[row], metas_all[row], dists_all[row]
+                out[i] = [(from_record(rid, d, m), 1.0 - float(x))
+                          for rid, d, m, x in zip(res["ids"][row], docs, metas, dists,
+                                                  strict=True)]
         return out
+
+    def merge(self, ids: builtins.list[str], *, text: str | None = None,
+              kind: str | None = None) -> Insight:
+        """Merge stored insights (ids or unique prefixes) into one: the representative's id
+        (most support), `text`/`kind` or the representative's, summed counters, the union
+        of evidence, tags and flags (dedup.combine). Re-embeds when the text changes; the
+        other members are deleted. See `dedup.merge_cluster` for an LLM-written text."""
+        with write_lock(self.client):
+            full = list(dict.fromkeys(self.resolve_id(i) for i in ids))
+            members = [self._get_exact(i) for i in full]
+            merged = combine(members, text=text, kind=kind)
+            self.update(merged)
+            others = [i for i in full if i != merged.id]
+            if others:
+                self.collection.delete(ids=others)
+            return self._get_exact(merged.id)
 
     # ----------------------------------------------------------------------- reading
 
@@ -297,7 +245,7 @@ class InsightStore:
             return {}
         res = self.collection.get(ids=ids, where=where, include=["documents", "metadatas"])
         docs, metas = res["documents"] or [], res["metadatas"] or []
-        return {i: _from_record(i, d, m) for i, d, m in zip(res["ids"], docs, metas,
+        return {i: from_record(i, d, m) for i, d, m in zip(res["ids"], docs, metas,
                                                                strict=True)}
 
     def _get_exact(self, insight_id: str) -> Insight:
@@ -329,146 +277,191 @@ class InsightStore:
         """The insight with this id, or with this unique id prefix (>= 4 characters)."""
         return self._get_exact(self.resolve_id(insight_id))
 
-    def list(
-        self,
-        namespace: str | None = None,
-        domain: str | None = None,
-        status: str | None = None,
-        limit: int | None = None,
-    ) -> builtins.list[Insight]:
+    def list(self, namespace: Namespace | None = None, domain: str | None = None,
+             status: str | None = None, limit: int | None = None) -> builtins.list[Insight]:
         """Insights matching the filters, newest first."""
-        if namespace is not None:
-            validate_namespace(namespace)
-        found = self._fetch(where=where_clause(namespace=namespace, domain=domain,
-                                               status=status))
+        ns = None if namespace is None else validate_namespace(namespace)
+        found = self._fetch(where=where_clause(namespace=ns, domain=domain, status=status))
         items = sorted(found.values(), key=lambda i: (i.created_at, i.id), reverse=True)
         return items if limit is None else items[: max(0, limit)]
 
-    def _query(self, query: str, n: int, where: dict[str, Any] | None
-               ) -> builtins.list[tuple[Insight, float]]:
+    def with_embeddings(self, namespace: Namespace | None = None, domain: str | None = None
+                        ) -> builtins.list[tuple[Insight, Any]]:
+        """(insight, embedding) of the insights matching the filters, oldest first."""
+        ns = None if namespace is None else validate_namespace(namespace)
+        res = self.collection.get(where=where_clause(namespace=ns, domain=domain),
+                                  include=["documents", "metadatas", "embeddings"])
+        embs: Any = res["embeddings"] if res["embeddings"] is not None else []
+        rows = [(from_record(i, d, m), e) for i, d, m, e in zip(
+            res["ids"], res["documents"] or [], res["metadatas"] or [], embs, strict=True)]
+        return sorted(rows, key=lambda r: (r[0].created_at, r[0].id))
+
+    def _query(self, query: str, n: int, where: dict[str, Any] | None,
+               embeddings: bool = False) -> builtins.list[tuple[Insight, float, Any]]:
         embedding = self.embedder.embed([query])[0]
-        res = self.collection.query(
-            query_embeddings=[embedding],  # type: ignore[arg-type]
-            n_results=n,
-            where=where,
-            include=["documents", "metadatas", "distances"],
-        )
+        include: Any = ["documents", "metadatas", "distances"]
+        if embeddings:
+            include.append("embeddings")
+        res = self.collection.query(query_embeddings=[embedding],  # type: ignore[arg-type]
+                                    n_results=n, where=where, include=include)
         ids = res["ids"][0]
         docs = (res["documents"] or [[]])[0]
         metas = (res["metadatas"] or [[]])[0]
         dists = (res["distances"] or [[]])[0]
-        return [(_from_record(i, d, m), 1.0 - float(x))
-                for i, d, m, x in zip(ids, docs, metas, dists, strict=True)]
+        vecs: Any = res["embeddings"][0] if embeddings and res["embeddings"] is not None \
+            else [None] * len(ids)
+        return [(from_record(i, d, m), 1.0 - float(x), v)
+                for i, d, m, x, v in zip(ids, docs, metas, dists, vecs, strict=True)]
 
-    def search(
-        self,
-        query: str,
-        *,
-        namespace: str | None = None,
-        domain: str | None = None,
-        k: int = 10,
-        status: str | None = "active",
-    ) -> builtins.list[RecalledInsight]:
+    def search(self, query: str, *, namespace: Namespace | None = None,
+               domain: str | None = None, k: int = 10, status: str | None = "active"
+               ) -> builtins.list[RecalledInsight]:
         """Plain semantic search: the k most similar insights, most similar first."""
         if k <= 0:
             return []
-        if namespace is not None:
-            validate_namespace(namespace)
-        where = where_clause(namespace=namespace, domain=domain, status=status)
-        return [RecalledInsight(ins, sim, sim * utility(ins))
-                for ins, sim in self._query(query, k, where)]
+        ns = None if namespace is None else validate_namespace(namespace)
+        where = where_clause(namespace=ns, domain=domain, status=status)
+        return [RecalledInsight(ins, sim, sim * self.utility(ins))
+                for ins, sim, _ in self._query(query, k, where)]
 
-    def recall(
-        self,
-        query: str,
-        *,
-        namespace: str,
-        domain: str | None,
-        k: int = 5,
-        token_budget: int = 300,
-        min_similarity: float = 0.2,
-    ) -> builtins.list[RecalledInsight]:
-        """Active insights for a prompt: ranked by similarity x utility, at most k, their
-        texts packed greedily into `token_budget` tokens. k or budget 0 recall nothing.
-        One embed call and one Chroma query (`candidate_factor` x k candidates)."""
+    def recall(self, query: str, *, namespace: Namespace, domain: str | None, k: int = 5,
+               token_budget: int = 300, min_similarity: float = 0.2,
+               shared: builtins.list[Namespace] | None = None) -> builtins.list[RecalledInsight]:
+        """Active insights for a prompt (see recall.py): similarity x (utility + exploration
+        bonus) x promotion boost, chosen by MMR, at most k, packed into `token_budget`
+        tokens. Only `namespace`, plus the `shared` namespaces when asked for explicitly.
+        k or budget 0 recall nothing. One embed call and one Chroma query."""
         if k <= 0 or token_budget <= 0:
             return []
-        validate_namespace(namespace)
-        where = where_clause(namespace=namespace, domain=domain, status="active")
-        ranked = [RecalledInsight(ins, sim, sim * utility(ins))
-                  for ins, sim in self._query(query, self.candidate_factor * k, where)
-                  if sim >= min_similarity]
-        ranked.sort(key=lambda r: (r.score, r.similarity), reverse=True)
-        chosen: builtins.list[RecalledInsight] = []
-        used = 0
-        for item in ranked:
-            cost = estimate_tokens(item.insight.text)
-            if used + cost > token_budget:
-                continue  # a shorter one further down may still fit
-            chosen.append(item)
-            used += cost
-            if len(chosen) == k:
-                break
-        return chosen
+        spaces = validate_namespaces([namespace, *(shared or [])])
+        ns: Any = spaces[0] if len(spaces) == 1 else {"$in": spaces}
+        where = where_clause(namespace=ns, domain=domain, status="active")
+        params = self.rank_params
+        diverse = params.mmr_lambda < 1.0
+        rows = [(ins, sim, vec) for ins, sim, vec in
+                self._query(query, self.candidate_factor * k, where, embeddings=diverse)
+                if sim >= min_similarity]
+        vectors = {ins.id: vec for ins, _, vec in rows}
+        ranked = rank([(ins, sim) for ins, sim, _ in rows], params)
+        return select(ranked, [vectors[r.insight.id] for r in ranked] if diverse else None,
+                      k=k, token_budget=token_budget, params=params)
 
     # ----------------------------------------------------------------------- writing
 
-    def record_outcome(self, insight_ids: builtins.list[str], correct: bool) -> None:
+    def record_outcome(self, insight_ids: builtins.list[str], correct: bool
+                       ) -> builtins.list[Insight]:
         """Credit a task's verdict to the insights it used: uses += 1 and wins or
         losses += 1 each (ids listed twice count once; unknown ids are ignored, since an
-        insight may be deleted between recall and verdict). One get, one update."""
+        insight may be deleted between recall and verdict), then retire or promote them
+        against their namespace's baseline (credit.judge). Returns the insights whose
+        status or promotion changed."""
         ids = list(dict.fromkeys(insight_ids))
         if not ids:
-            return
-        res = self.collection.get(ids=ids, include=["metadatas"])
-        if not res["ids"]:
-            return
-        counter = "wins" if correct else "losses"
-        updates = []
-        for meta in res["metadatas"] or []:
-            m: dict[str, Any] = dict(meta or {})
-            updates.append({"uses": int(m.get("uses", 0)) + 1,
-                            counter: int(m.get(counter, 0)) + 1})
-        self.collection.update(ids=res["ids"], metadatas=updates)  # type: ignore[arg-type]
+            return []
+        with write_lock(self.client):
+            found = self._fetch(ids=ids)
+            if not found:
+                return []
+            for ins in found.values():
+                ins.uses += 1
+                if correct:
+                    ins.wins += 1
+                else:
+                    ins.losses += 1
+            changed = self._judge(builtins.list(found.values()))
+            updates = [{"uses": i.uses, "wins": i.wins, "losses": i.losses,
+                        "status": i.status, "promoted": i.promoted,
+                        "flags": json.dumps(i.flags)} for i in found.values()]
+            self.collection.update(ids=builtins.list(found), metadatas=updates)  # type: ignore[arg-type]
+        return changed
+
+    def _judge(self, insights: builtins.list[Insight]) -> builtins.list[Insight]:
+        ready = [i for i in insights if i.uses >= self.settings.credit_min_uses]
+        if not ready:
+            return []
+        baselines = self.baselines.get_many([(i.namespace, i.domain) for i in ready])
+        return [i for i in ready
+                if apply_judgement(i, judge(i, baselines[(i.namespace, i.domain)],
+                                            self.settings))]
+
+    def record_baseline(self, namespace: Namespace, domain: str, correct: bool) -> None:
+        """Count the verdict of a task run without insights (ablation) in the baseline."""
+        with write_lock(self.client):
+            self.baselines.record(validate_namespace(namespace), domain, correct)
+
+    def review(self, namespace: Namespace | None = None) -> builtins.list[Insight]:
+        """Judge every active insight (of a namespace) against the current baselines and
+        store the changes; returns the changed insights."""
+        with write_lock(self.client):
+            changed = self._judge(self.list(namespace=namespace, status="active"))
+            if changed:
+                self.collection.update(ids=[i.id for i in changed], metadatas=[
+                    lifecycle_meta(i) for i in changed])
+        return changed
+
+    def set_status(self, insight_id: str, status: str, *, flag: str | None = None) -> Insight:
+        """Change an insight's status (id or prefix). "retired" drops a promotion and adds
+        `flag` (default "retired:manual"); "active" (restore) clears retirement and
+        admission flags and adds "restored", which exempts it from automatic retirement."""
+        if status not in ("active", "candidate", "retired"):
+            raise ValueError(f"unknown status {status!r}")
+        with write_lock(self.client):
+            ins = self.get(insight_id)
+            ins.status = status
+            flags = builtins.list(ins.flags)
+            if status == "retired":
+                ins.promoted = False
+                flags.append(flag or "retired:manual")
+            elif status == "active":
+                flags = [f for f in flags if not f.startswith("retired:")
+                         and f != ADMISSION_REJECTED] + [flag or RESTORED]
+            elif flag:
+                flags.append(flag)
+            ins.flags = builtins.list(dict.fromkeys(flags))
+            ins.updated_at = ts(time.time())
+            self.collection.update(ids=[ins.id], metadatas=[lifecycle_meta(ins)])
+        return ins
 
     def update(self, insight: Insight) -> None:
         """Rewrite a stored insight's fields from `insight` (matched by id); re-embeds when
         the text changed. Bumps `updated_at`."""
-        validate_namespace(insight.namespace)
-        old = self._get_exact(insight.id)
-        insight.created_at = _ts(insight.created_at)
-        insight.updated_at = _ts(time.time())
-        if insight.text != old.text:
-            insight.embedder = self.embedder.name
-            self.collection.update(
-                ids=[insight.id],
-                embeddings=self.embedder.embed([insight.text]),  # type: ignore[arg-type]
-                documents=[insight.text],
-                metadatas=[_to_meta(insight)],
-            )
-        else:
-            self.collection.update(ids=[insight.id], metadatas=[_to_meta(insight)])
+        insight.namespace = validate_namespace(insight.namespace)
+        with write_lock(self.client):
+            old = self._get_exact(insight.id)
+            insight.created_at = ts(insight.created_at)
+            insight.updated_at = ts(time.time())
+            if insight.text != old.text:
+                insight.embedder = self.embedder.name
+                self.collection.update(
+                    ids=[insight.id],
+                    embeddings=self.embedder.embed([insight.text]),  # type: ignore[arg-type]
+                    documents=[insight.text],
+                    metadatas=[to_meta(insight)],
+                )
+            else:
+                self.collection.update(ids=[insight.id], metadatas=[to_meta(insight)])
 
     def delete(self, insight_id: str) -> None:
         """Delete the insight with this id (or unique id prefix)."""
-        self.collection.delete(ids=[self.resolve_id(insight_id)])
+        with write_lock(self.client):
+            self.collection.delete(ids=[self.resolve_id(insight_id)])
 
     # ----------------------------------------------------------------------- summaries
 
-    def count(self, namespace: str | None = None) -> int:
+    def count(self, namespace: Namespace | None = None) -> int:
         if namespace is None:
             return self.collection.count()
-        validate_namespace(namespace)
-        return len(self.collection.get(where={"namespace": namespace}, include=[])["ids"])
+        ns = validate_namespace(namespace)
+        return len(self.collection.get(where={"namespace": ns}, include=[])["ids"])
 
-    def stats(self, namespace: str | None = None) -> dict[str, Any]:
+    def stats(self, namespace: Namespace | None = None) -> dict[str, Any]:
         """Totals by status, kind and domain, counter totals, and the top 3 by utility
         among insights used at least once."""
         items = self.list(namespace=namespace)
         used = [i for i in items if i.uses >= 1]
-        top = sorted(used, key=lambda i: (utility(i), i.uses), reverse=True)[:3]
+        top = sorted(used, key=lambda i: (self.utility(i), i.uses), reverse=True)[:3]
         return {
-            "namespace": namespace,
+            "namespace": None if namespace is None else validate_namespace(namespace),
             "embedder": self.embedder.name,
             "total": len(items),
             "by_status": dict(Counter(i.status for i in items)),
@@ -477,9 +470,15 @@ class InsightStore:
             "uses": sum(i.uses for i in items),
             "wins": sum(i.wins for i in items),
             "losses": sum(i.losses for i in items),
+            "promoted": sum(1 for i in items if i.promoted),
+            "flagged": sum(1 for i in items if i.flags),
             "top": [
-                {"id": i.id, "text": i.text, "utility": round(utility(i), 4), "uses": i.uses,
-                 "wins": i.wins, "losses": i.losses}
+                {"id": i.id, "text": i.text, "utility": round(self.utility(i), 4),
+                 "uses": i.uses, "wins": i.wins, "losses": i.losses}
                 for i in top
             ],
         }
+
+
+def _union(into: builtins.list[str], extra: builtins.list[str]) -> builtins.list[str]:
+    return builtins.list(dict.fromkeys([*into, *extra]))

@@ -17,7 +17,7 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from crps_agent.errors import NotFoundError
-from crps_agent.memory.chroma import open_collection, where_clause
+from crps_agent.memory.chroma import open_collection, where_clause, write_lock
 from crps_agent.namespaces import validate_namespace
 from crps_agent.types import Contrast, SearchResult, Trajectory
 
@@ -68,7 +68,7 @@ class TrajectoryLog:
         """Log one search: a record per trajectory and one for the search itself, all
         embedded with the task prompt's embedding (one embed call per task). Re-adding the same
         search id overwrites it."""
-        validate_namespace(namespace)
+        namespace = validate_namespace(namespace)
         task = result.task
         embedding = self._embed_prompt(task.prompt)
         now = time.time()
@@ -113,13 +113,15 @@ class TrajectoryLog:
             "created_at": now,
         })
         # Re-adding a search with fewer trajectories must not leave stale ones behind.
-        self.collection.delete(where=where_clause(kind=TRAJECTORY, search_id=result.search_id))
-        self.collection.upsert(
-            ids=ids,
-            embeddings=[embedding] * len(ids),  # type: ignore[arg-type]
-            documents=documents,
-            metadatas=metadatas,  # type: ignore[arg-type]
-        )
+        with write_lock(self.client):
+            self.collection.delete(
+                where=where_clause(kind=TRAJECTORY, search_id=result.search_id))
+            self.collection.upsert(
+                ids=ids,
+                embeddings=[embedding] * len(ids),  # type: ignore[arg-type]
+                documents=documents,
+                metadatas=metadatas,  # type: ignore[arg-type]
+            )
 
     def _trajectories(self, where: dict[str, Any] | None) -> list[Trajectory]:
         res = self.collection.get(where=where, include=["documents", "metadatas"])
@@ -146,6 +148,17 @@ class TrajectoryLog:
         ]
         return SearchResult.from_dict(record)
 
+    def latest_search(self, task_id: str, namespace: str | None = None) -> str | None:
+        """The id of the most recently logged search of a task (None: never searched)."""
+        if namespace is not None:
+            namespace = validate_namespace(namespace)
+        res = self.collection.get(where=where_clause(kind=SEARCH, task_id=task_id,
+                                                     namespace=namespace),
+                                  include=["metadatas"])
+        rows = [(float(m.get("created_at", 0.0)), str(m.get("search_id", "")))  # type: ignore[arg-type]
+                for m in res["metadatas"] or []]
+        return max(rows)[1] if rows else None
+
     def similar_successes(
         self,
         prompt: str,
@@ -159,7 +172,7 @@ class TrajectoryLog:
         tokens), the task most similar to `prompt` first."""
         if k <= 0:
             return []
-        validate_namespace(namespace)
+        namespace = validate_namespace(namespace)
         where = where_clause(
             kind=TRAJECTORY, namespace=namespace, domain=domain, correct=True,
             task_id={"$ne": exclude_task} if exclude_task is not None else None,
@@ -199,38 +212,39 @@ class TrajectoryLog:
     def add_contrasts(self, contrasts: list[Contrast], *, namespace: str, domain: str) -> None:
         """Log contrasts (by id: re-adding one overwrites it), embedded by the good
         trajectory's text (one embed call)."""
-        validate_namespace(namespace)
+        namespace = validate_namespace(namespace)
         unique = list({c.id: c for c in contrasts}.values())
         if not unique:
             return
         embeddings = self.embedder.embed([c.good.text for c in unique])
         now = time.time()
-        self.contrast_collection.upsert(
-            ids=[c.id for c in unique],
-            embeddings=embeddings,  # type: ignore[arg-type]
-            documents=[json.dumps(c.to_dict()) for c in unique],
-            metadatas=[
-                {
-                    "task_id": c.task_id,
-                    "namespace": namespace,
-                    "domain": domain,
-                    "kind": c.kind,
-                    "gap": float(c.gap),
-                    "divergence_step": int(c.divergence_step),
-                    "good_id": c.good.id,
-                    "bad_id": c.bad.id,
-                    "index": index,
-                    "created_at": now,
-                }
-                for index, c in enumerate(unique)
-            ],
-        )
+        with write_lock(self.client):  # one upsert: a single locked operation anyway
+            self.contrast_collection.upsert(
+                ids=[c.id for c in unique],
+                embeddings=embeddings,  # type: ignore[arg-type]
+                documents=[json.dumps(c.to_dict()) for c in unique],
+                metadatas=[
+                    {
+                        "task_id": c.task_id,
+                        "namespace": namespace,
+                        "domain": domain,
+                        "kind": c.kind,
+                        "gap": float(c.gap),
+                        "divergence_step": int(c.divergence_step),
+                        "good_id": c.good.id,
+                        "bad_id": c.bad.id,
+                        "index": index,
+                        "created_at": now,
+                    }
+                    for index, c in enumerate(unique)
+                ],
+            )
 
     def contrasts(self, task_id: str | None = None, namespace: str | None = None
                   ) -> list[Contrast]:
         """Logged contrasts, oldest first, optionally of one task and/or namespace."""
         if namespace is not None:
-            validate_namespace(namespace)
+            namespace = validate_namespace(namespace)
         res = self.contrast_collection.get(
             where=where_clause(task_id=task_id, namespace=namespace),
             include=["documents", "metadatas"],

@@ -19,9 +19,11 @@ EXAMPLES = Path(__file__).parents[2] / "examples" / "offline"
 def settings(tmp_path, monkeypatch):
     monkeypatch.delenv("CRPS_CONFIG", raising=False)
     # The hash embedder gives no meaningful similarity between an insight and a problem:
-    # recall the top k whatever their similarity.
+    # recall the top k whatever their similarity. No ablation: every learn task recalls
+    # (ablated tasks, drawn at random per run, run without notes).
     return load_settings(store=str(tmp_path / "store"),
-                         memory={"embedder": "hash", "min_similarity": -1.0},
+                         memory={"embedder": "hash", "min_similarity": -1.0,
+                                 "ablation_share": 0.0},
                          search={"n": 4}, domain="math")
 
 

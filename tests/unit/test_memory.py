@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -196,7 +197,9 @@ def test_recall_ranks_by_similarity_times_utility(store: InsightStore) -> None:
                           namespace="default", domain="math")
     assert [r.insight.id for r in ranked] == [good.id, bad.id]
     top = ranked[0]
-    assert top.score == pytest.approx(top.similarity * utility(top.insight))
+    # score = similarity x (utility + exploration bonus); both have 6 of the 12 uses
+    bonus = 0.1 * math.sqrt(math.log(1 + 12) / (1 + 6))
+    assert top.score == pytest.approx(top.similarity * (utility(top.insight) + bonus))
     assert utility(top.insight) == pytest.approx(7 / 8)
 
 

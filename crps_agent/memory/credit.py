@@ -1,0 +1,191 @@
+"""Credit: utility of an insight, the namespace baseline from ablation, retire and promote.
+
+- Every recall records which insights a task used; the task's verdict adds a win or a loss
+  to each (`InsightStore.record_outcome`).
+- Utility is the posterior mean of the insight's success rate under a Beta(a, b) prior
+  (`MemorySettings.prior_a`, `prior_b`; Beta(1, 1) by default): (wins + a) / (uses + a + b).
+- Ablation: a share of learn tasks (`MemorySettings.ablation_share`) runs *without*
+  insights; their verdicts are the baseline of the (namespace, domain), kept in the
+  `crps_meta` collection (`BaselineStore`). The assignment is random per task and run, so
+  the baseline is an unbiased estimate of the success rate without memory.
+- Decision (`judge`), with p ~ Beta(a + wins, b + losses) for the insight and p0 likewise for
+  the baseline, and P(p < p0) from the normal approximation of the difference of the two
+  posteriors: once the insight has `credit_min_uses` uses and the baseline
+  `credit_min_baseline` tasks, an insight with P(p < p0) >= `credit_confidence` is retired
+  (status "retired", flag "retired:below-baseline": kept, restorable); one with
+  P(p > p0) >= `credit_confidence` is promoted (`promoted`; recall multiplies its score by
+  `promotion_boost`), and loses the promotion when that no longer holds. An insight a person
+  restored (flag "restored") is never retired automatically again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from crps_agent.types import stable_id
+
+if TYPE_CHECKING:
+    from chromadb.api import ClientAPI
+    from chromadb.api.models.Collection import Collection
+
+    from crps_agent.config import MemorySettings
+    from crps_agent.types import Insight
+
+RETIRED_BELOW_BASELINE = "retired:below-baseline"
+RESTORED = "restored"
+ADMISSION_REJECTED = "admission:rejected"
+_DUMMY_VECTOR = [1.0]  # meta records need an embedding: Chroma would embed documents itself
+
+
+def beta_mean(wins: float, losses: float, a: float = 1.0, b: float = 1.0) -> float:
+    """Posterior mean of a success rate after `wins` and `losses` under Beta(a, b)."""
+    return (wins + a) / (wins + losses + a + b)
+
+
+def beta_var(wins: float, losses: float, a: float = 1.0, b: float = 1.0) -> float:
+    alpha, beta = wins + a, losses + b
+    total = alpha + beta
+    return alpha * beta / (total * total * (total + 1.0))
+
+
+def utility(insight: Insight, a: float = 1.0, b: float = 1.0) -> float:
+    """An insight's utility: the Beta(a, b) posterior mean of its success rate."""
+    return beta_mean(insight.wins, insight.losses, a, b)
+
+
+def prob_below(wins: int, losses: int, base_wins: int, base_losses: int,
+               a: float = 1.0, b: float = 1.0) -> float:
+    """P(p < p0) for independent Beta posteriors (normal approximation of p - p0)."""
+    diff = beta_mean(base_wins, base_losses, a, b) - beta_mean(wins, losses, a, b)
+    sd = math.sqrt(beta_var(wins, losses, a, b) + beta_var(base_wins, base_losses, a, b))
+    return 0.5 * (1.0 + math.erf(diff / (sd * math.sqrt(2.0))))
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """Verdicts of the ablated tasks (run without insights) of one namespace and domain."""
+
+    namespace: str
+    domain: str
+    wins: int = 0
+    losses: int = 0
+
+    @property
+    def n(self) -> int:
+        return self.wins + self.losses
+
+    def rate(self, a: float = 1.0, b: float = 1.0) -> float:
+        return beta_mean(self.wins, self.losses, a, b)
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """What credit decides for one insight: "retire", "promote", "demote" or "keep"."""
+
+    action: str
+    p_below: float | None = None
+
+
+def judge(insight: Insight, baseline: Baseline | None, settings: MemorySettings) -> Judgement:
+    """Retire, promote, demote (drop a promotion) or keep an insight (see the module doc)."""
+    if (baseline is None or insight.status != "active"
+            or insight.uses < settings.credit_min_uses
+            or baseline.n < settings.credit_min_baseline):
+        return Judgement("keep")
+    below = prob_below(insight.wins, insight.losses, baseline.wins, baseline.losses,
+                       settings.prior_a, settings.prior_b)
+    if below >= settings.credit_confidence and RESTORED not in insight.flags:
+        return Judgement("retire", below)
+    if 1.0 - below >= settings.credit_confidence:
+        return Judgement("keep" if insight.promoted else "promote", below)
+    return Judgement("demote" if insight.promoted else "keep", below)
+
+
+def apply_judgement(insight: Insight, judgement: Judgement) -> bool:
+    """Apply a judgement to `insight` in place; True if anything changed."""
+    if judgement.action == "retire":
+        insight.status = "retired"
+        insight.promoted = False
+        if RETIRED_BELOW_BASELINE not in insight.flags:
+            insight.flags = [*insight.flags, RETIRED_BELOW_BASELINE]
+        return True
+    if judgement.action in ("promote", "demote"):
+        insight.promoted = judgement.action == "promote"
+        return True
+    return False
+
+
+def should_ablate(share: float, *key: str) -> bool:
+    """Whether the task identified by `key` (seed, run, task id...) runs without insights:
+    a deterministic draw, uniform in [0, 1), below `share`."""
+    if share <= 0.0:
+        return False
+    if share >= 1.0:
+        return True
+    digest = hashlib.sha256("\x00".join(key).encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64 < share
+
+
+class BaselineStore:
+    """Baseline counters per (namespace, domain) in the `crps_meta` collection (records
+    with metadata kind "baseline"): independent of the embedder, so they survive a reindex."""
+
+    def __init__(self, client: ClientAPI) -> None:
+        self.client = client
+        self._collection: Collection | None = None
+
+    @property
+    def collection(self) -> Collection:
+        if self._collection is None:
+            from crps_agent.memory.chroma import open_meta_collection
+
+            self._collection = open_meta_collection(self.client)
+        return self._collection
+
+    @staticmethod
+    def _id(namespace: str, domain: str) -> str:
+        return "baseline:" + stable_id(namespace, domain)
+
+    def get(self, namespace: str, domain: str) -> Baseline:
+        res = self.collection.get(ids=[self._id(namespace, domain)], include=["metadatas"])
+        if not res["ids"]:
+            return Baseline(namespace, domain)
+        meta: dict[str, Any] = dict((res["metadatas"] or [{}])[0] or {})
+        return Baseline(namespace, domain, int(meta.get("wins", 0)),
+                        int(meta.get("losses", 0)))
+
+    def get_many(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], Baseline]:
+        keys = list(dict.fromkeys(keys))
+        if not keys:
+            return {}
+        ids = {self._id(ns, dom): (ns, dom) for ns, dom in keys}
+        res = self.collection.get(ids=list(ids), include=["metadatas"])
+        out = {key: Baseline(*key) for key in keys}
+        for rid, meta in zip(res["ids"], res["metadatas"] or [], strict=True):
+            m: dict[str, Any] = dict(meta or {})
+            ns, dom = ids[rid]
+            out[(ns, dom)] = Baseline(ns, dom, int(m.get("wins", 0)), int(m.get("losses", 0)))
+        return out
+
+    def record(self, namespace: str, domain: str, correct: bool) -> Baseline:
+        """Add one ablated task's verdict (call under the store's write lock)."""
+        old = self.get(namespace, domain)
+        new = Baseline(namespace, domain, old.wins + int(correct), old.losses + int(not correct))
+        self.collection.upsert(
+            ids=[self._id(namespace, domain)],
+            embeddings=[_DUMMY_VECTOR],  # type: ignore[arg-type]
+            metadatas=[{"kind": "baseline", "namespace": namespace, "domain": domain,
+                        "wins": new.wins, "losses": new.losses,
+                        "updated_at": round(time.time(), 3)}],
+        )
+        return new
+
+    def all(self) -> list[Baseline]:
+        res = self.collection.get(where={"kind": "baseline"}, include=["metadatas"])
+        return [Baseline(str(m.get("namespace", "")), str(m.get("domain", "")),
+                         int(m.get("wins", 0)), int(m.get("losses", 0)))  # type: ignore[arg-type]
+                for m in res["metadatas"] or [] if m]

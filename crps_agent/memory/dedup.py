@@ -1,0 +1,373 @@
+"""Dedup, merge and contradiction detection for insights (DESIGN.md §4).
+
+Adding an insight goes through three levels:
+1. exact: the same normalised text (`text_hash`: lowercase, collapsed whitespace, outer
+   punctuation dropped) in the same namespace and domain;
+2. embedding: cosine >= the dedup threshold in the same namespace and domain;
+3. optional LLM merge (`merge_cluster`, `consolidate`): a cluster of related insights
+   (cosine >= `cluster_threshold`) is rewritten by the backend into one clearer insight
+   that keeps the union of evidence, tags and flags and the summed counters.
+
+A pair that is similar (cosine >= `contradiction_min_similarity`, even above the dedup
+threshold) but carries opposite cues (`likely_contradiction`: a different parity of
+negations such as "not", "never", "avoid", or antonyms such as before/after,
+increase/decrease) is never merged: both are flagged "contradiction" and list each other in
+`contradicts`, for a person to review. With a backend, `confirm_contradictions` asks the
+model to confirm each pair (one batched call).
+"""
+
+from __future__ import annotations
+
+import builtins
+import hashlib
+import re
+import time
+from collections import Counter
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from crps_agent.errors import ParseError
+from crps_agent.types import INSIGHT_KINDS, Insight
+
+if TYPE_CHECKING:
+    from crps_agent.backends.base import Backend
+    from crps_agent.memory.insights import InsightStore
+
+CONTRADICTION = "contradiction"
+_SPACES = re.compile(r"\s+")
+_TOKEN = re.compile(r"[a-z]+(?:['\u2019][a-z]+)?")
+NEGATIONS = frozenset({
+    "not", "no", "never", "none", "nor", "neither", "without", "avoid", "cannot", "dont",
+    "skip", "ignore", "instead", "unless", "nothing",
+})
+ANTONYMS: tuple[tuple[str, str], ...] = (
+    ("always", "never"), ("before", "after"), ("increase", "decrease"),
+    ("increases", "decreases"), ("include", "exclude"), ("including", "excluding"),
+    ("add", "subtract"), ("multiply", "divide"), ("larger", "smaller"),
+    ("higher", "lower"), ("maximum", "minimum"), ("positive", "negative"),
+    ("early", "late"), ("first", "last"), ("more", "fewer"),
+)
+
+
+def normalise_text(text: str) -> str:
+    """Lowercase, collapse whitespace, drop surrounding punctuation (for exact-match dedup)."""
+    return _SPACES.sub(" ", text.lower()).strip(" \t\n.,;:!?\"'`")
+
+
+def text_hash(namespace: str, domain: str, text: str) -> str:
+    """The exact-dedup key: a hash of namespace, domain and the normalised text."""
+    raw = "\x00".join((namespace, domain, normalise_text(text)))
+    return hashlib.sha256(raw.encode("utf-8")).hexdigest()[:24]
+
+
+def _tokens(text: str) -> list[str]:
+    return _TOKEN.findall(text.lower().replace("\u2019", "'"))
+
+
+def _negations(tokens: list[str]) -> int:
+    return sum(1 for t in tokens if t in NEGATIONS or t.endswith("n't"))
+
+
+def likely_contradiction(a: str, b: str) -> bool:
+    """Whether two (similar) texts likely give opposite advice: a different parity of
+    negation cues, or an antonym pair split between them."""
+    ta, tb = _tokens(a), _tokens(b)
+    if _negations(ta) % 2 != _negations(tb) % 2:
+        return True
+    sa, sb = set(ta), set(tb)
+    for x, y in ANTONYMS:
+        if (x in sa and y not in sa and y in sb and x not in sb) or \
+                (y in sa and x not in sa and x in sb and y not in sb):
+            return True
+    return False
+
+
+def flag_contradiction(a: Insight, b: Insight) -> None:
+    """Mark a and b as likely contradicting each other (in place)."""
+    for one, other in ((a, b), (b, a)):
+        if other.id not in one.contradicts:
+            one.contradicts = [*one.contradicts, other.id]
+        if CONTRADICTION not in one.flags:
+            one.flags = [*one.flags, CONTRADICTION]
+
+
+class BatchIndex:
+    """The insights already placed in a batch, per (namespace, domain), so that later ones
+    can merge into earlier ones. Rows are appended to one preallocated matrix per group:
+    each lookup is a single matrix-vector product."""
+
+    def __init__(self, insights: Sequence[Insight], embeddings: Sequence[Sequence[float]]
+                 ) -> None:
+        import numpy as np
+
+        self._vectors = np.asarray(embeddings, dtype=np.float32)
+        self._keys = [(ins.namespace, ins.domain) for ins in insights]
+        self._texts = [ins.text for ins in insights]
+        sizes = Counter(self._keys)
+        dim = self._vectors.shape[1] if len(self._vectors) else 0
+        self._rows = {key: np.empty((n, dim), dtype=np.float32) for key, n in sizes.items()}
+        self._targets: dict[tuple[str, str], list[tuple[str, str]]] = {k: [] for k in sizes}
+        self._norms: dict[tuple[tuple[str, str], str], int] = {}  # -> row in its group
+
+    def _sims(self, index: int) -> Any:
+        key = self._keys[index]
+        return self._rows[key][: len(self._targets[key])] @ self._vectors[index]
+
+    def nearest(self, index: int, norm: str, threshold: float) -> tuple[str, float] | None:
+        """(target id, similarity) of the most similar earlier insight of the same group
+        that reaches `threshold` and does not contradict it, else of an earlier one with the
+        same normalised text."""
+        key = self._keys[index]
+        targets = self._targets[key]
+        if not targets:
+            return None
+        sims = self._sims(index)
+        same = self._norms.get((key, norm))
+        if same is not None:
+            return targets[same][0], float(sims[same])
+        for row in sims.argsort()[::-1]:
+            sim = float(sims[row])
+            if sim < threshold:
+                break
+            if not likely_contradiction(self._texts[index], targets[row][1]):
+                return targets[row][0], sim
+        return None
+
+    def conflicts(self, index: int, low: float) -> builtins.list[str]:
+        """Ids of earlier insights of the group with cosine >= `low` and opposite cues."""
+        key = self._keys[index]
+        targets = self._targets[key]
+        if not targets:
+            return []
+        sims = self._sims(index)
+        return [targets[row][0] for row in range(len(targets))
+                if float(sims[row]) >= low
+                and likely_contradiction(self._texts[index], targets[row][1])]
+
+    def place(self, index: int, norm: str, target: str, text: str) -> None:
+        key = self._keys[index]
+        row = len(self._targets[key])
+        self._rows[key][row] = self._vectors[index]
+        self._targets[key].append((target, text))
+        self._norms.setdefault((key, norm), row)
+
+
+def merge_target(ins: Insight, index: int, norm: str, threshold: float,
+                 stored: dict[str, Insight], pending: dict[str, Insight],
+                 exact: dict[str, Insight], near: Sequence[tuple[Insight, float]],
+                 batch: BatchIndex) -> str | None:
+    """The id an added insight (the batch's `index`-th) merges into, or None to insert it:
+    the same id (pending in the batch or stored), else the same normalised text (`exact`:
+    stored by text_hash; then earlier in the batch), else the most similar one at or above
+    `threshold` that does not likely contradict it (stored `near`, most similar first, or
+    earlier in the batch). A stored target is put in `stored`."""
+    if ins.id in pending or ins.id in stored:  # same namespace, domain and text
+        return ins.id
+    same = exact.get(text_hash(ins.namespace, ins.domain, ins.text))
+    if same is not None:
+        stored.setdefault(same.id, same)
+        return same.id
+    threshold -= 1e-6  # float noise on exact duplicates
+    earlier = batch.nearest(index, norm, threshold)
+    target, best = None, float("-inf")
+    for other, sim in near:
+        if normalise_text(other.text) == norm or (
+                sim >= threshold and not likely_contradiction(ins.text, other.text)):
+            target, best = other.id, sim
+            stored.setdefault(other.id, other)
+            break
+    if earlier is not None and earlier[1] > best:
+        target = earlier[0]
+    return target
+
+
+def flag_pairs(pairs: Sequence[tuple[str, str]], pending: dict[str, Insight],
+               stored: dict[str, Insight], backend: Backend | None = None) -> None:
+    """Flag each (id, id) pair of likely contradictions (confirmed by `backend` when given);
+    flagged insights go to `pending` to be written."""
+    unique = list(dict.fromkeys(pairs))
+    if not unique:
+        return
+
+    def find(iid: str) -> Insight:
+        return pending.get(iid) or stored[iid]
+
+    keep = [True] * len(unique)
+    if backend is not None:
+        keep = confirm_contradictions([(find(a).text, find(b).text) for a, b in unique],
+                                      backend)
+    for (a, b), flagged in zip(unique, keep, strict=True):
+        if flagged:
+            first, second = find(a), find(b)
+            flag_contradiction(first, second)
+            pending[first.id], pending[second.id] = first, second
+
+
+# ------------------------------------------------------------------------------ merging
+
+
+def _union(*lists: Sequence[str]) -> builtins.list[str]:
+    return list(dict.fromkeys(item for items in lists for item in items))
+
+
+def combine(insights: Sequence[Insight], *, text: str | None = None,
+            kind: str | None = None) -> Insight:
+    """One insight from a cluster: the id of the representative (most support, then most
+    uses, then oldest), `text`/`kind` or the representative's, summed counters, the union
+    of evidence, tags, flags and contradictions (members' own ids left out)."""
+    if not insights:
+        raise ValueError("combine needs at least one insight")
+    rep = max(insights, key=lambda i: (i.support, i.uses, -i.created_at, i.id))
+    ids = {i.id for i in insights}
+    statuses = {i.status for i in insights}
+    status = next((s for s in ("active", "candidate", "retired") if s in statuses), rep.status)
+    contradicts = [c for c in _union(*(i.contradicts for i in insights)) if c not in ids]
+    flags = _union(*(i.flags for i in insights))
+    if not contradicts and CONTRADICTION in flags:
+        flags.remove(CONTRADICTION)
+    return Insight(
+        text=(text or rep.text).strip(), kind=kind if kind in INSIGHT_KINDS else rep.kind,
+        domain=rep.domain, namespace=rep.namespace,
+        tags=_union(*(i.tags for i in insights)),
+        evidence=_union(rep.evidence, *(i.evidence for i in insights)),
+        support=sum(i.support for i in insights), uses=sum(i.uses for i in insights),
+        wins=sum(i.wins for i in insights), losses=sum(i.losses for i in insights),
+        status=status, created_at=min(i.created_at for i in insights),
+        updated_at=round(time.time(), 3), embedder=rep.embedder, id=rep.id,
+        promoted=False, flags=flags, contradicts=contradicts,
+    )
+
+
+MERGE_SYSTEM = ("You merge overlapping lessons learned by an AI problem solver into one "
+                "clearer lesson. Reply with one JSON object only.")
+
+
+def merge_messages(texts: Sequence[str], max_words: int) -> builtins.list[dict[str, str]]:
+    listed = "\n".join(f"{n}. {t}" for n, t in enumerate(texts, 1))
+    user = (f"These lessons say nearly the same thing:\n{listed}\n\nWrite one lesson that "
+            f"keeps everything useful they say, general and at most {max_words} words. Reply "
+            '{"text": "<the merged lesson>", "kind": "strategy|constraint|pitfall|check"}')
+    return [{"role": "system", "content": MERGE_SYSTEM}, {"role": "user", "content": user}]
+
+
+def _merged_text(reply: str, max_words: int) -> tuple[str | None, str | None]:
+    from crps_agent.reflect.parse import extract_json
+
+    try:
+        obj = extract_json(reply)
+    except ParseError:
+        return None, None
+    text = obj.get("text")
+    if not isinstance(text, str) or not text.strip() or len(text.split()) > max_words:
+        return None, None
+    kind = obj.get("kind")
+    return text.strip(), kind.strip().lower() if isinstance(kind, str) else None
+
+
+def merge_cluster(insights: Sequence[Insight], backend: Backend | None = None, *,
+                  max_words: int = 40, seed: int | None = None) -> Insight:
+    """One insight for a cluster (not stored: see `InsightStore.merge`). With a backend the
+    text is the model's rewrite (JSON `{"text", "kind"}`, parsed tolerantly); without one,
+    or when the reply is unusable (no JSON, empty, too long), the representative's text."""
+    text = kind = None
+    if backend is not None and len(insights) > 1:
+        from crps_agent.backends.base import GenerationRequest
+
+        request = GenerationRequest(
+            messages=merge_messages([i.text for i in insights], max_words), n=1,
+            temperature=0.0, max_tokens=256, seed=seed, purpose="merge",
+            json_schema={"type": "object", "required": ["text"],
+                         "properties": {"text": {"type": "string"},
+                                        "kind": {"type": "string",
+                                                 "enum": list(INSIGHT_KINDS)}}},
+            meta={"insight_ids": [i.id for i in insights]})
+        text, kind = _merged_text(backend.generate([request])[0][0].text, max_words)
+    return combine(insights, text=text, kind=kind)
+
+
+def confirm_contradictions(pairs: Sequence[tuple[str, str]], backend: Backend, *,
+                           seed: int | None = None) -> builtins.list[bool]:
+    """Ask the backend whether each (a, b) pair gives opposite advice (one batched call).
+    An unusable reply keeps the pair flagged (True): a person reviews it."""
+    if not pairs:
+        return []
+    from crps_agent.backends.base import GenerationRequest
+    from crps_agent.reflect.parse import extract_json
+
+    requests = [GenerationRequest(
+        messages=[{"role": "system", "content": "You compare two lessons. Reply with one "
+                   "JSON object only."},
+                  {"role": "user", "content": (
+                      f"Lesson A: {a}\nLesson B: {b}\n\nDo they give opposite advice (one "
+                      "recommends what the other advises against)? Reply "
+                      '{"contradiction": true|false, "reason": "<short>"}')}],
+        n=1, temperature=0.0, max_tokens=128, seed=seed, purpose="contradiction")
+        for a, b in pairs]
+    out: builtins.list[bool] = []
+    for comps in backend.generate(requests):
+        try:
+            value = extract_json(comps[0].text).get("contradiction", True)
+        except ParseError:
+            value = True
+        out.append(value if isinstance(value, bool) else str(value).lower() != "false")
+    return out
+
+
+def find_clusters(vectors: Any, threshold: float,
+                  apart: Sequence[tuple[int, int]] = ()) -> builtins.list[builtins.list[int]]:
+    """Connected components of the graph "cosine >= threshold" over normalised `vectors`,
+    never joining the pairs in `apart` directly. Clusters of 2 or more, largest first."""
+    import numpy as np
+
+    mat = np.asarray(vectors, dtype=np.float32)
+    n = len(mat)
+    parent = list(range(n))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    blocked = {(min(a, b), max(a, b)) for a, b in apart}
+    for start in range(0, n, 1024):  # blocks keep memory at 1024 x n floats
+        sims = mat[start:start + 1024] @ mat.T
+        rows, cols = np.nonzero(sims >= threshold)
+        for r, c in zip(rows.tolist(), cols.tolist(), strict=True):
+            i = start + r
+            if i < c and (i, c) not in blocked:
+                parent[root(i)] = root(c)
+    groups: dict[int, builtins.list[int]] = {}
+    for i in range(n):
+        groups.setdefault(root(i), []).append(i)
+    return sorted((g for g in groups.values() if len(g) > 1), key=len, reverse=True)
+
+
+def consolidate(store: InsightStore, namespace: str, *, domain: str | None = None,
+                backend: Backend | None = None, threshold: float | None = None,
+                max_words: int = 40, seed: int | None = None) -> builtins.list[Insight]:
+    """Merge every cluster of active/candidate insights of a namespace (per domain) whose
+    members are within `threshold` cosine of each other (default: the store's
+    `cluster_threshold`) into one insight, rewritten by `backend` when given. Pairs flagged
+    as contradictions are never joined. Returns the merged insights. O(n^2) similarity per
+    (namespace, domain): a curation step, not a per-task one."""
+    limit = store.settings.cluster_threshold if threshold is None else threshold
+    merged: builtins.list[Insight] = []
+    by_domain: dict[str, builtins.list[tuple[Insight, Any]]] = {}
+    for ins, vec in store.with_embeddings(namespace=namespace, domain=domain):
+        if ins.status != "retired":
+            by_domain.setdefault(ins.domain, []).append((ins, vec))
+    for rows in by_domain.values():
+        items = [r[0] for r in rows]
+        index = {ins.id: n for n, ins in enumerate(items)}
+        apart = [(n, index[c]) for n, ins in enumerate(items) for c in ins.contradicts
+                 if c in index]
+        for cluster in find_clusters([r[1] for r in rows], limit, apart):
+            members = [items[i] for i in cluster]
+            ids = {m.id for m in members}
+            if any(c in ids for m in members for c in m.contradicts):
+                continue  # joined through a third insight: left for review, not merged
+            combined = merge_cluster(members, backend, max_words=max_words, seed=seed)
+            merged.append(store.merge([m.id for m in members], text=combined.text,
+                                      kind=combined.kind))
+    return merged

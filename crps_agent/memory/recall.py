@@ -1,0 +1,112 @@
+"""Recall ranking: similarity x (utility + exploration bonus), MMR diversity, a token budget.
+
+For candidates of one query (already filtered by namespace, domain and status):
+
+    score = similarity x (utility + c x sqrt(ln(1 + N) / (1 + uses))) x boost
+
+utility is the Beta posterior mean (credit.py); the second term is a UCB-style exploration
+bonus, large for young insights (few uses) and shrinking as they are used (N = the uses of
+all candidates, c = `MemorySettings.exploration`); boost = `promotion_boost` for promoted
+insights, else 1. Selection is greedy maximal marginal relevance:
+
+    next = argmax  lambda x score - (1 - lambda) x max cosine to the notes already chosen
+
+skipping a candidate that is near-identical to a chosen note (cosine >= the dedup
+threshold), that is flagged as contradicting a chosen note, or that does not fit in the
+remaining token budget (a shorter one further down may still fit). lambda = 1 is plain
+ranking.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from crps_agent.backends.base import estimate_tokens
+from crps_agent.memory.credit import utility
+from crps_agent.types import Insight
+
+
+@dataclass
+class RecalledInsight:
+    """An insight returned by recall/search: cosine `similarity` to the query and the
+    ranking `score` (similarity x (utility + exploration bonus) x promotion boost)."""
+
+    insight: Insight
+    similarity: float
+    score: float
+
+
+@dataclass(frozen=True)
+class RankParams:
+    prior_a: float = 1.0
+    prior_b: float = 1.0
+    exploration: float = 0.1
+    promotion_boost: float = 1.25
+    mmr_lambda: float = 0.7
+    near_duplicate: float = 0.9
+
+
+def exploration_bonus(uses: int, total_uses: int, c: float) -> float:
+    """UCB-style bonus: c x sqrt(ln(1 + total_uses) / (1 + uses))."""
+    if c <= 0.0 or total_uses <= 0:
+        return 0.0
+    return c * math.sqrt(math.log1p(total_uses) / (1.0 + uses))
+
+
+def score(insight: Insight, similarity: float, total_uses: int, params: RankParams) -> float:
+    value = utility(insight, params.prior_a, params.prior_b)
+    value += exploration_bonus(insight.uses, total_uses, params.exploration)
+    boost = params.promotion_boost if insight.promoted else 1.0
+    return similarity * value * boost
+
+
+def rank(pairs: Sequence[tuple[Insight, float]], params: RankParams) -> list[RecalledInsight]:
+    """Candidates scored, best first (ties: the more similar first)."""
+    total = sum(ins.uses for ins, _ in pairs)
+    ranked = [RecalledInsight(ins, sim, score(ins, sim, total, params)) for ins, sim in pairs]
+    ranked.sort(key=lambda r: (r.score, r.similarity), reverse=True)
+    return ranked
+
+
+def _conflict(a: Insight, b: Insight) -> bool:
+    return a.id in b.contradicts or b.id in a.contradicts
+
+
+def select(ranked: Sequence[RecalledInsight], vectors: Sequence[Any] | None, *, k: int,
+           token_budget: int, params: RankParams) -> list[RecalledInsight]:
+    """Greedy MMR selection of at most k notes within `token_budget` tokens. `vectors` are
+    the candidates' (normalised) embeddings in `ranked` order; None disables the diversity
+    terms (contradictions are still kept apart)."""
+    if k <= 0 or token_budget <= 0 or not ranked:
+        return []
+    import numpy as np
+
+    mat = None if vectors is None else np.asarray(vectors, dtype=np.float32)
+    lam = params.mmr_lambda
+    remaining = list(range(len(ranked)))
+    max_sim = np.full(len(ranked), -1.0, dtype=np.float32)  # to the chosen notes
+    chosen: list[RecalledInsight] = []
+    used = 0
+    while remaining and len(chosen) < k:
+        if mat is None or not chosen or lam >= 1.0:
+            pick = remaining[0]  # ranked order: the best remaining score
+        else:
+            gains = [lam * ranked[i].score - (1.0 - lam) * float(max_sim[i]) for i in remaining]
+            pick = remaining[int(np.argmax(gains))]
+        remaining.remove(pick)
+        item = ranked[pick]
+        if mat is not None and chosen and float(max_sim[pick]) >= params.near_duplicate:
+            continue
+        if any(_conflict(item.insight, c.insight) for c in chosen):
+            continue
+        cost = estimate_tokens(item.insight.text)
+        if used + cost > token_budget:
+            continue
+        chosen.append(item)
+        used += cost
+        if mat is not None:
+            np.maximum(max_sim, mat @ mat[pick], out=max_sim)
+    return chosen
