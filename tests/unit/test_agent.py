@@ -122,3 +122,23 @@ def test_memory_facade_recall_and_record(settings):
     got = mem.insights.get(hits[0].insight.id)
     assert (got.uses, got.wins, got.losses) == (1, 0, 1)
     assert mem.recall("eggs", namespace="other", domain="math") == []
+
+
+def test_learn_with_mcts_stores_the_tree_and_pairs_from_it(settings):
+    s = settings.model_copy(update={"search": settings.search.model_copy(update={
+        "method": "mcts",
+        "mcts": settings.search.mcts.model_copy(update={"rollouts": 8, "wave": 2})})})
+    agent, backend = make_agent(s)
+    report = agent.learn(load_tasks(EXAMPLES / "tasks.jsonl"))
+    totals = report.totals()
+    assert totals["solved"] == 3 and totals["attempts"] == 24
+    # one batched call per wave: 8 rollouts in waves of 2 selections x expand_k samples
+    solve_calls = [req for req, _ in backend.calls if req.purpose == "solve"
+                   and not req.meta.get("admission")]
+    assert any(req.prefix for req in solve_calls)
+    sid = agent.memory.trajectories.latest_search("gsm8k-test-2")
+    assert sid is not None
+    josh = agent.memory.trajectories.search_result(sid)
+    assert josh and josh.tree is not None
+    assert josh.stats.nodes >= 5 and totals["contrasts"] >= 3
+    agent.close()
