@@ -232,10 +232,10 @@ class ScriptedBackend:
             self.calls.append((req, comps))
             if self.transcript is not None:
                 with self.transcript.open("a", encoding="utf-8") as fh:
-                    record = {"purpose": req.purpose, "prompt": req.text(),
-                              "responses": [c.text for c in comps]}
+                    record = {"purpose": req.purpose, "meta": req.meta,
+                              "prompt": req.text(), "responses": [c.text for c in comps]}
                     if req.prefix:
                         record["prefix"] = req.prefix
-                    fh.write(json.dumps(record) + "\n")
+                    fh.write(json.dumps(record, default=str) + "\n")
             out.append(comps)
         return out

@@ -33,7 +33,7 @@ python3 - "$TRANSCRIPT" <<'PY'
 import json, re, sys
 for line in open(sys.argv[1], encoding="utf-8"):
     rec = json.loads(line)
-    if rec["purpose"] != "solve":
+    if rec["purpose"] != "solve" or rec.get("meta", {}).get("admission"):
         continue
     notes = re.search(r"<notes>.*?</notes>", rec["prompt"], re.S)
     problem = rec["prompt"].split("Problem:\n", 1)[-1].split("\n", 1)[0][:70]
