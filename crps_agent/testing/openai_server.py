@@ -193,7 +193,14 @@ class OpenAIServer:
                     raise HTTPError(400, "messages must be a non-empty list", "messages")
                 messages = [{"role": str(m["role"]), "content": _text(m.get("content"))}
                             for m in msgs]
-                return [GenerationRequest(messages=messages, **common)]
+                prefix = None
+                # vLLM's extension: continue the final assistant message, no new turn.
+                if body.get("continue_final_message") and messages[-1]["role"] == "assistant":
+                    prefix = messages.pop()["content"]
+                    if not messages:
+                        raise HTTPError(400, "continue_final_message needs a prompt before "
+                                        "the assistant message", "messages")
+                return [GenerationRequest(messages=messages, prefix=prefix, **common)]
             prompts = body.get("prompt")
             if isinstance(prompts, str):
                 prompts = [prompts]

@@ -67,7 +67,8 @@ def test_openai_completions_prefix_matches_the_model(server: OpenAIServer,
     assert server.stats.bodies[-1]["prompt"] == "Q: 17 + 25 = ?\nA: Step 1:"
 
 
-def test_openai_chat_prefix_uses_vllm_continue_final_message(server: OpenAIServer) -> None:
+def test_openai_chat_prefix_uses_vllm_continue_final_message(server: OpenAIServer,
+                                                            hf: HFBackend) -> None:
     server.reset()
     client = OpenAIBackend(server.url, "tiny", backoff=0.01)
     comps = client.generate([GenerationRequest(messages=CHAT, prefix=PREFIX, max_tokens=8,
@@ -76,3 +77,8 @@ def test_openai_chat_prefix_uses_vllm_continue_final_message(server: OpenAIServe
     body = server.stats.bodies[-1]
     assert body["messages"][-1] == {"role": "assistant", "content": PREFIX}
     assert body["continue_final_message"] is True and body["add_generation_prompt"] is False
+    # The server continues the assistant message (as `vllm serve` does): the same text as
+    # the hf backend continuing the same prefix.
+    ref = hf.generate([GenerationRequest(messages=CHAT, prefix=PREFIX, max_tokens=8,
+                                         temperature=0.0)])[0]
+    assert comps[0].text == ref[0].text
