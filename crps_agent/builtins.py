@@ -30,8 +30,15 @@ def _openai(settings: Settings) -> Backend:
     return OpenAIBackend.from_settings(settings)
 
 
+def _vllm(settings: Settings) -> Backend:
+    from crps_agent.backends.vllm import VLLMBackend
+
+    return VLLMBackend.from_settings(settings)
+
+
 @hookimpl
 def register_backends(register: Callable[[str, BackendFactory], None]) -> None:
     register("scripted", _scripted)
     register("hf", _hf)
     register("openai", _openai)
+    register("vllm", _vllm)

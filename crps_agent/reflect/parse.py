@@ -44,9 +44,9 @@ def _balanced_objects(text: str) -> list[str]:
 def _loads(candidate: str) -> Any:
     candidate = candidate.replace("\u201c", '"').replace("\u201d", '"')
     try:
-        return json.loads(candidate)
+        return json.loads(candidate, strict=False)  # guided decoding may emit raw control chars
     except json.JSONDecodeError:
-        return json.loads(_TRAILING_COMMA.sub(r"\1", candidate))
+        return json.loads(_TRAILING_COMMA.sub(r"\1", candidate), strict=False)
 
 
 def extract_json(text: str) -> dict[str, Any]:
