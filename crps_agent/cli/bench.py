@@ -62,14 +62,16 @@ def search(rollouts: int, trees: int, no_vllm: bool, as_json: bool) -> None:
               help="Recall queries per size.")
 @click.option("--batch", type=click.IntRange(min=1), default=100, show_default=True,
               help="Insights per add call.")
+@click.option("--window", type=click.IntRange(min=10), default=5000, show_default=True,
+              help="Last insights added through the timed paths (the rest bulk-loaded).")
 @click.option("--precompute/--no-precompute", default=None,
               help="Embed the texts once up front (default: MiniLM above 20000).")
 @click.option("--keep", type=click.Path(file_okay=False), default=None,
               help="Keep the stores in this directory.")
 @click.option("--no-rss", is_flag=True, help="Skip the resident-memory rows.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON Lines.")
-def memory(sizes: str, embedder: str, queries: int, batch: int, precompute: bool | None,
-           keep: str | None, no_rss: bool, as_json: bool) -> None:
+def memory(sizes: str, embedder: str, queries: int, batch: int, window: int,
+           precompute: bool | None, keep: str | None, no_rss: bool, as_json: bool) -> None:
     """Recall latency, ingest throughput (with dedup) and RSS by store size, each beside
     the raw embedder + Chroma baseline."""
     from crps_agent.bench.memory import run_memory_bench
@@ -83,7 +85,7 @@ def memory(sizes: str, embedder: str, queries: int, batch: int, precompute: bool
     if not size_list or min(size_list) < 10:
         raise ConfigError("--sizes needs at least one size of 10 or more")
     rows = run_memory_bench(size_list, embedder=embedder, queries=queries, batch=batch,
-                            precompute=precompute, store=keep, rss=not no_rss,
+                            window=window, precompute=precompute, store=keep, rss=not no_rss,
                             progress=lambda msg: click.echo(msg, err=True))
     con = None if as_json else console()
     for row in rows:

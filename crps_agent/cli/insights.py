@@ -41,7 +41,7 @@ def _table(rows: list[Insight], scores: list[float] | None = None) -> None:
 
 @click.group()
 def insights() -> None:
-    """Inspect the insights in a store."""
+    """Inspect and curate the insights in a store."""
 
 
 @insights.command("list")

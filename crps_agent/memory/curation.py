@@ -18,6 +18,7 @@ The library side of `crps-agent insights ...`; the CLI only parses flags and pri
 from __future__ import annotations
 
 import builtins
+import contextlib
 import json
 import math
 import os
@@ -39,6 +40,7 @@ from crps_agent.memory.chroma import (
     write_lock,
     write_pointers,
 )
+from crps_agent.memory.lock import sync_of
 from crps_agent.memory.records import from_record, to_meta
 from crps_agent.namespaces import Namespace, validate_namespace
 from crps_agent.types import INSIGHT_KINDS, Insight
@@ -387,8 +389,28 @@ def _copy(old: Collection, new: Collection, logical: str, embedder: Embedder,
     return done
 
 
-def _all_ids(collection: Collection) -> set[str]:
-    return set(collection.get(include=[])["ids"])
+def _records(collection: Collection) -> dict[str, tuple[Any, dict[str, Any]]]:
+    res = collection.get(include=["documents", "metadatas"])
+    n = len(res["ids"])
+    docs: builtins.list[Any] = builtins.list(res["documents"] or []) or [None] * n
+    metas: builtins.list[Any] = builtins.list(res["metadatas"] or []) or [None] * n
+    return {i: (d, dict(m or {})) for i, d, m in zip(res["ids"], docs, metas, strict=True)}
+
+
+def _catch_up(old: Collection, new: Collection, logical: str, embedder: Embedder,
+              batch: int) -> int:
+    """Make `new` hold what `old` holds now (records added, changed or deleted during the
+    copy by other writers of a server); returns the records re-copied."""
+    source, target = _records(old), _records(new)
+    gone = sorted(set(target) - set(source))
+    if gone:
+        new.delete(ids=gone)
+    stale = sorted(i for i, (doc, meta) in source.items() if i not in target
+                   or target[i][0] != doc
+                   or {**target[i][1], "embedder": None} != {**meta, "embedder": None})
+    if stale:
+        _copy(old, new, logical, embedder, None, batch, ids=stale)
+    return len(stale)
 
 
 def reindex(client: ClientAPI, embedder: Embedder, *, batch: int = _BATCH,
@@ -396,11 +418,13 @@ def reindex(client: ClientAPI, embedder: Embedder, *, batch: int = _BATCH,
     """Re-embed the store's insights, trajectories and contrasts with `embedder` into the
     next generation of collections and switch to it atomically (see the module doc).
 
-    An embedded store is locked for the whole run. A server is not: stop the agents that
-    write to it first (records written during the copy are caught up once before the
-    switch, but processes that keep the old collections open must reopen the store)."""
+    An embedded store is locked for the whole run. On a Chroma server the copy runs while
+    other agents keep writing; then, under the server's write lease, whatever they added,
+    changed or deleted meanwhile is caught up, the pointer switched and the old collections
+    deleted. Agents that hold the old collections open must reopen the store afterwards."""
     started = time.perf_counter()
-    with write_lock(client):
+    embedded = sync_of(client) is not None
+    with write_lock(client) if embedded else contextlib.nullcontext():
         current = read_pointers(client)
         generation = current.generation + 1
         new_names = {name: f"{name}.g{generation}" for name in EMBEDDED_COLLECTIONS}
@@ -414,28 +438,29 @@ def reindex(client: ClientAPI, embedder: Embedder, *, batch: int = _BATCH,
                 client.delete_collection(new_names[logical])
             new = open_collection(client, logical, embedder, physical=new_names[logical])
             pairs.append((logical, old, new))
-        for logical, old, new in pairs:
-            copied = 0 if old is None else _copy(old, new, logical, embedder, progress, batch)
-            if old is not None:  # catch up with writes made meanwhile (server mode)
-                source, target = _all_ids(old), _all_ids(new)
-                late = sorted(source - target)
-                if late:
-                    copied += _copy(old, new, logical, embedder, None, batch, ids=late)
-                gone = sorted(target - source)
-                if gone:
-                    new.delete(ids=gone)
-            expected = 0 if old is None else old.count()
-            if new.count() != expected:
-                raise StoreError(
-                    f"reindex of {logical!r} copied {new.count()} of {expected} records; the "
-                    "store still uses the old collections (run the command again)")
-            report.collections[logical] = {
-                "from": None if old is None else old.name, "to": new.name, "count": copied}
-        write_pointers(client, Pointers(generation, new_names),
-                       embedder=embedder.name, dim=embedder.dim,
-                       updated_at=round(time.time(), 3))
-        for _, old, new in pairs:
-            if old is not None and old.name != new.name:
-                client.delete_collection(old.name)
+        copied = {logical: 0 if old is None else
+                  _copy(old, new, logical, embedder, progress, batch)
+                  for logical, old, new in pairs}
+        with write_lock(client):  # re-entrant when embedded; the server's lease otherwise
+            if read_pointers(client).generation != current.generation:
+                raise StoreError("another reindex switched the store meanwhile; nothing "
+                                 "was changed by this one")
+            for logical, old, new in pairs:
+                if old is not None and not embedded:
+                    copied[logical] += _catch_up(old, new, logical, embedder, batch)
+                expected = 0 if old is None else old.count()
+                if new.count() != expected:
+                    raise StoreError(
+                        f"reindex of {logical!r} copied {new.count()} of {expected} records; "
+                        "the store still uses the old collections (run the command again)")
+                report.collections[logical] = {
+                    "from": None if old is None else old.name, "to": new.name,
+                    "count": expected}
+            write_pointers(client, Pointers(generation, new_names),
+                           embedder=embedder.name, dim=embedder.dim,
+                           updated_at=round(time.time(), 3))
+            for _, old, new in pairs:
+                if old is not None and old.name != new.name:
+                    client.delete_collection(old.name)
     report.seconds = round(time.perf_counter() - started, 3)
     return report

@@ -19,16 +19,26 @@ The locks are taken transparently around every data operation of a `PersistentCl
 over a group of operations. A single process pays two `flock` calls and one `pread` per
 operation (microseconds) and never restarts its bindings. With another writer, every
 foreign write costs the other processes one reload of the indexes they use, so the embedded
-store suits a few writers; many writers belong on a Chroma server (`HttpClient`, where the
-server serialises writes and `write_lock` is a no-op).
+store suits a few writers; many writers belong on a Chroma server.
+
+A Chroma server (`HttpClient`) serialises single operations, but a read-modify-write from
+two processes (crediting the same insight) still loses updates: measured, two processes
+crediting one insight 50 times each left `uses` at 71. So `write_lock` on a server client
+takes a lease: a record `lock:write` in the `crps_meta` collection. Chroma ignores an `add`
+of an id that exists, so `add` + reading the record back is an atomic test-and-set; the
+holder deletes it (only if it still holds its token); a lease older than `LEASE_S` seconds
+(a crashed holder) is removed by the next writer. Three round trips per locked section.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import random
 import secrets
+import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -39,6 +49,10 @@ except ImportError:  # pragma: no cover - not POSIX: no inter-process locking
     fcntl = None  # type: ignore[assignment]
 
 LOCK_FILE = ".write.lock"
+META_COLLECTION = "crps_meta"  # embedder-independent records (pointers, baselines, lease)
+LEASE_ID = "lock:write"
+LEASE_S = 60.0  # a lease older than this was left by a crashed holder
+WAIT_S = 300.0  # give up waiting for a lease after this long
 _TOKEN_BYTES = 32
 _MARK = "_crps_sync"
 
@@ -185,14 +199,111 @@ def sync_of(client: Any) -> StoreSync | None:
     return install(client, Path(settings.persist_directory))
 
 
+class ServerLease:
+    """The write lease of one Chroma server (database), in one process (re-entrant)."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._token = ""
+        self.waits = 0  # times another holder made this process wait
+
+    def _collection(self) -> Any:
+        return self.client.get_or_create_collection(
+            META_COLLECTION, embedding_function=None, metadata={"kind": "crps-meta"})
+
+    def _acquire(self) -> None:
+        from crps_agent.errors import StoreError
+
+        collection = self._collection()
+        token = secrets.token_hex(8)
+        started = time.monotonic()
+        delay = 0.002
+        while True:
+            now = time.time()
+            collection.add(ids=[LEASE_ID], embeddings=[[1.0]], metadatas=[{
+                "kind": "lease", "token": token, "expires": now + LEASE_S,
+                "owner": f"{socket.gethostname()}:{os.getpid()}"}])
+            res = collection.get(ids=[LEASE_ID], include=["metadatas"])
+            meta: dict[str, Any] = dict((res["metadatas"] or [{}])[0] or {}) \
+                if res["ids"] else {}
+            if meta.get("token") == token:
+                self._token = token
+                return
+            if meta and float(meta.get("expires", 0.0)) < now:  # left by a crashed holder
+                collection.delete(ids=[LEASE_ID], where={"token": meta.get("token", "")})
+                continue
+            if time.monotonic() - started > WAIT_S:
+                raise StoreError(
+                    f"waited {WAIT_S:.0f} s for the write lease of the Chroma server, held "
+                    f"by {meta.get('owner', '?')}; if that process is gone the lease expires "
+                    f"{LEASE_S:.0f} s after it was taken")
+            self.waits += 1
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 0.05)
+
+    def _release(self) -> None:
+        try:
+            self._collection().delete(ids=[LEASE_ID], where={"token": self._token})
+        finally:
+            self._token = ""
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        with self._lock:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield
+                finally:
+                    self._depth -= 1
+                return
+            self._acquire()
+            self._depth = 1
+            try:
+                yield
+            finally:
+                self._depth = 0
+                self._release()
+
+
+_LEASES: dict[tuple[str, int, str, str], ServerLease] = {}
+_LEASES_LOCK = threading.Lock()
+
+
+def lease_of(client: Any) -> ServerLease | None:
+    """The write lease of a Chroma server client (one per server and database in this
+    process, so it is re-entrant across clients), None for other clients."""
+    try:
+        settings = client.get_settings()
+        if "fastapi" not in str(getattr(settings, "chroma_api_impl", "")).lower():
+            return None
+        key = (str(settings.chroma_server_host), int(settings.chroma_server_http_port or 0),
+               str(getattr(client, "tenant", "")), str(getattr(client, "database", "")))
+    except Exception:
+        return None
+    with _LEASES_LOCK:
+        lease = _LEASES.get(key)
+        if lease is None:
+            lease = _LEASES[key] = ServerLease(client)
+        return lease
+
+
 @contextlib.contextmanager
 def write_lock(client: Any) -> Iterator[None]:
     """Hold the store's exclusive write lock across several operations (re-entrant within
-    the process; other processes' reads and writes of the store wait). A no-op for a
-    Chroma server client: the server serialises writes itself."""
+    the process): for an embedded store, other processes' reads and writes of it wait; for
+    a Chroma server, other processes' `write_lock` sections wait (single operations are
+    serialised by the server anyway). A no-op for other clients."""
     sync = sync_of(client)
-    if sync is None:
+    if sync is not None:
+        with sync.hold(exclusive=True):
+            yield
+        return
+    lease = lease_of(client)
+    if lease is None:
         yield
         return
-    with sync.hold(exclusive=True):
+    with lease.hold():
         yield

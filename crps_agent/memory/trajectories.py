@@ -17,7 +17,7 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from crps_agent.errors import NotFoundError
-from crps_agent.memory.chroma import open_collection, where_clause, write_lock
+from crps_agent.memory.chroma import open_collection, query_where, where_clause, write_lock
 from crps_agent.namespaces import validate_namespace
 from crps_agent.types import Contrast, SearchResult, Trajectory
 
@@ -180,8 +180,9 @@ class TrajectoryLog:
         embedding = self._embed_prompt(prompt)
         n = max(16, 8 * k)
         while True:
-            res = self.collection.query(
-                query_embeddings=[embedding],  # type: ignore[arg-type]
+            res = query_where(  # a filtered Chroma query is slow on a big log
+                self.collection,
+                query_embeddings=[embedding],
                 n_results=n,
                 where=where,
                 include=["documents", "metadatas"],
@@ -192,8 +193,8 @@ class TrajectoryLog:
             order: list[str] = []
             for doc, meta in zip(docs, metas, strict=True):
                 task_id = str(meta.get("task_id", ""))
-                key = (-float(meta.get("reward", 0.0)),  # type: ignore[arg-type]
-                       int(meta.get("tokens", 0)))  # type: ignore[arg-type]
+                key = (-float(meta.get("reward", 0.0)),
+                       int(meta.get("tokens", 0)))
                 if task_id not in best:
                     order.append(task_id)
                 if task_id not in best or key < best[task_id][0]:

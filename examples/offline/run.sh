@@ -2,13 +2,14 @@
 # The whole loop, fully offline, with the scripted backend and the real MiniLM embedder.
 #
 #   examples/offline/run.sh STORE        # STORE: a directory (created if missing)
+#   examples/offline/run.sh http://HOST:PORT   # or a Chroma server (`chroma run --path DIR --port PORT`)
 #
 # Pass 1 attempts three GSM8K problems (4 attempts each), pairs successes with failures,
 # reflects on each contrast and stores the insights. Pass 2 attempts two new problems: the
 # recalled insights appear in their prompts (shown from the transcript) and their uses,
 # wins and losses are counted. Uses `crps-agent` from PATH, else the repo's .venv.
 set -euo pipefail
-STORE="${1:?usage: examples/offline/run.sh STORE}"
+STORE="${1:?usage: examples/offline/run.sh STORE (a directory or http://HOST:PORT)}"
 HERE="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
 CLI="crps-agent"
@@ -17,6 +18,11 @@ export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 COMMON=(--backend scripted --script "$HERE/script.yaml" --store "$STORE")
 TRANSCRIPT="$(mktemp)"
 trap 'rm -f "$TRANSCRIPT"' EXIT
+case "$STORE" in
+  http://*|https://*)
+    echo "== store: the Chroma server at $STORE (run checkpoints in ~/.cache/crps-agent)" ;;
+  *) echo "== store: the directory $STORE" ;;
+esac
 
 echo "== pass 1: learn from 3 problems, 4 attempts each"
 "$CLI" learn "$HERE/tasks.jsonl" "${COMMON[@]}" --budget 4 --json
