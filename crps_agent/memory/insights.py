@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from crps_agent.config import MemorySettings
 from crps_agent.errors import NotFoundError
-from crps_agent.memory.chroma import open_collection, where_clause, write_lock
+from crps_agent.memory.chroma import open_collection, query_where, where_clause, write_lock
 from crps_agent.memory.credit import (
     ADMISSION_REJECTED,
     RESTORED,
@@ -208,10 +208,12 @@ class InsightStore:
         if self.collection.count() == 0:
             return out
         for (namespace, domain), idx in groups.items():
-            res = self.collection.query(
-                query_embeddings=[embeddings[i] for i in idx],  # type: ignore[arg-type]
+            # Only neighbours that could merge or contradict matter: skip the rest early.
+            floor = min(self.dedup_threshold, self.settings.contradiction_min_similarity)
+            res = query_where(
+                self.collection, query_embeddings=[embeddings[i] for i in idx],
                 n_results=_NEAR_K, where=where_clause(namespace=namespace, domain=domain),
-                include=["documents", "metadatas", "distances"])
+                include=["documents", "metadatas", "distances"], min_similarity=floor)
             docs_all, metas_all = res["documents"] or [], res["metadatas"] or []
             dists_all = res["distances"] or []
             for row, i in enumerate(idx):
@@ -302,8 +304,8 @@ class InsightStore:
         include: Any = ["documents", "metadatas", "distances"]
         if embeddings:
             include.append("embeddings")
-        res = self.collection.query(query_embeddings=[embedding],  # type: ignore[arg-type]
-                                    n_results=n, where=where, include=include)
+        res = query_where(self.collection, query_embeddings=[embedding], n_results=n,
+                          where=where, include=include)
         ids = res["ids"][0]
         docs = (res["documents"] or [[]])[0]
         metas = (res["metadatas"] or [[]])[0]
