@@ -299,13 +299,14 @@ class InsightStore:
         return sorted(rows, key=lambda r: (r[0].created_at, r[0].id))
 
     def _query(self, query: str, n: int, where: dict[str, Any] | None,
-               embeddings: bool = False) -> builtins.list[tuple[Insight, float, Any]]:
+               embeddings: bool = False, min_similarity: float | None = None,
+               ) -> builtins.list[tuple[Insight, float, Any]]:
         embedding = self.embedder.embed([query])[0]
         include: Any = ["documents", "metadatas", "distances"]
         if embeddings:
             include.append("embeddings")
         res = query_where(self.collection, query_embeddings=[embedding], n_results=n,
-                          where=where, include=include)
+                          where=where, include=include, min_similarity=min_similarity)
         ids = res["ids"][0]
         docs = (res["documents"] or [[]])[0]
         metas = (res["metadatas"] or [[]])[0]
@@ -341,7 +342,8 @@ class InsightStore:
         params = self.rank_params
         diverse = params.mmr_lambda < 1.0
         rows = [(ins, sim, vec) for ins, sim, vec in
-                self._query(query, self.candidate_factor * k, where, embeddings=diverse)
+                self._query(query, self.candidate_factor * k, where, embeddings=diverse,
+                            min_similarity=min_similarity)
                 if sim >= min_similarity]
         vectors = {ins.id: vec for ins, _, vec in rows}
         ranked = rank([(ins, sim) for ins, sim, _ in rows], params)
