@@ -78,6 +78,23 @@ class Backend(Protocol):
 BackendFactory = Callable[["Settings"], Backend]
 
 
+def prompt_token_ids(tokenizer: Any, request: GenerationRequest, model_name: str) -> list[int]:
+    """The token ids a local model sees for `request`: a plain prompt, or chat messages through
+    the tokenizer's chat template with the generation prompt; then `request.prefix` as raw
+    text (shared by the hf and vllm backends, so both continue a prefix identically)."""
+    prefix = request.prefix or ""
+    if request.messages is None:
+        return list(tokenizer((request.prompt or "") + prefix)["input_ids"])
+    if not getattr(tokenizer, "chat_template", None):
+        from crps_agent.errors import BackendError
+
+        raise BackendError(f"model {model_name} has no chat template: send a plain "
+                           "prompt, or use an instruction-tuned model")
+    text = tokenizer.apply_chat_template(request.messages, add_generation_prompt=True,
+                                         tokenize=False)
+    return list(tokenizer(text + prefix, add_special_tokens=False)["input_ids"])
+
+
 def apply_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     """Cut `text` at the first stop string; returns (text, stopped)."""
     cut = len(text)

@@ -29,7 +29,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from crps_agent.backends.base import Capabilities, Completion, GenerationRequest, apply_stop
+from crps_agent.backends.base import (
+    Capabilities,
+    Completion,
+    GenerationRequest,
+    apply_stop,
+    prompt_token_ids,
+)
 from crps_agent.errors import BackendError, ModelUnavailableError
 
 if TYPE_CHECKING:
@@ -236,15 +242,7 @@ class HFBackend:
 
     def prompt_ids(self, request: GenerationRequest) -> list[int]:
         """The token ids the model sees for `request`."""
-        tok = self.tokenizer
-        if request.messages is not None:
-            if not getattr(tok, "chat_template", None):
-                raise BackendError(f"model {self.model_name} has no chat template: send a plain "
-                                   "prompt, or use an instruction-tuned model")
-            text = tok.apply_chat_template(request.messages, add_generation_prompt=True,
-                                           tokenize=False)
-            return list(tok(text + (request.prefix or ""), add_special_tokens=False)["input_ids"])
-        return list(tok((request.prompt or "") + (request.prefix or ""))["input_ids"])
+        return prompt_token_ids(self.tokenizer, request, self.model_name)
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
         with self._lock:

@@ -42,7 +42,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from crps_agent.backends.base import Capabilities, Completion, GenerationRequest
+from crps_agent.backends.base import (
+    Capabilities,
+    Completion,
+    GenerationRequest,
+    prompt_token_ids,
+)
 from crps_agent.backends.hf import resolve_model
 from crps_agent.errors import BackendError
 
@@ -251,17 +256,7 @@ class VLLMBackend:
 
     def prompt_ids(self, request: GenerationRequest) -> list[int]:
         """The token ids the model sees for `request` (prompt or chat, then the prefix)."""
-        tok = self.tokenizer
-        prefix = request.prefix or ""
-        if request.messages is not None:
-            if not getattr(tok, "chat_template", None):
-                raise BackendError(f"model {self.model_name} has no chat template: send a plain "
-                                   "prompt, or use an instruction-tuned model")
-            text = tok.apply_chat_template(request.messages, add_generation_prompt=True,
-                                           tokenize=False)
-            ids = list(tok(text + prefix, add_special_tokens=False)["input_ids"])
-        else:
-            ids = list(tok((request.prompt or "") + prefix)["input_ids"])
+        ids = prompt_token_ids(self.tokenizer, request, self.model_name)
         if not ids:
             raise BackendError("empty prompt: vLLM needs at least one prompt token")
         return ids
