@@ -125,6 +125,50 @@ class MemorySettings(BaseModel):
         return validate_namespaces(value)
 
 
+class FinetuneSettings(BaseModel):
+    """LoRA fine-tuning (`crps-agent finetune`, TRL SFTTrainer + peft)."""
+
+    base_model: str | None = Field(None, description="model to fine-tune (none: `model`)")
+    max_steps: int = Field(-1, ge=-1, description="optimizer steps (-1: use `epochs`)")
+    epochs: float = Field(1.0, gt=0.0)
+    lr: float = Field(2e-4, gt=0.0, description="learning rate")
+    batch_size: int = Field(4, ge=1, description="per-device batch size")
+    grad_accum: int = Field(1, ge=1, description="gradient accumulation steps")
+    max_length: int = Field(1024, ge=16, description="tokens per example (longer: truncated)")
+    lora_r: int = Field(8, ge=1, le=512)
+    lora_alpha: int = Field(16, ge=1)
+    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | str = Field("all-linear", description="peft target modules")
+    assistant_only_loss: bool | None = Field(None, description="loss on assistant tokens "
+                                             "only (none: when the chat template allows it)")
+    save_steps: int = Field(50, ge=1, description="checkpoint every this many steps (resume)")
+
+
+class CrpsSettings(BaseModel):
+    """CRPS: synthesized chains, export, periodic fine-tuning and gated adoption."""
+
+    export_every: int = Field(0, ge=0, description="export after this many new contrasts in "
+                              "a learn run (0: never from the graph)")
+    export_dir: str | None = Field(None, description="where periodic exports go (none: "
+                                   "<store>/exports, or ~/.cache/crps-agent for a server)")
+    method: Literal["crps", "rft", "best", "all"] = "crps"
+    val_share: float = Field(0.1, ge=0.0, lt=1.0, description="share of tasks held out as "
+                             "validation (split by task)")
+    preference_pairs: bool = Field(True, description="also write DPO pairs from contrasts")
+    synth_temperature: float = Field(0.3, ge=0.0, le=2.0)
+    synth_max_tokens: int = Field(1024, ge=1)
+    finetune: bool = Field(False, description="fine-tune after a periodic export")
+    adopt: bool = Field(False, description="gate and adopt the fine-tuned adapter "
+                        "(needs eval_tasks)")
+    eval_tasks: str | None = Field(None, description="held-out task file of the adoption gate")
+    eval_n: int | None = Field(None, ge=1, le=256, description="samples per eval task (none: "
+                               "search.n)")
+    tolerance: float = Field(0.0, ge=0.0, le=1.0, description="adopt unless accuracy drops "
+                             "by more than this")
+    adapters_dir: str | None = Field(None, description="adapter versions and registry (none: "
+                                     "<store>/adapters, or ~/.cache/crps-agent for a server)")
+
+
 class Settings(BaseSettings):
     """Every setting of crps-agent, with its default."""
 
@@ -147,6 +191,8 @@ class Settings(BaseSettings):
     search: SearchSettings = Field(default_factory=SearchSettings)
     reflect: ReflectSettings = Field(default_factory=ReflectSettings)
     memory: MemorySettings = Field(default_factory=MemorySettings)
+    crps: CrpsSettings = Field(default_factory=CrpsSettings)
+    finetune: FinetuneSettings = Field(default_factory=FinetuneSettings)
 
     @field_validator("namespace")
     @classmethod

@@ -70,3 +70,15 @@ class EmbedderMismatchError(StoreError):
 
 class NotFoundError(StoreError):
     """An insight, trajectory or tree with the given id does not exist."""
+
+
+class ExportError(CrpsError):
+    """Training data could not be synthesized or exported (empty store, bad output dir)."""
+
+
+class TrainingError(CrpsError):
+    """Fine-tuning could not run (bad data file, missing [train] extra, bad base model)."""
+
+
+class AdapterError(CrpsError):
+    """An adapter is invalid, or the adapter registry cannot adopt or roll back."""
