@@ -165,6 +165,9 @@ class Contrast:
     kind: ContrastKind
     gap: float
     id: str = ""
+    # The reflection's contrastive analysis (local, strategy, success_pattern, failure_mode),
+    # set once the contrast was reflected on; CRPS synthesis needs it.
+    analysis: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not self.id:
@@ -179,6 +182,7 @@ class Contrast:
             "divergence_step": self.divergence_step,
             "kind": self.kind,
             "gap": self.gap,
+            "analysis": self.analysis,
         }
 
     @classmethod
@@ -191,6 +195,7 @@ class Contrast:
             kind=data["kind"],
             gap=data["gap"],
             id=data.get("id", ""),
+            analysis=data.get("analysis"),
         )
 
 

@@ -9,6 +9,7 @@ import sys
 import click
 
 from crps_agent.cli.bench import bench
+from crps_agent.cli.export import export
 from crps_agent.cli.insights import insights
 from crps_agent.cli.plugins_cmd import plugins
 from crps_agent.cli.run import learn, solve
@@ -32,6 +33,7 @@ cli.add_command(insights)
 cli.add_command(plugins)
 cli.add_command(bench)
 cli.add_command(tree)
+cli.add_command(export)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -15,6 +15,7 @@ from crps_agent.graph.state import AgentContext, AgentState
 from crps_agent.memory.admission import check_candidates, settle
 from crps_agent.memory.credit import should_ablate
 from crps_agent.reflect.reflector import reflect
+from crps_agent.reflect.schema import analysis_of
 from crps_agent.search.best_of_n import best_of_n
 from crps_agent.types import Contrast, Insight, SearchResult, Task
 
@@ -79,7 +80,8 @@ def reflect_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str,
         token_budget=ctx.settings.memory.token_budget)]
     outcome = reflect(contrasts, {task.id: task}, ctx.backend, cfg,
                       related={task.id: related}, seed=ctx.settings.seed)
-    return {"contrasts": [c.to_dict() for c in contrasts],
+    analyses = {c.id: analysis_of(r) for c, r in outcome.reflections}
+    return {"contrasts": [{**c.to_dict(), "analysis": analyses.get(c.id)} for c in contrasts],
             "insights": [i.to_dict() for i in outcome.insights],
             "rejected": dict(outcome.rejected),
             "reflections": len(outcome.reflections),

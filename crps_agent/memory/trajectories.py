@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from crps_agent.errors import NotFoundError
 from crps_agent.memory.chroma import open_collection, query_where, where_clause, write_lock
 from crps_agent.namespaces import validate_namespace
-from crps_agent.types import Contrast, SearchResult, Trajectory
+from crps_agent.types import Contrast, SearchResult, Task, Trajectory
 
 if TYPE_CHECKING:
     from chromadb.api import ClientAPI
@@ -131,6 +131,26 @@ class TrajectoryLog:
                              row[1].get("index", 0)),
         )
         return [Trajectory.from_dict(json.loads(doc or "{}")) for doc, _ in rows]
+
+    def attempts(self, *, namespace: str | None = None, domain: str | None = None,
+                 correct: bool | None = None) -> list[tuple[Task, Trajectory]]:
+        """Every logged attempt with its task, oldest search first (for exports)."""
+        if namespace is not None:
+            namespace = validate_namespace(namespace)
+        res = self.collection.get(
+            where=where_clause(kind=TRAJECTORY, namespace=namespace, domain=domain,
+                               correct=correct),
+            include=["documents", "metadatas"])
+        rows = sorted(
+            zip(res["documents"] or [], res["metadatas"] or [], strict=True),
+            key=lambda row: (row[1].get("created_at", 0.0), str(row[1].get("search_id", "")),
+                             row[1].get("index", 0)),
+        )
+        out = []
+        for doc, _ in rows:
+            data = json.loads(doc or "{}")
+            out.append((Task.from_dict(data["task"]), Trajectory.from_dict(data)))
+        return out
 
     def for_task(self, task_id: str) -> list[Trajectory]:
         """Every logged attempt at a task, oldest search first, in search order."""

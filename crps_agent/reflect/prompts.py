@@ -12,6 +12,8 @@ REFLECT_SYSTEM = (
 _SCHEMA_HINT = """Reply with a JSON object of this shape:
 {{"divergence_step": <step number where the attempts part, or null>,
   "critique": "<what the weaker attempt did wrong at that step and why>",
+  "local": "<at the step where they part: what A did, what B did, why B's step fails>",
+  "strategy": "<the two overall strategies compared: which is sounder and why>",
   "success_pattern": "<what the better attempt did that made it work>",
   "failure_mode": "<the mistake to avoid, stated generally>",
   "insights": [{{"text": "<one lesson, at most {max_words} words>",

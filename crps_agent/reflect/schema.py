@@ -31,6 +31,10 @@ class Reflection(BaseModel):
 
     divergence_step: int | None = Field(None, description="1-based step where the paths part")
     critique: str = ""
+    local: str = Field("", description="local analysis: what each attempt did at the "
+                       "divergence step and why the weaker one fails there")
+    strategy: str = Field("", description="global analysis: how the two overall strategies "
+                          "compare")
     success_pattern: str = Field(min_length=1)
     failure_mode: str = Field(min_length=1)
     insights: list[dict[str, Any]] = Field(min_length=1)
@@ -51,6 +55,8 @@ def reflection_json_schema(max_insights: int = 3) -> dict[str, Any]:
         "properties": {
             "divergence_step": {"type": ["integer", "null"]},
             "critique": {"type": "string"},
+            "local": {"type": "string"},
+            "strategy": {"type": "string"},
             "success_pattern": {"type": "string"},
             "failure_mode": {"type": "string"},
             "insights": {
@@ -65,3 +71,12 @@ def reflection_json_schema(max_insights: int = 3) -> dict[str, Any]:
         },
         "required": ["success_pattern", "failure_mode", "insights"],
     }
+
+
+def analysis_of(reflection: Reflection) -> dict[str, Any]:
+    """The contrastive analysis kept with a contrast (CRPS synthesis reads it)."""
+    return {"divergence_step": reflection.divergence_step,
+            "local": (reflection.local or reflection.critique).strip(),
+            "strategy": reflection.strategy.strip(),
+            "success_pattern": reflection.success_pattern.strip(),
+            "failure_mode": reflection.failure_mode.strip()}
