@@ -24,6 +24,7 @@ from langgraph.graph import END, START, StateGraph
 from crps_agent.config import Settings, load_settings
 from crps_agent.graph.nodes import (
     admit_node,
+    crps_node,
     recall_node,
     reflect_node,
     remember_node,
@@ -63,6 +64,7 @@ class TaskReport:
     admission_rejected: int = 0
     retired: list[str] = field(default_factory=list)  # retired by this task's credit
     promoted: list[str] = field(default_factory=list)
+    crps: dict[str, Any] | None = None  # export / fine-tune / adoption run after this task
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -93,6 +95,9 @@ class LearnReport:
             "insights_retired": sum(len(t.retired) for t in self.tasks),
             "insights_promoted": sum(len(t.promoted) for t in self.tasks),
             "ablated": sum(t.ablated for t in self.tasks),
+            "exports": [e for t in self.tasks if t.crps for e in t.crps["exported"]],
+            "adopted": [t.crps["adopted"] for t in self.tasks
+                        if t.crps and t.crps.get("adopted")],
             "rejected": dict(rejected),
             "llm_calls": sum(t.llm_calls for t in self.tasks),
             "tokens": sum(t.tokens for t in self.tasks),
@@ -102,19 +107,22 @@ class LearnReport:
 
 def build_graph(checkpointer: BaseCheckpointSaver[Any] | None = None) -> Any:
     """The compiled agent graph: recall → search → (learn: reflect) → remember → (new
-    candidate insights: admit). Input: {"mode", "task"}; context: `AgentContext`."""
+    candidate insights: admit) → crps (periodic export, fine-tune, adoption). Input:
+    {"mode", "task"}; context: `AgentContext`."""
     g = StateGraph(AgentState, context_schema=AgentContext)
     g.add_node("recall", recall_node)
     g.add_node("search", search_node)
     g.add_node("reflect", reflect_node)
     g.add_node("remember", remember_node)
     g.add_node("admit", admit_node)
+    g.add_node("crps", crps_node)
     g.add_edge(START, "recall")
     g.add_edge("recall", "search")
     g.add_conditional_edges("search", route_after_search, ["reflect", "remember"])
     g.add_edge("reflect", "remember")
-    g.add_conditional_edges("remember", route_after_remember, ["admit", END])
-    g.add_edge("admit", END)
+    g.add_conditional_edges("remember", route_after_remember, ["admit", "crps"])
+    g.add_edge("admit", "crps")
+    g.add_edge("crps", END)
     return g.compile(checkpointer=checkpointer)
 
 
@@ -133,6 +141,7 @@ def _report(state: dict[str, Any], resumed: bool = False) -> TaskReport:
         admitted=sum(1 for c in state.get("admission", []) if c["admitted"]),
         admission_rejected=sum(1 for c in state.get("admission", []) if not c["admitted"]),
         retired=list(state.get("retired", [])), promoted=list(state.get("promoted", [])),
+        crps=state.get("crps"),
     )
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from langgraph.graph import END
 from langgraph.runtime import Runtime
 
 from crps_agent.contrast import pair_contrasts
@@ -143,8 +142,22 @@ def admit_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, A
             "llm_calls": state.get("llm_calls", 0) + (1 if checks else 0)}
 
 
+def crps_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
+    """CRPS, periodically (crps/periodic.py): after every `crps.export_every` new contrasts,
+    synthesize and export training data; optionally fine-tune and adopt through the gate."""
+    ctx = runtime.context
+    if state.get("mode", "learn") != "learn" or ctx.settings.crps.export_every <= 0:
+        return {}
+    from crps_agent.crps.periodic import run_periodic
+
+    outcome = run_periodic(ctx, Task.from_dict(state["task"]).namespace)
+    if not outcome.exported:
+        return {}
+    return {"crps": outcome.to_dict()}
+
+
 def route_after_remember(state: AgentState) -> str:
-    return "admit" if state.get("candidates") else END
+    return "admit" if state.get("candidates") else "crps"
 
 
 def route_after_search(state: AgentState) -> str:

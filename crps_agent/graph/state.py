@@ -37,6 +37,7 @@ class AgentState(TypedDict, total=False):
     admission: list[dict[str, Any]]  # AdmissionCheck dicts
     retired: list[str]  # insights retired by this task's credit
     promoted: list[str]  # insights promoted by this task's credit
+    crps: dict[str, Any]  # the periodic export / fine-tune / adoption after this task
 
 
 @dataclass

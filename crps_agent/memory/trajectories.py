@@ -276,5 +276,8 @@ class TrajectoryLog:
         )
         return [Contrast.from_dict(json.loads(doc or "{}")) for doc, _ in rows]
 
-    def count_contrasts(self) -> int:
-        return self.contrast_collection.count()
+    def count_contrasts(self, namespace: str | None = None) -> int:
+        if namespace is None:
+            return self.contrast_collection.count()
+        where = where_clause(namespace=validate_namespace(namespace))
+        return len(self.contrast_collection.get(where=where, include=[])["ids"])

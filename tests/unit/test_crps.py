@@ -1,0 +1,228 @@
+"""CRPS synthesis, export and the periodic export, on the scripted backend and a real
+embedded Chroma (hash embedder)."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from crps_agent.backends.scripted import ScriptedBackend
+from crps_agent.cli import cli
+from crps_agent.config import load_settings
+from crps_agent.crps.chains import ChainStore
+from crps_agent.crps.export import export_store, split_tasks
+from crps_agent.crps.synthesis import meta_language, synthesize
+from crps_agent.graph.agent import Agent
+from crps_agent.plugins import get_registry
+from crps_agent.tasks import load_tasks
+from crps_agent.types import Contrast, Task, Trajectory, Verdict
+
+EXAMPLES = Path(__file__).parents[2] / "examples" / "offline"
+
+
+@pytest.mark.parametrize("text", [
+    "As the critique suggests, subtract first.",
+    "Unlike the failed attempt, I add both.",
+    "Attempt B forgot the repairs.",
+    "The success pattern here is to list deductions.",
+    "Avoiding the mistake of pricing gross eggs, 16 - 7 = 9.",
+    "As noted above, the base is the blue fiber.",
+    "Following the guidance, I compute the value first.",
+])
+def test_meta_language_is_caught(text):
+    assert meta_language(text)
+
+
+@pytest.mark.parametrize("text", [
+    "Step 1: 16 - 7 = 9 eggs are sold.\nThe answer is \\boxed{18}.",
+    "First compute the total cost, then subtract it from the final value.",
+    "An attempt at factoring fails, so expand instead.",  # 'an attempt at' is not meta
+])
+def test_clean_text_passes(text):
+    assert meta_language(text) is None
+
+
+def _contrast(task: Task, analysis: dict | None = None) -> Contrast:
+    good = Trajectory(task.id, "2 + 3 = 5. \\boxed{5}", ["2 + 3 = 5."], "5",
+                      Verdict(1.0, True, "5"))
+    bad = Trajectory(task.id, "2 + 3 = 6. \\boxed{6}", ["2 + 3 = 6."], "6",
+                     Verdict(0.0, False, "6"))
+    return Contrast(task.id, good, bad, 0, "hard", 1.0,
+                    analysis=analysis if analysis is not None else {
+                        "success_pattern": "Add carefully.", "failure_mode": "Miscounting.",
+                        "local": "", "strategy": ""})
+
+
+def test_synthesis_filters_reverifies_and_dedups():
+    domains = get_registry().domains
+    tasks = [Task(f"What is 2 + 3? (variant {i})", "math", "5", id=f"t{i}") for i in range(6)]
+    replies = {
+        "t0": "Adding, 2 + 3 = 5.\n\\boxed{5}",
+        "t1": "As the critique suggests, 2 + 3 = 5.\n\\boxed{5}",  # meta language
+        "t2": "2 + 3 = 7.\n\\boxed{7}",  # wrong: dropped by re-verification
+        "t3": "",  # empty
+        "t4": "2 + 3 = 5, so \\boxed{5}",
+    }
+
+    def respond(request):
+        return replies[request.meta["task_id"]]
+
+    backend = ScriptedBackend()
+    backend.respond(respond)
+    contrasts = [_contrast(t) for t in tasks[:5]] + [_contrast(tasks[5], analysis={})]
+    existing = {"t4": {"2 + 3 = 5, so \\boxed{5}"}}  # already kept: a duplicate
+    settings = load_settings().crps
+    out = synthesize(contrasts, {t.id: t for t in tasks}, backend, domains, settings,
+                     existing=existing, seed=3)
+    assert [c.task_id for c in out.chains] == ["t0"]
+    assert out.chains[0].answer == "5"
+    assert out.counts == {"generated": 5, "kept": 1, "meta_language": 1, "wrong": 1,
+                          "empty": 1, "duplicate": 1, "no_analysis": 1}
+    assert out.llm_calls == 1 and len(backend.calls) == 5  # one batched call
+    request = backend.calls[0][0]
+    assert request.purpose == "synthesize"
+    # the guidance sits in the system turn; the user turn is the domain's solve prompt
+    assert "Add carefully." in request.messages[0]["content"]
+    assert request.messages[1] == domains["math"].render_prompt(tasks[0], [])[1]
+
+
+def test_split_is_by_task_stable_and_never_everything():
+    ids = [f"task-{i}" for i in range(200)]
+    val = split_tasks(ids, 0.2, seed=1)
+    assert 20 < len(val) < 60
+    assert split_tasks(ids[:100], 0.2, seed=1) == {t for t in val if t in ids[:100]}
+    assert len(split_tasks(["a", "b"], 0.1)) == 1
+    assert split_tasks(["a"], 0.5) == set()
+    assert split_tasks(ids, 0.0) == set()
+
+
+@pytest.fixture
+def learned(tmp_path, monkeypatch):
+    monkeypatch.delenv("CRPS_CONFIG", raising=False)
+    settings = load_settings(store=str(tmp_path / "store"),
+                             memory={"embedder": "hash", "min_similarity": -1.0,
+                                     "ablation_share": 0.0},
+                             search={"n": 4}, domain="math")
+    backend = ScriptedBackend.from_script(EXAMPLES / "script.yaml")
+    agent = Agent(settings, backend=backend)
+    agent.learn(load_tasks(EXAMPLES / "tasks.jsonl"))
+    yield agent, backend, settings
+    agent.close()
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text("utf-8").splitlines()]
+
+
+def test_export_all_methods(learned, tmp_path):
+    agent, backend, settings = learned
+    out = tmp_path / "export"
+    results = {r.method: r for r in export_store(agent.memory, "all", out,
+                                                 agent.registry.domains, settings,
+                                                 backend=backend)}
+    assert set(results) == {"crps", "rft", "best"}
+    crps = results["crps"]
+    # 8 contrasts: 4 clean chains kept; 2 meta-language, 1 wrong, 1 duplicate dropped
+    assert crps.synthesis["counts"] == {"generated": 8, "kept": 4, "meta_language": 2,
+                                        "wrong": 1, "duplicate": 1, "no_analysis": 0}
+    for method, result in results.items():
+        d = out / method
+        train, val = _rows(d / "train.jsonl"), _rows(d / "validation.jsonl")
+        assert train and val
+        train_tasks = {r["task_id"] for r in train}
+        val_tasks = {r["task_id"] for r in val}
+        assert not train_tasks & val_tasks  # no task in both
+        for row in train + val:
+            roles = [m["role"] for m in row["messages"]]
+            assert roles == ["system", "user", "assistant"]
+            assert meta_language(row["messages"][-1]["content"]) is None
+        meta = json.loads((d / "meta.json").read_text())
+        assert meta["method"] == method and meta["model"] == settings.model
+        assert meta["source_tasks"] == {"train": sorted(train_tasks),
+                                        "validation": sorted(val_tasks)}
+        files = {name: hashlib.sha256((d / name).read_bytes()).hexdigest()
+                 for name in meta["files"]}
+        assert files == meta["files"]
+        assert meta["hash"] == result.hash
+        pairs = _rows(d / "preference_train.jsonl")
+        assert pairs and {"prompt", "chosen", "rejected"} <= set(pairs[0])
+        assert {p["task_id"] for p in pairs} <= train_tasks
+    # best: one per task; rft: every distinct correct attempt (robe has 3)
+    assert results["best"].counts["train"] + results["best"].counts["validation"] == 3
+    assert results["rft"].counts["train"] + results["rft"].counts["validation"] == 5
+    # the crps chains come from the synthesized (clean) texts, not the logged attempts
+    texts = {r["messages"][-1]["content"] for r in _rows(out / "crps" / "train.jsonl")
+             + _rows(out / "crps" / "validation.jsonl")}
+    assert any("Step 2: Janet uses 3 for breakfast" in t for t in texts)
+
+    # Again: nothing new to synthesize, the same files and hash.
+    calls = len(backend.calls)
+    again = export_store(agent.memory, "crps", tmp_path / "again", agent.registry.domains,
+                         settings, backend=backend)[0]
+    assert len(backend.calls) == calls and again.synthesis["llm_calls"] == 0
+    assert again.hash == crps.hash
+    assert ChainStore(agent.memory.client, agent.memory.embedder).count() == 4
+
+
+def test_export_loads_with_datasets(learned, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    agent, backend, settings = learned
+    out = tmp_path / "export"
+    export_store(agent.memory, "crps", out, agent.registry.domains, settings,
+                 backend=backend)
+    ds = datasets.load_dataset("json", data_files={"train": str(out / "train.jsonl"),
+                                                   "validation": str(out / "validation.jsonl")})
+    assert ds["train"].num_rows >= 1 and "messages" in ds["train"].column_names
+    pref = datasets.load_dataset("json", data_files=str(out / "preference_train.jsonl"))
+    assert {"prompt", "chosen", "rejected"} <= set(pref["train"].column_names)
+
+
+def test_export_prompt_completion_style(learned, tmp_path):
+    agent, _backend, settings = learned
+    out = tmp_path / "pc"
+    export_store(agent.memory, "best", out, agent.registry.domains, settings,
+                 style="prompt-completion")
+    row = _rows(out / "train.jsonl")[0]
+    assert [m["role"] for m in row["prompt"]] == ["system", "user"]
+    assert [m["role"] for m in row["completion"]] == ["assistant"]
+
+
+def test_periodic_export_from_the_graph(tmp_path, monkeypatch):
+    monkeypatch.delenv("CRPS_CONFIG", raising=False)
+    settings = load_settings(store=str(tmp_path / "store"),
+                             memory={"embedder": "hash", "min_similarity": -1.0,
+                                     "ablation_share": 0.0},
+                             search={"n": 4}, domain="math",
+                             crps={"export_every": 3, "method": "crps"})
+    backend = ScriptedBackend.from_script(EXAMPLES / "script.yaml")
+    agent = Agent(settings, backend=backend)
+    report = agent.learn(load_tasks(EXAMPLES / "tasks.jsonl"))
+    # contrasts per task: 3, 3, 2 → exports after the first and the second task
+    exported = [bool(t.crps) for t in report.tasks]
+    assert exported == [True, True, False]
+    totals = report.totals()
+    assert len(totals["exports"]) == 2
+    first, second = (t.crps["exported"][0] for t in report.tasks[:2])
+    assert first["out"].endswith("export-0001") and second["out"].endswith("export-0002")
+    assert Path(second["out"], "meta.json").is_file()
+    assert first["synthesis"]["counts"]["generated"] == 3
+    assert second["synthesis"]["counts"]["generated"] == 3  # only the new contrasts
+    agent.close()
+
+
+def test_cli_export_json_and_errors(learned, tmp_path):
+    _agent, _, settings = learned
+    runner = CliRunner()
+    args = ["export", "--store", settings.store, "--embedder", "hash", "--method", "best",
+            "--out", str(tmp_path / "cli"), "--json"]
+    res = runner.invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    line = json.loads(res.output.strip().splitlines()[-1])
+    assert line["type"] == "export" and line["method"] == "best"
+    empty = runner.invoke(cli, ["export", "--store", str(tmp_path / "empty"),
+                                "--embedder", "hash", "--method", "best",
+                                "--out", str(tmp_path / "x")])
+    assert empty.exit_code != 0
+    assert "no logged attempts" in str(empty.exception or empty.output)
