@@ -70,6 +70,12 @@ def learn(tasks: str, fmt: str, limit: int | None, offset: int, run_id: str | No
               f"{totals['contrasts']} contrasts, {totals['insights_added']} new insights, "
               f"{totals['insights_merged']} merged, rejected {totals['rejected'] or 'none'}, "
               f"{totals['wall_s']} s")
+    for exported in totals["exports"]:
+        c = exported["counts"]
+        con.print(f"exported {exported['method']} data to {exported['out']}: {c['train']} "
+                  f"train / {c['validation']} validation examples")
+    for version in totals["adopted"]:
+        con.print(f"adopted adapter {version} (see `crps-agent adapters list`)")
     con.print(f"resume with --run-id {totals['run_id']}; "
               "see the insights with `crps-agent insights list`")
 

@@ -7,7 +7,10 @@
 # Pass 1 attempts three GSM8K problems (4 attempts each), pairs successes with failures,
 # reflects on each contrast and stores the insights. Pass 2 attempts two new problems: the
 # recalled insights appear in their prompts (shown from the transcript) and their uses,
-# wins and losses are counted. Uses `crps-agent` from PATH, else the repo's .venv.
+# wins and losses are counted. Last, CRPS: each analysed contrast becomes a clean solution,
+# re-verified, and the chains (plus the RFT and best-of baselines) are exported as
+# fine-tuning data (to $CRPS_EXPORT_OUT, default STORE/exports/offline). Uses `crps-agent`
+# from PATH, else the repo's .venv.
 set -euo pipefail
 STORE="${1:?usage: examples/offline/run.sh STORE (a directory or http://HOST:PORT)}"
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -20,8 +23,11 @@ TRANSCRIPT="$(mktemp)"
 trap 'rm -f "$TRANSCRIPT"' EXIT
 case "$STORE" in
   http://*|https://*)
+    OUT="${CRPS_EXPORT_OUT:-$(mktemp -d)/export}"
     echo "== store: the Chroma server at $STORE (run checkpoints in ~/.cache/crps-agent)" ;;
-  *) echo "== store: the directory $STORE" ;;
+  *)
+    OUT="${CRPS_EXPORT_OUT:-$STORE/exports/offline}"
+    echo "== store: the directory $STORE" ;;
 esac
 
 echo "== pass 1: learn from 3 problems, 4 attempts each"
@@ -50,3 +56,8 @@ echo
 echo "== insights after pass 2 (uses, wins and losses counted)"
 "$CLI" insights list --store "$STORE"
 "$CLI" insights stats --store "$STORE"
+
+echo
+echo "== CRPS: synthesize verified chains from the contrasts, export them and the baselines"
+"$CLI" export "${COMMON[@]}" --method all --out "$OUT"
+echo "(TRL conversational JSONL, DPO pairs and a meta.json sidecar per method in $OUT)"

@@ -220,6 +220,7 @@ def test_offline_example_accepts_a_server_url(server: ChromaServer, tmp_path: Pa
     assert out.returncode == 0, out.stderr[-3000:]
     assert "== pass 2" in out.stdout and "<notes>" in out.stdout
     assert "Chroma server" in out.stdout
+    assert "== CRPS" in out.stdout and "crps →" in out.stdout
 
 
 def test_an_unreachable_server_is_one_clear_error() -> None:
