@@ -226,3 +226,14 @@ def test_cli_export_json_and_errors(learned, tmp_path):
                                 "--out", str(tmp_path / "x")])
     assert empty.exit_code != 0
     assert "no logged attempts" in str(empty.exception or empty.output)
+
+
+def test_reflection_analysis_is_logged_with_each_contrast(learned):
+    agent, _, _ = learned
+    contrasts = agent.memory.trajectories.contrasts()
+    assert len(contrasts) == 8
+    analysed = [c for c in contrasts if c.analysis]
+    assert len(analysed) == 8  # the repaired reply included
+    janet = [c.analysis for c in analysed if c.task_id == "gsm8k-test-0"]
+    assert any(a["local"].startswith("At step 2") and a["strategy"] for a in janet)
+    assert all(a["success_pattern"] and a["failure_mode"] for a in janet)
