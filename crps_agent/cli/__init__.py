@@ -13,6 +13,7 @@ from crps_agent.cli.export import export
 from crps_agent.cli.insights import insights
 from crps_agent.cli.plugins_cmd import plugins
 from crps_agent.cli.run import learn, solve
+from crps_agent.cli.train import finetune
 from crps_agent.cli.tree import tree
 
 
@@ -34,6 +35,7 @@ cli.add_command(plugins)
 cli.add_command(bench)
 cli.add_command(tree)
 cli.add_command(export)
+cli.add_command(finetune)
 
 
 def main(argv: list[str] | None = None) -> None:
