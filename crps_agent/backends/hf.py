@@ -16,6 +16,13 @@ repetition penalty, whatever the model's generation config says), seeded per cal
 `torch.manual_seed` (the request's seed, or one drawn from the backend's seeded RNG). Stop
 strings end generation (transformers' `stop_strings`) and are cut from the text. `json_schema`
 is ignored (the caller parses the text). torch and transformers are imported on first use.
+
+Adapters: a request's `adapter` (a peft LoRA directory; None: the backend's default `adapter`,
+and without one the base model) is honoured per request. A batch is grouped by adapter and the
+groups run one after another on one model: every adapter is loaded once into a multi-adapter
+`PeftModel` (`load_adapter(path, adapter_name=...)`, cached by resolved path, so a directory is
+read once per backend: give a changed adapter a new directory) and activated with
+`set_adapter`; base-model rows run inside `disable_adapter()`.
 """
 
 from __future__ import annotations
@@ -24,7 +31,8 @@ import os
 import random
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -158,6 +166,7 @@ class HFBackend:
         self._tok: Any = None
         self._eos: set[int] = set()
         self._pad = 0
+        self._adapters: dict[str, str] = {}  # resolved adapter directory -> peft adapter name
 
     @classmethod
     def from_settings(cls, settings: Settings) -> HFBackend:
@@ -210,24 +219,60 @@ class HFBackend:
         if self.adapter is not None:
             self._attach(self.adapter)
 
-    def _attach(self, adapter: str) -> None:
-        if not Path(adapter).is_dir():
+    def _attach(self, adapter: str) -> str:
+        """The peft name of `adapter`, loading it into the model on first use."""
+        path = Path(adapter).expanduser()
+        if not path.is_dir():
             raise BackendError(f"adapter {adapter} is not a directory (expected a peft adapter "
                                "saved with save_pretrained)")
+        key = str(path.resolve())
+        if key in self._adapters:
+            return self._adapters[key]
+        if not (path / "adapter_config.json").is_file():
+            raise BackendError(f"adapter {adapter} is not a peft adapter directory (no "
+                               "adapter_config.json; save one with save_pretrained)")
         from peft import PeftModel
 
-        self._model = PeftModel.from_pretrained(self._model, adapter).to(self.device)
+        name = f"adapter-{len(self._adapters) + 1}"
+        try:
+            if isinstance(self._model, PeftModel):
+                self._model.load_adapter(key, adapter_name=name)
+            else:
+                self._model = PeftModel.from_pretrained(self._model, key, adapter_name=name)
+        except (OSError, ValueError, RuntimeError, KeyError) as exc:
+            # e.g. an adapter trained on another base model (shape mismatch); a half-loaded
+            # adapter would make the next attempt fail on its taken name
+            if isinstance(self._model, PeftModel) and name in self._model.peft_config:
+                self._model.delete_adapter(name)
+            msg = " ".join(str(exc).split())[:300]
+            raise BackendError(f"cannot load adapter {adapter} on model '{self.model_name}': "
+                               f"{msg}") from exc
+        self._model.to(self.device)
         self._model.eval()
+        self._adapters[key] = name
+        return name
+
+    @contextmanager
+    def _using(self, adapter: str | None) -> Iterator[None]:
+        """Run the body with `adapter` active (None: the base model)."""
+        if adapter is None:
+            if self._adapters:
+                with self._model.disable_adapter():
+                    yield
+            else:
+                yield
+            return
+        name = self._attach(adapter)
+        if self._model.active_adapter != name:
+            self._model.set_adapter(name, inference_mode=True)
+        yield
 
     def set_adapter(self, adapter: str | Path | None) -> None:
-        """Swap the peft adapter (None: the base model alone)."""
+        """Set the default adapter: requests without their own `adapter` use it (None: the
+        base model). Adapters stay loaded, so switching back and forth is cheap."""
         with self._lock:
             self.adapter = str(adapter) if adapter is not None else None
-            if self._model is None:
-                return
-            if hasattr(self._model, "peft_config"):
-                self._model = self._model.unload()
-            if self.adapter is not None:
+            if self._model is not None and self.adapter is not None:
                 self._attach(self.adapter)
 
     @property
@@ -252,20 +297,24 @@ class HFBackend:
             groups: dict[tuple[Any, ...], list[int]] = {}
             for i, r in enumerate(requests):
                 greedy = r.temperature <= 0
+                adapter = r.adapter if r.adapter is not None else self.adapter
                 key = (greedy, 0.0 if greedy else r.temperature, 1.0 if greedy else r.top_p,
-                       r.max_tokens, tuple(r.stop), r.seed)
+                       r.max_tokens, tuple(r.stop), r.seed, adapter)
                 groups.setdefault(key, []).append(i)
             for key, idxs in groups.items():
                 seed = requests[idxs[0]].seed
+                # Seeded per group, so the same request gets the same sampling noise with
+                # and without an adapter (the adoption gate compares arms on equal seeds).
                 self._seed(self._rng.randrange(2**31) if seed is None else seed)
                 greedy = bool(key[0])
                 rows = [(i, j) for i in idxs for j in range(1 if greedy else requests[i].n)]
-                for start in range(0, len(rows), self.max_batch):
-                    chunk = rows[start:start + self.max_batch]
-                    comps = self._run([prompts[i] for i, _ in chunk],
-                                      [requests[i] for i, _ in chunk])
-                    for (i, _), comp in zip(chunk, comps, strict=True):
-                        out[i].append(comp)
+                with self._using(key[-1]):
+                    for start in range(0, len(rows), self.max_batch):
+                        chunk = rows[start:start + self.max_batch]
+                        comps = self._run([prompts[i] for i, _ in chunk],
+                                          [requests[i] for i, _ in chunk])
+                        for (i, _), comp in zip(chunk, comps, strict=True):
+                            out[i].append(comp)
                 if greedy:
                     for i in idxs:
                         out[i] = [_copy(out[i][0]) for _ in range(requests[i].n)]

@@ -5,6 +5,7 @@ For tests, docs and the offline example. A script is a YAML file
     rules:
       - match: "Natalia sold clips"      # substring of the prompt; or `regex: ...`
         purpose: solve                   # optional: solve | reflect | repair | ...
+        adapter: v0002                   # optional: only requests with this LoRA adapter
         responses:                       # cycled, one per sample
           - "Sure! ... \\boxed{72}"
           - {text: "Let me think", finish_reason: length}
@@ -12,7 +13,12 @@ For tests, docs and the offline example. A script is a YAML file
 
 or a JSONL file with one rule per line. In Python: `ScriptedBackend(rules=[...])`,
 `backend.enqueue("text")` (a queue consumed before the rules) and `backend.respond(fn)`.
-Rules are tried in order; the first whose `match`/`regex`/`purpose` all hold answers.
+Rules are tried in order; the first whose `match`/`regex`/`purpose`/`adapter` all hold answers.
+
+`adapter` stands in for LoRA adapters (tests of the adoption gate): a rule with `adapter: X`
+answers only requests whose `adapter` is X or a path whose last component is X (`v0002`
+matches `.../adapters/v0002`); `adapter: none` only requests without an adapter, `adapter: "*"`
+any request with one. Rules without `adapter` answer every request.
 
 Continuations (`request.prefix`, the assistant text already written, as MCTS sends): a rule's
 responses are whole answers; with a prefix, only the responses whose text starts with the
@@ -54,6 +60,7 @@ class Rule:
     match: str | None = None
     regex: str | None = None
     purpose: str | None = None
+    adapter: str | None = None
     name: str = ""
     _compiled: re.Pattern[str] | None = field(default=None, repr=False)
     _next: int = field(default=0, repr=False)
@@ -71,6 +78,8 @@ class Rule:
 
     def matches(self, request: GenerationRequest) -> bool:
         if self.purpose is not None and request.purpose != self.purpose:
+            return False
+        if self.adapter is not None and not _adapter_matches(self.adapter, request.adapter):
             return False
         text = request.text()
         if self.match is not None and self.match not in text:
@@ -97,6 +106,14 @@ class Rule:
         return _strip_prefix(candidates[k % len(candidates)], prefix)
 
 
+def _adapter_matches(want: str, got: str | None) -> bool:
+    if want.lower() == "none":
+        return got is None
+    if got is None:
+        return False
+    return want in ("*", got) or Path(got).name == want
+
+
 def _text_of(item: Any) -> str:
     return str(item.get("text", "")) if isinstance(item, dict) else str(item)
 
@@ -112,15 +129,19 @@ def _strip_prefix(item: Any, prefix: str | None) -> Any:
 def _rule_from_obj(obj: Any, where: str) -> Rule:
     if not isinstance(obj, dict):
         raise ScriptError(f"{where}: a rule must be a mapping, got {type(obj).__name__}")
-    unknown = set(obj) - {"match", "regex", "purpose", "responses", "response", "name"}
+    unknown = set(obj) - {"match", "regex", "purpose", "adapter", "responses", "response",
+                          "name"}
     if unknown:
         raise ScriptError(f"{where}: unknown rule keys {sorted(unknown)} (allowed: match, regex, "
-                          "purpose, responses, name)")
+                          "purpose, adapter, responses, name)")
     responses = obj.get("responses", [obj["response"]] if "response" in obj else [])
     if not isinstance(responses, list) or not responses:
         raise ScriptError(f"{where}: 'responses' must be a non-empty list")
+    adapter = obj.get("adapter")
+    if adapter is not None and not isinstance(adapter, str):
+        raise ScriptError(f"{where}: 'adapter' must be a string (a name, a path, none or *)")
     return Rule(responses=responses, match=obj.get("match"), regex=obj.get("regex"),
-                purpose=obj.get("purpose"), name=str(obj.get("name", "")))
+                purpose=obj.get("purpose"), adapter=adapter, name=str(obj.get("name", "")))
 
 
 def load_script(path: str | Path) -> tuple[list[Rule], Any]:
@@ -155,7 +176,8 @@ class ScriptedBackend:
     """Deterministic backend; `calls` keeps every (request, completions) pair."""
 
     name = "scripted"
-    capabilities = Capabilities(structured_output=False, logprobs=False)
+    # lora: requests' adapters are matched by rules (no weights), enough for gate tests.
+    capabilities = Capabilities(structured_output=False, logprobs=False, lora=True)
 
     def __init__(self, rules: Sequence[Rule | dict[str, Any]] = (), default: Any = None,
                  transcript: str | Path | None = None) -> None:
@@ -236,6 +258,8 @@ class ScriptedBackend:
                               "prompt": req.text(), "responses": [c.text for c in comps]}
                     if req.prefix:
                         record["prefix"] = req.prefix
+                    if req.adapter:
+                        record["adapter"] = req.adapter
                     fh.write(json.dumps(record, default=str) + "\n")
             out.append(comps)
         return out
