@@ -8,6 +8,7 @@ import sys
 
 import click
 
+from crps_agent.cli.adapters import adapters, adopt, rollback
 from crps_agent.cli.bench import bench
 from crps_agent.cli.export import export
 from crps_agent.cli.insights import insights
@@ -36,6 +37,9 @@ cli.add_command(bench)
 cli.add_command(tree)
 cli.add_command(export)
 cli.add_command(finetune)
+cli.add_command(adopt)
+cli.add_command(rollback)
+cli.add_command(adapters)
 
 
 def main(argv: list[str] | None = None) -> None:

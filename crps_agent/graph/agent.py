@@ -169,7 +169,13 @@ class Agent:
     @property
     def backend(self) -> Backend:
         if self._backend is None:
-            self._backend = self.registry.backend(self.settings.backend, self.settings)
+            from crps_agent.crps.adapters import resolve_adapter
+
+            # The adapter adopted for this store (crps-agent adopt) unless one is set.
+            adapter = resolve_adapter(self.settings)
+            settings = (self.settings.model_copy(update={"adapter": adapter})
+                        if adapter != self.settings.adapter else self.settings)
+            self._backend = self.registry.backend(settings.backend, settings)
         return self._backend
 
     @property
