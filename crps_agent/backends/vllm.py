@@ -193,10 +193,17 @@ class VLLMBackend:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> VLLMBackend:
-        """Settings `model`, `seed`, `dtype` and `adapter` (which turns LoRA on)."""
+        """Settings `model`, `seed`, `dtype` and `adapter` (which turns LoRA on). A learn run
+        that may adopt an adapter (`crps.adopt`) starts with LoRA on, at the fine-tuning rank:
+        the engine cannot turn it on later."""
+        crps = getattr(settings, "crps", None)
+        finetune = getattr(settings, "finetune", None)
+        adopting = bool(crps is not None and crps.adopt)
+        rank = max(8, int(finetune.lora_r)) if finetune is not None else 8
         return cls(settings.model, seed=settings.seed,
                    dtype=str(getattr(settings, "dtype", None) or "auto"),
-                   adapter=getattr(settings, "adapter", None))
+                   adapter=getattr(settings, "adapter", None),
+                   enable_lora=adopting, max_lora_rank=rank)
 
     # -- the engine ----------------------------------------------------------------------
 
