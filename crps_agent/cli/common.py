@@ -32,6 +32,8 @@ def backend_options(fn: F) -> F:
         click.option("--domain", default=None, help="Task domain (see `crps-agent plugins`)."),
         click.option("--backend", default=None, help="hf | openai | scripted | ... "),
         click.option("--model", default=None, help="Hugging Face model id or local directory."),
+        click.option("--adapter", default=None, type=click.Path(file_okay=False),
+                     help="A peft LoRA adapter directory (default: the store's adopted one)."),
         click.option("--base-url", default=None, help="OpenAI-compatible server URL."),
         click.option("--script", default=None, type=click.Path(dir_okay=False),
                      help="Script file of the scripted backend (YAML or JSONL)."),
