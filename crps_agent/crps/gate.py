@@ -39,7 +39,7 @@ from crps_agent.crps.adapters import (
 )
 from crps_agent.domains import Domain
 from crps_agent.errors import AdapterError, TaskError
-from crps_agent.search.best_of_n import best_of_n
+from crps_agent.search.best_of_n import best_of_n_batch
 from crps_agent.types import Task
 
 _EPS = 1e-9  # accuracies are ratios: 0.5 - 0.1 must still admit 0.4
@@ -185,10 +185,10 @@ def evaluate(tasks: Sequence[Task], backend: Backend, domains: Mapping[str, Doma
     out = EvalResult(adapter=adapter, n=n, seed=seed)
     started = time.perf_counter()
     with _arm(backend, adapter) as arm:
-        for task in tasks:
-            domain = domains[task.domain]
-            result = best_of_n(task, domain, arm, messages=domain.render_prompt(task, []),
-                               settings=search, seed=seed)
+        # One batched call for every task: what makes an eval fast on vLLM.
+        jobs = [(t, domains[t.domain], domains[t.domain].render_prompt(t, [])) for t in tasks]
+        for task, result in zip(tasks, best_of_n_batch(jobs, arm, settings=search, seed=seed),
+                                strict=True):
             out.tasks.append(TaskEval(
                 task_id=task.id, solved=result.solved, n_correct=result.n_correct,
                 n=len(result.trajectories),

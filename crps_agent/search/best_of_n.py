@@ -43,33 +43,56 @@ def best_of_n(
     search_id: str | None = None,
 ) -> SearchResult:
     """Sample `settings.n` attempts at `task` from `messages` and verify each."""
-    sid = search_id or uuid.uuid4().hex[:12]
-    verified = bool((task.reference or "").strip()) or not domain.requires_reference
+    return best_of_n_batch([(task, domain, messages)], backend, settings=settings, seed=seed,
+                           insight_ids=insight_ids, search_ids=[search_id])[0]
+
+
+def best_of_n_batch(
+    jobs: Sequence[tuple[Task, Domain, list[dict[str, str]]]],
+    backend: Backend,
+    *,
+    settings: SearchSettings,
+    seed: int | None = None,
+    insight_ids: Sequence[str] = (),
+    search_ids: Sequence[str | None] | None = None,
+) -> list[SearchResult]:
+    """Best-of-n on several (task, domain, messages) at once: one batched backend call for
+    all of them (evaluations over many tasks), one SearchResult per job. The wall time and
+    the llm call are counted in each result."""
+    if not jobs:
+        return []
+    ids = list(search_ids) if search_ids is not None else [None] * len(jobs)
     started = time.perf_counter()
-    request = GenerationRequest(
+    requests = [GenerationRequest(
         messages=messages, n=settings.n, temperature=settings.temperature,
         top_p=settings.top_p, max_tokens=settings.max_tokens, stop=list(settings.stop),
         seed=seed, purpose="solve", meta={"task_id": task.id},
-    )
-    completions = backend.generate([request])[0]
-    stats = SearchStats(llm_calls=1, rollouts=len(completions))
-    trajectories: list[Trajectory] = []
-    for comp in completions:
-        stats.prompt_tokens += comp.prompt_tokens
-        stats.completion_tokens += comp.completion_tokens
-        if verified:
-            verdict = domain.verify(task, comp.text)
-        else:
-            answer = domain.extract_answer(comp.text)
-            verdict = Verdict(0.0, False, answer, "unverified: the task has no reference")
-        if comp.finish_reason == "length" and not verdict.correct:
-            verdict.detail += " (output truncated at max_tokens)"
-        trajectories.append(Trajectory(
-            task_id=task.id, text=comp.text, steps=split_steps(comp.text),
-            answer=verdict.answer, verdict=verdict, tokens=comp.completion_tokens,
-            insight_ids=list(insight_ids), search_id=sid, finish_reason=comp.finish_reason,
-        ))
-    stats.wall_s = time.perf_counter() - started
-    stats.nodes = len(trajectories)
-    return SearchResult(task=task, trajectories=trajectories,
-                        best=_pick_best(trajectories, verified), search_id=sid, stats=stats)
+    ) for task, _, messages in jobs]
+    replies = backend.generate(requests)
+    results = []
+    for (task, domain, _), completions, sid in zip(jobs, replies, ids, strict=True):
+        sid = sid or uuid.uuid4().hex[:12]
+        verified = bool((task.reference or "").strip()) or not domain.requires_reference
+        stats = SearchStats(llm_calls=1, rollouts=len(completions))
+        trajectories: list[Trajectory] = []
+        for comp in completions:
+            stats.prompt_tokens += comp.prompt_tokens
+            stats.completion_tokens += comp.completion_tokens
+            if verified:
+                verdict = domain.verify(task, comp.text)
+            else:
+                answer = domain.extract_answer(comp.text)
+                verdict = Verdict(0.0, False, answer, "unverified: the task has no reference")
+            if comp.finish_reason == "length" and not verdict.correct:
+                verdict.detail += " (output truncated at max_tokens)"
+            trajectories.append(Trajectory(
+                task_id=task.id, text=comp.text, steps=split_steps(comp.text),
+                answer=verdict.answer, verdict=verdict, tokens=comp.completion_tokens,
+                insight_ids=list(insight_ids), search_id=sid, finish_reason=comp.finish_reason,
+            ))
+        stats.wall_s = time.perf_counter() - started
+        stats.nodes = len(trajectories)
+        results.append(SearchResult(task=task, trajectories=trajectories,
+                                    best=_pick_best(trajectories, verified), search_id=sid,
+                                    stats=stats))
+    return results
