@@ -151,6 +151,14 @@ def _env(values: dict[str, str]) -> Iterator[None]:
                 os.environ[k] = v
 
 
+LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM accepts
+
+
+def lora_rank_for(rank: int) -> int:
+    """The smallest `max_lora_rank` vLLM accepts that serves adapters of rank `rank`."""
+    return next((r for r in LORA_RANKS if r >= rank), rank)
+
+
 class VLLMBackend:
     """An in-process vLLM engine; one `LLM.generate` call per `generate` batch."""
 
@@ -199,7 +207,7 @@ class VLLMBackend:
         crps = getattr(settings, "crps", None)
         finetune = getattr(settings, "finetune", None)
         adopting = bool(crps is not None and crps.adopt)
-        rank = max(8, int(finetune.lora_r)) if finetune is not None else 8
+        rank = lora_rank_for(int(finetune.lora_r) if finetune is not None else 8)
         return cls(settings.model, seed=settings.seed,
                    dtype=str(getattr(settings, "dtype", None) or "auto"),
                    adapter=getattr(settings, "adapter", None),

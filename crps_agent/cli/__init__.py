@@ -10,6 +10,7 @@ import click
 
 from crps_agent.cli.adapters import adapters, adopt, rollback
 from crps_agent.cli.bench import bench
+from crps_agent.cli.eval_cmd import eval_
 from crps_agent.cli.export import export
 from crps_agent.cli.insights import insights
 from crps_agent.cli.plugins_cmd import plugins
@@ -40,6 +41,7 @@ cli.add_command(finetune)
 cli.add_command(adopt)
 cli.add_command(rollback)
 cli.add_command(adapters)
+cli.add_command(eval_)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 REJECTED_EXIT = 3
-_VLLM_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM accepts
 
 
 def registry_options(fn: F) -> F:
@@ -153,7 +152,7 @@ def _gate(adapter: str, settings: Settings, registry: AdapterRegistry, *, fmt: s
     tasks = load_tasks(settings.crps.eval_tasks, format=fmt, domain=settings.domain,
                        namespace=settings.namespace, limit=limit)
     check_eval_tasks(tasks, plugins.domains)
-    backend = _backend(settings, [adapter, registry.current_path()], registry)
+    backend = eval_backend(settings, [adapter, registry.current_path()], registry)
     try:
         return gate(adapter, tasks, backend, plugins.domains, registry,
                     n=settings.crps.eval_n or settings.search.n, seed=settings.seed,
@@ -185,19 +184,19 @@ def _lora_rank(ref: str | None, registry: AdapterRegistry) -> int:
         return 0
 
 
-def _backend(settings: Settings, adapters: list[str | None],
+def eval_backend(settings: Settings, adapters: list[str | None],
              registry: AdapterRegistry) -> Backend:
-    """The backend of the gate: the base model (the gate names an adapter on every request
-    that needs one), so a configured default adapter is dropped."""
+    """The backend of an evaluation (the gate, `crps-agent eval`): the base model, with LoRA
+    on where the engine needs it at start (vLLM); a configured default adapter is dropped, as
+    every request that needs an adapter names it."""
     from crps_agent.plugins import get_registry
 
     base = settings.model_copy(update={"adapter": None})
     if settings.backend == "vllm":
         # vLLM serves LoRA only if the engine starts with it, for ranks up to max_lora_rank.
-        from crps_agent.backends.vllm import VLLMBackend
+        from crps_agent.backends.vllm import VLLMBackend, lora_rank_for
 
-        need = max([0, *(_lora_rank(a, registry) for a in adapters)])
-        rank = next((r for r in _VLLM_RANKS if r >= need), need)
+        rank = lora_rank_for(max([0, *(_lora_rank(a, registry) for a in adapters)]))
         return VLLMBackend(settings.model, seed=settings.seed, dtype=settings.dtype,
                            enable_lora=True, max_lora_rank=rank)
     return get_registry().backend(settings.backend, base)
