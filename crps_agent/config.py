@@ -155,7 +155,8 @@ class CrpsSettings(BaseModel):
     val_share: float = Field(0.1, ge=0.0, lt=1.0, description="share of tasks held out as "
                              "validation (split by task)")
     preference_pairs: bool = Field(True, description="also write DPO pairs from contrasts")
-    synth_temperature: float = Field(0.3, ge=0.0, le=2.0)
+    synth_temperature: float = Field(0.0, ge=0.0, le=2.0, description="synthesis sampling "
+                                     "temperature (the CRPS reference code uses 0)")
     synth_max_tokens: int = Field(1024, ge=1)
     finetune: bool = Field(False, description="fine-tune after a periodic export")
     adopt: bool = Field(False, description="gate and adopt the fine-tuned adapter "
