@@ -31,6 +31,7 @@ import os
 import random
 import re
 import threading
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -235,10 +236,15 @@ class HFBackend:
 
         name = f"adapter-{len(self._adapters) + 1}"
         try:
-            if isinstance(self._model, PeftModel):
-                self._model.load_adapter(key, adapter_name=name)
-            else:
-                self._model = PeftModel.from_pretrained(self._model, key, adapter_name=name)
+            with warnings.catch_warnings():
+                # peft asks transformers 5 for a deprecated attribute on every load
+                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing",
+                                        category=FutureWarning)
+                if isinstance(self._model, PeftModel):
+                    self._model.load_adapter(key, adapter_name=name)
+                else:
+                    self._model = PeftModel.from_pretrained(self._model, key,
+                                                            adapter_name=name)
         except (OSError, ValueError, RuntimeError, KeyError) as exc:
             # e.g. an adapter trained on another base model (shape mismatch); a half-loaded
             # adapter would make the next attempt fail on its taken name
