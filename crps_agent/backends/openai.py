@@ -18,6 +18,13 @@ on `/v1/completions`. On `/v1/chat/completions` it is sent as a final assistant 
 `continue_final_message: true, add_generation_prompt: false` — vLLM's server extensions
 (`vllm serve`); other servers may reject them or start a new assistant turn. Either way the
 returned text is the continuation only.
+
+A request's `adapter` (a peft LoRA directory; else the backend's default `adapter`, see
+`set_adapter`) is sent as `model` = the name the server serves it under, as `vllm serve
+--enable-lora` does: one the server already lists for that path (`--lora-modules NAME=PATH`),
+else loaded once via `/v1/load_lora_adapter` (see `openai_lora`). Requests of one batch may
+mix adapters and the base model. An adapter the server stops serving (restarted) is looked
+up, or loaded, again once.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -41,6 +49,7 @@ from crps_agent.backends.base import (
     apply_stop,
     estimate_tokens,
 )
+from crps_agent.backends.openai_lora import LoRAServing, server_message
 from crps_agent.errors import BackendError
 
 if TYPE_CHECKING:
@@ -69,14 +78,8 @@ def normalise_base_url(url: str) -> str:
     return url if url.endswith("/v1") else url + "/v1"
 
 
-def _server_message(r: httpx.Response) -> str:
-    try:
-        data = r.json()
-    except ValueError:
-        return " ".join(r.text.split())[:500] or r.reason_phrase
-    err = data.get("error", data) if isinstance(data, dict) else data
-    msg = (err.get("message") or err.get("detail") or err) if isinstance(err, dict) else err
-    return " ".join(str(msg).split())[:500]
+class _NotServed(BackendError):
+    """A 404: the server does not serve the model sent (for an adapter: no longer)."""
 
 
 def _schema_name(schema: dict[str, Any]) -> str:
@@ -127,7 +130,8 @@ class OpenAIBackend:
 
     def __init__(self, base_url: str | None, model: str, api_key: str | None = None, *,
                  concurrency: int = 8, timeout: float = 60.0, max_retries: int = 4,
-                 mode: str = "auto", backoff: float = 0.5, max_backoff: float = 20.0) -> None:
+                 mode: str = "auto", backoff: float = 0.5, max_backoff: float = 20.0,
+                 adapter: str | Path | None = None) -> None:
         if not base_url:
             raise BackendError("the openai backend needs a server: pass --base-url URL "
                                "(for example --base-url http://localhost:8000/v1)")
@@ -144,16 +148,26 @@ class OpenAIBackend:
         self.mode = mode
         self.backoff = backoff
         self.max_backoff = max_backoff
-        self.capabilities = Capabilities(structured_output=True, logprobs=True)
+        self.adapter = str(adapter) if adapter is not None else None
+        self.capabilities = Capabilities(structured_output=True, logprobs=True, lora=True)
         self.usage = Usage()
         self.dropped: set[str] = set()  # features this server rejected
         self.n_cap: int | None = None  # most choices the server returned for one call
         self._lock = threading.Lock()
+        self.lora = LoRAServing(self.base_url, model, self._headers, timeout=timeout,
+                                max_retries=max_retries, backoff=backoff,
+                                max_backoff=max_backoff)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> OpenAIBackend:
         return cls(settings.base_url, settings.model,
-                   settings.api_key or os.environ.get("OPENAI_API_KEY"))
+                   settings.api_key or os.environ.get("OPENAI_API_KEY"),
+                   adapter=getattr(settings, "adapter", None))
+
+    def set_adapter(self, adapter: str | Path | None) -> None:
+        """Set the default adapter: requests without their own `adapter` use it (None: the
+        base model). It is looked up (or loaded) on the server when first used."""
+        self.adapter = str(adapter) if adapter is not None else None
 
     # -- public API ----------------------------------------------------------------------
 
@@ -169,12 +183,19 @@ class OpenAIBackend:
 
     async def agenerate(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
         """`generate` for callers that are already in an event loop."""
+        adapters = [r.adapter if r.adapter is not None else self.adapter for r in requests]
+        # Resolved in a worker thread: the lookups block on a lock shared with other threads
+        # and event loops, which must not stall this loop.
+        wanted = {a for a in adapters if a is not None}
+        names = await asyncio.to_thread(self.lora.names, wanted) if wanted else {}
         sem = asyncio.Semaphore(self.concurrency)
         limits = httpx.Limits(max_connections=self.concurrency,
                               max_keepalive_connections=self.concurrency)
         async with httpx.AsyncClient(timeout=httpx.Timeout(self.timeout), limits=limits,
                                      headers=self._headers()) as client:
-            tasks = [asyncio.ensure_future(self._request(client, sem, r)) for r in requests]
+            tasks = [asyncio.ensure_future(self._request(client, sem, r, a,
+                                                         None if a is None else names[a]))
+                     for r, a in zip(requests, adapters, strict=True)]
             try:
                 return list(await asyncio.gather(*tasks))
             except BaseException:
@@ -190,7 +211,7 @@ class OpenAIBackend:
             raise BackendError(f"cannot reach {self.base_url}: {exc}") from exc
         if r.status_code != 200:
             raise BackendError(f"{self.base_url}/models: HTTP {r.status_code}: "
-                               f"{_server_message(r)}")
+                               f"{server_message(r)}")
         return [str(m.get("id")) for m in r.json().get("data", [])]
 
     # -- internals -----------------------------------------------------------------------
@@ -207,9 +228,11 @@ class OpenAIBackend:
                                "or 'auto', or send a plain prompt")
         return self.mode == "chat" or req.messages is not None
 
-    def _payload(self, req: GenerationRequest, n: int, seed: int | None) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": self.model, "n": n, "temperature": req.temperature,
-                                "top_p": req.top_p, "max_tokens": req.max_tokens}
+    def _payload(self, req: GenerationRequest, n: int, seed: int | None,
+                 model: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": model or self.model, "n": n,
+                                "temperature": req.temperature, "top_p": req.top_p,
+                                "max_tokens": req.max_tokens}
         if self._chat(req):
             messages = req.messages or [{"role": "user", "content": req.prompt or ""}]
             if req.prefix:  # vLLM-specific: continue the assistant message, no new turn
@@ -231,7 +254,11 @@ class OpenAIBackend:
         return body
 
     async def _request(self, client: httpx.AsyncClient, sem: asyncio.Semaphore,
-                       req: GenerationRequest) -> list[Completion]:
+                       req: GenerationRequest, adapter: str | None,
+                       served: str | None) -> list[Completion]:
+        """`req.n` completions of the base model (`adapter` None) or of `adapter`, which the
+        server serves as model `served`."""
+        model = [served or self.model]  # shared by this request's calls, so one re-lookup
         got: list[Completion] = []
         calls = 0
         while len(got) < req.n:
@@ -240,7 +267,8 @@ class OpenAIBackend:
             sizes = [min(cap, need - k) for k in range(0, need, cap)]
             seeds = [None if req.seed is None else req.seed + calls + k for k in range(len(sizes))]
             calls += len(sizes)
-            results = await asyncio.gather(*(self._call(client, sem, req, size, seed)
+            results = await asyncio.gather(*(self._call(client, sem, req, size, seed,
+                                                        adapter, model)
                                              for size, seed in zip(sizes, seeds, strict=True)))
             for size, comps in zip(sizes, results, strict=True):
                 if not comps:
@@ -254,10 +282,21 @@ class OpenAIBackend:
         return got[: req.n]
 
     async def _call(self, client: httpx.AsyncClient, sem: asyncio.Semaphore,
-                    req: GenerationRequest, n: int, seed: int | None) -> list[Completion]:
+                    req: GenerationRequest, n: int, seed: int | None, adapter: str | None,
+                    model: list[str]) -> list[Completion]:
         chat = self._chat(req)
-        data = await self._post(client, sem, "/chat/completions" if chat else "/completions",
-                                lambda: self._payload(req, n, seed))
+        path = "/chat/completions" if chat else "/completions"
+        try:
+            data = await self._post(client, sem, path,
+                                    lambda: self._payload(req, n, seed, model[0]))
+        except _NotServed:
+            if adapter is None:
+                raise
+            # The server lost the adapter (restarted, unloaded): look it up or load it again.
+            await asyncio.to_thread(self.lora.forget, adapter, model[0])
+            model[0] = await asyncio.to_thread(self.lora.name, adapter)
+            data = await self._post(client, sem, path,
+                                    lambda: self._payload(req, n, seed, model[0]))
         choices = sorted(data.get("choices") or [], key=lambda c: c.get("index", 0))
         texts: list[str] = []
         for c in choices:
@@ -301,7 +340,7 @@ class OpenAIBackend:
                     if not isinstance(data, dict):
                         raise BackendError(f"{url} answered with unexpected JSON")
                     return data
-                msg = _server_message(r)
+                msg = server_message(r)
                 err = f"HTTP {r.status_code}: {msg}"
                 if r.status_code != 429 and r.status_code < 500:
                     if r.status_code == 400 and self._drop_feature(body, msg):
@@ -309,7 +348,8 @@ class OpenAIBackend:
                     hint = {401: " (check --api-key or CRPS_API_KEY)",
                             403: " (check --api-key or CRPS_API_KEY)",
                             404: " (check --model and --base-url)"}.get(r.status_code, "")
-                    raise BackendError(f"{url} rejected the request ({err}){hint}")
+                    error = _NotServed if r.status_code == 404 else BackendError
+                    raise error(f"{url} rejected the request ({err}){hint}")
                 delay = _retry_after(r)
             if attempt >= self.max_retries:
                 raise BackendError(f"{url} failed after {attempt + 1} attempts ({err}); is the "

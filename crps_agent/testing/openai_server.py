@@ -6,9 +6,19 @@ max_tokens, temperature, top_p, seed, logprobs, usage; no streaming) with the st
 for client tests: fail the first K generation requests with 429/503, reject `response_format`,
 ignore `n` (one choice per call), or sleep before answering (to observe concurrency).
 
+LoRA adapters are served like `vllm serve --enable-lora` serves them (the backend must have
+`capabilities.lora`, as `HFBackend` does): `lora_modules={name: path}` (`--lora-modules`) at
+start-up, `POST /v1/load_lora_adapter {"lora_name", "lora_path"}` and
+`/v1/unload_lora_adapter {"lora_name"}` at runtime if `allow_runtime_lora` (vLLM's
+`VLLM_ALLOW_RUNTIME_LORA_UPDATING=True`; otherwise those routes are unknown: 404 `{"detail":
+"Not Found"}`). A request whose `model` is an adapter's name generates with
+`GenerationRequest.adapter` = its path; `/v1/models` lists adapters with `root` = path and
+`parent` = the base model; an unknown model is a 404 "The model `X` does not exist.".
+
     python -m crps_agent.testing.tiny_model /tmp/tiny
     python -m crps_agent.testing.openai_server --model /tmp/tiny --port 8000 [--fail-first 2
-        --fail-status 503 --reject-response-format --ignore-n --delay 0.2]
+        --fail-status 503 --reject-response-format --ignore-n --delay 0.2
+        --lora-modules NAME=PATH --allow-runtime-lora]
 
 It prints `listening on http://HOST:PORT/v1` once ready. In Python:
 
@@ -20,12 +30,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from crps_agent.backends.base import Completion, GenerationRequest
@@ -50,12 +63,19 @@ class Stats:
     in_flight: int = 0
     max_in_flight: int = 0
     bodies: list[dict[str, Any]] = field(default_factory=list)
+    lora_loads: list[dict[str, Any]] = field(default_factory=list)  # load_lora_adapter bodies
+    lora_unloads: int = 0
 
 
 class HTTPError(Exception):
-    def __init__(self, status: int, message: str, param: str | None = None) -> None:
+    def __init__(self, status: int, message: str, param: str | None = None,
+                 kind: str | None = None) -> None:
         super().__init__(message)
-        self.status, self.message, self.param = status, message, param
+        self.status, self.message, self.param, self.kind = status, message, param, kind
+
+
+class NoRoute(Exception):
+    """An unknown route: FastAPI's (so vLLM's) 404 `{"detail": "Not Found"}`."""
 
 
 def _text(content: Any) -> str:
@@ -86,12 +106,18 @@ class OpenAIServer:
     """The server; `start()` runs it in a daemon thread, `stop()` shuts it down."""
 
     def __init__(self, backend: Backend, *, model_name: str, host: str = "127.0.0.1",
-                 port: int = 0, faults: Faults | None = None) -> None:
+                 port: int = 0, faults: Faults | None = None,
+                 lora_modules: Mapping[str, str | Path] | None = None,
+                 allow_runtime_lora: bool = False) -> None:
         self.backend = backend
         self.model_name = model_name
         self.faults = faults or Faults()
         self.stats = Stats()
+        self.allow_runtime_lora = allow_runtime_lora
+        self.loras: dict[str, str] = {}  # served name -> adapter path, as given
         self._lock = threading.Lock()
+        for name, path in (lora_modules or {}).items():
+            self.load_lora(name, str(path))  # like vLLM: a bad --lora-modules fails start-up
         self._thread: threading.Thread | None = None
         self.httpd = ThreadingHTTPServer((host, port), _handler(self))
         self.httpd.daemon_threads = True
@@ -120,10 +146,80 @@ class OpenAIServer:
         self.stop()
 
     def reset(self, faults: Faults | None = None) -> None:
-        """New faults (default: none) and zeroed statistics."""
+        """New faults (default: none) and zeroed statistics (loaded adapters stay)."""
         with self._lock:
             self.faults = faults or Faults()
             self.stats = Stats()
+
+    # -- LoRA adapters -------------------------------------------------------------------
+
+    def load_lora(self, name: str, path: str, *, inplace: bool = False) -> str:
+        """Serve the adapter at `path` as model `name` (vLLM's checks and messages)."""
+        if not name or not path:
+            raise HTTPError(400, "Both 'lora_name' and 'lora_path' must be provided.",
+                            kind="InvalidUserInput")
+        if not self.backend.capabilities.lora:
+            raise HTTPError(400, f"backend '{self.backend.name}' cannot serve LoRA adapters "
+                            "(vLLM: start the server with --enable-lora)", kind="BadRequestError")
+        adapter = Path(path).expanduser()
+        if not (adapter / "adapter_config.json").is_file():
+            raise HTTPError(404, f"Loading lora {name} failed: No adapter found for {path}",
+                            kind="NotFoundError")
+        self._check_new(name, inplace)
+        # Like vLLM, load the adapter into the model now: a broken adapter (another base
+        # model's) fails here, and the first request does not pay for loading it. Greedy and
+        # seeded, so it draws nothing from the backend's random state.
+        try:
+            self.backend.generate([GenerationRequest(prompt="a", max_tokens=1, temperature=0,
+                                                     seed=0, adapter=path)])
+        except Exception as exc:
+            raise HTTPError(500, f"{type(exc).__name__}: {exc}",
+                            kind="InternalServerError") from None
+        with self._lock:
+            self._check_new(name, inplace)
+            self.loras[name] = path
+        return f"Success: LoRA adapter '{name}' added successfully."
+
+    def _check_new(self, name: str, inplace: bool) -> None:
+        if name in self.loras and not inplace:
+            raise HTTPError(400, f"The lora adapter '{name}' has already been loaded. If you "
+                            "want to load the adapter in place, set 'load_inplace' to True.",
+                            kind="InvalidUserInput")
+
+    def unload_lora(self, name: str) -> str:
+        with self._lock:
+            if not name:
+                raise HTTPError(400, "'lora_name' needs to be provided to unload a LoRA "
+                                "adapter.", kind="InvalidUserInput")
+            if name not in self.loras:
+                raise HTTPError(404, f"The lora adapter '{name}' cannot be found.",
+                                kind="NotFoundError")
+            del self.loras[name]
+            self.stats.lora_unloads += 1
+        return f"Success: LoRA adapter '{name}' removed successfully."
+
+    def models(self) -> list[dict[str, Any]]:
+        """The `/v1/models` cards: the base model, then each adapter (vLLM's fields)."""
+        root = str(getattr(self.backend, "source", None) or self.model_name)
+        cards = [{"id": self.model_name, "object": "model", "created": 0,
+                  "owned_by": "crps-agent", "root": root, "parent": None}]
+        with self._lock:
+            loras = dict(self.loras)
+        cards += [{"id": name, "object": "model", "created": 0, "owned_by": "crps-agent",
+                   "root": path, "parent": self.model_name} for name, path in loras.items()]
+        return cards
+
+    def lora_route(self, path: str, body: dict[str, Any]) -> str:
+        """`POST /v1/load_lora_adapter` or `/v1/unload_lora_adapter`: the success text."""
+        if not self.allow_runtime_lora:
+            raise NoRoute  # vLLM registers these routes only with runtime updating allowed
+        name, where = body.get("lora_name"), body.get("lora_path")
+        if path.endswith("/unload_lora_adapter"):
+            return self.unload_lora(str(name or ""))
+        with self._lock:
+            self.stats.lora_loads.append(body)
+        return self.load_lora(str(name or ""), str(where or ""),
+                              inplace=bool(body.get("load_inplace")))
 
     # -- request handling ----------------------------------------------------------------
 
@@ -136,14 +232,20 @@ class OpenAIServer:
             if stats.requests <= faults.fail_first:
                 stats.failed += 1
                 raise HTTPError(faults.fail_status, "injected fault: server busy, retry")
-        if body.get("model") != self.model_name:
-            raise HTTPError(404, f"The model `{body.get('model')}` does not exist.", "model")
+        model = body.get("model")
+        with self._lock:
+            adapter = None if model == self.model_name else self.loras.get(str(model))
+        if model != self.model_name and adapter is None:
+            raise HTTPError(404, f"The model `{model}` does not exist.", "model",
+                            kind="NotFoundError")
         if body.get("stream"):
             raise HTTPError(400, "stream is not supported by this server", "stream")
         if "response_format" in body and faults.reject_response_format:
             raise HTTPError(400, "response_format is not supported by this server",
                             "response_format")
         reqs = self._requests(body, chat, faults)
+        for r in reqs:
+            r.adapter = adapter
         with self._lock:
             stats.in_flight += 1
             stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
@@ -170,7 +272,7 @@ class OpenAIServer:
         completion_tokens = sum(c.completion_tokens for comps in outs for c in comps)
         return {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}",
                 "object": "chat.completion" if chat else "text_completion",
-                "created": int(time.time()), "model": self.model_name, "choices": choices,
+                "created": int(time.time()), "model": model, "choices": choices,
                 "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                           "total_tokens": prompt_tokens + completion_tokens}}
 
@@ -231,31 +333,46 @@ def _handler(server: OpenAIServer) -> type[BaseHTTPRequestHandler]:
             except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout)
                 self.close_connection = True
 
+        def _send_text(self, status: int, text: str) -> None:
+            data = text.encode()
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", "text/plain; charset=utf-8")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True
+
         def _error(self, err: HTTPError) -> None:
-            kind = "invalid_request_error" if err.status < 500 else "server_error"
+            kind = err.kind or ("invalid_request_error" if err.status < 500 else "server_error")
             self._send(err.status, {"error": {"message": err.message, "type": kind,
                                               "param": err.param, "code": err.status}})
 
         def do_GET(self) -> None:
             if self.path.rstrip("/") == "/v1/models":
-                self._send(200, {"object": "list", "data": [
-                    {"id": server.model_name, "object": "model", "created": 0,
-                     "owned_by": "crps-agent"}]})
+                self._send(200, {"object": "list", "data": server.models()})
             else:
-                self._error(HTTPError(404, f"no route {self.path}"))
+                self._send(404, {"detail": "Not Found"})
 
         def do_POST(self) -> None:
             path = self.path.rstrip("/")
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length) if length else b""
-            if path not in ("/v1/chat/completions", "/v1/completions"):
-                self._error(HTTPError(404, f"no route {self.path}"))
+            lora = path in ("/v1/load_lora_adapter", "/v1/unload_lora_adapter")
+            if not lora and path not in ("/v1/chat/completions", "/v1/completions"):
+                self._send(404, {"detail": "Not Found"})
                 return
             try:
                 body = json.loads(raw or b"{}")
                 if not isinstance(body, dict):
                     raise HTTPError(400, "the request body must be a JSON object")
-                self._send(200, server.handle(path, body))
+                if lora:  # vLLM answers a load or unload with plain text
+                    self._send_text(200, server.lora_route(path, body))
+                else:
+                    self._send(200, server.handle(path, body))
+            except NoRoute:
+                self._send(404, {"detail": "Not Found"})
             except json.JSONDecodeError as exc:
                 self._error(HTTPError(400, f"invalid JSON: {exc}"))
             except HTTPError as err:
@@ -280,7 +397,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reject-response-format", action="store_true")
     ap.add_argument("--ignore-n", action="store_true")
     ap.add_argument("--delay", type=float, default=0.0)
+    ap.add_argument("--lora-modules", nargs="+", default=[], metavar="NAME=PATH",
+                    help="LoRA adapters to serve as models NAME")
+    ap.add_argument("--allow-runtime-lora", action="store_true",
+                    help="serve /v1/load_lora_adapter and /v1/unload_lora_adapter (also with "
+                    "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True in the environment)")
     args = ap.parse_args(argv)
+    modules = dict(m.partition("=")[::2] for m in args.lora_modules)
+    if not all(modules) or not all(modules.values()):
+        ap.error("--lora-modules takes NAME=PATH pairs")
+    runtime = args.allow_runtime_lora or os.environ.get(
+        "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "").strip().lower() in ("1", "true")
 
     from crps_agent.backends.hf import HFBackend
     from crps_agent.errors import CrpsError
@@ -292,8 +419,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     faults = Faults(args.fail_first, args.fail_status, args.reject_response_format,
                     args.ignore_n, args.delay)
-    server = OpenAIServer(backend, model_name=args.served_model_name or args.model,
-                          host=args.host, port=args.port, faults=faults)
+    try:
+        server = OpenAIServer(backend, model_name=args.served_model_name or args.model,
+                              host=args.host, port=args.port, faults=faults,
+                              lora_modules=modules, allow_runtime_lora=runtime)
+    except HTTPError as err:
+        print(f"error: --lora-modules: {err.message}", file=sys.stderr)
+        return 1
     print(f"listening on {server.url}", flush=True)
     try:
         server.httpd.serve_forever()
