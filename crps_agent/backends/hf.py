@@ -311,10 +311,12 @@ class HFBackend:
                 seed = requests[idxs[0]].seed
                 # Seeded per group, so the same request gets the same sampling noise with
                 # and without an adapter (the adoption gate compares arms on equal seeds).
-                self._seed(self._rng.randrange(2**31) if seed is None else seed)
+                group_seed = self._rng.randrange(2**31) if seed is None else seed
                 greedy = bool(key[0])
                 rows = [(i, j) for i in idxs for j in range(1 if greedy else requests[i].n)]
                 with self._using(key[-1]):
+                    # After `_using`: loading an adapter the first time draws from torch's RNG.
+                    self._seed(group_seed)
                     for start in range(0, len(rows), self.max_batch):
                         chunk = rows[start:start + self.max_batch]
                         comps = self._run([prompts[i] for i, _ in chunk],

@@ -148,7 +148,7 @@ def check_eval_tasks(tasks: Sequence[Task], domains: Mapping[str, Domain]) -> No
 def _check_backend(backend: Backend) -> None:
     if not backend.capabilities.lora:
         raise AdapterError(f"backend '{backend.name}' cannot load LoRA adapters: use --backend "
-                           "hf or --backend vllm")
+                           "hf, vllm or openai (a vLLM server with --enable-lora)")
 
 
 @contextmanager
