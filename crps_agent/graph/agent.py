@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from langgraph.checkpoint.base import BaseCheckpointSaver
 
     from crps_agent.backends.base import Backend
+    from crps_agent.crps.export import ExportResult
     from crps_agent.memory.facade import Memory
 
 
@@ -263,6 +264,17 @@ class Agent:
         return SolveResult(task=task, answer=result.best.answer if result.best else None,
                            result=result, notes=list(state.get("notes", [])),
                            recalled=list(state.get("recalled_ids", [])))
+
+    def export(self, out: str | Path, *, method: str | None = None,
+               namespace: str | None = None, synthesize: bool = True) -> list[ExportResult]:
+        """Export fine-tuning data from the store (crps/export.py): `method` crps, rft, best
+        or all (default `crps.method`); CRPS chains not synthesized yet are synthesized with
+        this agent's backend unless `synthesize` is False."""
+        from crps_agent.crps.export import export_store
+
+        return export_store(self.memory, method or self.settings.crps.method, out,
+                            self.registry.domains, self.settings,
+                            backend=self.backend if synthesize else None, namespace=namespace)
 
     def close(self) -> None:
         if self._conn is not None:

@@ -237,3 +237,11 @@ def test_reflection_analysis_is_logged_with_each_contrast(learned):
     janet = [c.analysis for c in analysed if c.task_id == "gsm8k-test-0"]
     assert any(a["local"].startswith("At step 2") and a["strategy"] for a in janet)
     assert all(a["success_pattern"] and a["failure_mode"] for a in janet)
+
+
+def test_agent_export_api(learned, tmp_path):
+    agent, _, _ = learned
+    results = agent.export(tmp_path / "api", method="crps")
+    assert results[0].counts["train"] + results[0].counts["validation"] == 4
+    again = agent.export(tmp_path / "api2", method="crps", synthesize=False)
+    assert again[0].hash == results[0].hash
