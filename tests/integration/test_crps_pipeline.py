@@ -126,3 +126,32 @@ def test_periodic_finetune_and_adoption_in_a_learn_run(env, tiny_model_dir):
     registry = AdapterRegistry(adapters_root(settings))
     assert registry.current() is not None and registry.current().version == "v0001"
     agent.close()
+
+
+def test_preference_pairs_go_through_trl_dpo(env, tiny_model_dir):
+    """The exported {prompt, chosen, rejected} rows train with TRL's DPOTrainer as written."""
+    from datasets import load_dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    from crps_agent.backends.scripted import ScriptedBackend
+
+    settings = load_settings(store=str(env / "store"), search={"n": 4}, domain="math")
+    agent = Agent(settings, backend=ScriptedBackend.from_script(EXAMPLES / "script.yaml"),
+                  checkpoint=False)
+    agent.learn(load_tasks(EXAMPLES / "tasks.jsonl"))
+    result = agent.export(env / "data", method="best")[0]
+    agent.close()
+    assert result.counts["preference_train"] >= 2
+    pairs = load_dataset("json", data_files=str(env / "data" / "preference_train.jsonl"))
+    trainer = DPOTrainer(
+        model=AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)),
+        args=DPOConfig(output_dir=str(env / "dpo"), max_steps=1, per_device_train_batch_size=2,
+                       use_cpu=True, report_to="none", max_length=1024, save_strategy="no",
+                       disable_tqdm=True),
+        train_dataset=pairs["train"],
+        processing_class=AutoTokenizer.from_pretrained(str(tiny_model_dir)),
+        peft_config=LoraConfig(r=4, task_type="CAUSAL_LM"))
+    out = trainer.train()
+    assert out.global_step == 1 and out.training_loss > 0
