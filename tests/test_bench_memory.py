@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from crps_agent.bench.memory import synthetic_queries, synthetic_texts
+from crps_agent.bench.memory import _Lookup, synthetic_queries, synthetic_texts
 from crps_agent.cli import cli
 
 
@@ -34,6 +34,7 @@ def test_bench_memory_smoke() -> None:
     rec = by["recall"]
     assert rec["size"] == 200 and 0 < rec["p50_ms"] <= rec["p99_ms"] and rec["raw_p50_ms"] > 0
     assert abs(rec["ratio"] - rec["p50_ms"] / rec["raw_p50_ms"]) < 0.01 * rec["ratio"] + 0.002
+    assert rec["candidates"] == 4 * rec["k"] and 0.0 <= rec["cached"] <= 1.0
     assert by["rss"]["mb"] > 0 and by["rss"]["base_mb"] > 0
     assert "ingest 200/200" in res.stderr  # progress on stderr
 
@@ -41,3 +42,13 @@ def test_bench_memory_smoke() -> None:
 def test_bench_memory_rejects_bad_sizes() -> None:
     res = CliRunner().invoke(cli, ["bench", "memory", "--sizes", "ten"])
     assert res.exit_code != 0
+
+
+def test_precomputed_vectors_never_keep_query_embeddings() -> None:
+    from crps_agent.memory.embedders import get_embedder
+
+    inner = get_embedder("hash")
+    lookup = _Lookup(inner, {"known": [1.0] + [0.0] * (inner.dim - 1)})
+    out = lookup.embed(["known", "a query"])
+    assert out[0][0] == 1.0 and out[1] == inner.embed(["a query"])[0]
+    assert set(lookup.vectors) == {"known"}  # a query is embedded live every time

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from chromadb.api import ClientAPI
     from chromadb.api.models.Collection import Collection
 
+    from crps_agent.memory.cache import RecordCache
     from crps_agent.memory.embedders import Embedder
 
 _COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,510}[A-Za-z0-9]$")
@@ -287,6 +288,7 @@ _RATES: dict[tuple[str, str], float] = {}  # share of nearest records that match
 _MIN_RATE = 0.05  # below this, ask Chroma with the filter straight away
 _MAX_FETCH = 512
 _MAX_RATES = 4096  # filters remembered (some name a task)
+_MAX_ROUNDS = 3  # reads of nearest records before the rest of them is read at once
 
 
 def _rate_key(collection: Collection, where: dict[str, Any]) -> tuple[str, str]:
@@ -297,24 +299,28 @@ def _rate_key(collection: Collection, where: dict[str, Any]) -> tuple[str, str]:
 def query_where(collection: Collection, *, query_embeddings: Any, n_results: int,
                 where: dict[str, Any] | None = None, include: Any = ("metadatas", "documents",
                                                                      "distances"),
-                min_similarity: float | None = None) -> dict[str, Any]:
+                min_similarity: float | None = None,
+                cache: RecordCache | None = None) -> dict[str, Any]:
     """`collection.query(...)` with the same result (restricted to cosine similarity >=
     `min_similarity` if given), fast when `where` matches much of the collection.
 
     Measured on chromadb 1.5.9 (local mode): a query with a `where` filter costs ~0.5 s at
     100k records when the filter matches most of them (~60 ms when it matches 1%), against
-    ~4 ms without one; and every returned record's document or metadata costs ~0.15 ms,
-    its distance and embedding almost nothing. So this
-    1. asks for the nearest records with no filter and only their distances, as many as the
-       filter's observed match rate says are needed for `n_results` matches (x 1.25 + 4);
-    2. fetches documents/metadatas (`get`) of only those within `min_similarity`, and keeps
-       the ones that match `where` (equality, `$ne`, `$in`, `$nin`, joined by `$and`),
-       nearest first. When `n_results` match, or every record within `min_similarity` was
-       seen, this is exactly the filtered query's answer (any closer match would have been
-       among the nearest);
+    ~4 ms without one; and every returned record's document or metadata costs ~0.2-0.5 ms
+    (one SQLite row per metadata key), its distance and embedding almost nothing. So this
+    1. asks for the nearest records with no filter and only their distances (and
+       embeddings, if asked for and there is no cache), as many as the filter's observed
+       match rate says are needed for `n_results` matches (x 1.25 + 4);
+    2. reads the documents/metadatas of those within `min_similarity`, nearest first and
+       only as many as the match rate says are needed (more in later rounds if they fall
+       short), and keeps the ones that match `where` (equality, `$ne`, `$in`, `$nin`,
+       joined by `$and`). When `n_results` match, or every record within `min_similarity`
+       was seen, this is exactly the filtered query's answer (any closer match would have
+       been among the nearest);
     3. asks again with the filter for the query rows that came up short.
     A filter that rarely matches (a small namespace) goes straight to the filtered query, as
-    do filters with other operators.
+    do filters with other operators. With a `cache` (`crps_agent.memory.cache`) documents,
+    metadatas and embeddings come from it (call this inside its `reading()` section).
     """
     include = [str(i) for i in include]
     conditions = None if where is None else _conditions(where)
@@ -323,52 +329,117 @@ def query_where(collection: Collection, *, query_embeddings: Any, n_results: int
     if conditions is None or n_results <= 0 or rate < _MIN_RATE:
         if key is not None and rate < _MIN_RATE:
             _RATES[key] = min(1.0, rate * 1.1)  # drifts back up: the data may change
-        asked = include if min_similarity is None else [*include, "distances"]
-        res: Any = collection.query(query_embeddings=query_embeddings, n_results=n_results,
-                                    where=where, include=list(dict.fromkeys(asked)))
-        return _cut(dict(res), include, min_similarity)
+        return _filtered(collection, query_embeddings, n_results, where, include,
+                         min_similarity, cache)
     fetch = min(_MAX_FETCH, math.ceil(n_results / rate * 1.25) + 4)
     cutoff = math.inf if min_similarity is None else 1.0 - min_similarity + 1e-9
+    vectors = "embeddings" in include and cache is None  # else the cache has them
+    asked: Any = ["distances", "embeddings"] if vectors else ["distances"]
     near: Any = collection.query(query_embeddings=query_embeddings, n_results=fetch,
-                                 include=["distances"])
-    rows = [[(i, float(d)) for i, d in zip(ids, dists, strict=True) if d <= cutoff]
-            for ids, dists in zip(near["ids"], near["distances"], strict=True)]
-    wanted = list(dict.fromkeys(i for row in rows for i, _ in row))
-    fields = [f for f in include if f != "distances"]
-    got: Any = collection.get(ids=wanted, include=list(dict.fromkeys([*fields, "metadatas"]))
-                              ) if wanted else {"ids": []}
-    index = {rid: j for j, rid in enumerate(got["ids"])}
+                                 include=asked)
+    near_ids: list[list[str]] = [list(ids) for ids in near["ids"]]
+    cands = [[j for j, d in enumerate(dists) if d <= cutoff]  # nearest first: a prefix
+             for dists in near["distances"]]
+    kept: list[list[int]] = [[] for _ in near_ids]
+    pos = [0] * len(near_ids)
+    records: dict[str, tuple[Any, Any, Any]] = {}
+    seen = matched = 0
+    local = rate
+    for round_ in range(_MAX_ROUNDS):
+        todo = [r for r in range(len(near_ids))
+                if len(kept[r]) < n_results and pos[r] < len(cands[r])]
+        if not todo:
+            break
+        chunks: dict[int, list[int]] = {}
+        for r in todo:
+            need = n_results - len(kept[r])
+            size = len(cands[r]) if round_ == _MAX_ROUNDS - 1 else \
+                math.ceil(need / local * (1.0 if round_ == 0 else 1.25))
+            chunks[r] = cands[r][pos[r]:pos[r] + max(1, size)]
+        wanted = [near_ids[r][j] for r in todo for j in chunks[r]]
+        records.update(_read(collection, [i for i in dict.fromkeys(wanted)
+                                          if i not in records], include, cache))
+        round_seen = round_matched = 0
+        for r in todo:
+            for j in chunks[r]:
+                pos[r] = j + 1
+                round_seen += 1
+                rec = records.get(near_ids[r][j])
+                if rec is not None and _matches(rec[1], conditions):
+                    round_matched += 1
+                    kept[r].append(j)
+                    if len(kept[r]) == n_results:
+                        break
+        seen += round_seen
+        matched += round_matched
+        local = max(_MIN_RATE, (matched + 1.0) / (seen + 1.0))
     out: dict[str, Any] = {f: None if f != "ids" and f not in include else [] for f in _FIELDS}
     out["included"] = include
     short: list[int] = []
-    seen = matched = 0
-    for r, row in enumerate(rows):
-        keep = [(i, d) for i, d in row if i in index
-                and _matches(got["metadatas"][index[i]], conditions)]
-        seen += len(row)
-        matched += len(keep)
-        complete = len(near["ids"][r]) < fetch or len(row) < len(near["ids"][r])
-        if len(keep) < n_results and not complete:
+    for r, row_ids in enumerate(near_ids):
+        complete = len(row_ids) < fetch or len(cands[r]) < len(row_ids)
+        if len(kept[r]) < n_results and not complete:
             short.append(r)
-        keep = keep[:n_results]
-        out["ids"].append([i for i, _ in keep])
+        out["ids"].append([row_ids[j] for j in kept[r]])
         if "distances" in include:
-            out["distances"].append([d for _, d in keep])
-        for f in fields:
-            out[f].append([got[f][index[i]] for i, _ in keep])
+            out["distances"].append([float(near["distances"][r][j]) for j in kept[r]])
+        if vectors:
+            out["embeddings"].append([near["embeddings"][r][j] for j in kept[r]])
+        elif "embeddings" in include:
+            out["embeddings"].append([records[row_ids[j]][2] for j in kept[r]])
+        for f, at in (("documents", 0), ("metadatas", 1)):
+            if f in include:
+                out[f].append([records[row_ids[j]][at] for j in kept[r]])
     if seen and key is not None:
         if len(_RATES) >= _MAX_RATES:
             _RATES.clear()
         _RATES[key] = 0.5 * rate + 0.5 * max(matched / seen, 0.01)
     if short:
-        again = _cut(dict(collection.query(
-            query_embeddings=[query_embeddings[r] for r in short], n_results=n_results,
-            where=where, include=list(dict.fromkeys([*include, "distances"])))),
-            include, min_similarity)
+        again = _filtered(collection, [query_embeddings[r] for r in short], n_results,
+                          where, include, min_similarity, cache)
         for j, r in enumerate(short):
             for f in ("ids", *include):
                 out[f][r] = list(again[f][j])
     return out
+
+
+def _read(collection: Collection, ids: list[str], include: list[str],
+          cache: RecordCache | None) -> dict[str, tuple[Any, Any, Any]]:
+    """(document, metadata, embedding) of the records of `ids` that exist (the embedding
+    only from a cache: without one the nearest-records query brings them)."""
+    if not ids:
+        return {}
+    if cache is not None:
+        return {i: (rec.document, rec.meta, rec.embedding) for i, rec in cache.records(
+            ids, embeddings="embeddings" in include).items()}
+    asked: Any = ["metadatas", *(["documents"] if "documents" in include else [])]
+    got: Any = collection.get(ids=ids, include=asked)
+    docs = got["documents"] if got.get("documents") is not None else [None] * len(got["ids"])
+    return {i: (d, m, None) for i, d, m in zip(got["ids"], docs, got["metadatas"],
+                                                strict=True)}
+
+
+def _filtered(collection: Collection, query_embeddings: Any, n_results: int,
+              where: dict[str, Any] | None, include: list[str],
+              min_similarity: float | None, cache: RecordCache | None) -> dict[str, Any]:
+    """Chroma's own (filtered) query; with a cache, documents, metadatas and embeddings
+    come from it."""
+    fields = [f for f in include if f in ("documents", "metadatas", "embeddings")] \
+        if cache is not None else []
+    asked: Any = [f for f in include if f not in fields]
+    if min_similarity is not None:
+        asked.append("distances")
+    res: Any = dict(collection.query(query_embeddings=query_embeddings, n_results=n_results,
+                                     where=where, include=list(dict.fromkeys(asked))))
+    res = _cut(res, [f for f in include if f not in fields], min_similarity)
+    if fields and cache is not None:
+        found = cache.records([i for row in res["ids"] for i in row],
+                              embeddings="embeddings" in fields)
+        for f, at in (("documents", 0), ("metadatas", 1), ("embeddings", 2)):
+            if f in fields:
+                res[f] = [[(found[i].document, found[i].meta, found[i].embedding)[at]
+                           for i in row] for row in res["ids"]]
+    return res
 
 
 def _cut(res: dict[str, Any], include: list[str], min_similarity: float | None

@@ -19,6 +19,7 @@ model to confirm each pair (one batched call).
 from __future__ import annotations
 
 import builtins
+import functools
 import hashlib
 import re
 import time
@@ -49,6 +50,7 @@ ANTONYMS: tuple[tuple[str, str], ...] = (
 )
 
 
+@functools.lru_cache(maxsize=8192)  # each stored neighbour's text is compared per new insight
 def normalise_text(text: str) -> str:
     """Lowercase, collapse whitespace, drop surrounding punctuation (for exact-match dedup)."""
     return _SPACES.sub(" ", text.lower()).strip(" \t\n.,;:!?\"'`")
@@ -68,13 +70,20 @@ def _negations(tokens: list[str]) -> int:
     return sum(1 for t in tokens if t in NEGATIONS or t.endswith("n't"))
 
 
+@functools.lru_cache(maxsize=8192)
+def _cues(text: str) -> tuple[int, frozenset[str]]:
+    """(negation parity, words) of a text: a batch compares each new insight with up to
+    five stored neighbours and every similar earlier one, so texts recur."""
+    tokens = _tokens(text)
+    return _negations(tokens) % 2, frozenset(tokens)
+
+
 def likely_contradiction(a: str, b: str) -> bool:
     """Whether two (similar) texts likely give opposite advice: a different parity of
     negation cues, or an antonym pair split between them."""
-    ta, tb = _tokens(a), _tokens(b)
-    if _negations(ta) % 2 != _negations(tb) % 2:
+    (pa, sa), (pb, sb) = _cues(a), _cues(b)
+    if pa != pb:
         return True
-    sa, sb = set(ta), set(tb)
     for x, y in ANTONYMS:
         if (x in sa and y not in sa and y in sb and x not in sb) or \
                 (y in sa and x not in sa and x in sb and y not in sb):
@@ -343,20 +352,19 @@ def find_clusters(vectors: Any, threshold: float,
     return sorted((g for g in groups.values() if len(g) > 1), key=len, reverse=True)
 
 
-def consolidate(store: InsightStore, namespace: str, *, domain: str | None = None,
-                backend: Backend | None = None, threshold: float | None = None,
-                max_words: int = 40, seed: int | None = None) -> builtins.list[Insight]:
-    """Merge every cluster of active/candidate insights of a namespace (per domain) whose
-    members are within `threshold` cosine of each other (default: the store's
-    `cluster_threshold`) into one insight, rewritten by `backend` when given. Pairs flagged
-    as contradictions are never joined. Returns the merged insights. O(n^2) similarity per
-    (namespace, domain): a curation step, not a per-task one."""
+def consolidation_clusters(store: InsightStore, namespace: str, *, domain: str | None = None,
+                           threshold: float | None = None
+                           ) -> builtins.list[builtins.list[Insight]]:
+    """The clusters `consolidate` would merge, largest first per domain: active/candidate
+    insights of a namespace (per domain) within `threshold` cosine of each other (default:
+    the store's `cluster_threshold`), never joined through a pair flagged as contradicting
+    (such a cluster is left for review). Changes nothing."""
     limit = store.settings.cluster_threshold if threshold is None else threshold
-    merged: builtins.list[Insight] = []
     by_domain: dict[str, builtins.list[tuple[Insight, Any]]] = {}
     for ins, vec in store.with_embeddings(namespace=namespace, domain=domain):
         if ins.status != "retired":
             by_domain.setdefault(ins.domain, []).append((ins, vec))
+    out: builtins.list[builtins.list[Insight]] = []
     for rows in by_domain.values():
         items = [r[0] for r in rows]
         index = {ins.id: n for n, ins in enumerate(items)}
@@ -367,7 +375,23 @@ def consolidate(store: InsightStore, namespace: str, *, domain: str | None = Non
             ids = {m.id for m in members}
             if any(c in ids for m in members for c in m.contradicts):
                 continue  # joined through a third insight: left for review, not merged
-            combined = merge_cluster(members, backend, max_words=max_words, seed=seed)
-            merged.append(store.merge([m.id for m in members], text=combined.text,
-                                      kind=combined.kind))
+            out.append(members)
+    return out
+
+
+def consolidate(store: InsightStore, namespace: str, *, domain: str | None = None,
+                backend: Backend | None = None, threshold: float | None = None,
+                max_words: int = 40, seed: int | None = None,
+                clusters: Sequence[Sequence[Insight]] | None = None) -> builtins.list[Insight]:
+    """Merge every cluster of `consolidation_clusters` (or the given `clusters`, e.g. a
+    plan shown to a person first) into one insight, rewritten by `backend` when given.
+    Returns the merged insights, one per cluster, in order. O(n^2) similarity per
+    (namespace, domain): a curation step, not a per-task one."""
+    if clusters is None:
+        clusters = consolidation_clusters(store, namespace, domain=domain, threshold=threshold)
+    merged: builtins.list[Insight] = []
+    for members in clusters:
+        combined = merge_cluster(members, backend, max_words=max_words, seed=seed)
+        merged.append(store.merge([m.id for m in members], text=combined.text,
+                                  kind=combined.kind))
     return merged

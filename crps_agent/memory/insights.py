@@ -4,10 +4,12 @@ One record per insight: id = `Insight.id`, document = the text, embedding = the 
 embedding, metadata = every other field (lists as JSON strings: Chroma metadata values are
 scalars) plus `text_hash` (exact dedup). See DESIGN.md §4 "Insight lifecycle"; the
 policies live in credit.py (utility, baseline, retire/promote), recall.py (ranking, MMR)
-and dedup.py (exact/embedding dedup, contradictions, LLM merge).
+and dedup.py (exact/embedding dedup, contradictions, LLM merge); adding runs in ingest.py.
 
 Every read-modify-write sequence runs under `chroma.write_lock(client)` (serialises writers
-of an embedded store across processes; a no-op for a server).
+of an embedded store across processes; a lease on a server). Records are read through a
+per-process `RecordCache` (cache.py): Chroma charges ~0.2-0.5 ms per record read with its
+metadata, and recall and dedup keep coming back to the same records.
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ from __future__ import annotations
 import builtins
 import dataclasses
 import json
+import threading
 import time
-from collections import Counter
-from dataclasses import dataclass
+from collections import Counter, OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from crps_agent.config import MemorySettings
 from crps_agent.errors import NotFoundError
+from crps_agent.memory.cache import RecordCache, clone
 from crps_agent.memory.chroma import open_collection, query_where, where_clause, write_lock
 from crps_agent.memory.credit import (
     ADMISSION_REJECTED,
@@ -31,15 +34,8 @@ from crps_agent.memory.credit import (
     judge,
 )
 from crps_agent.memory.credit import utility as _utility
-from crps_agent.memory.dedup import (
-    BatchIndex,
-    combine,
-    flag_pairs,
-    likely_contradiction,
-    merge_target,
-    normalise_text,
-    text_hash,
-)
+from crps_agent.memory.dedup import combine, normalise_text
+from crps_agent.memory.ingest import AddOutcome, add_locked
 from crps_agent.memory.recall import RankParams, RecalledInsight, rank, select
 from crps_agent.memory.records import from_record, lifecycle_meta, to_meta, ts
 from crps_agent.namespaces import Namespace, validate_namespace, validate_namespaces
@@ -54,15 +50,7 @@ if TYPE_CHECKING:
 __all__ = ["AddOutcome", "InsightStore", "RecalledInsight", "normalise_text", "utility"]
 
 _MIN_PREFIX = 4
-_NEAR_K = 5  # stored neighbours looked at per added insight (merge target, contradictions)
-
-
-@dataclass
-class AddOutcome:
-    """The stored insight after `add`; `merged` if it went into an existing near-duplicate."""
-
-    insight: Insight
-    merged: bool
+_QUERY_CACHE = 256  # query embeddings kept: a task's prompt is recalled more than once
 
 
 def utility(insight: Insight, a: float = 1.0, b: float = 1.0) -> float:
@@ -83,7 +71,10 @@ class InsightStore:
         self.dedup_threshold = dedup_threshold
         self.settings = settings or MemorySettings()
         self.collection = open_collection(client, collection, embedder)
+        self.records = RecordCache.for_collection(client, self.collection)
         self.baselines = BaselineStore(client)
+        self._queries: OrderedDict[str, builtins.list[float]] = OrderedDict()
+        self._queries_lock = threading.Lock()
 
     @property
     def rank_params(self) -> RankParams:
@@ -114,114 +105,7 @@ class InsightStore:
                     for i in insights]
         embeddings = self.embedder.embed([ins.text for ins in insights])
         with write_lock(self.client):
-            return self._add_locked(insights, embeddings, backend)
-
-    def _add_locked(self, insights: builtins.list[Insight],
-                    embeddings: builtins.list[builtins.list[float]],
-                    backend: Backend | None) -> builtins.list[AddOutcome]:
-        stored = self._fetch(ids=list(dict.fromkeys(ins.id for ins in insights)))
-        exact = self._by_hash([text_hash(i.namespace, i.domain, i.text) for i in insights])
-        nearest = self._nearest_stored(insights, embeddings)
-        low = self.settings.contradiction_min_similarity
-        pending: dict[str, Insight] = {}  # id -> insight to write (new or changed)
-        new_ids: dict[str, builtins.list[float]] = {}  # ids to insert, with their embedding
-        pairs: builtins.list[tuple[str, str]] = []  # likely contradictions (new id, other id)
-        batch = BatchIndex(insights, embeddings)
-        outcomes: builtins.list[AddOutcome] = []
-        now = ts(time.time())
-        for i, (ins, emb) in enumerate(zip(insights, embeddings, strict=True)):
-            norm = normalise_text(ins.text)
-            near = nearest.get(i, [])
-            target = merge_target(ins, i, norm, self.dedup_threshold, stored, pending,
-                                  exact, near, batch)
-            if target is None:
-                new = dataclasses.replace(
-                    ins, embedder=self.embedder.name, tags=list(ins.tags),
-                    evidence=list(ins.evidence), flags=list(ins.flags),
-                    contradicts=list(ins.contradicts), created_at=ts(ins.created_at),
-                    updated_at=ts(ins.updated_at))
-                pending[new.id] = new
-                new_ids[new.id] = emb
-                outcomes.append(AddOutcome(new, merged=False))
-                for other, sim in near:
-                    if sim >= low and likely_contradiction(new.text, other.text):
-                        stored.setdefault(other.id, other)
-                        pairs.append((new.id, other.id))
-                pairs += [(new.id, other) for other in batch.conflicts(i, low)]
-                batch.place(i, norm, new.id, new.text)
-                continue
-            into = pending.get(target) or stored[target]
-            pending[target] = into
-            into.support += 1
-            into.evidence = _union(into.evidence, ins.evidence)
-            into.tags = _union(into.tags, ins.tags)
-            into.updated_at = now
-            if (into.status == "retired" and ADMISSION_REJECTED in into.flags
-                    and ins.status == "candidate"):
-                into.status = "candidate"
-                into.flags = [f for f in into.flags if f != ADMISSION_REJECTED]
-            outcomes.append(AddOutcome(into, merged=True))
-            batch.place(i, norm, target, into.text)
-        flag_pairs(pairs, pending, stored,
-                   backend if self.settings.contradiction_llm else None)
-        self._write(pending, new_ids)
-        return outcomes
-
-    def _write(self, pending: dict[str, Insight], new_ids: dict[str, builtins.list[float]]
-               ) -> None:
-        if new_ids:
-            ids = builtins.list(new_ids)
-            self.collection.add(
-                ids=ids,
-                embeddings=[new_ids[i] for i in ids],  # type: ignore[arg-type]
-                documents=[pending[i].text for i in ids],
-                metadatas=[to_meta(pending[i]) for i in ids],
-            )
-        changed = [i for i in pending if i not in new_ids]
-        if changed:
-            self.collection.update(ids=changed, metadatas=[
-                lifecycle_meta(pending[i]) for i in changed])
-
-    def _by_hash(self, hashes: builtins.list[str]) -> dict[str, Insight]:
-        """Stored insights by exact-dedup key (the oldest one per key)."""
-        where: Any = {"text_hash": {"$in": list(dict.fromkeys(hashes))}}
-        res = self.collection.get(where=where, include=["documents", "metadatas"])
-        found: dict[str, Insight] = {}
-        for rid, doc, meta in zip(res["ids"], res["documents"] or [], res["metadatas"] or [],
-                                  strict=True):
-            ins = from_record(rid, doc, meta)
-            key = str((meta or {}).get("text_hash", ""))
-            if key not in found or (ins.created_at, ins.id) < (found[key].created_at,
-                                                               found[key].id):
-                found[key] = ins
-        return found
-
-    def _nearest_stored(self, insights: builtins.list[Insight],
-                        embeddings: builtins.list[builtins.list[float]]
-                        ) -> dict[int, builtins.list[tuple[Insight, float]]]:
-        """Up to `_NEAR_K` stored insights of the same namespace and domain, most similar
-        first, by batch index."""
-        groups: dict[tuple[str, str], builtins.list[int]] = {}
-        for i, ins in enumerate(insights):
-            groups.setdefault((ins.namespace, ins.domain), []).append(i)
-        out: dict[int, builtins.list[tuple[Insight, float]]] = {}
-        if self.collection.count() == 0:
-            return out
-        for (namespace, domain), idx in groups.items():
-            # Only neighbours that could merge or contradict matter: skip the rest early.
-            floor = min(self.dedup_threshold, self.settings.contradiction_min_similarity)
-            res = query_where(
-                self.collection, query_embeddings=[embeddings[i] for i in idx],
-                n_results=_NEAR_K, where=where_clause(namespace=namespace, domain=domain),
-                include=["documents", "metadatas", "distances"], min_similarity=floor)
-            docs_all, metas_all = res["documents"] or [], res["metadatas"] or []
-            dists_all = res["distances"] or []
-            for row, i in enumerate(idx):
-                docs, metas, dists = docs_all[row], metas_all[row], dists_all[row]
-                out[i] = [(from_record(rid, d, m), 1.0 - float(x))
-                          for rid, d, m, x in zip(res["ids"][row], docs, metas, dists,
-                                                  strict=True)]
-        return out
+            return add_locked(self, insights, embeddings, backend)
 
     def merge(self, ids: builtins.list[str], *, text: str | None = None,
               kind: str | None = None) -> Insight:
@@ -245,6 +129,8 @@ class InsightStore:
                where: dict[str, Any] | None = None) -> dict[str, Insight]:
         if ids is not None and not ids:
             return {}
+        if ids is not None and where is None:
+            return {i: clone(ins) for i, ins in self.records.insights(ids).items()}
         res = self.collection.get(ids=ids, where=where, include=["documents", "metadatas"])
         docs, metas = res["documents"] or [], res["metadatas"] or []
         return {i: from_record(i, d, m) for i, d, m in zip(res["ids"], docs, metas,
@@ -298,23 +184,44 @@ class InsightStore:
             res["ids"], res["documents"] or [], res["metadatas"] or [], embs, strict=True)]
         return sorted(rows, key=lambda r: (r[0].created_at, r[0].id))
 
+    def _embed_query(self, query: str) -> builtins.list[float]:
+        """A query's embedding, cached (LRU): the agent recalls a task's prompt before the
+        search and again when it reflects on it."""
+        with self._queries_lock:
+            cached = self._queries.get(query)
+            if cached is not None:
+                self._queries.move_to_end(query)
+                return cached
+        embedding = self.embedder.embed([query])[0]
+        with self._queries_lock:
+            self._queries[query] = embedding
+            if len(self._queries) > _QUERY_CACHE:
+                self._queries.popitem(last=False)
+        return embedding
+
     def _query(self, query: str, n: int, where: dict[str, Any] | None,
                embeddings: bool = False, min_similarity: float | None = None,
                ) -> builtins.list[tuple[Insight, float, Any]]:
-        embedding = self.embedder.embed([query])[0]
-        include: Any = ["documents", "metadatas", "distances"]
-        if embeddings:
-            include.append("embeddings")
-        res = query_where(self.collection, query_embeddings=[embedding], n_results=n,
-                          where=where, include=include, min_similarity=min_similarity)
-        ids = res["ids"][0]
-        docs = (res["documents"] or [[]])[0]
-        metas = (res["metadatas"] or [[]])[0]
-        dists = (res["distances"] or [[]])[0]
+        """(insight, similarity, embedding or None) of the n nearest matches of `where`.
+        The insights are the cache's shared objects: `clone` them before handing them out.
+        Only ids, distances and embeddings come from the query; the records come from the
+        cache, so a record recalled before costs no read."""
+        embedding = self._embed_query(query)
+        include: Any = ["distances", *(["embeddings"] if embeddings else [])]
+        with self.records.reading():
+            res = query_where(self.collection, query_embeddings=[embedding], n_results=n,
+                              where=where, include=include, min_similarity=min_similarity,
+                              cache=self.records)
+            ids = res["ids"][0]
+            recs = self.records.peek(ids)  # query_where just read them
+            if len(recs) < len(ids):
+                recs.update(self.records.records([i for i in ids if i not in recs]))
+            found = {i: self.records.decode(i, rec) for i, rec in recs.items()}
+        dists = res["distances"][0]
         vecs: Any = res["embeddings"][0] if embeddings and res["embeddings"] is not None \
             else [None] * len(ids)
-        return [(from_record(i, d, m), 1.0 - float(x), v)
-                for i, d, m, x, v in zip(ids, docs, metas, dists, vecs, strict=True)]
+        return [(found[i], 1.0 - float(x), v)
+                for i, x, v in zip(ids, dists, vecs, strict=True) if i in found]
 
     def search(self, query: str, *, namespace: Namespace | None = None,
                domain: str | None = None, k: int = 10, status: str | None = "active"
@@ -324,7 +231,7 @@ class InsightStore:
             return []
         ns = None if namespace is None else validate_namespace(namespace)
         where = where_clause(namespace=ns, domain=domain, status=status)
-        return [RecalledInsight(ins, sim, sim * self.utility(ins))
+        return [RecalledInsight(clone(ins), sim, sim * self.utility(ins))
                 for ins, sim, _ in self._query(query, k, where)]
 
     def recall(self, query: str, *, namespace: Namespace, domain: str | None, k: int = 5,
@@ -347,8 +254,9 @@ class InsightStore:
                 if sim >= min_similarity]
         vectors = {ins.id: vec for ins, _, vec in rows}
         ranked = rank([(ins, sim) for ins, sim, _ in rows], params)
-        return select(ranked, [vectors[r.insight.id] for r in ranked] if diverse else None,
-                      k=k, token_budget=token_budget, params=params)
+        chosen = select(ranked, [vectors[r.insight.id] for r in ranked] if diverse else None,
+                        k=k, token_budget=token_budget, params=params)
+        return [dataclasses.replace(r, insight=clone(r.insight)) for r in chosen]
 
     # ----------------------------------------------------------------------- writing
 
@@ -483,6 +391,3 @@ class InsightStore:
             ],
         }
 
-
-def _union(into: builtins.list[str], extra: builtins.list[str]) -> builtins.list[str]:
-    return builtins.list(dict.fromkeys([*into, *extra]))

@@ -32,13 +32,17 @@ def to_meta(insight: Insight) -> dict[str, Any]:
     }
 
 
+def _list(value: Any) -> list[str]:
+    return [] if not value or value == "[]" else list(json.loads(value))  # mostly empty
+
+
 def from_record(insight_id: str, document: str | None, meta: Any) -> Insight:
     """The insight of a record (defaults for fields an older record lacks)."""
-    m = dict(meta or {})
+    m = meta or {}
     return Insight(
         id=insight_id, text=document or "", kind=str(m.get("kind", "strategy")),
         domain=str(m.get("domain", "")), namespace=str(m.get("namespace", "default")),
-        **{name: json.loads(m.get(name) or "[]") for name in LIST_FIELDS},
+        **{name: _list(m.get(name)) for name in LIST_FIELDS},
         support=int(m.get("support", 1)), uses=int(m.get("uses", 0)),
         wins=int(m.get("wins", 0)), losses=int(m.get("losses", 0)),
         status=str(m.get("status", "active")), promoted=bool(m.get("promoted", False)),

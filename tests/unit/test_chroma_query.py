@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -77,3 +78,39 @@ def test_query_where_equals_the_filtered_query(collection: Any, where: Any) -> N
                     [[list(v) for v in r] for r in want[field]]
             else:
                 assert got[field] == want[field]
+
+
+@pytest.mark.parametrize("where", WHERES)
+def test_query_where_with_a_record_cache(collection: Any, where: Any) -> None:
+    """The same answer when documents, metadatas and embeddings come from the cache, cold
+    or warm, and after the records changed."""
+    from crps_agent.memory.cache import RecordCache
+
+    client = open_client(str(Path(collection._client.get_settings().persist_directory)))
+    cache = RecordCache.for_collection(client, collection)
+    assert cache.persistent
+    rnd = random.Random(f"cache {where}")
+    chroma._RATES.clear()
+    for trial in range(18):
+        if trial == 9:
+            collection.update(ids=[str(i) for i in range(0, 600, 7)],
+                              metadatas=[{"ns": "b"} for _ in range(0, 600, 7)])
+        include = [["documents", "metadatas", "distances"], ["metadatas", "embeddings"],
+                   ["documents", "embeddings", "distances"]][trial % 3]
+        min_similarity = [None, 0.0, 0.5][trial // 3 % 3]
+        k = rnd.choice([1, 5, 20])
+        q = [[rnd.gauss(0, 1) for _ in range(8)] for _ in range(3)]
+        want = _reference(collection, q, k, where, include, min_similarity)
+        with cache.reading():
+            got = query_where(collection, query_embeddings=q, n_results=k, where=where,
+                              include=include, min_similarity=min_similarity, cache=cache)
+        assert got["ids"] == want["ids"]
+        for field in include:
+            if field == "distances":
+                assert [pytest.approx(list(r)) for r in want[field]] == got[field]
+            elif field == "embeddings":
+                assert [[list(v) for v in r] for r in got[field]] == \
+                    [[list(v) for v in r] for r in want[field]]
+            else:
+                assert got[field] == want[field]
+    assert cache.hits > 0
