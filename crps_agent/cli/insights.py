@@ -10,9 +10,18 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from crps_agent.cli.common import console, emit_jsonl, make_settings, open_memory, store_options
+from crps_agent.cli.common import (
+    backend_options,
+    console,
+    emit_jsonl,
+    make_settings,
+    open_memory,
+    store_options,
+)
 
 if TYPE_CHECKING:
+    from crps_agent.backends.base import Backend
+    from crps_agent.memory.facade import Memory
     from crps_agent.types import Insight
 
 
@@ -277,3 +286,95 @@ def reindex(embedder: str, store: str | None, as_json: bool) -> None:
                     f"{report.generation}, {report.seconds} s). From now on open this store "
                     f"with --embedder {embedder} (or memory.embedder = \"{embedder}\" in "
                     "crps-agent.toml, or CRPS_MEMORY__EMBEDDER)")
+
+
+@insights.command()
+@click.option("--judge", is_flag=True, help="First re-judge every active insight against "
+              "the current baselines (retires or promotes; stored).")
+@click.option("--domain", default=None, help="Only this domain.")
+@store_options
+def review(judge: bool, domain: str | None, as_json: bool, **flags: Any) -> None:
+    """Insights that need a look: likely contradictions, retired by credit or by hand,
+    rejected by admission. `insights restore ID` brings a retired one back."""
+    from crps_agent.memory.review import review as review_store
+
+    store = open_memory(make_settings(**flags)).insights
+    result = review_store(store, namespace=flags.get("namespace"), domain=domain, judge=judge)
+    if as_json:
+        emit_jsonl([insight_json(i, action="judge") for i in result.judged])
+        emit_jsonl(insight_json(f.insight, **f.to_dict()) for f in result.flagged)
+        return
+    con = console()
+    for ins in result.judged:
+        con.print(f"judged: {ins.id} is now {ins.status}"
+                  f"{' (promoted)' if ins.promoted else ''}: {ins.text}")
+    if not result.flagged:
+        con.print("nothing to review: no insight is flagged")
+        return
+    for f in result.flagged:
+        con.print(f"[bold]{f.insight.id[:8]}[/bold] {f.insight.status:<9} "
+                  f"{', '.join(f.reasons)}: {f.insight.text}")
+        for other, text in f.contradicts:
+            con.print(f"{'':>10}contradicts {other[:8]}: {text or '(deleted)'}")
+    counts = ", ".join(f"{n} {r}" for r, n in result.counts().items() if n)
+    con.print(f"{len(result.flagged)} flagged ({counts})")
+
+
+@insights.command()
+@click.option("--dry-run", is_flag=True, help="Only show the clusters that would be merged.")
+@click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=None,
+              help="Cosine that joins two insights (default: memory.cluster_threshold).")
+@click.option("--no-llm", is_flag=True, help="Keep each cluster's best-supported text "
+              "instead of asking the backend to rewrite it.")
+@backend_options
+@store_options
+def consolidate(dry_run: bool, threshold: float | None, no_llm: bool, as_json: bool,
+                **flags: Any) -> None:
+    """Merge clusters of near-duplicate insights into one each (counters summed, evidence
+    joined), the text rewritten by the backend. --domain limits it to one domain."""
+    domain = flags.get("domain") or None
+    settings = make_settings(**flags)
+    namespace = settings.namespace
+    if dry_run or no_llm:
+        memory = open_memory(settings)
+        _consolidate(memory, None, namespace, domain, threshold, dry_run, as_json,
+                     settings.reflect.max_insight_words, settings.seed)
+        return
+    from crps_agent.graph.agent import Agent
+
+    agent = Agent(settings)  # the backend as `learn` builds it (registry, adapter)
+    try:
+        _consolidate(agent.memory, agent.backend, namespace, domain, threshold, dry_run,
+                     as_json, settings.reflect.max_insight_words, settings.seed)
+    finally:
+        agent.close()
+
+
+def _consolidate(memory: Memory, backend: Backend | None, namespace: str,
+                 domain: str | None, threshold: float | None, dry_run: bool, as_json: bool,
+                 max_words: int, seed: int) -> None:
+    plan = memory.consolidation_clusters(namespace, domain=domain, threshold=threshold)
+    if dry_run:
+        if as_json:
+            emit_jsonl({"action": "cluster", "size": len(c), "domain": c[0].domain,
+                        "members": [{"id": m.id, "text": m.text, "support": m.support}
+                                    for m in c]} for c in plan)
+            return
+        con = console()
+        for c in plan:
+            con.print(f"[bold]{len(c)} insights[/bold] ({c[0].domain}):")
+            for m in c:
+                con.print(f"  {m.id[:8]} (support {m.support}) {m.text}")
+        con.print(f"{len(plan)} clusters would be merged (nothing was changed)")
+        return
+    merged = memory.consolidate(namespace, domain=domain, backend=backend, clusters=plan,
+                                max_words=max_words, seed=seed)
+    if as_json:
+        emit_jsonl(insight_json(ins, action="consolidate", members=[m.id for m in c])
+                   for ins, c in zip(merged, plan, strict=True))
+        return
+    con = console()
+    for ins, c in zip(merged, plan, strict=True):
+        con.print(f"merged {len(c)} into {ins.id[:8]}: {ins.text}")
+    con.print(f"{len(merged)} clusters merged" if merged
+              else "nothing to merge: no cluster of near-duplicate insights")
