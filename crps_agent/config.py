@@ -66,6 +66,9 @@ class SearchSettings(BaseModel):
 
 class ReflectSettings(BaseModel):
     max_pairs: int = Field(3, ge=0, description="contrasts reflected on per task")
+    cross_task: int = Field(1, ge=0, description="a task with failures only: pair up to this "
+                            "many of them with a success at the most similar solved task "
+                            "(0: off)")
     temperature: float = Field(0.7, ge=0.0, le=2.0)
     max_tokens: int = Field(512, ge=1)
     max_insight_words: int = Field(40, ge=5)

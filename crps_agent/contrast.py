@@ -10,6 +10,10 @@ node). Hard candidates are ranked by that shared prefix, longest first; among fa
 share as long a prefix, the order is drawn at random in proportion to the visit count of the
 branch where the failure parts from its success (the mistakes the search ran into most
 often come first; `rng`, seeded from the task id when not given). Soft contrasts fill in.
+
+A task with failures and no success gets cross-task contrasts (`cross_contrasts`): its
+distinct failures paired with a correct attempt at the most similar solved task (found in the
+trajectory log by the caller), so it still yields insights and CRPS chains.
 """
 
 from __future__ import annotations
@@ -127,3 +131,20 @@ def _tree_hard_pairs(result: SearchResult, paths: list[list[int]], max_pairs: in
             gap=trajs[j].verdict.reward - b.verdict.reward)))
     candidates.sort(key=lambda c: (c[0], c[1]), reverse=True)
     return [c for _, _, c in candidates[:max_pairs]]
+
+
+def cross_contrasts(result: SearchResult, success: Trajectory, success_prompt: str, *,
+                    max_pairs: int = 1) -> list[Contrast]:
+    """Pair the distinct failures of a task that has no success with `success`, a correct
+    attempt at another, similar task (at most `max_pairs`, shortest failures first)."""
+    if max_pairs <= 0 or any(t.verdict.correct for t in result.trajectories):
+        return []
+    seen: set[str] = set()
+    bad = []
+    for t in sorted(result.trajectories, key=lambda t: t.tokens):
+        if t.text not in seen and t.finish_reason != "length":
+            seen.add(t.text)
+            bad.append(t)
+    return [Contrast(task_id=result.task.id, good=success, bad=b, divergence_step=0,
+                     kind="cross", gap=success.verdict.reward - b.verdict.reward,
+                     good_prompt=success_prompt) for b in bad[:max_pairs]]

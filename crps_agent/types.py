@@ -14,7 +14,7 @@ from typing import Any, Literal, TypeVar
 InsightKind = Literal["strategy", "constraint", "pitfall", "check"]
 INSIGHT_KINDS: tuple[str, ...] = ("strategy", "constraint", "pitfall", "check")
 InsightStatus = Literal["active", "candidate", "retired"]
-ContrastKind = Literal["hard", "soft"]
+ContrastKind = Literal["hard", "soft", "cross"]
 
 _T = TypeVar("_T")
 
@@ -168,6 +168,9 @@ class Contrast:
     # The reflection's contrastive analysis (local, strategy, success_pattern, failure_mode),
     # set once the contrast was reflected on; CRPS synthesis needs it.
     analysis: dict[str, Any] | None = None
+    # A cross-task contrast ("cross"): `good` solved another, similar task, whose prompt this
+    # is; the task itself had no success to pair its failures with.
+    good_prompt: str | None = None
 
     def __post_init__(self) -> None:
         if not self.id:
@@ -183,6 +186,7 @@ class Contrast:
             "kind": self.kind,
             "gap": self.gap,
             "analysis": self.analysis,
+            "good_prompt": self.good_prompt,
         }
 
     @classmethod
@@ -196,6 +200,7 @@ class Contrast:
             gap=data["gap"],
             id=data.get("id", ""),
             analysis=data.get("analysis"),
+            good_prompt=data.get("good_prompt"),
         )
 
 

@@ -218,7 +218,11 @@ def write_method(out: Path, method: str, examples: list[Example], contrasts: lis
             if task is None:  # only the tasks this method exports, so the split holds
                 continue
             side = "validation" if c.task_id in val else "train"
-            chosen = chosen_by_contrast.get(c.id, c.good.text)
+            chosen = chosen_by_contrast.get(c.id)
+            if chosen is None:
+                if c.kind == "cross":  # its good attempt answers another problem
+                    continue
+                chosen = c.good.text
             pairs[side].append({
                 "prompt": domains[task.domain].render_prompt(task, []),
                 "chosen": [{"role": "assistant", "content": chosen}],

@@ -8,7 +8,7 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
-from crps_agent.contrast import pair_contrasts
+from crps_agent.contrast import cross_contrasts, pair_contrasts
 from crps_agent.errors import NotFoundError
 from crps_agent.graph.state import AgentContext, AgentState
 from crps_agent.memory.admission import check_candidates, settle
@@ -70,6 +70,8 @@ def reflect_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str,
     result = SearchResult.from_dict(state["result"])
     cfg = ctx.settings.reflect
     contrasts = pair_contrasts(result, max_pairs=cfg.max_pairs, soft_ratio=cfg.soft_ratio)
+    if not contrasts and result.trajectories and _verifiable(ctx, result.task):
+        contrasts = _cross_task(ctx, result)
     if not contrasts:
         return {"contrasts": [], "insights": [], "rejected": {}, "reflections": 0}
     task = result.task
@@ -85,6 +87,21 @@ def reflect_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str,
             "rejected": dict(outcome.rejected),
             "reflections": len(outcome.reflections),
             "llm_calls": state.get("llm_calls", 0) + outcome.llm_calls}
+
+
+def _cross_task(ctx: AgentContext, result: SearchResult) -> list[Contrast]:
+    """Failures only: pair them with a success at the most similar solved task (DESIGN §4)."""
+    cfg = ctx.settings.reflect
+    if cfg.cross_task <= 0 or cfg.max_pairs <= 0:
+        return []
+    task = result.task
+    similar = ctx.memory.trajectories.similar_solved(
+        task.prompt, namespace=task.namespace, domain=task.domain, k=1, exclude_task=task.id)
+    if not similar:
+        return []
+    other, success = similar[0]
+    return cross_contrasts(result, success, other.prompt,
+                           max_pairs=min(cfg.cross_task, cfg.max_pairs))
 
 
 def remember_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:

@@ -190,6 +190,19 @@ class TrajectoryLog:
     ) -> list[Trajectory]:
         """Correct trajectories of other tasks, one per task (highest reward, then fewest
         tokens), the task most similar to `prompt` first."""
+        return [t for _, t in self.similar_solved(prompt, namespace=namespace, domain=domain,
+                                                  k=k, exclude_task=exclude_task)]
+
+    def similar_solved(
+        self,
+        prompt: str,
+        *,
+        namespace: str,
+        domain: str,
+        k: int = 3,
+        exclude_task: str | None = None,
+    ) -> list[tuple[Task, Trajectory]]:
+        """As `similar_successes`, each with its task."""
         if k <= 0:
             return []
         namespace = validate_namespace(namespace)
@@ -222,7 +235,11 @@ class TrajectoryLog:
             if len(order) >= k or len(docs) < n:
                 break
             n *= 4  # many attempts per task: widen until k tasks or everything is seen
-        return [Trajectory.from_dict(json.loads(best[t][1])) for t in order[:k]]
+        out = []
+        for task_id in order[:k]:
+            data = json.loads(best[task_id][1])
+            out.append((Task.from_dict(data["task"]), Trajectory.from_dict(data)))
+        return out
 
     def count(self) -> int:
         """Number of logged trajectories (search records not counted)."""

@@ -31,7 +31,13 @@ def _numbered(steps: list[str], limit: int = 24) -> str:
 
 def reflection_messages(contrast: Contrast, task: Task, related: list[str],
                         *, max_words: int = 40, max_insights: int = 3) -> list[dict[str, str]]:
-    if contrast.kind == "hard":
+    if contrast.kind == "cross":
+        framing = ("No attempt at this problem succeeded. Attempt A is a correct solution of "
+                   f"a similar problem:\n{contrast.good_prompt or '(not recorded)'}\n"
+                   "Attempt B is a failed attempt at this problem "
+                   f"({contrast.bad.verdict.detail or 'wrong answer'}). Find what A's approach "
+                   "teaches about solving this problem and where B went wrong.")
+    elif contrast.kind == "hard":
         framing = ("Attempt A reached the correct answer; attempt B did not "
                    f"({contrast.bad.verdict.detail or 'wrong answer'}).")
     else:
@@ -40,6 +46,8 @@ def reflection_messages(contrast: Contrast, task: Task, related: list[str],
     shared = contrast.divergence_step
     where = (f"The attempts share their first {shared} step(s) and part at step {shared + 1}."
              if shared else "The attempts differ from the first step.")
+    if contrast.kind == "cross":
+        where = "The attempts are at different problems: compare their approaches."
     known = ("\nLessons already known (refine or complement them, do not repeat them):\n"
              + "\n".join(f"- {r}" for r in related)) if related else ""
     user = (

@@ -245,3 +245,61 @@ def test_agent_export_api(learned, tmp_path):
     assert results[0].counts["train"] + results[0].counts["validation"] == 4
     again = agent.export(tmp_path / "api2", method="crps", synthesize=False)
     assert again[0].hash == results[0].hash
+
+
+def test_cross_task_contrast_when_a_task_has_no_success(tmp_path, monkeypatch):
+    """A task whose attempts all fail is paired with a success at a similar solved task; the
+    reflection sees both problems, and CRPS synthesis can still produce a verified chain."""
+    monkeypatch.delenv("CRPS_CONFIG", raising=False)
+    reflection = json.dumps({
+        "divergence_step": None, "local": "B added the wrong numbers.",
+        "strategy": "A adds the two given numbers and checks the sum.",
+        "success_pattern": "Add exactly the two given numbers.",
+        "failure_mode": "Adding numbers that are not in the problem.",
+        "insights": [{"text": "Add only the quantities the problem gives, then check the sum.",
+                      "kind": "check"}]})
+    backend = ScriptedBackend(rules=[
+        {"match": "What is 2 + 3?", "purpose": "solve",
+         "responses": ["2 + 3 = 5. \\boxed{5}", "2 + 3 = 6. \\boxed{6}"]},
+        {"match": "What is 4 + 3?", "purpose": "solve",
+         "responses": ["4 + 3 = 8. \\boxed{8}", "4 + 3 = 9. \\boxed{9}"]},
+        {"purpose": "reflect", "responses": [reflection]},
+        {"match": "What is 4 + 3?", "purpose": "synthesize",
+         "responses": ["Add the two numbers: 4 + 3 = 7.\n\\boxed{7}"]},
+        {"purpose": "synthesize", "responses": ["2 + 3 = 5.\n\\boxed{5}"]},
+    ])
+    settings = load_settings(store=str(tmp_path / "store"),
+                             memory={"embedder": "hash", "min_similarity": -1.0,
+                                     "ablation_share": 0.0, "admission": False},
+                             search={"n": 2}, domain="math")
+    agent = Agent(settings, backend=backend)
+    tasks = [Task("What is 2 + 3?", "math", "5", id="solved"),
+             Task("What is 4 + 3?", "math", "7", id="failed")]
+    report = agent.learn(tasks)
+    assert [t.solved for t in report.tasks] == [True, False]
+    assert report.tasks[1].contrasts == 1
+    assert report.tasks[1].insights_added + report.tasks[1].insights_merged == 1
+    reflect_prompts = [r.text() for r, _ in backend.calls
+                       if r.purpose == "reflect" and r.meta["task_id"] == "failed"]
+    assert len(reflect_prompts) == 1
+    assert "correct solution of a similar problem" in reflect_prompts[0]
+    assert "What is 2 + 3?" in reflect_prompts[0]
+    cross = agent.memory.trajectories.contrasts(task_id="failed")
+    assert [c.kind for c in cross] == ["cross"]
+    assert cross[0].good_prompt == "What is 2 + 3?" and cross[0].analysis
+    result = agent.export(tmp_path / "data", method="crps")[0]
+    rows = _rows(tmp_path / "data" / "train.jsonl") + _rows(tmp_path / "data" /
+                                                            "validation.jsonl")
+    failed = [r for r in rows if r["task_id"] == "failed"]
+    assert len(failed) == 1 and "4 + 3 = 7" in failed[0]["messages"][-1]["content"]
+    pairs = [p for side in ("train", "validation")
+             for p in _rows(tmp_path / "data" / f"preference_{side}.jsonl")]
+    cross_pairs = [p for p in pairs if p["kind"] == "cross"]
+    # the chosen side of a cross pair is the chain for this task, never the other task's
+    assert [p["chosen"][0]["content"] for p in cross_pairs] == [
+        failed[0]["messages"][-1]["content"]]
+    assert result.synthesis["counts"]["kept"] == 2
+    # best/rft have no example for a task never solved, and no cross pair without a chain
+    best = agent.export(tmp_path / "best", method="best")[0]
+    assert best.counts["train"] + best.counts["validation"] == 1
+    agent.close()

@@ -201,6 +201,7 @@ def test_scripted_learn_retires_a_harmful_insight_and_promotes_a_helpful_one(
     answers = {t.id: t.reference or "" for t in tasks}
     settings = load_settings(
         store=str(tmp_path / "store"), search={"n": 1}, domain="math",
+        reflect={"cross_task": 0},  # credit only: no reflection on failed tasks
         memory={"embedder": "hash", "recall_k": 1, "min_similarity": 0.3,
                 "ablation_share": 0.4, "credit_min_uses": 8, "credit_min_baseline": 8})
     backend = ScriptedBackend().respond(scripted_solver(helpful, harmful, answers))
