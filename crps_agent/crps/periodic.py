@@ -8,6 +8,7 @@ new contrasts have been logged in the task's namespace since the last export.
 from __future__ import annotations
 
 import hashlib
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -104,6 +105,8 @@ def _finetune_and_gate(ctx: AgentContext, data: Path, data_hash: str,
                   n=settings.crps.eval_n or settings.search.n, seed=settings.seed,
                   tolerance=settings.crps.tolerance, settings=settings.search)
     out.gate = result.to_dict()
+    # The registry holds its own copy (vNNNN), adopted or rejected: the staging run can go.
+    shutil.rmtree(staging, ignore_errors=True)
     if result.adopted:
         current = registry.current()
         out.adopted = current.version if current is not None else None

@@ -125,6 +125,8 @@ def test_periodic_finetune_and_adoption_in_a_learn_run(env, tiny_model_dir):
     assert report.totals()["adopted"] == ["v0001"]
     registry = AdapterRegistry(adapters_root(settings))
     assert registry.current() is not None and registry.current().version == "v0001"
+    assert not (adapters_root(settings) / "staging").exists() or not any(
+        (adapters_root(settings) / "staging").iterdir())  # the registry keeps its own copy
     agent.close()
 
 
