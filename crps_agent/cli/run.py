@@ -23,15 +23,17 @@ from crps_agent.cli.common import (
 @click.option("--offset", type=int, default=0, help="Skip this many tasks first.")
 @click.option("--run-id", default=None, help="Resume the run with this id (tasks it finished "
               "are not attempted again).")
+@click.option("--export-every", type=click.IntRange(min=0), default=None,
+              help="Export CRPS training data after every N new contrasts (crps.export_every).")
 @backend_options
 @store_options
 def learn(tasks: str, fmt: str, limit: int | None, offset: int, run_id: str | None,
-          as_json: bool, **flags: Any) -> None:
+          export_every: int | None, as_json: bool, **flags: Any) -> None:
     """Attempt TASKS, contrast successes with failures, and remember the insights."""
     from crps_agent.graph.agent import Agent, TaskReport
     from crps_agent.tasks import load_tasks
 
-    settings = make_settings(**flags)
+    settings = make_settings(crps={"export_every": export_every}, **flags)
     # The task file is read and validated before any backend or model is loaded.
     task_list = load_tasks(tasks, format=fmt, domain=flags.get("domain") or None,
                            namespace=settings.namespace, limit=limit, offset=offset)

@@ -303,3 +303,16 @@ def test_cross_task_contrast_when_a_task_has_no_success(tmp_path, monkeypatch):
     best = agent.export(tmp_path / "best", method="best")[0]
     assert best.counts["train"] + best.counts["validation"] == 1
     agent.close()
+
+
+def test_cli_learn_export_every(tmp_path, monkeypatch):
+    monkeypatch.delenv("CRPS_CONFIG", raising=False)
+    monkeypatch.setenv("CRPS_MEMORY__ABLATION_SHARE", "0")
+    res = CliRunner().invoke(cli, [
+        "learn", str(EXAMPLES / "tasks.jsonl"), "--backend", "scripted", "--script",
+        str(EXAMPLES / "script.yaml"), "--store", str(tmp_path / "store"), "--embedder", "hash",
+        "--budget", "4", "--export-every", "3", "--json"])
+    assert res.exit_code == 0, (res.output, res.exception)
+    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    assert summary["type"] == "summary" and len(summary["exports"]) == 2
+    assert Path(summary["exports"][1]["out"], "meta.json").is_file()
