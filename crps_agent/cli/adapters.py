@@ -40,7 +40,9 @@ def registry_options(fn: F) -> F:
     return fn
 
 
-def _settings(store: str | None, adapters_dir: str | None, **overrides: Any) -> Settings:
+def adapter_settings(store: str | None, adapters_dir: str | None, **overrides: Any
+                     ) -> Settings:
+    """Settings of a registry command: `--store`, `--adapters-dir` and other flags on top."""
     from crps_agent.config import load_settings
 
     crps = {"adapters_dir": adapters_dir, **overrides.pop("crps", {})}
@@ -48,9 +50,9 @@ def _settings(store: str | None, adapters_dir: str | None, **overrides: Any) -> 
 
 
 def _registry(settings: Settings) -> AdapterRegistry:
-    from crps_agent.crps.adapters import AdapterRegistry, adapters_root
+    from crps_agent.crps.adapters import AdapterRegistry
 
-    return AdapterRegistry(adapters_root(settings))
+    return AdapterRegistry.for_settings(settings)
 
 
 def _label(version: AdapterVersion | None) -> str:
@@ -98,9 +100,10 @@ def adopt(adapter: str, eval_tasks: str | None, fmt: str, limit: int | None, n: 
     tolerance. The previous adapter is kept: `crps-agent rollback` restores it."""
     from crps_agent.crps.gate import resolve_candidate
 
-    settings = _settings(store, adapters_dir, backend=backend, model=model, base_url=base_url,
-                         script=script, seed=seed, domain=domain,
-                         crps={"eval_tasks": eval_tasks, "eval_n": n, "tolerance": tolerance})
+    settings = adapter_settings(store, adapters_dir, backend=backend, model=model,
+                                base_url=base_url, script=script, seed=seed, domain=domain,
+                                crps={"eval_tasks": eval_tasks, "eval_n": n,
+                                      "tolerance": tolerance})
     registry = _registry(settings)
     _warn_override(settings)
     if force:
@@ -206,7 +209,7 @@ def eval_backend(settings: Settings, adapters: list[str | None],
 @registry_options
 def rollback(store: str | None, adapters_dir: str | None, as_json: bool) -> None:
     """Restore the adapter adopted before the current one (or the base model)."""
-    settings = _settings(store, adapters_dir)
+    settings = adapter_settings(store, adapters_dir)
     registry = _registry(settings)
     previous = registry.current()
     restored = registry.rollback()
@@ -228,7 +231,7 @@ def adapters() -> None:
 @registry_options
 def list_(store: str | None, adapters_dir: str | None, as_json: bool) -> None:
     """Every registered adapter version, oldest first."""
-    registry = _registry(_settings(store, adapters_dir))
+    registry = _registry(adapter_settings(store, adapters_dir))
     versions = registry.versions()
     current = registry.current()
     if as_json:
@@ -257,7 +260,7 @@ def list_(store: str | None, adapters_dir: str | None, as_json: bool) -> None:
 @registry_options
 def current(store: str | None, adapters_dir: str | None, as_json: bool) -> None:
     """The adopted adapter (or the base model)."""
-    settings = _settings(store, adapters_dir)
+    settings = adapter_settings(store, adapters_dir)
     cur = _registry(settings).current()
     if as_json:
         emit_jsonl([{"current": cur.to_dict() if cur else None}])

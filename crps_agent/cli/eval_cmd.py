@@ -41,21 +41,22 @@ def eval_(tasks: str, fmt: str, limit: int | None, n: int | None, adapter: str |
           model: str | None, base_url: str | None, script: str | None, store: str | None,
           adapters_dir: str | None, as_json: bool) -> None:
     """Score the model on TASKS (with references): share of tasks solved by best-of-n."""
-    from crps_agent.cli.adapters import _registry, _settings, eval_backend
-    from crps_agent.crps.adapters import normalize_version
+    from crps_agent.cli.adapters import adapter_settings, eval_backend
+    from crps_agent.crps.adapters import AdapterRegistry, normalize_version
     from crps_agent.crps.gate import check_eval_tasks, evaluate
     from crps_agent.plugins import get_registry
     from crps_agent.tasks import load_tasks
 
     if base and adapter:
         raise click.UsageError("--base and --adapter exclude each other")
-    settings = _settings(store, adapters_dir, backend=backend, model=model, base_url=base_url,
-                         script=script, seed=seed, domain=domain, crps={"eval_n": n})
+    settings = adapter_settings(store, adapters_dir, backend=backend, model=model,
+                                base_url=base_url, script=script, seed=seed, domain=domain,
+                                crps={"eval_n": n})
     plugins = get_registry()
     task_list = load_tasks(tasks, format=fmt, domain=settings.domain,
                            namespace=settings.namespace, limit=limit)
     check_eval_tasks(task_list, plugins.domains)
-    registry = _registry(settings)
+    registry = AdapterRegistry.for_settings(settings)
     path: str | None = None
     label = "the base model"
     if adapter:

@@ -2,7 +2,7 @@
 
     from crps_agent.crps.adapters import AdapterRegistry, adapters_root
 
-    reg = AdapterRegistry(adapters_root(settings))
+    reg = AdapterRegistry.for_settings(settings)
     v = reg.register("runs/ft-3")       # copied to <root>/v0003 (status "registered")
     reg.adopt(v.version)                # what `resolve_adapter(settings)` now returns
     reg.rollback()                      # back to the adapter adopted before (None: base model)
@@ -166,6 +166,11 @@ class AdapterRegistry:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).expanduser()
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> AdapterRegistry:
+        """The registry of the settings' store (see `adapters_root`)."""
+        return cls(adapters_root(settings))
 
     @property
     def file(self) -> Path:
@@ -371,21 +376,14 @@ class AdapterRegistry:
                             "model is in use)")
 
 
-def _slug(url: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "-", url.split("://", 1)[-1]).strip("-") or "server"
-
-
 def adapters_root(settings: Settings) -> Path:
     """Where the registry lives: `crps.adapters_dir`, else `<store>/adapters` for a local store,
     else `~/.cache/crps-agent/adapters/<slug of the server URL>`."""
-    from crps_agent.memory.chroma import local_store_path
+    from crps_agent.memory.chroma import store_dir
 
     if settings.crps.adapters_dir:
         return Path(settings.crps.adapters_dir).expanduser()
-    local = local_store_path(settings.store)
-    if local is not None:
-        return local / "adapters"
-    return Path.home() / ".cache" / "crps-agent" / "adapters" / _slug(settings.store)
+    return store_dir(settings.store, "adapters")
 
 
 def resolve_adapter(settings: Settings) -> str | None:
@@ -393,5 +391,5 @@ def resolve_adapter(settings: Settings) -> str | None:
     adopted version (if a registry exists), else None (the base model). Creates nothing."""
     if settings.adapter:
         return settings.adapter
-    registry = AdapterRegistry(adapters_root(settings))
+    registry = AdapterRegistry.for_settings(settings)
     return registry.current_path() if registry.exists() else None

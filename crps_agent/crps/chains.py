@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from crps_agent.crps.synthesis import Chain, normalise
 from crps_agent.memory.chroma import (
+    META_VECTOR,
     open_collection,
     open_meta_collection,
     where_clause,
@@ -27,9 +28,6 @@ if TYPE_CHECKING:
     from chromadb.api import ClientAPI
 
     from crps_agent.memory.embedders import Embedder
-
-_DUMMY = [1.0]  # meta records need a vector; Chroma would otherwise embed them itself
-
 
 class ChainStore:
     def __init__(self, client: ClientAPI, embedder: Embedder) -> None:
@@ -84,7 +82,7 @@ class ChainStore:
         now = round(time.time(), 3)
         with write_lock(self.client):
             self.meta.upsert(ids=[f"synth:{c}" for c in ids],
-                             embeddings=[_DUMMY] * len(ids),  # type: ignore[arg-type]
+                             embeddings=[META_VECTOR] * len(ids),  # type: ignore[arg-type]
                              metadatas=[{"kind": "synthesized", "contrast_id": c,
                                          "updated_at": now} for c in ids])
 
@@ -104,5 +102,5 @@ class ChainStore:
 
     def save_export_state(self, namespace: str, state: dict[str, Any]) -> None:
         with write_lock(self.client):
-            self.meta.upsert(ids=[f"export:{namespace}"], embeddings=[_DUMMY],  # type: ignore[arg-type]
+            self.meta.upsert(ids=[f"export:{namespace}"], embeddings=[META_VECTOR],  # type: ignore[arg-type]
                              metadatas=[{**state, "kind": "export", "namespace": namespace}])

@@ -142,10 +142,7 @@ def synthesize_pending(memory: Memory, chains: ChainStore, backend: Backend,
                and (domain is None or tasks[c.task_id].domain == domain)]
     if not pending:
         return SynthesisOutcome()
-    missing = {tasks[c.task_id].domain for c in pending} - set(domains)
-    if missing:
-        raise ExportError(f"no plugin registers the domain(s) {sorted(missing)} of the "
-                          "logged tasks; install the plugin (see `crps-agent plugins`)")
+    _check_domains({tasks[c.task_id].domain for c in pending}, domains)
     style = _style_examples(memory, pending, tasks)
     existing = chains.texts_by_task(chains.list(namespace=namespace, domain=domain))
     outcome = synthesize(pending, tasks, backend, domains, settings.crps, style=style,
@@ -153,6 +150,13 @@ def synthesize_pending(memory: Memory, chains: ChainStore, backend: Backend,
     chains.add(outcome.chains)
     chains.settle(outcome.done)
     return outcome
+
+
+def _check_domains(needed: set[str], domains: Mapping[str, Domain]) -> None:
+    missing = needed - set(domains)
+    if missing:
+        raise ExportError(f"no plugin registers the domain(s) {sorted(missing)} of the "
+                          "logged tasks; install the plugin (see `crps-agent plugins`)")
 
 
 def _style_examples(memory: Memory, contrasts: list[Contrast],
@@ -267,10 +271,7 @@ def export_store(memory: Memory, method: str, out: str | Path,
         raise ExportError(f"the store {memory.store} has no logged attempts"
                           f"{f' in namespace {namespace!r}' if namespace else ''}: run "
                           "`crps-agent learn` first")
-    missing = {t.domain for t, _ in attempts} - set(domains)
-    if missing:
-        raise ExportError(f"no plugin registers the domain(s) {sorted(missing)} of the "
-                          "logged tasks; install the plugin (see `crps-agent plugins`)")
+    _check_domains({t.domain for t, _ in attempts}, domains)
     tasks = {t.id: t for t, _ in attempts}
     contrasts = [c for c in memory.trajectories.contrasts(namespace=namespace)
                  if c.task_id in tasks]

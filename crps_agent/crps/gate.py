@@ -1,11 +1,11 @@
 """The adoption gate: a fine-tuned adapter replaces the current model only if it does not
 lose accuracy on held-out tasks.
 
-    from crps_agent.crps.adapters import AdapterRegistry, adapters_root
+    from crps_agent.crps.adapters import AdapterRegistry
     from crps_agent.crps.gate import gate
 
     result = gate("runs/ft-3", tasks, backend, get_registry().domains,
-                  AdapterRegistry(adapters_root(settings)), n=4, seed=0, tolerance=0.0,
+                  AdapterRegistry.for_settings(settings), n=4, seed=0, tolerance=0.0,
                   settings=settings.search)
     print(result.adopted, result.reason)
 

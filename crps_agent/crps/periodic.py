@@ -7,7 +7,6 @@ new contrasts have been logged in the task's namespace since the last export.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from crps_agent.crps.chains import ChainStore
 from crps_agent.errors import ConfigError
-from crps_agent.memory.chroma import is_server_url
+from crps_agent.memory.chroma import store_dir
 
 if TYPE_CHECKING:
     from crps_agent.graph.state import AgentContext
@@ -32,19 +31,12 @@ class PeriodicOutcome:
         return asdict(self)
 
 
-def _slug(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
-
-
 def export_root(ctx: AgentContext) -> Path:
     """`crps.export_dir`, else `<store>/exports`, else (a server store) a cache directory."""
     settings = ctx.settings
     if settings.crps.export_dir:
         return Path(settings.crps.export_dir).expanduser()
-    local = ctx.memory.local_path
-    if local is not None and not is_server_url(settings.store):
-        return local / "exports"
-    return Path.home() / ".cache" / "crps-agent" / "exports" / _slug(settings.store)
+    return store_dir(settings.store, "exports")
 
 
 def due(ctx: AgentContext, namespace: str) -> tuple[bool, int, dict[str, Any]]:
@@ -81,12 +73,12 @@ def run_periodic(ctx: AgentContext, namespace: str) -> PeriodicOutcome:
 
 def _finetune_and_gate(ctx: AgentContext, data: Path, data_hash: str,
                        out: PeriodicOutcome) -> None:
-    from crps_agent.crps.adapters import AdapterRegistry, adapters_root
+    from crps_agent.crps.adapters import AdapterRegistry
     from crps_agent.crps.finetune import finetune
 
     settings = ctx.settings
-    root = adapters_root(settings)
-    staging = root / "staging" / data_hash[:12]
+    registry = AdapterRegistry.for_settings(settings)
+    staging = registry.root / "staging" / data_hash[:12]
     report = finetune(data, staging, settings.finetune,
                       base_model=settings.finetune.base_model or settings.model,
                       seed=settings.seed, progress=False, device=settings.device)
@@ -100,7 +92,6 @@ def _finetune_and_gate(ctx: AgentContext, data: Path, data_hash: str,
     from crps_agent.tasks import load_tasks
 
     tasks = load_tasks(settings.crps.eval_tasks, domain=None, namespace=settings.namespace)
-    registry = AdapterRegistry(root)
     result = gate(str(staging), tasks, ctx.backend, ctx.domains, registry,
                   n=settings.crps.eval_n or settings.search.n, seed=settings.seed,
                   tolerance=settings.crps.tolerance, settings=settings.search)

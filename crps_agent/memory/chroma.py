@@ -55,7 +55,7 @@ if TYPE_CHECKING:
 _COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,510}[A-Za-z0-9]$")
 EMBEDDED_COLLECTIONS = ("insights", "trajectories", "contrasts")  # what reindex re-embeds
 _POINTER_ID = "collections"
-_DUMMY_VECTOR = [1.0]  # meta records need an embedding: Chroma would embed documents itself
+META_VECTOR = [1.0]  # meta records need an embedding: Chroma would embed documents itself
 
 
 def is_server_url(store: str) -> bool:
@@ -65,6 +65,16 @@ def is_server_url(store: str) -> bool:
 def local_store_path(store: str) -> Path | None:
     """The directory of an embedded store, or None for a server URL."""
     return None if is_server_url(store) else Path(store).expanduser()
+
+
+def store_dir(store: str, name: str) -> Path:
+    """A directory of files kept beside a store (exports, adapters): `<store>/<name>` for an
+    embedded store, `~/.cache/crps-agent/<name>/<slug of the URL>` for a server."""
+    local = local_store_path(store)
+    if local is not None:
+        return local / name
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", store.split("://", 1)[-1]).strip("-") or "server"
+    return Path.home() / ".cache" / "crps-agent" / name / slug
 
 
 def _settings() -> Any:
@@ -173,7 +183,7 @@ def write_pointers(client: ClientAPI, pointers: Pointers, **extra: str | int | f
     meta: dict[str, Any] = {"kind": "pointers", "generation": pointers.generation, **extra}
     meta.update({f"name:{key}": value for key, value in pointers.names.items()})
     open_meta_collection(client).upsert(
-        ids=[_POINTER_ID], embeddings=[_DUMMY_VECTOR], metadatas=[meta])  # type: ignore[arg-type]
+        ids=[_POINTER_ID], embeddings=[META_VECTOR], metadatas=[meta])  # type: ignore[arg-type]
 
 
 def open_collection(client: ClientAPI, name: str, embedder: Embedder, *,

@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from crps_agent.memory.chroma import META_VECTOR
 from crps_agent.types import stable_id
 
 if TYPE_CHECKING:
@@ -38,9 +39,6 @@ if TYPE_CHECKING:
 RETIRED_BELOW_BASELINE = "retired:below-baseline"
 RESTORED = "restored"
 ADMISSION_REJECTED = "admission:rejected"
-_DUMMY_VECTOR = [1.0]  # meta records need an embedding: Chroma would embed documents itself
-
-
 def beta_mean(wins: float, losses: float, a: float = 1.0, b: float = 1.0) -> float:
     """Posterior mean of a success rate after `wins` and `losses` under Beta(a, b)."""
     return (wins + a) / (wins + losses + a + b)
@@ -177,7 +175,7 @@ class BaselineStore:
         new = Baseline(namespace, domain, old.wins + int(correct), old.losses + int(not correct))
         self.collection.upsert(
             ids=[self._id(namespace, domain)],
-            embeddings=[_DUMMY_VECTOR],  # type: ignore[arg-type]
+            embeddings=[META_VECTOR],  # type: ignore[arg-type]
             metadatas=[{"kind": "baseline", "namespace": namespace, "domain": domain,
                         "wins": new.wins, "losses": new.losses,
                         "updated_at": round(time.time(), 3)}],

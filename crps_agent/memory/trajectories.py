@@ -123,34 +123,27 @@ class TrajectoryLog:
                 metadatas=metadatas,  # type: ignore[arg-type]
             )
 
-    def _trajectories(self, where: dict[str, Any] | None) -> list[Trajectory]:
+    def _documents(self, where: dict[str, Any] | None) -> list[dict[str, Any]]:
+        """Decoded trajectory documents, oldest search first, in search order."""
         res = self.collection.get(where=where, include=["documents", "metadatas"])
         rows = sorted(
             zip(res["documents"] or [], res["metadatas"] or [], strict=True),
             key=lambda row: (row[1].get("created_at", 0.0), str(row[1].get("search_id", "")),
                              row[1].get("index", 0)),
         )
-        return [Trajectory.from_dict(json.loads(doc or "{}")) for doc, _ in rows]
+        return [json.loads(doc or "{}") for doc, _ in rows]
+
+    def _trajectories(self, where: dict[str, Any] | None) -> list[Trajectory]:
+        return [Trajectory.from_dict(d) for d in self._documents(where)]
 
     def attempts(self, *, namespace: str | None = None, domain: str | None = None,
                  correct: bool | None = None) -> list[tuple[Task, Trajectory]]:
         """Every logged attempt with its task, oldest search first (for exports)."""
         if namespace is not None:
             namespace = validate_namespace(namespace)
-        res = self.collection.get(
-            where=where_clause(kind=TRAJECTORY, namespace=namespace, domain=domain,
-                               correct=correct),
-            include=["documents", "metadatas"])
-        rows = sorted(
-            zip(res["documents"] or [], res["metadatas"] or [], strict=True),
-            key=lambda row: (row[1].get("created_at", 0.0), str(row[1].get("search_id", "")),
-                             row[1].get("index", 0)),
-        )
-        out = []
-        for doc, _ in rows:
-            data = json.loads(doc or "{}")
-            out.append((Task.from_dict(data["task"]), Trajectory.from_dict(data)))
-        return out
+        docs = self._documents(where_clause(kind=TRAJECTORY, namespace=namespace,
+                                            domain=domain, correct=correct))
+        return [(Task.from_dict(d["task"]), Trajectory.from_dict(d)) for d in docs]
 
     def for_task(self, task_id: str) -> list[Trajectory]:
         """Every logged attempt at a task, oldest search first, in search order."""
