@@ -103,6 +103,11 @@ class MemorySettings(BaseModel):
                                "few uses")
     mmr_lambda: float = Field(0.7, ge=0.0, le=1.0, description="MMR: 1 = relevance only, lower "
                               "= more diverse notes")
+    recall_candidates: int = Field(4, ge=1, le=50, description="recall re-ranks k x this many "
+                                   "nearest insights (utility, MMR); 1 = similarity order")
+    record_cache_size: int = Field(50_000, ge=0, description="insight records a process keeps "
+                                   "decoded (~1.5 KB each) so that recall and dedup re-read "
+                                   "nothing; 0 = off")
     shared_namespaces: list[str] = Field(default_factory=list, description="namespaces recall "
                                          "also reads (explicit sharing, e.g. ['global'])")
     # Contradictions and merging.

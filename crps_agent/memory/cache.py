@@ -1,11 +1,12 @@
 """A per-process cache of insight records: document, metadata and the decoded `Insight`.
 
 Why: with chromadb 1.5.9 (local mode) every record a `get` or `query` returns with its
-document or metadata costs ~0.2-0.5 ms (one SQLite row per metadata key; an insight has 17),
-while ids, distances and embeddings cost almost nothing. Recall ranks 4 x k candidates and
-dedup looks at 5 neighbours per added insight, so re-reading the same records dominated
-both. With the cache, a record is read from Chroma (and JSON-decoded) once per process until
-something changes it.
+document or metadata costs ~0.1 ms (one SQLite row per metadata key; see records.py),
+while ids, distances and embeddings cost almost nothing in a query. Recall ranks 4 x k
+candidates and dedup looks at 5 neighbours per added insight, so re-reading the same records
+dominated both. With the cache, a record is read from Chroma (and JSON-decoded) once per
+process until something changes it. Embeddings are not kept: queries return them cheaply,
+and without them an entry is ~1.5 KB (`MemorySettings.record_cache_size` entries at most).
 
 Correctness: an entry is only served while no write can have changed it.
 - Writes of this process: every data write of the client's server (`_add`, `_update`,
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = ["MAX_ENTRIES", "Record", "RecordCache", "clone"]
 
-MAX_ENTRIES = 20_000  # records kept per collection (~3 KB each: 60 MB at most)
+MAX_ENTRIES = 50_000  # default records kept per collection (~1.5 KB each)
 _HOOKS = "_crps_record_hooks"  # server attribute: {collection id: [caches]}
 _ID_WRITES = ("_add", "_update", "_upsert", "_delete")
 _WIPES = ("delete_collection", "reset")
@@ -53,7 +54,6 @@ class Record:
 
     document: str | None
     meta: Mapping[str, Any]
-    embedding: Any = None
     decoded: Insight | None = None
 
 
@@ -72,8 +72,10 @@ class RecordCache:
     """The cached records of one collection in this process (see the module doc). Use
     `for_collection`: every store object of a collection shares one cache."""
 
-    def __init__(self, collection: Collection, sync: StoreSync | None) -> None:
+    def __init__(self, collection: Collection, sync: StoreSync | None,
+                 size: int = MAX_ENTRIES) -> None:
         self.collection = collection
+        self.size = size
         self._sync = sync
         self._entries: dict[str, Record] = {}
         self._resets = sync.resets if sync is not None else 0
@@ -81,27 +83,34 @@ class RecordCache:
         self._depth = 0  # reading() sections open (scratch mode: kept only while > 0)
         self.hits = 0
         self.misses = 0
+        # Recent share of records found cached (moving average): recall reads its
+        # candidates with the query itself while few of them would come from the cache.
+        self.recent = 0.0
 
     @classmethod
-    def for_collection(cls, client: Any, collection: Collection) -> RecordCache:
+    def for_collection(cls, client: Any, collection: Collection,
+                       size: int = MAX_ENTRIES) -> RecordCache:
+        """The cache of `collection` in this process (`size` entries at most; the largest
+        size asked for wins)."""
         sync = sync_of(client)
         server = getattr(client, "_server", None)
         if sync is None or server is None:
-            return cls(collection, None)
+            return cls(collection, None, size)
         hooks = _install_hooks(server, sync)
         key = str(collection.id)
         with sync.hold(exclusive=False):  # the registry is only touched under the lock
             for cache in hooks.get(key, []):
                 if cache.collection.name == collection.name:
+                    cache.size = max(cache.size, size)
                     return cache
-            cache = cls(collection, sync)
+            cache = cls(collection, sync, size)
             hooks.setdefault(key, []).append(cache)
             return cache
 
     @property
     def persistent(self) -> bool:
         """Whether entries outlive a `reading()` section (embedded stores only)."""
-        return self._sync is not None
+        return self._sync is not None and self.size > 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -122,7 +131,7 @@ class RecordCache:
                 yield
             finally:
                 self._depth -= 1
-                if self._sync is None and self._depth == 0:
+                if not self.persistent and self._depth == 0:
                     self._entries.clear()
 
     def _check(self) -> None:
@@ -141,10 +150,8 @@ class RecordCache:
 
     # ------------------------------------------------------------------ reading
 
-    def records(self, ids: Sequence[str], *, embeddings: bool = False) -> dict[str, Record]:
-        """The records of `ids` that exist, from the cache or one `get` for the rest; with
-        `embeddings`, each with its embedding (~0.07 ms more per record read; recall's MMR
-        needs them)."""
+    def records(self, ids: Sequence[str]) -> dict[str, Record]:
+        """The records of `ids` that exist, from the cache or one `get` for the rest."""
         with self.reading():
             out: dict[str, Record] = {}
             missing: list[str] = []
@@ -156,22 +163,30 @@ class RecordCache:
                     out[rid] = rec
             self.hits += len(out)
             self.misses += len(missing)
+            self._note(len(out), len(out) + len(missing))
             if missing:
-                fields: Any = ["documents", "metadatas", "embeddings"] if embeddings \
-                    else ["documents", "metadatas"]
-                res: Any = self.collection.get(ids=missing, include=fields)
-                embs = res["embeddings"] if res.get("embeddings") is not None \
-                    else [None] * len(res["ids"])
-                for rid, doc, meta, emb in zip(res["ids"], res["documents"] or [],
-                                               res["metadatas"] or [], embs, strict=True):
-                    out[rid] = self._put(rid, doc, meta or {}, emb)
-            if embeddings:
-                bare = [rid for rid, rec in out.items() if rec.embedding is None]
-                if bare:
-                    res = self.collection.get(ids=bare, include=["embeddings"])
-                    for rid, emb in zip(res["ids"], res["embeddings"], strict=True):
-                        out[rid].embedding = _vector(emb)
+                res: Any = self.collection.get(ids=missing, include=["documents", "metadatas"])
+                for rid, doc, meta in zip(res["ids"], res["documents"] or [],
+                                          res["metadatas"] or [], strict=True):
+                    out[rid] = self._put(rid, doc, meta or {})
             return out
+
+    def keep_read(self, ids: Sequence[str], documents: Sequence[str | None],
+                  metas: Sequence[Mapping[str, Any] | None]) -> None:
+        """Keep records a query of this section has just read (counted as misses, or as
+        hits for the ones that were cached already: a read that would have been saved)."""
+        with self.reading():
+            cached = sum(1 for rid in ids if rid in self._entries)
+            self.hits += cached
+            self.misses += len(ids) - cached
+            self._note(cached, len(ids))
+            for rid, doc, meta in zip(ids, documents, metas, strict=True):
+                if rid not in self._entries:
+                    self._put(rid, doc, meta or {})
+
+    def _note(self, hits: int, total: int) -> None:
+        if total:
+            self.recent = 0.7 * self.recent + 0.3 * hits / total
 
     def peek(self, ids: Sequence[str]) -> dict[str, Record]:
         """The cached records of `ids`, read nothing (not counted as hits: for records a
@@ -193,31 +208,23 @@ class RecordCache:
 
     # ------------------------------------------------------------------ writing
 
-    def put(self, rid: str, document: str | None, meta: Mapping[str, Any],
-            embedding: Any) -> None:
+    def put(self, rid: str, document: str | None, meta: Mapping[str, Any]) -> None:
         """Remember a record this process has just written in full (under the write lock,
         after the write), so it need not be read back."""
         with self.reading():
-            self._put(rid, document, dict(meta), embedding)
+            self._put(rid, document, dict(meta))
 
-    def _put(self, rid: str, document: str | None, meta: Mapping[str, Any],
-             embedding: Any = None) -> Record:
-        # One key object per key name: Chroma makes new ones per record (~1 KB of 3.8 KB).
+    def _put(self, rid: str, document: str | None, meta: Mapping[str, Any]) -> Record:
+        # One key object per key name: Chroma makes new ones per record.
         meta = {_KEYS.setdefault(k, k): v for k, v in meta.items()}
-        rec = Record(document, meta, None if embedding is None else _vector(embedding))
-        if self._sync is not None or self._depth > 0:
-            if len(self._entries) >= MAX_ENTRIES:
-                for old in list(self._entries)[: MAX_ENTRIES // 10]:  # the oldest first
+        rec = Record(document, meta)
+        # Without a store lock (a server) entries live for one section; size 0 is the same.
+        if self.persistent or self._depth > 0:
+            if self.size > 0 and len(self._entries) >= self.size:
+                for old in list(self._entries)[: max(1, self.size // 10)]:  # oldest first
                     del self._entries[old]
             self._entries[rid] = rec
         return rec
-
-
-def _vector(embedding: Any) -> Any:
-    """A float32 copy: Chroma hands out float64 rows of the whole batch's array."""
-    import numpy as np
-
-    return np.array(embedding, dtype=np.float32)
 
 
 # ---------------------------------------------------------------------- write hooks

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -41,7 +42,7 @@ from crps_agent.memory.chroma import (
     write_pointers,
 )
 from crps_agent.memory.lock import sync_of
-from crps_agent.memory.records import from_record, to_meta
+from crps_agent.memory.records import from_record, to_meta, upgrade_layout
 from crps_agent.namespaces import Namespace, validate_namespace
 from crps_agent.types import INSIGHT_KINDS, Insight
 
@@ -376,9 +377,9 @@ def _copy(old: Collection, new: Collection, logical: str, embedder: Embedder,
         texts = [_embedding_text(logical, d) for d in docs]
         missing = builtins.list(dict.fromkeys(t for t in texts if t not in cache))
         cache.update(zip(missing, embedder.embed(missing), strict=True))
-        if logical == "insights":
-            for m in metas:
-                m["embedder"] = embedder.name
+        if logical == "insights":  # repacked (any layout in, layout 2 out)
+            metas = [to_meta(dataclasses.replace(from_record(i, d, m), embedder=embedder.name))
+                     for i, d, m in zip(res["ids"], docs, metas, strict=True)]
         new.upsert(ids=res["ids"], embeddings=[cache[t] for t in texts],  # type: ignore[arg-type]
                    documents=docs, metadatas=metas if all(metas) else None)  # type: ignore[arg-type]
         if len(cache) > 4 * batch:
@@ -405,9 +406,15 @@ def _catch_up(old: Collection, new: Collection, logical: str, embedder: Embedder
     gone = sorted(set(target) - set(source))
     if gone:
         new.delete(ids=gone)
-    stale = sorted(i for i, (doc, meta) in source.items() if i not in target
-                   or target[i][0] != doc
-                   or {**target[i][1], "embedder": None} != {**meta, "embedder": None})
+    def same(i: str, doc: Any, meta: dict[str, Any]) -> bool:
+        if logical == "insights":  # the copy's embedder and layout differ by design
+            return dataclasses.replace(from_record(i, target[i][0], target[i][1]),
+                                       embedder="") == dataclasses.replace(
+                from_record(i, doc, meta), embedder="")
+        return target[i][0] == doc and target[i][1] == meta
+
+    stale = sorted(i for i, (doc, meta) in source.items()
+                   if i not in target or not same(i, doc, meta))
     if stale:
         _copy(old, new, logical, embedder, None, batch, ids=stale)
     return len(stale)
@@ -437,6 +444,8 @@ def reindex(client: ClientAPI, embedder: Embedder, *, batch: int = _BATCH,
             if _existing(client, new_names[logical]) is not None:  # left by a crashed run
                 client.delete_collection(new_names[logical])
             new = open_collection(client, logical, embedder, physical=new_names[logical])
+            if logical == "insights":
+                upgrade_layout(client, new)  # empty: marks it; the copy writes layout 2
             pairs.append((logical, old, new))
         copied = {logical: 0 if old is None else
                   _copy(old, new, logical, embedder, progress, batch)

@@ -1,12 +1,12 @@
 """Adding insights: dedup-merge against the store and the batch, contradiction flags, one
 write per kind (`InsightStore.add_many` runs `add_locked` under the store's write lock).
 
-Costs (chromadb 1.5.9, local mode): reading a stored record costs ~0.2 ms, so each batch
+Costs (chromadb 1.5.9, local mode): reading a stored record costs ~0.1 ms, so each batch
 reads what it needs once: the stored insights with the batch's ids, the ones with the same
 exact-dedup key (ids first, by a metadata filter: ids cost nothing) and the nearest
 neighbours (one query for the whole batch, `chroma.query_where`), all through the
 per-process `RecordCache`; then one `add` for the new insights and one `update` that
-writes only the metadata keys that changed (merges, flags).
+writes only the metadata keys that changed (merges, flags: usually the packed `data`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from crps_agent.memory.cache import RecordCache, clone
-from crps_agent.memory.chroma import query_where, where_clause
+from crps_agent.memory.chroma import where_clause
 from crps_agent.memory.credit import ADMISSION_REJECTED
 from crps_agent.memory.dedup import (
     BatchIndex,
@@ -29,7 +29,8 @@ from crps_agent.memory.dedup import (
     normalise_text,
     text_hash,
 )
-from crps_agent.memory.records import lifecycle_meta, to_meta, ts
+from crps_agent.memory.query import query_where
+from crps_agent.memory.records import to_meta, ts
 from crps_agent.types import Insight
 
 if TYPE_CHECKING:
@@ -58,9 +59,7 @@ class _Reads:
 
     def take(self, ids: builtins.list[str]) -> dict[str, Insight]:
         out: dict[str, Insight] = {}
-        # With embeddings (~0.07 ms per record more): a neighbour of a new insight is
-        # likely recalled soon, and recall's MMR needs them.
-        for rid, rec in self.cache.records(ids, embeddings=True).items():
+        for rid, rec in self.cache.records(ids).items():
             if rid not in self.copies:
                 self.copies[rid] = clone(self.cache.decode(rid, rec))
                 self.metas[rid] = rec.meta
@@ -136,7 +135,7 @@ def _write(store: InsightStore, pending: dict[str, Insight],
             metadatas=metas,  # type: ignore[arg-type]
         )
         for i, meta in zip(ids, metas, strict=True):  # written in full: no need to read
-            store.records.put(i, pending[i].text, meta, new_ids[i])
+            store.records.put(i, pending[i].text, meta)
     changed: dict[str, dict[str, Any]] = {}
     for i, ins in pending.items():
         if i in new_ids:
@@ -144,7 +143,7 @@ def _write(store: InsightStore, pending: dict[str, Insight],
         old = before.get(i, {})
         # Only the keys that differ from the record as read (under the write lock): an
         # update costs per key, and most changes are one flag or one counter.
-        meta = {k: v for k, v in lifecycle_meta(ins).items()
+        meta = {k: v for k, v in to_meta(ins).items()
                 if k not in old or not _same(old[k], v)}
         if meta:
             changed[i] = meta
@@ -179,16 +178,13 @@ def _nearest_stored(store: InsightStore, reads: _Reads, insights: builtins.list[
     for i, ins in enumerate(insights):
         groups.setdefault((ins.namespace, ins.domain), []).append(i)
     out: dict[int, builtins.list[tuple[Insight, float]]] = {}
-    if store.collection.count() == 0:
-        return out
     # Only neighbours that could merge or contradict matter: skip the rest early.
     floor = min(store.dedup_threshold, store.settings.contradiction_min_similarity)
     for (namespace, domain), idx in groups.items():
         res = query_where(
             store.collection, query_embeddings=[embeddings[i] for i in idx],
             n_results=NEAR_K, where=where_clause(namespace=namespace, domain=domain),
-            # With embeddings, read with the records (see _Reads.take).
-            include=["distances", "embeddings"], min_similarity=floor, cache=store.records)
+            include=["distances"], min_similarity=floor, cache=store.records)
         found = reads.take([rid for row in res["ids"] for rid in row])
         for row, i in enumerate(idx):
             out[i] = [(found[rid], 1.0 - float(x))

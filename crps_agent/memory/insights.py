@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
-import json
 import threading
 import time
 from collections import Counter, OrderedDict
@@ -25,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from crps_agent.config import MemorySettings
 from crps_agent.errors import NotFoundError
 from crps_agent.memory.cache import RecordCache, clone
-from crps_agent.memory.chroma import open_collection, query_where, where_clause, write_lock
+from crps_agent.memory.chroma import open_collection, where_clause, write_lock
 from crps_agent.memory.credit import (
     ADMISSION_REJECTED,
     RESTORED,
@@ -36,8 +35,9 @@ from crps_agent.memory.credit import (
 from crps_agent.memory.credit import utility as _utility
 from crps_agent.memory.dedup import combine, normalise_text
 from crps_agent.memory.ingest import AddOutcome, add_locked
+from crps_agent.memory.query import query_where
 from crps_agent.memory.recall import RankParams, RecalledInsight, rank, select
-from crps_agent.memory.records import from_record, lifecycle_meta, to_meta, ts
+from crps_agent.memory.records import LAYOUT, from_record, to_meta, ts, upgrade_layout
 from crps_agent.namespaces import Namespace, validate_namespace, validate_namespaces
 from crps_agent.types import Insight
 
@@ -62,8 +62,6 @@ class InsightStore:
     """Insights of one Chroma collection (all namespaces; filters select one). `settings`
     holds the lifecycle knobs (prior, ranking, contradictions, credit); defaults if None."""
 
-    candidate_factor = 4  # recall fetches k x this many candidates to re-rank and diversify
-
     def __init__(self, client: ClientAPI, embedder: Embedder, *, dedup_threshold: float = 0.9,
                  collection: str = "insights", settings: MemorySettings | None = None) -> None:
         self.client = client
@@ -71,10 +69,18 @@ class InsightStore:
         self.dedup_threshold = dedup_threshold
         self.settings = settings or MemorySettings()
         self.collection = open_collection(client, collection, embedder)
-        self.records = RecordCache.for_collection(client, self.collection)
+        if (self.collection.metadata or {}).get("layout") != LAYOUT:
+            upgrade_layout(client, self.collection)
+        self.records = RecordCache.for_collection(client, self.collection,
+                                                  size=self.settings.record_cache_size)
         self.baselines = BaselineStore(client)
         self._queries: OrderedDict[str, builtins.list[float]] = OrderedDict()
         self._queries_lock = threading.Lock()
+
+    @property
+    def candidate_factor(self) -> int:
+        """Recall fetches k x this many candidates to re-rank and diversify."""
+        return self.settings.recall_candidates
 
     @property
     def rank_params(self) -> RankParams:
@@ -206,12 +212,15 @@ class InsightStore:
         The insights are the cache's shared objects: `clone` them before handing them out.
         Only ids, distances and embeddings come from the query; the records come from the
         cache, so a record recalled before costs no read."""
+        # Read the candidates with the query itself unless they are likely cached: this
+        # prompt was recalled before (recall, then reflect), or recent records were.
+        read_ahead = query not in self._queries and self.records.recent < 0.5
         embedding = self._embed_query(query)
         include: Any = ["distances", *(["embeddings"] if embeddings else [])]
         with self.records.reading():
             res = query_where(self.collection, query_embeddings=[embedding], n_results=n,
                               where=where, include=include, min_similarity=min_similarity,
-                              cache=self.records)
+                              cache=self.records, read_ahead=read_ahead)
             ids = res["ids"][0]
             recs = self.records.peek(ids)  # query_where just read them
             if len(recs) < len(ids):
@@ -281,10 +290,8 @@ class InsightStore:
                 else:
                     ins.losses += 1
             changed = self._judge(builtins.list(found.values()))
-            updates = [{"uses": i.uses, "wins": i.wins, "losses": i.losses,
-                        "status": i.status, "promoted": i.promoted,
-                        "flags": json.dumps(i.flags)} for i in found.values()]
-            self.collection.update(ids=builtins.list(found), metadatas=updates)  # type: ignore[arg-type]
+            self.collection.update(ids=builtins.list(found),
+                                   metadatas=[to_meta(i) for i in found.values()])
         return changed
 
     def _judge(self, insights: builtins.list[Insight]) -> builtins.list[Insight]:
@@ -307,8 +314,8 @@ class InsightStore:
         with write_lock(self.client):
             changed = self._judge(self.list(namespace=namespace, status="active"))
             if changed:
-                self.collection.update(ids=[i.id for i in changed], metadatas=[
-                    lifecycle_meta(i) for i in changed])
+                self.collection.update(ids=[i.id for i in changed],
+                                       metadatas=[to_meta(i) for i in changed])
         return changed
 
     def set_status(self, insight_id: str, status: str, *, flag: str | None = None) -> Insight:
@@ -331,7 +338,7 @@ class InsightStore:
                 flags.append(flag)
             ins.flags = builtins.list(dict.fromkeys(flags))
             ins.updated_at = ts(time.time())
-            self.collection.update(ids=[ins.id], metadatas=[lifecycle_meta(ins)])
+            self.collection.update(ids=[ins.id], metadatas=[to_meta(ins)])
         return ins
 
     def update(self, insight: Insight) -> None:

@@ -17,7 +17,8 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from crps_agent.errors import NotFoundError
-from crps_agent.memory.chroma import open_collection, query_where, where_clause, write_lock
+from crps_agent.memory.chroma import open_collection, where_clause, write_lock
+from crps_agent.memory.query import query_where
 from crps_agent.namespaces import validate_namespace
 from crps_agent.types import Contrast, SearchResult, Task, Trajectory
 

@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from crps_agent.memory import chroma
-from crps_agent.memory.chroma import open_client, query_where
+from crps_agent.memory import query as chroma_query
+from crps_agent.memory.chroma import open_client
+from crps_agent.memory.query import query_where
 
 WHERES: list[dict[str, Any] | None] = [
     None,
@@ -21,6 +22,8 @@ WHERES: list[dict[str, Any] | None] = [
     {"ok": False},
     {"ns": "none"},
     {"$or": [{"ns": "a"}, {"ok": True}]},  # not evaluated here: passed to Chroma
+    {"ns": {"$ne": "none"}},  # matches everything: read-ahead answers at once
+    {"ok": {"$in": [True, False]}},
 ]
 
 
@@ -56,10 +59,12 @@ def _reference(col: Any, q: list[list[float]], k: int, where: Any, include: list
     return res
 
 
+@pytest.mark.parametrize("read_ahead", [False, True])
 @pytest.mark.parametrize("where", WHERES)
-def test_query_where_equals_the_filtered_query(collection: Any, where: Any) -> None:
+def test_query_where_equals_the_filtered_query(collection: Any, where: Any,
+                                               read_ahead: bool) -> None:
     rnd = random.Random(str(where))
-    chroma._RATES.clear()
+    chroma_query._RATES.clear()
     for trial in range(24):
         include = [["documents", "metadatas", "distances"], ["metadatas", "embeddings"],
                    ["documents"]][trial % 3]
@@ -68,7 +73,8 @@ def test_query_where_equals_the_filtered_query(collection: Any, where: Any) -> N
         q = [[rnd.gauss(0, 1) for _ in range(8)] for _ in range(3)]
         want = _reference(collection, q, k, where, include, min_similarity)
         got = query_where(collection, query_embeddings=q, n_results=k, where=where,
-                          include=include, min_similarity=min_similarity)
+                          include=include, min_similarity=min_similarity,
+                          read_ahead=read_ahead)
         assert got["ids"] == want["ids"]
         for field in include:
             if field == "distances":
@@ -80,8 +86,10 @@ def test_query_where_equals_the_filtered_query(collection: Any, where: Any) -> N
                 assert got[field] == want[field]
 
 
+@pytest.mark.parametrize("read_ahead", [False, True])
 @pytest.mark.parametrize("where", WHERES)
-def test_query_where_with_a_record_cache(collection: Any, where: Any) -> None:
+def test_query_where_with_a_record_cache(collection: Any, where: Any,
+                                         read_ahead: bool) -> None:
     """The same answer when documents, metadatas and embeddings come from the cache, cold
     or warm, and after the records changed."""
     from crps_agent.memory.cache import RecordCache
@@ -90,7 +98,7 @@ def test_query_where_with_a_record_cache(collection: Any, where: Any) -> None:
     cache = RecordCache.for_collection(client, collection)
     assert cache.persistent
     rnd = random.Random(f"cache {where}")
-    chroma._RATES.clear()
+    chroma_query._RATES.clear()
     for trial in range(18):
         if trial == 9:
             collection.update(ids=[str(i) for i in range(0, 600, 7)],
@@ -103,7 +111,8 @@ def test_query_where_with_a_record_cache(collection: Any, where: Any) -> None:
         want = _reference(collection, q, k, where, include, min_similarity)
         with cache.reading():
             got = query_where(collection, query_embeddings=q, n_results=k, where=where,
-                              include=include, min_similarity=min_similarity, cache=cache)
+                              include=include, min_similarity=min_similarity, cache=cache,
+                              read_ahead=read_ahead)
         assert got["ids"] == want["ids"]
         for field in include:
             if field == "distances":
@@ -114,3 +123,25 @@ def test_query_where_with_a_record_cache(collection: Any, where: Any) -> None:
             else:
                 assert got[field] == want[field]
     assert cache.hits > 0
+
+
+def test_read_ahead_answers_with_one_query_when_everything_matches(collection: Any) -> None:
+    calls: list[str] = []
+
+    class Spy:
+        def __getattr__(self, name: str) -> Any:
+            if name in ("query", "get"):
+                calls.append(name)
+            return getattr(collection, name)
+
+    chroma_query._RATES.clear()
+    q = [[0.1 * i for i in range(8)]]
+    where = {"ns": {"$ne": "none"}}
+    got = query_where(Spy(), query_embeddings=q, n_results=20, where=where,  # type: ignore[arg-type]
+                      include=["documents", "metadatas", "distances"], read_ahead=True)
+    assert calls == ["query"]
+    assert got["ids"] == _reference(collection, q, 20, where, ["documents"], None)["ids"]
+    calls.clear()
+    query_where(Spy(), query_embeddings=q, n_results=20, where=where,  # type: ignore[arg-type]
+                include=["documents", "metadatas", "distances"])
+    assert calls == ["query", "get"]  # nearest ids first, then only the records needed

@@ -4,6 +4,7 @@ is seen by the next read."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -51,6 +52,7 @@ class GetCounter:
         self.collection = memory.insights.collection
         self.reads = 0
         self._get = self.collection.get
+        self._query = self.collection.query
 
     def __enter__(self) -> GetCounter:
         def get(*args: Any, **kwargs: Any) -> Any:
@@ -59,11 +61,19 @@ class GetCounter:
                 self.reads += len(res["ids"])
             return res
 
+        def query(*args: Any, **kwargs: Any) -> Any:
+            res = self._query(*args, **kwargs)
+            if set(kwargs.get("include") or []) & {"documents", "metadatas"}:
+                self.reads += sum(len(row) for row in res["ids"])
+            return res
+
         self.collection.get = get  # type: ignore[method-assign]
+        self.collection.query = query  # type: ignore[method-assign]
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.collection.get = self._get  # type: ignore[method-assign]
+        self.collection.query = self._query  # type: ignore[method-assign]
 
 
 def test_a_second_recall_reads_no_record(tmp_path: Path) -> None:
@@ -113,7 +123,8 @@ def test_writes_of_this_process_are_seen_through_any_api(tmp_path: Path) -> None
     memory.record([first], correct=True)
     assert memory.insights.get(first).wins == 1
     # a write that bypasses InsightStore (curation import writes the collection itself)
-    memory.insights.collection.update(ids=[first], metadatas=[{"wins": 7}])
+    changed = dataclasses.replace(memory.insights.get(first), wins=7)
+    memory.insights.collection.update(ids=[first], metadatas=[to_meta(changed)])
     assert memory.insights.get(first).wins == 7
     assert {r.insight.id: r.insight.wins for r in memory.recall(QUERY, domain="math", k=6)
             }[first] == 7
@@ -162,8 +173,8 @@ def test_merge_and_flag_updates_write_only_what_changed(tmp_path: Path) -> None:
     collection.update = spy  # type: ignore[method-assign]
     out = memory.remember([Insight(text=TEXTS[0].upper(), domain="math", evidence=["new"])])
     collection.update = update  # type: ignore[method-assign]
-    assert out[0].merged and calls and set(calls[0][0]) == {"support", "evidence",
-                                                             "updated_at"}
+    # the filter keys are unchanged: only the packed fields are written
+    assert out[0].merged and calls and set(calls[0][0]) == {"data"}
     memory.insights.records.invalidate()
     stored = memory.insights.get(items[0].id)
     assert (stored.support, stored.evidence, stored.wins, stored.uses) == \
