@@ -105,8 +105,8 @@ class MemorySettings(BaseModel):
                               "= more diverse notes")
     recall_candidates: int = Field(4, ge=1, le=50, description="recall re-ranks k x this many "
                                    "nearest insights (utility, MMR); 1 = similarity order")
-    record_cache_size: int = Field(50_000, ge=0, description="insight records a process keeps "
-                                   "decoded (~1.5 KB each) so that recall and dedup re-read "
+    record_cache_size: int = Field(20_000, ge=0, description="insight records a process keeps "
+                                   "decoded (~3 KB each) so that recall and dedup re-read "
                                    "nothing; 0 = off")
     shared_namespaces: list[str] = Field(default_factory=list, description="namespaces recall "
                                          "also reads (explicit sharing, e.g. ['global'])")

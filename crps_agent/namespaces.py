@@ -100,7 +100,18 @@ def decode_namespace(value: Namespace) -> tuple[str, ...]:
 def validate_namespace(value: Namespace) -> str:
     """The canonical encoded string of a namespace (tuple or string); raises `ConfigError`
     when it is invalid. Idempotent on its own output."""
-    return encode_namespace(decode_namespace(value))
+    if isinstance(value, str):
+        known = _VALID.get(value)
+        if known is not None:  # every recall and write validates the same few namespaces
+            return known
+    encoded = encode_namespace(decode_namespace(value))
+    if isinstance(value, str) and len(_VALID) < _MAX_VALID:
+        _VALID[value] = encoded
+    return encoded
+
+
+_VALID: dict[str, str] = {}  # string form -> canonical form, of valid namespaces only
+_MAX_VALID = 4096
 
 
 def validate_namespaces(values: Iterable[Namespace] | None) -> list[str]:

@@ -5,8 +5,9 @@ document or metadata costs ~0.1 ms (one SQLite row per metadata key; see records
 while ids, distances and embeddings cost almost nothing in a query. Recall ranks 4 x k
 candidates and dedup looks at 5 neighbours per added insight, so re-reading the same records
 dominated both. With the cache, a record is read from Chroma (and JSON-decoded) once per
-process until something changes it. Embeddings are not kept: queries return them cheaply,
-and without them an entry is ~1.5 KB (`MemorySettings.record_cache_size` entries at most).
+process until something changes it. Embeddings are kept when a read brought them (recall's
+MMR needs them; a query pays ~0.035 ms per embedding): an entry is ~3 KB with one, and a
+cache holds `MemorySettings.record_cache_size` entries at most.
 
 Correctness: an entry is only served while no write can have changed it.
 - Writes of this process: every data write of the client's server (`_add`, `_update`,
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = ["MAX_ENTRIES", "Record", "RecordCache", "clone"]
 
-MAX_ENTRIES = 50_000  # default records kept per collection (~1.5 KB each)
+MAX_ENTRIES = 20_000  # default records kept per collection (~3 KB each)
 _HOOKS = "_crps_record_hooks"  # server attribute: {collection id: [caches]}
 _ID_WRITES = ("_add", "_update", "_upsert", "_delete")
 _WIPES = ("delete_collection", "reset")
@@ -54,6 +55,7 @@ class Record:
 
     document: str | None
     meta: Mapping[str, Any]
+    embedding: Any = None  # float32, when a read brought it
     decoded: Insight | None = None
 
 
@@ -150,8 +152,9 @@ class RecordCache:
 
     # ------------------------------------------------------------------ reading
 
-    def records(self, ids: Sequence[str]) -> dict[str, Record]:
-        """The records of `ids` that exist, from the cache or one `get` for the rest."""
+    def records(self, ids: Sequence[str], *, embeddings: bool = False) -> dict[str, Record]:
+        """The records of `ids` that exist, from the cache or one `get` for the rest; with
+        `embeddings`, each with its embedding."""
         with self.reading():
             out: dict[str, Record] = {}
             missing: list[str] = []
@@ -165,14 +168,25 @@ class RecordCache:
             self.misses += len(missing)
             self._note(len(out), len(out) + len(missing))
             if missing:
-                res: Any = self.collection.get(ids=missing, include=["documents", "metadatas"])
-                for rid, doc, meta in zip(res["ids"], res["documents"] or [],
-                                          res["metadatas"] or [], strict=True):
-                    out[rid] = self._put(rid, doc, meta or {})
+                fields: Any = ["documents", "metadatas", *(["embeddings"] if embeddings
+                                                           else [])]
+                res: Any = self.collection.get(ids=missing, include=fields)
+                embs = res["embeddings"] if res.get("embeddings") is not None \
+                    else [None] * len(res["ids"])
+                for rid, doc, meta, emb in zip(res["ids"], res["documents"] or [],
+                                               res["metadatas"] or [], embs, strict=True):
+                    out[rid] = self._put(rid, doc, meta or {}, emb)
+            if embeddings:
+                bare = [rid for rid, rec in out.items() if rec.embedding is None]
+                if bare:
+                    res = self.collection.get(ids=bare, include=["embeddings"])
+                    for rid, emb in zip(res["ids"], res["embeddings"], strict=True):
+                        out[rid].embedding = _vector(emb)
             return out
 
     def keep_read(self, ids: Sequence[str], documents: Sequence[str | None],
-                  metas: Sequence[Mapping[str, Any] | None]) -> None:
+                  metas: Sequence[Mapping[str, Any] | None],
+                  embeddings: Sequence[Any] | None = None) -> None:
         """Keep records a query of this section has just read (counted as misses, or as
         hits for the ones that were cached already: a read that would have been saved)."""
         with self.reading():
@@ -180,9 +194,13 @@ class RecordCache:
             self.hits += cached
             self.misses += len(ids) - cached
             self._note(cached, len(ids))
-            for rid, doc, meta in zip(ids, documents, metas, strict=True):
-                if rid not in self._entries:
-                    self._put(rid, doc, meta or {})
+            embs = embeddings if embeddings is not None else [None] * len(ids)
+            for rid, doc, meta, emb in zip(ids, documents, metas, embs, strict=True):
+                rec = self._entries.get(rid)
+                if rec is None:
+                    self._put(rid, doc, meta or {}, emb)
+                elif rec.embedding is None and emb is not None:
+                    rec.embedding = _vector(emb)
 
     def _note(self, hits: int, total: int) -> None:
         if total:
@@ -208,16 +226,18 @@ class RecordCache:
 
     # ------------------------------------------------------------------ writing
 
-    def put(self, rid: str, document: str | None, meta: Mapping[str, Any]) -> None:
+    def put(self, rid: str, document: str | None, meta: Mapping[str, Any],
+            embedding: Any = None) -> None:
         """Remember a record this process has just written in full (under the write lock,
         after the write), so it need not be read back."""
         with self.reading():
-            self._put(rid, document, dict(meta))
+            self._put(rid, document, dict(meta), embedding)
 
-    def _put(self, rid: str, document: str | None, meta: Mapping[str, Any]) -> Record:
+    def _put(self, rid: str, document: str | None, meta: Mapping[str, Any],
+             embedding: Any = None) -> Record:
         # One key object per key name: Chroma makes new ones per record.
         meta = {_KEYS.setdefault(k, k): v for k, v in meta.items()}
-        rec = Record(document, meta)
+        rec = Record(document, meta, None if embedding is None else _vector(embedding))
         # Without a store lock (a server) entries live for one section; size 0 is the same.
         if self.persistent or self._depth > 0:
             if self.size > 0 and len(self._entries) >= self.size:
@@ -225,6 +245,13 @@ class RecordCache:
                     del self._entries[old]
             self._entries[rid] = rec
         return rec
+
+
+def _vector(embedding: Any) -> Any:
+    """A float32 copy: Chroma hands out float64 rows of the whole batch's array."""
+    import numpy as np
+
+    return np.array(embedding, dtype=np.float32)
 
 
 # ---------------------------------------------------------------------- write hooks

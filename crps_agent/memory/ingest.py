@@ -135,7 +135,7 @@ def _write(store: InsightStore, pending: dict[str, Insight],
             metadatas=metas,  # type: ignore[arg-type]
         )
         for i, meta in zip(ids, metas, strict=True):  # written in full: no need to read
-            store.records.put(i, pending[i].text, meta)
+            store.records.put(i, pending[i].text, meta, new_ids[i])
     changed: dict[str, dict[str, Any]] = {}
     for i, ins in pending.items():
         if i in new_ids:

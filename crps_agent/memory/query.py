@@ -9,7 +9,6 @@ per metadata key, see records.py), its distance and embedding almost nothing. Se
 
 from __future__ import annotations
 
-import json
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -73,8 +72,9 @@ _READ_AHEAD_RATE = 0.9  # filter match rate above which reading the n nearest pa
 
 
 def _rate_key(collection: Collection, where: dict[str, Any]) -> tuple[str, str]:
-    return str(getattr(collection, "id", collection.name)), json.dumps(where, sort_keys=True,
-                                                                      default=str)
+    # repr, not sorted JSON: where_clause builds its dicts in one order, and a key that
+    # differs only by order costs a cold estimate, never a wrong answer
+    return str(getattr(collection, "id", collection.name)), repr(where)
 
 
 def query_where(collection: Collection, *, query_embeddings: Any, n_results: int,
@@ -103,9 +103,9 @@ def query_where(collection: Collection, *, query_embeddings: Any, n_results: int
        been among the nearest);
     3. asks again with the filter for the query rows that came up short.
     A filter that rarely matches (a small namespace) goes straight to the filtered query, as
-    do filters with other operators. With a `cache` (`crps_agent.memory.cache`) documents
-    and metadatas come from it (call this inside its `reading()` section); embeddings always
-    come with Chroma's query, where they cost ~0.02 ms each against ~0.07 ms in a `get`.
+    do filters with other operators. With a `cache` (`crps_agent.memory.cache`) documents,
+    metadatas and embeddings come from it (call this inside its `reading()` section), and
+    what a query reads goes into it.
     """
     include = [str(i) for i in include]
     conditions = None if where is None else _conditions(where)
@@ -123,7 +123,7 @@ def query_where(collection: Collection, *, query_embeddings: Any, n_results: int
         if ahead is not None:
             return ahead
     fetch = min(_MAX_FETCH, math.ceil(n_results / rate * 1.25) + 4)
-    vectors = "embeddings" in include
+    vectors = "embeddings" in include and cache is None  # else the cache has them
     asked: Any = ["distances", "embeddings"] if vectors else ["distances"]
     near: Any = collection.query(query_embeddings=query_embeddings, n_results=fetch,
                                  include=asked)
@@ -132,7 +132,7 @@ def query_where(collection: Collection, *, query_embeddings: Any, n_results: int
              for dists in near["distances"]]
     kept: list[list[int]] = [[] for _ in near_ids]
     pos = [0] * len(near_ids)
-    records: dict[str, tuple[Any, Any]] = {}
+    records: dict[str, tuple[Any, Any, Any]] = {}
     seen = matched = 0
     local = rate
     for round_ in range(_MAX_ROUNDS):
@@ -175,6 +175,8 @@ def query_where(collection: Collection, *, query_embeddings: Any, n_results: int
             out["distances"].append([float(near["distances"][r][j]) for j in kept[r]])
         if vectors:
             out["embeddings"].append([near["embeddings"][r][j] for j in kept[r]])
+        elif "embeddings" in include:
+            out["embeddings"].append([records[row_ids[j]][2] for j in kept[r]])
         for f, at in (("documents", 0), ("metadatas", 1)):
             if f in include:
                 out[f].append([records[row_ids[j]][at] for j in kept[r]])
@@ -203,7 +205,9 @@ def _read_ahead(collection: Collection, query_embeddings: Any, n_results: int,
     if cache is not None:  # what was read is as good as a cache read
         cache.keep_read([i for row in res["ids"] for i in row],
                         [d for row in res["documents"] for d in row],
-                        [m for row in res["metadatas"] for m in row])
+                        [m for row in res["metadatas"] for m in row],
+                        None if "embeddings" not in asked
+                        else [e for row in res["embeddings"] for e in row])
     out: dict[str, Any] = {f: None if f != "ids" and f not in include else [] for f in _FIELDS}
     out["included"] = include
     for r, row_ids in enumerate(res["ids"]):
@@ -221,23 +225,27 @@ def _read_ahead(collection: Collection, query_embeddings: Any, n_results: int,
 
 
 def _read(collection: Collection, ids: list[str], include: list[str],
-          cache: RecordCache | None) -> dict[str, tuple[Any, Any]]:
-    """(document, metadata) of the records of `ids` that exist."""
+          cache: RecordCache | None) -> dict[str, tuple[Any, Any, Any]]:
+    """(document, metadata, embedding) of the records of `ids` that exist (the embedding
+    only from a cache: without one the nearest-records query brings them)."""
     if not ids:
         return {}
     if cache is not None:
-        return {i: (rec.document, rec.meta) for i, rec in cache.records(ids).items()}
+        return {i: (rec.document, rec.meta, rec.embedding) for i, rec in cache.records(
+            ids, embeddings="embeddings" in include).items()}
     asked: Any = ["metadatas", *(["documents"] if "documents" in include else [])]
     got: Any = collection.get(ids=ids, include=asked)
     docs = got["documents"] if got.get("documents") is not None else [None] * len(got["ids"])
-    return {i: (d, m) for i, d, m in zip(got["ids"], docs, got["metadatas"], strict=True)}
+    return {i: (d, m, None) for i, d, m in zip(got["ids"], docs, got["metadatas"],
+                                                strict=True)}
 
 
 def _filtered(collection: Collection, query_embeddings: Any, n_results: int,
               where: dict[str, Any] | None, include: list[str],
               min_similarity: float | None, cache: RecordCache | None) -> dict[str, Any]:
-    """Chroma's own (filtered) query; with a cache, documents and metadatas come from it."""
-    fields = [f for f in include if f in ("documents", "metadatas")] \
+    """Chroma's own (filtered) query; with a cache, documents, metadatas and embeddings
+    come from it."""
+    fields = [f for f in include if f in ("documents", "metadatas", "embeddings")] \
         if cache is not None else []
     asked: Any = [f for f in include if f not in fields]
     if min_similarity is not None:
@@ -246,11 +254,12 @@ def _filtered(collection: Collection, query_embeddings: Any, n_results: int,
                                      where=where, include=list(dict.fromkeys(asked))))
     res = _cut(res, [f for f in include if f not in fields], min_similarity)
     if fields and cache is not None:
-        found = cache.records([i for row in res["ids"] for i in row])
-        for f, at in (("documents", 0), ("metadatas", 1)):
+        found = cache.records([i for row in res["ids"] for i in row],
+                              embeddings="embeddings" in fields)
+        for f, at in (("documents", 0), ("metadatas", 1), ("embeddings", 2)):
             if f in fields:
-                res[f] = [[(found[i].document, found[i].meta)[at] for i in row]
-                          for row in res["ids"]]
+                res[f] = [[(found[i].document, found[i].meta, found[i].embedding)[at]
+                           for i in row] for row in res["ids"]]
     return res
 
 

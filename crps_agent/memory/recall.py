@@ -86,17 +86,21 @@ def select(ranked: Sequence[RecalledInsight], vectors: Sequence[Any] | None, *, 
 
     mat = None if vectors is None else np.asarray(vectors, dtype=np.float32)
     lam = params.mmr_lambda
-    remaining = list(range(len(ranked)))
+    diverse = mat is not None and lam < 1.0
+    relevance = np.array([lam * r.score for r in ranked], dtype=np.float64)
+    open_ = np.ones(len(ranked), dtype=bool)  # not picked yet
     max_sim = np.full(len(ranked), -1.0, dtype=np.float32)  # to the chosen notes
     chosen: list[RecalledInsight] = []
     used = 0
-    while remaining and len(chosen) < k:
-        if mat is None or not chosen or lam >= 1.0:
-            pick = remaining[0]  # ranked order: the best remaining score
+    for _ in range(len(ranked)):
+        if len(chosen) >= k:
+            break
+        if not diverse or not chosen:
+            pick = int(np.argmax(open_))  # ranked order: the best remaining score
         else:
-            gains = [lam * ranked[i].score - (1.0 - lam) * float(max_sim[i]) for i in remaining]
-            pick = remaining[int(np.argmax(gains))]
-        remaining.remove(pick)
+            gains = relevance - (1.0 - lam) * max_sim
+            pick = int(np.argmax(np.where(open_, gains, -np.inf)))
+        open_[pick] = False
         item = ranked[pick]
         if mat is not None and chosen and float(max_sim[pick]) >= params.near_duplicate:
             continue
