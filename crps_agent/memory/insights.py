@@ -213,8 +213,8 @@ class InsightStore:
         Only ids, distances and embeddings come from the query; the records come from the
         cache, so a record recalled before costs no read."""
         # Read the candidates with the query itself unless they are likely cached: this
-        # prompt was recalled before (recall, then reflect), or recent records were.
-        read_ahead = query not in self._queries and self.records.recent < 0.5
+        # prompt was recalled before (recall, then reflect), or recent reads were.
+        read_ahead = query not in self._queries and self.records.warm < 0.5
         embedding = self._embed_query(query)
         include: Any = ["distances", *(["embeddings"] if embeddings else [])]
         with self.records.reading():

@@ -84,25 +84,27 @@ def select(ranked: Sequence[RecalledInsight], vectors: Sequence[Any] | None, *, 
         return []
     import numpy as np
 
-    mat = None if vectors is None else np.asarray(vectors, dtype=np.float32)
     lam = params.mmr_lambda
-    diverse = mat is not None and lam < 1.0
-    relevance = np.array([lam * r.score for r in ranked], dtype=np.float64)
-    open_ = np.ones(len(ranked), dtype=bool)  # not picked yet
-    max_sim = np.full(len(ranked), -1.0, dtype=np.float32)  # to the chosen notes
+    # Pairwise similarities once (one BLAS call), then plain Python: a few dozen
+    # candidates and k picks cost less than one numpy call per pick.
+    gram: list[list[float]] | None = None
+    if vectors is not None:
+        mat = np.asarray(vectors, dtype=np.float32)
+        gram = (mat @ mat.T).tolist()
+    diverse = gram is not None and lam < 1.0
+    relevance = [lam * r.score for r in ranked]
+    remaining = list(range(len(ranked)))
+    max_sim = [-1.0] * len(ranked)  # to the chosen notes
     chosen: list[RecalledInsight] = []
     used = 0
-    for _ in range(len(ranked)):
-        if len(chosen) >= k:
-            break
+    while remaining and len(chosen) < k:
         if not diverse or not chosen:
-            pick = int(np.argmax(open_))  # ranked order: the best remaining score
+            pick = remaining[0]  # ranked order: the best remaining score
         else:
-            gains = relevance - (1.0 - lam) * max_sim
-            pick = int(np.argmax(np.where(open_, gains, -np.inf)))
-        open_[pick] = False
+            pick = max(remaining, key=lambda i: relevance[i] - (1.0 - lam) * max_sim[i])
+        remaining.remove(pick)
         item = ranked[pick]
-        if mat is not None and chosen and float(max_sim[pick]) >= params.near_duplicate:
+        if gram is not None and chosen and max_sim[pick] >= params.near_duplicate:
             continue
         if any(_conflict(item.insight, c.insight) for c in chosen):
             continue
@@ -111,6 +113,7 @@ def select(ranked: Sequence[RecalledInsight], vectors: Sequence[Any] | None, *, 
             continue
         chosen.append(item)
         used += cost
-        if mat is not None:
-            np.maximum(max_sim, mat @ mat[pick], out=max_sim)
+        if gram is not None:
+            row = gram[pick]
+            max_sim = [m if m >= g else g for m, g in zip(max_sim, row, strict=True)]
     return chosen

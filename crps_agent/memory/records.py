@@ -121,7 +121,9 @@ def upgrade_layout(client: ClientAPI, collection: Collection,
     from crps_agent.memory.chroma import write_lock
 
     with write_lock(client):
-        meta = dict(collection.metadata or {})
+        # read again under the lock: another process may have upgraded it meanwhile
+        meta = dict(client.get_collection(collection.name, embedding_function=None).metadata
+                    or {})
         if meta.get("layout") == LAYOUT:
             return 0
         total = collection.count()
