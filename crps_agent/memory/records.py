@@ -17,6 +17,8 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from orjson import loads as _loads  # ~5x json's speed on these small objects
+
 from crps_agent.memory.dedup import text_hash
 from crps_agent.types import Insight
 
@@ -90,10 +92,6 @@ def from_record(insight_id: str, document: str | None, meta: Any) -> Insight:
 
 _DEFAULTS = Insight(text="", id="-")
 _PACKED_KEYS = len(FILTER_KEYS) + 1
-try:  # a chromadb dependency: ~5x faster than json for these small objects
-    from orjson import loads as _loads
-except ImportError:  # pragma: no cover - chromadb without orjson
-    _loads = json.loads  # type: ignore[assignment]
 
 
 def _unpack(insight_id: str, document: str | None, meta: Mapping[str, Any]) -> Insight:
