@@ -38,7 +38,9 @@ echo "== insights after pass 1"
 
 echo
 echo "== pass 2: 2 new problems, with recalled insights in the prompt"
-CRPS_TRANSCRIPT="$TRANSCRIPT" "$CLI" learn "$HERE/tasks-pass2.jsonl" "${COMMON[@]}" --budget 3 --json
+# No ablation here: a learn run holds out a random 10% of tasks (no notes, a baseline
+# sample), and this pass is meant to show the notes every time.
+CRPS_MEMORY__ABLATION_SHARE=0 CRPS_TRANSCRIPT="$TRANSCRIPT" "$CLI" learn "$HERE/tasks-pass2.jsonl" "${COMMON[@]}" --budget 3 --json
 echo
 echo "== notes recalled into the pass-2 solve prompts"
 python3 - "$TRANSCRIPT" <<'PY'

@@ -25,7 +25,9 @@ def test_offline_example_learns_recalls_and_exports(tmp_path: Path) -> None:
     out = subprocess.run([str(EXAMPLES / "run.sh"), str(store)], capture_output=True,
                          text=True, env=env, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "<notes>" in out.stdout and "== CRPS" in out.stdout
+    assert "== CRPS" in out.stdout
+    recalled = out.stdout.split("== notes recalled", 1)[1].split("== insights after pass 2")[0]
+    assert recalled.count("<notes>") == 2 and "(no notes recalled)" not in recalled
     exports = store / "exports" / "offline"
     for method in ("crps", "rft", "best"):
         meta = json.loads((exports / method / "meta.json").read_text())
