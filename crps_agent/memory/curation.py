@@ -406,15 +406,14 @@ def _catch_up(old: Collection, new: Collection, logical: str, embedder: Embedder
     gone = sorted(set(target) - set(source))
     if gone:
         new.delete(ids=gone)
-    def same(i: str, doc: Any, meta: dict[str, Any]) -> bool:
+
+    def content(i: str, doc: Any, meta: dict[str, Any]) -> Any:
         if logical == "insights":  # the copy's embedder and layout differ by design
-            return dataclasses.replace(from_record(i, target[i][0], target[i][1]),
-                                       embedder="") == dataclasses.replace(
-                from_record(i, doc, meta), embedder="")
-        return target[i][0] == doc and target[i][1] == meta
+            return dataclasses.replace(from_record(i, doc, meta), embedder="")
+        return doc, meta
 
     stale = sorted(i for i, (doc, meta) in source.items()
-                   if i not in target or not same(i, doc, meta))
+                   if i not in target or content(i, *target[i]) != content(i, doc, meta))
     if stale:
         _copy(old, new, logical, embedder, None, batch, ids=stale)
     return len(stale)

@@ -210,8 +210,8 @@ class InsightStore:
                ) -> builtins.list[tuple[Insight, float, Any]]:
         """(insight, similarity, embedding or None) of the n nearest matches of `where`.
         The insights are the cache's shared objects: `clone` them before handing them out.
-        Only ids, distances and embeddings come from the query; the records come from the
-        cache, so a record recalled before costs no read."""
+        Records come from the cache (a record recalled before costs no read) or, when few
+        are likely cached, with the query itself (`read_ahead`), which fills the cache."""
         # Read the candidates with the query itself unless they are likely cached: this
         # prompt was recalled before (recall, then reflect), or recent reads were.
         read_ahead = query not in self._queries and self.records.warm < 0.5

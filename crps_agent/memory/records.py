@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from orjson import loads as _loads  # ~5x json's speed on these small objects
 
+from crps_agent.memory.chroma import write_lock
 from crps_agent.memory.dedup import text_hash
 from crps_agent.types import Insight
 
@@ -69,13 +70,13 @@ def fields_of(meta: Mapping[str, Any] | None) -> dict[str, Any]:
     m = dict(meta or {})
     packed = m.pop(PACKED, None)
     if isinstance(packed, str) and packed:
-        m.update(json.loads(packed))
+        m.update(_loads(packed))
     return m
 
 
 def from_record(insight_id: str, document: str | None, meta: Any) -> Insight:
     """The insight of a record (defaults for fields an older record lacks)."""
-    if meta and len(meta) == _PACKED_KEYS and PACKED in meta:  # layout 2, nothing else
+    if is_packed(meta):
         return _unpack(insight_id, document, meta)
     m = fields_of(meta)
     return Insight(
@@ -107,8 +108,8 @@ def _unpack(insight_id: str, document: str | None, meta: Mapping[str, Any]) -> I
 
 
 def is_packed(meta: Mapping[str, Any] | None) -> bool:
-    """Whether a record is in layout 2 only (no layout-1 key left)."""
-    return bool(meta) and PACKED in meta and not any(k in meta for k in PACKED_FIELDS)  # type: ignore[operator]
+    """Whether a record is in layout 2 only: the filter keys and `data`, nothing else."""
+    return meta is not None and len(meta) == _PACKED_KEYS and PACKED in meta
 
 
 def upgrade_layout(client: ClientAPI, collection: Collection,
@@ -116,8 +117,6 @@ def upgrade_layout(client: ClientAPI, collection: Collection,
     """Rewrite the records of an insight collection still in layout 1 in layout 2 (their
     layout-1 keys removed: Chroma drops a key updated to None), then mark the collection.
     Idempotent, under the store's write lock; returns the records rewritten."""
-    from crps_agent.memory.chroma import write_lock
-
     with write_lock(client):
         # read again under the lock: another process may have upgraded it meanwhile
         meta = dict(client.get_collection(collection.name, embedding_function=None).metadata
