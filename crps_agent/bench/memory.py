@@ -18,8 +18,13 @@ For each size N, in one embedded store (a temporary directory unless `store` is 
   p50 <= 25 ms at 100k). Recall ranks `candidates` (4 x k) records of the namespace where
   the raw query reads k: `cached` is the share of those the store's per-process record
   cache served (crps_agent.memory.cache) instead of Chroma.
-- rss: the resident memory (MB) of a fresh process that opens the store and recalls once,
-  beside `base_mb` (the same with an empty store).
+- rss: the resident memory (MB) of a fresh process that opens the store, reads it into its
+  record cache (`Memory.warm`) and recalls once, beside `cold_mb` (the same without the
+  preload) and `base_mb` (an empty store).
+
+Both timed phases run on a store read into the record cache first (`Memory.warm`, as a
+long-running agent's is after its first recall; `preload_s` says how long that took), so
+recall and dedup read only distances from Chroma.
 
 `store` keeps the stores in that directory (one `n<size>` store per size) instead of a
 temporary one.
@@ -144,17 +149,23 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def _rss_mb(store: str, embedder: str, query: str) -> float:
-    """Resident memory of a fresh process that opens `store` and recalls once."""
+def _rss_mb(store: str, embedder: str, query: str, *, warm: bool = True) -> float:
+    """Resident memory of a fresh process that opens `store`, reads it into the record
+    cache (`warm`; else with the setting `preload` off) and recalls once."""
     code = (
         "import json, sys\n"
+        "from crps_agent.config import MemorySettings\n"
         "from crps_agent.memory.facade import Memory\n"
-        "m = Memory(sys.argv[1], embedder=sys.argv[2])\n"
+        "warm = sys.argv[4] == '1'\n"
+        "s = MemorySettings.model_validate({'embedder': sys.argv[2], 'preload': warm})\n"
+        "m = Memory(sys.argv[1], settings=s)\n"
+        "m.warm() if warm else None\n"
         "m.insights.recall(sys.argv[3], namespace='bench', domain='math', k=5)\n"
         "rss = [int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmRSS')]\n"
         "print(json.dumps({'mb': round(rss[0] / 1024, 1) if rss else -1}))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code, store, embedder, query],
+    out = subprocess.run([sys.executable, "-c", code, store, embedder, query,
+                          "1" if warm else "0"],
                          capture_output=True, text=True, check=False)
     if out.returncode != 0:
         return -1.0
@@ -191,6 +202,9 @@ def _ingest(memory: Any, embedder: Any, texts: list[str], batch: int, window: in
         collection.add(ids=[i.id for i in items], embeddings=embedder.embed(chunk),
                        documents=chunk, metadatas=_records(items, embedder.name))
         say(f"size {size}: bulk load {start + len(chunk)}/{bulk}")
+    t0 = time.perf_counter()
+    preloaded = memory.warm()  # as a long-running agent's store is (see InsightStore.warm)
+    preload_s = time.perf_counter() - t0
     timed = {"store": [0, 0.0], "raw": [0, 0.0]}
     merged = 0
     for n, start in enumerate(range(bulk, size, batch)):
@@ -214,7 +228,7 @@ def _ingest(memory: Any, embedder: Any, texts: list[str], batch: int, window: in
             "raw_per_s": round(raw_per_s, 1),
             "ratio": round(per_s / raw_per_s, 3) if raw_per_s else None,
             "window": window, "merged": merged, "stored": memory.insights.count(),
-            "batch": batch}
+            "batch": batch, "preloaded": preloaded, "preload_s": round(preload_s, 2)}
 
 
 def _recall(memory: Any, embedder: Any, queries: list[str], warm: list[str], k: int,
@@ -232,6 +246,9 @@ def _recall(memory: Any, embedder: Any, queries: list[str], warm: list[str], k: 
         collection.query(query_embeddings=embedder.embed([q]), n_results=k,
                          include=["documents", "metadatas", "distances"])
 
+    t0 = time.perf_counter()
+    preloaded = memory.warm()  # what the ingest window's raw adds put in the store
+    preload_s = time.perf_counter() - t0
     for q in warm:  # warm-up: indexes loaded, models and caches filled
         store_call(q)
         raw_call(q)
@@ -253,7 +270,8 @@ def _recall(memory: Any, embedder: Any, queries: list[str], warm: list[str], k: 
             "raw_p99_ms": round(_pct(raw_ms, 0.99), 3),
             "ratio": round(p50 / raw_p50, 3) if raw_p50 else None, "queries": len(queries),
             "k": k, "candidates": memory.insights.candidate_factor * k,
-            "cached": round(hits / (hits + misses), 3) if hits + misses else None}
+            "cached": round(hits / (hits + misses), 3) if hits + misses else None,
+            "preloaded": preloaded, "preload_s": round(preload_s, 2)}
 
 
 def run_memory_bench(sizes: list[int], *, embedder: str = "minilm", queries: int = 200,
@@ -303,6 +321,7 @@ def run_memory_bench(sizes: list[int], *, embedder: str = "minilm", queries: int
                     base_mb = _rss_mb(str(empty), base.name, query_texts[0])
                 yield {"bench": "rss", "size": size,
                        "mb": _rss_mb(str(path), base.name, query_texts[0]),
+                       "cold_mb": _rss_mb(str(path), base.name, query_texts[0], warm=False),
                        "base_mb": base_mb, "embedder": base.name}
             del memory
             gc.collect()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -78,6 +78,13 @@ class Memory:
                             else min_similarity),
             shared=list(self.settings.shared_namespaces) if shared is None else shared,
         )
+
+    def warm(self, progress: Callable[[int, int], None] | None = None) -> int:
+        """Read the insights into this process's cache now, so that recall and dedup read
+        only distances from the store (see `InsightStore.warm`); returns the records read.
+        For a long-running agent on a large store: otherwise the first recall starts it in
+        the background."""
+        return self.insights.warm(progress)
 
     def record(self, insight_ids: list[str], correct: bool) -> list[Insight]:
         """Credit a task's verdict to the insights it used; returns the insights that were

@@ -19,6 +19,7 @@ import dataclasses
 import threading
 import time
 from collections import Counter, OrderedDict
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from crps_agent.config import MemorySettings
@@ -111,7 +112,9 @@ class InsightStore:
                     for i in insights]
         embeddings = self.embedder.embed([ins.text for ins in insights])
         with write_lock(self.client):
-            return add_locked(self, insights, embeddings, backend)
+            outcomes = add_locked(self, insights, embeddings, backend)
+        self._preload()
+        return outcomes
 
     def merge(self, ids: builtins.list[str], *, text: str | None = None,
               kind: str | None = None) -> Insight:
@@ -130,6 +133,18 @@ class InsightStore:
             return self._get_exact(merged.id)
 
     # ----------------------------------------------------------------------- reading
+
+    def warm(self, progress: Callable[[int, int], None] | None = None) -> int:
+        """Read the whole store into this process's record cache now (recall and dedup
+        then read only distances from Chroma); returns the records read. Without this,
+        the first recall or add starts it in the background (setting `preload`). Reads
+        nothing for a Chroma server, or when the store has more insights than the
+        setting `record_cache_size`."""
+        return self.records.preload(progress=progress)
+
+    def _preload(self) -> None:
+        if self.settings.preload:
+            self.records.start_preload()
 
     def _fetch(self, ids: builtins.list[str] | None = None,
                where: dict[str, Any] | None = None) -> dict[str, Insight]:
@@ -226,6 +241,7 @@ class InsightStore:
             if len(recs) < len(ids):
                 recs.update(self.records.records([i for i in ids if i not in recs]))
             found = {i: self.records.decode(i, rec) for i, rec in recs.items()}
+        self._preload()
         dists = res["distances"][0]
         vecs: Any = res["embeddings"][0] if embeddings and res["embeddings"] is not None \
             else [None] * len(ids)
