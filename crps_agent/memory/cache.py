@@ -363,6 +363,18 @@ class RecordCache:
         with self.reading():
             self._put(rid, document, dict(meta), embedding)
 
+    def put_updated(self, before: Mapping[str, Record],
+                    metas: Mapping[str, Mapping[str, Any]]) -> None:
+        """Remember records this process has just updated with `metas` (metadata only,
+        under the write lock, after the write), from `before`: the records as cached
+        before the update (`peek`). Chroma merges an update's keys into the record, and so
+        does this; records not in `before` stay unread."""
+        with self.reading():
+            for rid, meta in metas.items():
+                old = before.get(rid)
+                if old is not None:
+                    self._put(rid, old.document, {**old.meta, **meta}, old.embedding)
+
     def _put(self, rid: str, document: str | None, meta: Mapping[str, Any],
              embedding: Any = None) -> Record:
         # One key object per key name: Chroma makes new ones per record.

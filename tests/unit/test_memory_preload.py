@@ -242,3 +242,19 @@ def test_recall_is_the_same_with_and_without_a_preload(tmp_path: Path) -> None:
         cold.insights.records.invalidate()
         b = [(r.insight, round(r.score, 9)) for r in cold.recall(query, domain="math", k=4)]
         assert a == b
+
+
+def test_credit_and_merges_are_kept_without_reading_them_back(tmp_path: Path) -> None:
+    memory = _memory(tmp_path / "s")
+    items = [Insight(text=t, domain="math", evidence=[f"e{n}"]) for n, t in enumerate(TEXTS)]
+    memory.remember(items)
+    memory.warm()
+    memory.record([items[0].id, items[1].id], correct=True)
+    memory.remember([Insight(text=TEXTS[2].upper(), domain="math", evidence=["again"])])
+    with GetCounter(memory) as counter:
+        got = {r.insight.id: r.insight for r in memory.recall(QUERY, domain="math", k=6)}
+        merged = memory.insights.get(items[2].id)
+    assert counter.reads == 0
+    assert (got[items[0].id].uses, got[items[0].id].wins) == (1, 1)
+    assert (merged.support, merged.evidence) == (2, ["e2", "again"])
+    assert _assert_current(memory) == len(TEXTS)
