@@ -60,9 +60,12 @@ def make_settings(**flags: Any) -> Settings:
 
 
 def open_memory(settings: Settings) -> Memory:
+    """The store for a one-shot command: it reads only what it needs, so nothing is
+    preloaded (a learn run's agent preloads; see the setting `memory.preload`)."""
     from crps_agent.memory.facade import Memory
 
-    return Memory.from_settings(settings)
+    memory = settings.memory.model_copy(update={"preload": False})
+    return Memory(settings.store, embedder=memory.embedder, settings=memory)
 
 
 def emit_jsonl(objects: Iterable[dict[str, Any]]) -> None:

@@ -258,3 +258,15 @@ def test_credit_and_merges_are_kept_without_reading_them_back(tmp_path: Path) ->
     assert (got[items[0].id].uses, got[items[0].id].wins) == (1, 1)
     assert (merged.support, merged.evidence) == (2, ["e2", "again"])
     assert _assert_current(memory) == len(TEXTS)
+
+
+def test_one_shot_commands_do_not_preload(tmp_path: Path) -> None:
+    from crps_agent.cli.common import make_settings, open_memory
+
+    settings = make_settings(store=str(tmp_path / "s"), embedder="hash")
+    assert settings.memory.preload  # the default, for agents
+    memory = open_memory(settings)
+    _bulk(memory, 20)
+    memory.insights.records.invalidate()
+    memory.insights.search(QUERY)
+    assert memory.insights.records.preload_state == "idle"
