@@ -195,7 +195,12 @@ class RecordCache:
         cache, `PAGE` per locked section. Returns how many records were read; 0 when the
         cache does not keep records across calls (a server, size 0) or the collection has
         more records than `size` (`preload_state` says "skipped"). Stops early, with
-        `preload_state` "stopped", when another process writes meanwhile."""
+        `preload_state` "stopped", when another process writes meanwhile. A background
+        preload that is running is finished first (this then reads what it left)."""
+        thread = self._thread
+        mine = self._depth > 0 and self._owner == threading.get_ident()
+        if thread is not None and thread is not threading.current_thread() and not mine:
+            thread.join()  # not inside a section of ours: the thread needs the lock
         return self._preload(progress, claimed=False)
 
     def _preload(self, progress: Callable[[int, int], None] | None, *, claimed: bool) -> int:

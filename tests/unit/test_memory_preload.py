@@ -270,3 +270,16 @@ def test_one_shot_commands_do_not_preload(tmp_path: Path) -> None:
     memory.insights.records.invalidate()
     memory.insights.search(QUERY)
     assert memory.insights.records.preload_state == "idle"
+
+
+def test_warm_finishes_a_background_preload(tmp_path: Path, slow_pages: None) -> None:
+    memory = _memory(tmp_path / "s")
+    _bulk(memory, 90)
+    cache = memory.insights.records
+    cache.invalidate()
+    _slow_gets(memory, 0.01)
+    cache.start_preload()
+    assert cache.preload_state == "running"
+    memory.warm()
+    assert cache._thread is not None and not cache._thread.is_alive()
+    assert cache.preload_state == "done" and _assert_current(memory) == 90
