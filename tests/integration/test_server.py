@@ -112,6 +112,9 @@ def test_memory_operations_on_a_server(server: ChromaServer, tmp_path: Path) -> 
     hits = memory.recall(texts[1], namespace=ns, domain="math", k=2, min_similarity=-1.0)
     assert hits and hits[0].insight.id == out[1].insight.id
     assert memory.recall(texts[1], namespace="elsewhere", domain="math") == []
+    # other clients' writes cannot be seen from here: nothing is preloaded or kept
+    assert memory.warm() == 0 and memory.insights.records.preload_state == "idle"
+    assert len(memory.insights.records) == 0
     with write_lock(memory.client), write_lock(memory.client):  # re-entrant lease
         memory.record([out[0].insight.id], True)
     memory.record([out[0].insight.id, out[1].insight.id], False)
