@@ -281,7 +281,7 @@ class InsightStore:
         ranked = rank([(ins, sim) for ins, sim, _ in rows], params)
         chosen = select(ranked, [vectors[r.insight.id] for r in ranked] if diverse else None,
                         k=k, token_budget=token_budget, params=params)
-        return [dataclasses.replace(r, insight=clone(r.insight)) for r in chosen]
+        return [RecalledInsight(clone(r.insight), r.similarity, r.score) for r in chosen]
 
     # ----------------------------------------------------------------------- writing
 
