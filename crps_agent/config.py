@@ -106,7 +106,7 @@ class MemorySettings(BaseModel):
     recall_candidates: int = Field(4, ge=1, le=50, description="recall re-ranks k x this many "
                                    "nearest insights (utility, MMR); 1 = similarity order")
     record_cache_size: int = Field(200_000, ge=0, description="insight records a process "
-                                   "keeps in memory (~2.5 KB each with the embedding) so that "
+                                   "keeps in memory (~2.8 KB each with the embedding) so that "
                                    "recall and dedup re-read nothing; 0 = off")
     preload: bool = Field(True, description="after the first recall or add, read the whole "
                           "store into the record cache (in the background above 2,000 "

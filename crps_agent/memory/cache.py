@@ -58,7 +58,7 @@ __all__ = ["MAX_ENTRIES", "Record", "RecordCache", "clone", "stop_preloads"]
 
 log = logging.getLogger(__name__)
 
-MAX_ENTRIES = 200_000  # default records kept per collection (~2.5 KB each with embedding)
+MAX_ENTRIES = 200_000  # default records kept per collection (~2.8 KB each with embedding)
 SYNC_PRELOAD = 2_000  # stores up to this size are preloaded in the caller's thread (~0.2 s)
 PAGE = 500  # records per preload read (one locked section each)
 RETRY_S = 60.0  # a preload stopped by another process's write starts again after this
