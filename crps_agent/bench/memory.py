@@ -180,6 +180,13 @@ def _records(insights: list[Insight], name: str) -> list[dict[str, Any]]:
     return [to_meta(i) for i in insights]
 
 
+def _warm(memory: Any) -> tuple[int, float]:
+    """`Memory.warm` timed: (records read, seconds)."""
+    t0 = time.perf_counter()
+    loaded = memory.warm()
+    return loaded, time.perf_counter() - t0
+
+
 def _ingest(memory: Any, embedder: Any, texts: list[str], batch: int, window: int,
             say: Progress) -> dict[str, Any]:
     """Bulk-load all but the last `window` texts (raw adds, not timed), then add the last
@@ -202,9 +209,7 @@ def _ingest(memory: Any, embedder: Any, texts: list[str], batch: int, window: in
         collection.add(ids=[i.id for i in items], embeddings=embedder.embed(chunk),
                        documents=chunk, metadatas=_records(items, embedder.name))
         say(f"size {size}: bulk load {start + len(chunk)}/{bulk}")
-    t0 = time.perf_counter()
-    preloaded = memory.warm()  # as a long-running agent's store is (see InsightStore.warm)
-    preload_s = time.perf_counter() - t0
+    preloaded, preload_s = _warm(memory)  # as a long-running agent's store is
     timed = {"store": [0, 0.0], "raw": [0, 0.0]}
     merged = 0
     for n, start in enumerate(range(bulk, size, batch)):
@@ -246,9 +251,7 @@ def _recall(memory: Any, embedder: Any, queries: list[str], warm: list[str], k: 
         collection.query(query_embeddings=embedder.embed([q]), n_results=k,
                          include=["documents", "metadatas", "distances"])
 
-    t0 = time.perf_counter()
-    preloaded = memory.warm()  # what the ingest window's raw adds put in the store
-    preload_s = time.perf_counter() - t0
+    preloaded, preload_s = _warm(memory)  # what the ingest window's raw adds put in
     for q in warm:  # warm-up: indexes loaded, models and caches filled
         store_call(q)
         raw_call(q)

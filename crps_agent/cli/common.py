@@ -64,8 +64,8 @@ def open_memory(settings: Settings) -> Memory:
     preloaded (a learn run's agent preloads; see the setting `memory.preload`)."""
     from crps_agent.memory.facade import Memory
 
-    memory = settings.memory.model_copy(update={"preload": False})
-    return Memory(settings.store, embedder=memory.embedder, settings=memory)
+    one_shot = settings.memory.model_copy(update={"preload": False})
+    return Memory.from_settings(settings.model_copy(update={"memory": one_shot}))
 
 
 def emit_jsonl(objects: Iterable[dict[str, Any]]) -> None:

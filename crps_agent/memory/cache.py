@@ -149,7 +149,7 @@ class RecordCache:
         """A section in which cached records are current: the store's shared lock (an
         enclosing write lock also does), with the cache checked against other processes'
         writes. Without a store lock (a server) entries live for the section only."""
-        if self._depth and self._owner == threading.get_ident():
+        if self._in_section():
             yield  # nested in this thread's section: already locked and checked
             return
         hold = self._sync.hold(exclusive=False) if self._sync is not None \
@@ -164,6 +164,10 @@ class RecordCache:
                 self._depth -= 1
                 if not self.persistent and self._depth == 0:
                     self._entries.clear()
+
+    def _in_section(self) -> bool:
+        """Whether this thread is inside a `reading()` section of this cache."""
+        return self._depth > 0 and self._owner == threading.get_ident()
 
     def _check(self) -> None:
         if self._sync is not None and self._sync.resets != self._resets:
@@ -198,23 +202,31 @@ class RecordCache:
         `preload_state` "stopped", when another process writes meanwhile. A background
         preload that is running is finished first (this then reads what it left)."""
         thread = self._thread
-        mine = self._depth > 0 and self._owner == threading.get_ident()
-        if thread is not None and thread is not threading.current_thread() and not mine:
-            thread.join()  # not inside a section of ours: the thread needs the lock
+        if thread is not None and thread is not threading.current_thread() \
+                and not self._in_section():  # the thread needs the lock
+            thread.join()
         return self._preload(progress, claimed=False)
 
-    def _preload(self, progress: Callable[[int, int], None] | None, *, claimed: bool) -> int:
+    def _fits(self) -> int | None:
+        """The collection's size if the cache can hold it all, else None (and the state
+        says "skipped"). Call it inside `reading()`."""
+        total = self.collection.count()
+        if total > self.size:
+            self.preload_state = "skipped"
+            return None
+        return total
+
+    def _preload(self, progress: Callable[[int, int], None] | None, *, claimed: bool,
+                 checked: bool = False) -> int:
         if not self.persistent:
             return 0
         with self.reading():
             if claimed and self.preload_state != "running":
                 return 0  # stopped before the thread began
+            if not checked and self._fits() is None:
+                return 0
             self.preload_state = "running"
             resets = self._resets
-            total = self.collection.count()
-            if total > self.size:
-                self.preload_state = "skipped"
-                return 0
             ids = self.collection.get(include=[])["ids"]
         loaded = 0
         fields: Any = ["documents", "metadatas", "embeddings"]
@@ -250,14 +262,13 @@ class RecordCache:
         with self.reading():
             if self.preload_state in ("running", "done", "skipped"):
                 return  # another thread got here first
-            total = self.collection.count()
-            if total > self.size:
-                self.preload_state = "skipped"
+            total = self._fits()
+            if total is None:
                 return
             if total > SYNC_PRELOAD:
                 self.preload_state = "running"  # claimed; the thread sets it again
         if total <= SYNC_PRELOAD:
-            self.preload()
+            self._preload(None, claimed=False, checked=True)
             return
         thread = threading.Thread(target=self._preload_quietly, name="crps-preload",
                                   daemon=True)
@@ -267,7 +278,7 @@ class RecordCache:
 
     def _preload_quietly(self) -> None:
         try:
-            self._preload(None, claimed=True)
+            self._preload(None, claimed=True, checked=True)
         except Exception as exc:  # a failed preload only costs speed: reads still work
             log.warning("preloading insight records failed (recall reads them from "
                         "the store instead): %s", exc)
@@ -368,17 +379,16 @@ class RecordCache:
         with self.reading():
             self._put(rid, document, dict(meta), embedding)
 
-    def put_updated(self, before: Mapping[str, Record],
-                    metas: Mapping[str, Mapping[str, Any]]) -> None:
-        """Remember records this process has just updated with `metas` (metadata only,
-        under the write lock, after the write), from `before`: the records as cached
-        before the update (`peek`). Chroma merges an update's keys into the record, and so
-        does this; records not in `before` stay unread."""
+    def update_metas(self, metas: Mapping[str, Mapping[str, Any]]) -> None:
+        """Write `metas` (id -> metadata keys) to the collection and keep the updated
+        records, so they need not be read back (call it under the write lock). Chroma
+        merges an update's keys into the record, and so does this; records that were not
+        cached stay unread."""
+        before = self.peek(list(metas))
+        self.collection.update(ids=list(metas), metadatas=list(metas.values()))
         with self.reading():
-            for rid, meta in metas.items():
-                old = before.get(rid)
-                if old is not None:
-                    self._put(rid, old.document, {**old.meta, **meta}, old.embedding)
+            for rid, old in before.items():
+                self._put(rid, old.document, {**old.meta, **metas[rid]}, old.embedding)
 
     def _put(self, rid: str, document: str | None, meta: Mapping[str, Any],
              embedding: Any = None) -> Record:

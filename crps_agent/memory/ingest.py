@@ -148,9 +148,7 @@ def _write(store: InsightStore, pending: dict[str, Insight],
         if meta:
             changed[i] = meta
     if changed:
-        cached = store.records.peek(list(changed))
-        store.collection.update(ids=list(changed), metadatas=list(changed.values()))
-        store.records.put_updated(cached, changed)  # no need to read them back
+        store.records.update_metas(changed)
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -306,11 +306,7 @@ class InsightStore:
                 else:
                     ins.losses += 1
             changed = self._judge(builtins.list(found.values()))
-            metas = {i: to_meta(ins) for i, ins in found.items()}
-            cached = self.records.peek(builtins.list(found))
-            self.collection.update(ids=builtins.list(metas), metadatas=builtins.list(
-                metas.values()))
-            self.records.put_updated(cached, metas)
+            self.records.update_metas({i: to_meta(ins) for i, ins in found.items()})
         return changed
 
     def _judge(self, insights: builtins.list[Insight]) -> builtins.list[Insight]:

@@ -139,13 +139,18 @@ def _slow_gets(memory: Memory, seconds: float) -> None:
     collection.get = slow  # type: ignore[method-assign]
 
 
+def _cold(path: Path, n: int, page_s: float) -> tuple[Memory, RecordCache, list[str]]:
+    """A store of n insights with nothing cached, whose preload pages take `page_s`."""
+    memory = _memory(path)
+    ids = _bulk(memory, n)
+    memory.insights.records.invalidate()
+    _slow_gets(memory, page_s)
+    return memory, memory.insights.records, ids
+
+
 def test_writes_during_a_background_preload_are_never_served_stale(
         tmp_path: Path, slow_pages: None) -> None:
-    memory = _memory(tmp_path / "s")
-    ids = _bulk(memory, 120)
-    cache = memory.insights.records
-    cache.invalidate()
-    _slow_gets(memory, 0.01)
+    memory, cache, ids = _cold(tmp_path / "s", 120, 0.01)
     memory.recall(QUERY, domain="math", k=3)  # starts the background preload
     thread = cache._thread
     assert thread is not None and cache.preload_state == "running"
@@ -171,11 +176,7 @@ def test_writes_during_a_background_preload_are_never_served_stale(
 
 
 def test_stop_preload_ends_a_running_preload(tmp_path: Path, slow_pages: None) -> None:
-    memory = _memory(tmp_path / "s")
-    _bulk(memory, 200)
-    cache = memory.insights.records
-    cache.invalidate()
-    _slow_gets(memory, 0.02)
+    memory, cache, _ = _cold(tmp_path / "s", 200, 0.02)
     cache.start_preload()
     time.sleep(0.1)
     cache.stop_preload()
@@ -273,11 +274,7 @@ def test_one_shot_commands_do_not_preload(tmp_path: Path) -> None:
 
 
 def test_warm_finishes_a_background_preload(tmp_path: Path, slow_pages: None) -> None:
-    memory = _memory(tmp_path / "s")
-    _bulk(memory, 90)
-    cache = memory.insights.records
-    cache.invalidate()
-    _slow_gets(memory, 0.01)
+    memory, cache, _ = _cold(tmp_path / "s", 90, 0.01)
     cache.start_preload()
     assert cache.preload_state == "running"
     memory.warm()
