@@ -117,6 +117,7 @@ class MiniLMEmbedder:
 
 
 _MAX_SEQ_LENGTH = 256  # the package's sentence_bert_config.json
+_THREADED_TOKENS = 4096  # batches with fewer tokens run BLAS on one thread
 
 
 class _NumpyBert:
@@ -132,7 +133,6 @@ class _NumpyBert:
             raise ConfigError(f"unsupported activation {config.get('hidden_act')!r}")
         # the Rust tokenizer is not re-entrant (padding settings are per object)
         self._tokenize_lock = threading.Lock()
-        self._transposed: dict[str, Any] = {}
 
     @classmethod
     def from_package(cls) -> _NumpyBert:
@@ -167,23 +167,28 @@ class _NumpyBert:
             + self.w[prefix + ".bias"]
 
     def _dense(self, x: Any, prefix: str) -> Any:
-        # one 2-D GEMM over every token against a contiguous transposed weight: NumPy's
+        # one 2-D GEMM over every token (BLAS reads the transposed view as is); NumPy's
         # stacked matmul would call BLAS once per sequence
-        weight = self._transposed.get(prefix)
-        if weight is None:
-            import numpy as np
-
-            weight = self._transposed[prefix] = np.ascontiguousarray(
-                self.w[prefix + ".weight"].T)
-        out = x.reshape(-1, x.shape[-1]) @ weight
+        weight = self.w[prefix + ".weight"]
+        out = x.reshape(-1, x.shape[-1]) @ weight.T
         out += self.w[prefix + ".bias"]
-        return out.reshape(*x.shape[:-1], weight.shape[1])
+        return out.reshape(*x.shape[:-1], weight.shape[0])
 
     def encode(self, texts: list[str]) -> Any:
-        import numpy as np
-
         with self._tokenize_lock:
             encodings = self.tokenizer.encode_batch(texts)
+        if sum(len(e.ids) for e in encodings) >= _THREADED_TOKENS:
+            return self._forward(encodings)
+        # A query's GEMMs are too small to share: OpenBLAS threads only add hand-offs, and on
+        # a busy machine (an agent's other threads, vLLM) they spin — measured 15x slower.
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(1, user_api="blas"):
+            return self._forward(encodings)
+
+    def _forward(self, encodings: list[Any]) -> Any:
+        import numpy as np
+
         ids = np.array([e.ids for e in encodings], dtype=np.int64)
         mask = np.array([e.attention_mask for e in encodings], dtype=np.float32)
         types = np.array([e.type_ids for e in encodings], dtype=np.int64)
