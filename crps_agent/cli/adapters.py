@@ -132,8 +132,9 @@ def adopt(adapter: str, eval_tasks: str | None, fmt: str, limit: int | None, n: 
             table.add_row(*_eval_row("candidate", result.candidate.version,
                                      result.candidate_eval))
         con.print(table)
-        verdict = "[green]adopted[/green]" if result.adopted else "[red]rejected[/red]"
-        con.print(f"{verdict} {result.candidate.version}: {result.reason}")
+        verdict = "adopted" if result.adopted else "rejected"
+        con.print(f"{verdict} {result.candidate.version}: {result.reason}",
+                  style="green" if result.adopted else "red")
         if result.adopted:
             con.print("undo with `crps-agent rollback`")
     if not result.adopted:

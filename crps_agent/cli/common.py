@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from crps_agent.display import visible
+
 if TYPE_CHECKING:
     from crps_agent.config import Settings
     from crps_agent.memory.facade import Memory
@@ -73,7 +75,22 @@ def emit_jsonl(objects: Iterable[dict[str, Any]]) -> None:
         click.echo(json.dumps(obj, ensure_ascii=False, default=str))
 
 
-def console() -> Any:
-    from rich.console import Console
+_console_cls: Any = None
 
-    return Console(highlight=False, soft_wrap=False)
+
+def console() -> Any:
+    """A rich console that prints data as data: no markup parsing (an insight containing
+    `[/INST]` or `[a, b]` is printed as written) and control characters made visible, in
+    `print` and in table cells alike. Style with `style=` or `rich.text.Text`, not markup."""
+    global _console_cls
+    if _console_cls is None:
+        from rich.console import Console
+
+        class SafeConsole(Console):
+            def render_str(self, text: str, **kwargs: Any) -> Any:
+                kwargs["markup"] = False
+                kwargs["emoji"] = False
+                return super().render_str(visible(text), **kwargs)
+
+        _console_cls = SafeConsole
+    return _console_cls(highlight=False, soft_wrap=False, markup=False, emoji=False)

@@ -54,7 +54,7 @@ def export(method: str | None, out: str, val_share: float | None, prompt_complet
     con = console()
     for r in results:
         c = r.counts
-        con.print(f"[bold]{r.method}[/bold] → {r.out}: {c['train']} train / "
+        con.print(f"{r.method} → {r.out}: {c['train']} train / "
                   f"{c['validation']} validation examples ({c['train_tasks']} / "
                   f"{c['validation_tasks']} tasks), {c['preference_train']} + "
                   f"{c['preference_validation']} preference pairs, ~{r.tokens['train']} "

@@ -101,7 +101,7 @@ def show(insight_id: str, as_json: bool, **flags: Any) -> None:
         return
     con = console()
     for key, value in insight_json(ins).items():
-        con.print(f"[bold]{key:>10}[/bold]  {value}")
+        con.print(f"{key:>10}  {value}")
 
 
 @insights.command()
@@ -122,8 +122,8 @@ def stats(as_json: bool, **flags: Any) -> None:
     util = data["utility"]
     for key in ("embedder", "total", "by_status", "by_kind", "by_domain", "uses", "wins",
                 "losses", "promoted", "flagged", "attempts", "contrasts"):
-        con.print(f"[bold]{key:>10}[/bold]  {data[key]}")
-    con.print(f"[bold]{'utility':>10}[/bold]  {util['used']} used, {util['unused']} unused; "
+        con.print(f"{key:>10}  {data[key]}")
+    con.print(f"{'utility':>10}  {util['used']} used, {util['unused']} unused; "
               f"mean {util['mean']}; quantiles {util['quantiles'] or '-'}")
     if util["used"]:
         peak = max(b["n"] for b in util["histogram"]) or 1
@@ -132,7 +132,7 @@ def stats(as_json: bool, **flags: Any) -> None:
                       f" {b['n']}")
     for key in ("best", "worst"):
         for row in data[key]:
-            con.print(f"[bold]{key:>10}[/bold]  {row['id'][:8]} u={row['utility']:.3f} "
+            con.print(f"{key:>10}  {row['id'][:8]} u={row['utility']:.3f} "
                       f"({row['wins']}/{row['losses']}) {row['text']}")
 
 
@@ -312,7 +312,7 @@ def review(judge: bool, domain: str | None, as_json: bool, **flags: Any) -> None
         con.print("nothing to review: no insight is flagged")
         return
     for f in result.flagged:
-        con.print(f"[bold]{f.insight.id[:8]}[/bold] {f.insight.status:<9} "
+        con.print(f"{f.insight.id[:8]} {f.insight.status:<9} "
                   f"{', '.join(f.reasons)}: {f.insight.text}")
         for other, text in f.contradicts:
             con.print(f"{'':>10}contradicts {other[:8]}: {text or '(deleted)'}")
@@ -362,7 +362,7 @@ def _consolidate(memory: Memory, backend: Backend | None, namespace: str,
             return
         con = console()
         for c in plan:
-            con.print(f"[bold]{len(c)} insights[/bold] ({c[0].domain}):")
+            con.print(f"{len(c)} insights ({c[0].domain}):", style="bold")
             for m in c:
                 con.print(f"  {m.id[:8]} (support {m.support}) {m.text}")
         con.print(f"{len(plan)} clusters would be merged (nothing was changed)")

@@ -104,11 +104,11 @@ def solve(prompt: str, reference: str | None, show_prompt: bool, as_json: bool,
         return
     con = console()
     if show_prompt and out.notes:
-        con.print("[bold]recalled notes:[/bold]")
+        con.print("recalled notes:", style="bold")
         for note in out.notes:
             con.print(f"  - {note}")
     if out.result.best is not None:
         con.print(out.result.best.text)
         con.print()
     verdict = "" if out.correct is None else (" (correct)" if out.correct else " (incorrect)")
-    con.print(f"[bold]answer:[/bold] {out.answer}{verdict}")
+    con.print(f"answer: {out.answer}{verdict}")

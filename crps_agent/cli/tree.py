@@ -74,4 +74,4 @@ def show(task_id: str, search_id: str | None, html_file: str | None, width: int,
     con.print(rich_tree(data, width=width, max_depth=depth, title=result.task.prompt[:width]))
     if result.best is not None:
         verdict = "correct" if result.best.verdict.correct else "not correct"
-        con.print(f"[bold]best answer:[/bold] {result.best.answer} ({verdict})")
+        con.print(f"best answer: {result.best.answer} ({verdict})")

@@ -51,29 +51,33 @@ def _stats(n: dict[str, Any]) -> str:
 def rich_tree(tree: dict[str, Any], *, width: int = 100, max_depth: int | None = None,
               title: str = "root") -> Any:
     """A `rich.tree.Tree` of the nodes; the winning path in bold green."""
-    from rich.markup import escape
+    from rich.text import Text
     from rich.tree import Tree as RichTree
+
+    from crps_agent.display import visible
 
     nodes = tree["nodes"]
     best = set(tree.get("best_path") or [])
     root = nodes[0]
-    top = RichTree(f"[bold]{escape(title)}[/bold]  {_stats(root)}", guide_style="dim")
+    # Text objects, not markup: model output is data (a step may contain "[/red]")
+    top = RichTree(Text.assemble((visible(title, keep_newlines=False), "bold"), "  ",
+                                 _stats(root)), guide_style="dim")
     stack: list[tuple[int, Any]] = [(cid, top) for cid in reversed(root.get("children", []))]
     while stack:
         nid, parent = stack.pop()
         n = nodes[nid]
-        text = escape(_first_line(str(n.get("step", "")), width))
-        stats = escape(_stats(n))
+        text = visible(_first_line(str(n.get("step", "")), width), keep_newlines=False)
+        stats = _stats(n)
         if nid in best:
-            label = f"[bold green]{stats}  {text}[/bold green]"
+            label = Text(f"{stats}  {text}", style="bold green")
         elif n.get("n_end") and not n.get("correct"):
-            label = f"[red]{stats}[/red]  {text}"
+            label = Text.assemble((stats, "red"), "  ", text)
         else:
-            label = f"[cyan]{stats}[/cyan]  {text}"
+            label = Text.assemble((stats, "cyan"), "  ", text)
         branch = parent.add(label)
         if max_depth is not None and int(n.get("depth", 0)) >= max_depth:
             if n.get("children"):
-                branch.add(f"[dim]… {len(n['children'])} more below[/dim]")
+                branch.add(Text(f"… {len(n['children'])} more below", style="dim"))
             continue
         stack.extend((cid, branch) for cid in reversed(n.get("children", [])))
     return top
