@@ -6,6 +6,7 @@ use `__` in environment variables (`CRPS_SEARCH__N=8`).
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -222,11 +223,50 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        path = Path(os.environ.get("CRPS_CONFIG", CONFIG_FILE))
+        named = os.environ.get("CRPS_CONFIG")
+        if named and not Path(named).expanduser().is_file():
+            raise ConfigError(f"CRPS_CONFIG names {named}, which is not a file: fix the path "
+                              "or unset CRPS_CONFIG")
+        path = Path(named).expanduser() if named else Path(CONFIG_FILE)
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         if path.is_file():
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+            import tomllib
+
+            try:
+                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+        _warn_unknown_env(settings_cls)
         return tuple(sources)
+
+
+# CRPS_* variables that are not settings (CRPS_TEST_* are test hooks).
+_NOT_SETTINGS = ("CRPS_CONFIG", "CRPS_DEBUG")
+
+
+def _warn_unknown_env(settings_cls: type[BaseModel]) -> None:
+    """Pydantic ignores an environment variable that names no setting (a typo such as
+    CRPS_SEARCH__NN): say so, once per variable."""
+    for name in sorted(os.environ):
+        upper = name.upper()
+        if not upper.startswith("CRPS_") or upper in _NOT_SETTINGS \
+                or upper.startswith("CRPS_TEST_") or name in _warned:
+            continue
+        model: Any = settings_cls
+        for part in upper[len("CRPS_"):].lower().split("__"):
+            fields = getattr(model, "model_fields", None)
+            if fields is None:  # below a dict-valued setting: any key is allowed
+                break
+            if part not in fields:
+                _warned.add(name)
+                logging.getLogger("crps_agent.config").warning(
+                    "ignoring environment variable %s: no such setting", name)
+                break
+            annotation = fields[part].annotation
+            model = annotation if isinstance(annotation, type) else None
+
+
+_warned: set[str] = set()
 
 
 def _drop_none(data: dict[str, Any]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ error names the file, the line and the field.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -42,27 +43,45 @@ class TaskRecord(BaseModel):
         if isinstance(value, bool):
             return str(value)
         if isinstance(value, int | float):
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError("must be a finite number")
             if isinstance(value, float) and value.is_integer():
                 return str(int(value))
             return str(value)
         return value
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a valid JSON value; write the reference as a string "
+                     "or a finite number")
+
+
 def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield (line number, object) for each non-blank line; bad JSON is a TaskFileError."""
+    """Yield (line number, object) for each non-blank line; bad JSON, bytes that are not
+    UTF-8 and NaN/Infinity are a TaskFileError naming the line. A UTF-8 byte-order mark at
+    the start of the file is accepted."""
     try:
-        handle = path.open(encoding="utf-8")
+        handle = path.open("rb")
     except OSError as exc:
         raise TaskFileError(str(path), None, None, f"cannot read: {exc.strerror}") from None
     with handle:
-        for lineno, line in enumerate(handle, 1):
+        for lineno, raw in enumerate(handle, 1):
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise TaskFileError(
+                    str(path), lineno, None,
+                    f"not UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); "
+                    "re-encode the file as UTF-8") from None
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
+                obj = json.loads(line, parse_constant=_reject_constant)
             except json.JSONDecodeError as exc:
                 raise TaskFileError(str(path), lineno, None,
                                     f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+            except ValueError as exc:
+                raise TaskFileError(str(path), lineno, None, str(exc)) from None
             if not isinstance(obj, dict):
                 raise TaskFileError(str(path), lineno, None,
                                     f"expected a JSON object, got {type(obj).__name__}")
@@ -99,6 +118,10 @@ def load_tasks(path: str | Path, *, format: str = "jsonl", domain: str | None = 
                offset: int = 0) -> list[Task]:
     """Read and validate a whole task file. Task domains fall back to the format's, then
     to `domain`. Duplicate ids are an error (they would merge two tasks' evidence)."""
+    if limit is not None and limit < 0:
+        raise ConfigError(f"limit must be 0 or more, got {limit}")
+    if offset < 0:
+        raise ConfigError(f"offset must be 0 or more, got {offset}")
     p = Path(path)
     if not p.exists():
         raise TaskFileError(str(p), None, None, "no such file")

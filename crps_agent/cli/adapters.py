@@ -77,7 +77,8 @@ def _warn_override(settings: Settings) -> None:
               help="Held-out task file with references (default: crps.eval_tasks).")
 @click.option("--format", "fmt", default="jsonl", show_default=True,
               help="Task file format: jsonl, or a native one (gsm8k, math500, bbh, ...).")
-@click.option("--limit", type=int, default=None, help="Use at most this many eval tasks.")
+@click.option("--limit", type=click.IntRange(min=0), default=None,
+              help="Use at most this many eval tasks.")
 @click.option("--n", "n", type=int, default=None,
               help="Samples per eval task (default: crps.eval_n, else search.n).")
 @click.option("--tolerance", type=float, default=None,

@@ -22,7 +22,8 @@ from crps_agent.cli.common import console, emit_jsonl
 @click.argument("tasks", type=click.Path(dir_okay=False))
 @click.option("--format", "fmt", default="jsonl", show_default=True,
               help="Task file format: jsonl, or a native one (gsm8k, math500, bbh, ...).")
-@click.option("--limit", type=int, default=None, help="Use at most this many tasks.")
+@click.option("--limit", type=click.IntRange(min=0), default=None,
+              help="Use at most this many tasks.")
 @click.option("--n", "n", type=int, default=None, help="Samples per task (default "
               "crps.eval_n, else search.n).")
 @click.option("--adapter", default=None, help="An adapter directory or registered version "

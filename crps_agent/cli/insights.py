@@ -56,7 +56,7 @@ def insights() -> None:
 @insights.command("list")
 @click.option("--domain", default=None, help="Only this domain.")
 @click.option("--status", default=None, help="Only this status (active, candidate, retired).")
-@click.option("--limit", type=int, default=None, help="At most this many.")
+@click.option("--limit", type=click.IntRange(min=0), default=None, help="At most this many.")
 @store_options
 def list_(domain: str | None, status: str | None, limit: int | None, as_json: bool,
           **flags: Any) -> None:
@@ -303,6 +303,9 @@ def review(judge: bool, domain: str | None, as_json: bool, **flags: Any) -> None
     if as_json:
         emit_jsonl([insight_json(i, action="judge") for i in result.judged])
         emit_jsonl(insight_json(f.insight, **f.to_dict()) for f in result.flagged)
+        # the last line always summarises, so an empty review is an answer, not silence
+        emit_jsonl([{"type": "summary", "judged": len(result.judged),
+                     "flagged": len(result.flagged), "counts": result.counts()}])
         return
     con = console()
     for ins in result.judged:
@@ -359,6 +362,8 @@ def _consolidate(memory: Memory, backend: Backend | None, namespace: str,
             emit_jsonl({"action": "cluster", "size": len(c), "domain": c[0].domain,
                         "members": [{"id": m.id, "text": m.text, "support": m.support}
                                     for m in c]} for c in plan)
+            emit_jsonl([{"type": "summary", "dry_run": True, "clusters": len(plan),
+                         "insights": sum(len(c) for c in plan)}])
             return
         con = console()
         for c in plan:
@@ -372,6 +377,8 @@ def _consolidate(memory: Memory, backend: Backend | None, namespace: str,
     if as_json:
         emit_jsonl(insight_json(ins, action="consolidate", members=[m.id for m in c])
                    for ins, c in zip(merged, plan, strict=True))
+        emit_jsonl([{"type": "summary", "dry_run": False, "clusters": len(merged),
+                     "insights": sum(len(c) for c in plan)}])
         return
     con = console()
     for ins, c in zip(merged, plan, strict=True):

@@ -19,8 +19,9 @@ from crps_agent.cli.common import (
 @click.argument("tasks", type=click.Path(dir_okay=False))
 @click.option("--format", "fmt", default="jsonl", show_default=True,
               help="Task file format: jsonl, or a native one (gsm8k, math500, bbh, ...).")
-@click.option("--limit", type=int, default=None, help="Use at most this many tasks.")
-@click.option("--offset", type=int, default=0, help="Skip this many tasks first.")
+@click.option("--limit", type=click.IntRange(min=0), default=None,
+              help="Use at most this many tasks.")
+@click.option("--offset", type=click.IntRange(min=0), default=0, help="Skip this many tasks first.")
 @click.option("--run-id", default=None, help="Resume the run with this id (tasks it finished "
               "are not attempted again).")
 @click.option("--export-every", type=click.IntRange(min=0), default=None,
@@ -85,7 +86,10 @@ def learn(tasks: str, fmt: str, limit: int | None, offset: int, run_id: str | No
 @click.command()
 @click.argument("prompt")
 @click.option("--reference", default=None, help="Reference answer: verify and credit insights.")
-@click.option("--show-prompt", is_flag=True, help="Print the notes recalled into the prompt.")
+@click.option("--show-prompt", is_flag=True, help="Print the whole prompt the model was given "
+              "(system and user turns, with the recalled notes). Every request of a run, "
+              "reflection included, is in the transcript the scripted backend writes to "
+              "$CRPS_TRANSCRIPT.")
 @backend_options
 @store_options
 def solve(prompt: str, reference: str | None, show_prompt: bool, as_json: bool,
@@ -99,14 +103,17 @@ def solve(prompt: str, reference: str | None, show_prompt: bool, as_json: bool,
         out = agent.solve(prompt, reference=reference)
     finally:
         agent.close()
+    messages = (agent.registry.domain(out.task.domain).render_prompt(out.task, out.notes)
+                if show_prompt else [])
     if as_json:
-        emit_jsonl([out.to_dict()])
+        emit_jsonl([{**out.to_dict(), **({"prompt": messages} if show_prompt else {})}])
         return
     con = console()
-    if show_prompt and out.notes:
-        con.print("recalled notes:", style="bold")
-        for note in out.notes:
-            con.print(f"  - {note}")
+    for message in messages:
+        con.print(f"── {message['role']} ──", style="bold")
+        con.print(message["content"])
+    if messages:
+        con.print("── completion ──", style="bold")
     if out.result.best is not None:
         con.print(out.result.best.text)
         con.print()

@@ -51,6 +51,9 @@ def _run(args: list[str]) -> tuple[list[dict[str, object]], str]:
     result = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    if "--json" in args:  # --json always ends with a summary object
+        assert rows and rows[-1]["type"] == "summary", result.stdout
+        rows = rows[:-1]
     return rows, result.stdout
 
 
@@ -128,3 +131,17 @@ def test_consolidate_with_the_scripted_backend(store: Path, tmp_path: Path) -> N
     # the contradicting pair is never merged, and nothing is left to merge
     rows, human = _run(["insights", "consolidate", "--no-llm", "--store", str(store)])
     assert "nothing to merge" in human
+
+
+def test_json_output_is_never_empty(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CRPS_CONFIG", raising=False)
+    empty = tmp_path / "empty"
+    Memory(str(empty), embedder="hash")
+    for args in (["insights", "review", "--json"],
+                 ["insights", "consolidate", "--dry-run", "--json"]):
+        result = CliRunner().invoke(cli, [*args, "--store", str(empty), "--embedder", "hash"],
+                                    catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        last = json.loads(result.stdout.splitlines()[-1])
+        assert last["type"] == "summary"
+        assert last.get("flagged", last.get("clusters")) == 0

@@ -17,11 +17,15 @@ from crps_agent.plugins import TaskFormat
 
 def _load(path: Path) -> Any:
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except OSError as exc:
         raise TaskFileError(str(path), None, None, f"cannot read: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise TaskFileError(str(path), None, None, "is not UTF-8 text") from None
+    try:
+        text = data.decode("utf-8-sig")  # a byte-order mark is accepted
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise TaskFileError(str(path), line, None, f"not UTF-8 (byte 0x{data[exc.start]:02x}); "
+                            "re-encode the file as UTF-8") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:

@@ -9,6 +9,7 @@ numbers, meta = rank, solve rate and mean human time. `countdown` reads JSON Lin
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,10 +31,16 @@ def countdown_prompt(numbers: list[int], target: int, use_all: bool) -> str:
 
 def read_game24(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     try:
-        handle = path.open(encoding="utf-8", newline="")
+        data = path.read_bytes()
     except OSError as exc:
         raise TaskFileError(str(path), None, None, f"cannot read: {exc.strerror}") from None
-    with handle:
+    try:
+        text = data.decode("utf-8-sig")  # a byte-order mark is accepted
+    except UnicodeDecodeError as exc:
+        raise TaskFileError(str(path), data.count(b"\n", 0, exc.start) + 1, None,
+                            f"not UTF-8 (byte 0x{data[exc.start]:02x}); re-encode the file "
+                            "as UTF-8") from None
+    with io.StringIO(text, newline="") as handle:
         reader = csv.DictReader(handle)
         if reader.fieldnames is None or "Puzzles" not in reader.fieldnames:
             raise TaskFileError(str(path), 1, "Puzzles", "missing column (expected the "
