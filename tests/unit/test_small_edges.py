@@ -39,7 +39,7 @@ def test_bom_is_accepted(tmp_path: Path) -> None:
 @pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "1e999"])
 def test_non_finite_references_are_rejected(tmp_path: Path, value: str) -> None:
     path = tmp_path / "t.jsonl"
-    path.write_text('{"prompt": "x?", "reference": %s}\n' % value)
+    path.write_text('{"prompt": "x?", "reference": ' + value + '}\n')
     with pytest.raises(TaskFileError) as err:
         load_tasks(path)
     assert "line 1" in str(err.value)
