@@ -36,9 +36,16 @@ def _vllm(settings: Settings) -> Backend:
     return VLLMBackend.from_settings(settings)
 
 
+def _sim(settings: Settings) -> Backend:
+    from crps_agent.sim.backend import SimBackend
+
+    return SimBackend.from_settings(settings)
+
+
 @hookimpl
 def register_backends(register: Callable[[str, BackendFactory], None]) -> None:
     register("scripted", _scripted)
     register("hf", _hf)
     register("openai", _openai)
     register("vllm", _vllm)
+    register("sim", _sim)

@@ -20,6 +20,7 @@ from pydantic_settings import (
 )
 
 from crps_agent.errors import ConfigError
+from crps_agent.sim.config import SimConfig
 
 CONFIG_FILE = "crps-agent.toml"
 
@@ -206,6 +207,8 @@ class Settings(BaseSettings):
     memory: MemorySettings = Field(default_factory=MemorySettings)
     crps: CrpsSettings = Field(default_factory=CrpsSettings)
     finetune: FinetuneSettings = Field(default_factory=FinetuneSettings)
+    sim: SimConfig = Field(default_factory=SimConfig, description="the simulated learner "
+                           "(backend `sim`, `crps-agent sim tasks`)")
 
     @field_validator("namespace")
     @classmethod

@@ -15,6 +15,7 @@ from crps_agent.cli.export import export
 from crps_agent.cli.insights import insights
 from crps_agent.cli.plugins_cmd import plugins
 from crps_agent.cli.run import learn, solve
+from crps_agent.cli.sim_cmd import sim
 from crps_agent.cli.train import finetune
 from crps_agent.cli.tree import tree
 
@@ -42,6 +43,7 @@ cli.add_command(adopt)
 cli.add_command(rollback)
 cli.add_command(adapters)
 cli.add_command(eval_)
+cli.add_command(sim)
 
 
 def main(argv: list[str] | None = None) -> None:
