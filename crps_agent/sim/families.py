@@ -42,6 +42,7 @@ from crps_agent.sim.problems import (
     solve_work,
 )
 
+
 def _names(rng: random.Random) -> Params:
     a, b = rng.sample(NAMES, 2)
     return {"name": a, "name2": b}

@@ -8,8 +8,8 @@ crps_agent/bench/learning.py and crps_agent/evaluation.py does).
     truth = load_truth(settings)                  # or load_truth(sim_config)
     truth.oracle_notes(task.prompt)               # one helpful note per pitfall of the task
     truth.classify("Double-check your work.")     # "platitude"
-    truth.candidates()                            # {"helpful": [...], "platitude": [...], "harmful": [...]}
-    truth.expected_pass1(task.prompt, notes)      # the simulated model's true success probability
+    truth.candidates()                            # {"helpful": [...], "platitude": ..., ...}
+    truth.expected_pass1(task.prompt, notes)      # the true success probability
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The simulated world: a pure function of `SimConfig`.
 
     world = World(cfg)
-    tasks = world.tasks(24, split="train")        # deterministic; tasks(n) is a prefix of tasks(n+k)
+    tasks = world.tasks(24, split="train")        # deterministic, a prefix of tasks(25)
     task = world.lookup(prompt_text)              # a task back from any prompt that quotes it
     world.success_prob(task, notes)               # the learner's true success probability
 
@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 from crps_agent.errors import TaskError
 from crps_agent.sim.catalogue import PITFALLS, PLATITUDES
-from crps_agent.sim.config import MAX_PARAPHRASES, MAX_TYPES, SimConfig
+from crps_agent.sim.config import SimConfig
 from crps_agent.sim.families import TYPES
 from crps_agent.sim.problems import ProblemType, fmt, nice
 
@@ -36,12 +36,11 @@ Split = Literal["train", "heldout"]
 SPLITS: tuple[str, ...] = ("train", "heldout")
 MATCH_THRESHOLD = 0.6  # share of a catalogue note's content words a note must contain
 
-assert len(TYPES) == MAX_TYPES, "config.MAX_TYPES must match the catalogue"
-assert all(len(p.notes) >= MAX_PARAPHRASES for p in PITFALLS.values())
-
-_STOP = frozenset("""a an the of to and or in on for is are be by as at it its so that this
-with such then than them their they there do does not never no any into from instead rather
-when what which while each every all only just one""".split())
+_STOP = frozenset(("a", "an", "the", "of", "to", "and", "or", "in", "on", "for", "is", "are",
+                   "be", "by", "as", "at", "it", "its", "so", "that", "this", "with", "such",
+                   "then", "than", "them", "their", "they", "there", "do", "does", "not", "never",
+                   "no", "any", "into", "from", "instead", "rather", "when", "what", "which",
+                   "while", "each", "every", "all", "only", "just", "one"))
 _WORD = re.compile(r"[a-z]+")
 
 
@@ -140,8 +139,8 @@ class World:
         entries += [NoteMatch("platitude", None, t) for t in PLATITUDES]
         self._entries = [(e, content_words(e.text)) for e in entries]
         self._patterns = [(t, t.pattern()) for t in self.types]
-        self.lookup = functools.lru_cache(maxsize=4096)(self._lookup)  # type: ignore[method-assign]
-        self.classify = functools.lru_cache(maxsize=8192)(self._classify)  # type: ignore[method-assign]
+        self.lookup = functools.lru_cache(maxsize=4096)(self._lookup)
+        self.classify = functools.lru_cache(maxsize=8192)(self._classify)
 
     # --- tasks ------------------------------------------------------------------------------
 

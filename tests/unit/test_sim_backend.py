@@ -1,7 +1,6 @@
 """The simulated learner's backend: deterministic, calibrated success rates, replies that the
 project's own parsers read (solve, reflect, repair, merge, contradiction, synthesis)."""
 
-import json
 import math
 import statistics
 

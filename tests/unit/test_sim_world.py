@@ -12,6 +12,7 @@ from crps_agent.errors import ConfigError, TaskError
 from crps_agent.plugins import get_registry
 from crps_agent.sim.config import MAX_TYPES, SimConfig, load_sim_config
 from crps_agent.sim.generate import task_rows
+from crps_agent.sim.problems import fmt
 from crps_agent.sim.truth import SimTruth, load_truth
 from crps_agent.sim.world import World
 from crps_agent.tasks import load_tasks
@@ -60,6 +61,17 @@ def test_config_defaults_validation_and_sources(tmp_path, monkeypatch):
     assert load_sim_config(None, load_settings()).helpful_effect == 0.5
 
 
+def test_config_limits_match_the_catalogue():
+    from crps_agent.sim.catalogue import PITFALLS
+    from crps_agent.sim.config import MAX_PARAPHRASES
+    from crps_agent.sim.families import TYPES
+
+    assert len(TYPES) == MAX_TYPES and len({t.name for t in TYPES}) == MAX_TYPES
+    assert all(len(p.notes) >= MAX_PARAPHRASES and p.harmful for p in PITFALLS.values())
+    assert {p for t in TYPES for p in t.pitfalls} == set(PITFALLS)
+    assert all(1 <= len(t.pitfalls) <= 2 for t in TYPES)
+
+
 def test_tasks_are_deterministic_streams_with_disjoint_splits():
     world = World(SimConfig())
     train = world.tasks(60)
@@ -91,7 +103,8 @@ def test_rows_load_verify_and_hide_the_truth(tmp_path):
     path = tmp_path / "t.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     tasks = load_tasks(path)
-    assert [t.id for t in tasks] == [r["id"] for r in rows] and len(set(r["id"] for r in rows)) == 80
+    assert [t.id for t in tasks] == [r["id"] for r in rows]
+    assert len({r["id"] for r in rows}) == 80
     world = World(cfg)
     math = get_registry().domain("math")
     truth_words = {"pitfall", "base", "type", "answer", "helpful", "harmful"}
@@ -101,6 +114,7 @@ def test_rows_load_verify_and_hide_the_truth(tmp_path):
         known = world.lookup(f"<notes>\n- a note\n</notes>\n\nProblem:\n{task.prompt}\n\nGo.")
         assert known is not None and known.reference == task.reference
         steps, answer = world.steps(known)
+        assert fmt(answer) == task.reference
         text = "\n".join(steps) + f"\n\\boxed{{{task.reference}}}"
         assert math.verify(task, text).correct
         for pitfall in known.pitfalls:  # the pitfall's typical error is a different number
