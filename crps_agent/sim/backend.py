@@ -126,7 +126,7 @@ class SimBackend:
             return self._contradiction(last)
         task = self.world.lookup(last) if "Problem:" in last else None
         if system.startswith(SYNTH_SYSTEM[:40]):
-            return self._synthesize(task)
+            return self._synthesize(task, system)
         if task is not None:
             return self._solve(task, last, req.prefix or "", rng)
         return GENERIC
@@ -161,10 +161,13 @@ class SimBackend:
         tail = full.split("\n")[done:]
         return ("" if prefix.endswith("\n") else "\n") + "\n".join(tail)
 
-    def _synthesize(self, task: SimTask | None) -> str:
+    def _synthesize(self, task: SimTask | None, guidance: str) -> str:
+        """A correct chain; the key step of the pitfall the guidance names (else of every
+        pitfall of the task) says why it is done that way."""
         if task is None:
             return "I cannot tell which problem this is, so I cannot write a solution."
-        steps, answer = self.world.steps(task, None, remarks=True)
+        named = tuple(p for p in task.pitfalls if PITFALLS[p].mistake in guidance.lower())
+        steps, answer = self.world.steps(task, None, remarks=named or True)
         return render_solution(steps, answer)
 
     # --- reflection -------------------------------------------------------------------------

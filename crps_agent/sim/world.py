@@ -221,13 +221,15 @@ class World:
     # --- solutions --------------------------------------------------------------------------
 
     def steps(self, task: SimTask, mistake: str | None = None, *,
-              remarks: bool = False) -> tuple[list[str], float]:
-        """Worked steps and answer; with `remarks` the key step of each of the task's
-        pitfalls says why it is done that way (synthesized chains)."""
+              remarks: bool | tuple[str, ...] = False) -> tuple[list[str], float]:
+        """Worked steps and answer; with `remarks` (True: every pitfall of the task, or the
+        pitfalls named) the key step of a pitfall says why it is done that way (the chains
+        synthesis writes)."""
         steps, answer = task.type.solve(task.params, mistake)
         if remarks and mistake is None:
             steps = list(steps)
-            for pid in task.pitfalls:
+            named: tuple[str, ...] = task.pitfalls if remarks is True else tuple(remarks or ())
+            for pid in (p for p in task.pitfalls if p in named):
                 k = self.key_step(task, pid)
                 steps[k] = f"{steps[k]} Note that {PITFALLS[pid].remark}."
         return steps, answer

@@ -8,7 +8,7 @@ import pytest
 
 from crps_agent.backends.base import Backend, GenerationRequest
 from crps_agent.config import load_settings
-from crps_agent.crps.synthesis import synthesis_messages
+from crps_agent.crps.synthesis import meta_language, synthesis_messages
 from crps_agent.errors import ParseError
 from crps_agent.memory.dedup import confirm_contradictions, merge_cluster
 from crps_agent.plugins import get_registry
@@ -16,6 +16,7 @@ from crps_agent.reflect.parse import parse_reflection
 from crps_agent.reflect.prompts import reflection_messages, repair_messages
 from crps_agent.search.steps import split_steps
 from crps_agent.sim.backend import SimBackend, parse_notes
+from crps_agent.sim.catalogue import PITFALLS
 from crps_agent.sim.config import SimConfig
 from crps_agent.sim.truth import SimTruth
 from crps_agent.types import Contrast, Insight, Task, Trajectory
@@ -231,14 +232,19 @@ def test_merge_contradiction_synthesis_and_unknown_prompts():
     sim_task = world.tasks(5)[3]
     task = _task(sim_task)
     _, contrast = _contrast(backend, sim_task)
-    if contrast is not None:
-        contrast.analysis = {"success_pattern": "x", "failure_mode": "y"}
-        msgs = synthesis_messages(contrast, task, MATH, contrast.good.text)
-        chain = backend.generate([GenerationRequest(messages=msgs, purpose="synthesize")])
-        text = chain[0][0].text
-        assert MATH.verify(task, text).correct and "Note that" in text
-        from crps_agent.crps.synthesis import meta_language
-        assert meta_language(text) is None
+    assert contrast is not None
+    contrast.analysis = {"success_pattern": "x", "failure_mode": "y"}
+    msgs = synthesis_messages(contrast, task, MATH, contrast.good.text)
+    chain = backend.generate([GenerationRequest(messages=msgs, purpose="synthesize")])
+    text = chain[0][0].text
+    assert MATH.verify(task, text).correct and "Note that" in text
+    assert meta_language(text) is None
+    named = PITFALLS[sim_task.pitfalls[0]]
+    contrast.analysis = {"success_pattern": named.success.capitalize(),
+                         "failure_mode": named.mistake.capitalize() + "."}
+    msgs = synthesis_messages(contrast, task, MATH, contrast.good.text)
+    text = backend.generate([GenerationRequest(messages=msgs)])[0][0].text
+    assert MATH.verify(task, text).correct and named.remark in text
     for weird in ("hello", "Problem:\nWhat is the capital of France?\n\nAnswer."):
         out = backend.generate([GenerationRequest(prompt=weird, n=2)])[0]
         assert len(out) == 2 and out[0].text and "\\boxed" not in out[0].text
