@@ -81,6 +81,10 @@ def learn(tasks: str, fmt: str, limit: int | None, offset: int, run_id: str | No
         con.print(f"adopted adapter {version} (see `crps-agent adapters list`)")
     con.print(f"resume with --run-id {totals['run_id']}; "
               "see the insights with `crps-agent insights list`")
+    if totals["cost"].get("total", {}).get("calls"):
+        from crps_agent.ledger import ledger_table
+
+        con.print(ledger_table(totals["cost"]))
 
 
 @click.command()

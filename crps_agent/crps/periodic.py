@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from crps_agent.crps.chains import ChainStore
 from crps_agent.errors import ConfigError
+from crps_agent.ledger import phase
 from crps_agent.memory.chroma import store_dir
 
 if TYPE_CHECKING:
@@ -59,8 +60,9 @@ def run_periodic(ctx: AgentContext, namespace: str) -> PeriodicOutcome:
     settings = ctx.settings
     number = int(state.get("exports", 0)) + 1
     target = export_root(ctx) / namespace.replace("/", "__") / f"export-{number:04d}"
-    results = export_store(ctx.memory, settings.crps.method, target, ctx.domains, settings,
-                           backend=ctx.backend, namespace=namespace)
+    with phase("synthesize"):
+        results = export_store(ctx.memory, settings.crps.method, target, ctx.domains,
+                               settings, backend=ctx.backend, namespace=namespace)
     out.exported = [r.to_dict() for r in results]
     ChainStore(ctx.memory.client, ctx.memory.embedder).save_export_state(
         namespace, {"contrasts": n, "exports": number, "last_dir": str(target),
@@ -92,9 +94,10 @@ def _finetune_and_gate(ctx: AgentContext, data: Path, data_hash: str,
     from crps_agent.tasks import load_tasks
 
     tasks = load_tasks(settings.crps.eval_tasks, domain=None, namespace=settings.namespace)
-    result = gate(str(staging), tasks, ctx.backend, ctx.domains, registry,
-                  n=settings.crps.eval_n or settings.search.n, seed=settings.seed,
-                  tolerance=settings.crps.tolerance, settings=settings.search)
+    with phase("gate"):
+        result = gate(str(staging), tasks, ctx.backend, ctx.domains, registry,
+                      n=settings.crps.eval_n or settings.search.n, seed=settings.seed,
+                      tolerance=settings.crps.tolerance, settings=settings.search)
     out.gate = result.to_dict()
     # The registry holds its own copy (vNNNN), adopted or rejected: the staging run can go.
     shutil.rmtree(staging, ignore_errors=True)

@@ -33,6 +33,7 @@ from crps_agent.graph.nodes import (
     search_node,
 )
 from crps_agent.graph.state import AgentContext, AgentState
+from crps_agent.ledger import CostLedger, LedgerBackend, sum_costs
 from crps_agent.plugins import get_registry
 from crps_agent.types import SearchResult, Task
 
@@ -66,6 +67,7 @@ class TaskReport:
     retired: list[str] = field(default_factory=list)  # retired by this task's credit
     promoted: list[str] = field(default_factory=list)
     crps: dict[str, Any] | None = None  # export / fine-tune / adoption run after this task
+    cost: dict[str, Any] = field(default_factory=dict)  # LLM cost by phase (ledger.py)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -102,6 +104,7 @@ class LearnReport:
             "rejected": dict(rejected),
             "llm_calls": sum(t.llm_calls for t in self.tasks),
             "tokens": sum(t.tokens for t in self.tasks),
+            "cost": sum_costs([t.cost for t in self.tasks]),
             "wall_s": round(self.wall_s, 3),
         }
 
@@ -166,6 +169,9 @@ class Agent:
         self._checkpoint = checkpoint
         self._graph: Any = None
         self._conn: sqlite3.Connection | None = None
+        # Every LLM call the agent makes, by phase (crps_agent/ledger.py).
+        self.ledger = CostLedger()
+        self._counted: LedgerBackend | None = None
 
     @property
     def backend(self) -> Backend:
@@ -207,9 +213,16 @@ class Agent:
             self._graph = build_graph(saver)
         return self._graph
 
+    @property
+    def counted_backend(self) -> LedgerBackend:
+        """The backend with every call recorded in `self.ledger`."""
+        if self._counted is None or self._counted.inner is not self.backend:
+            self._counted = LedgerBackend(self.backend, self.ledger)
+        return self._counted
+
     def context(self) -> AgentContext:
-        return AgentContext(settings=self.settings, backend=self.backend, memory=self.memory,
-                            domains=self.registry.domains)
+        return AgentContext(settings=self.settings, backend=self.counted_backend,
+                            memory=self.memory, domains=self.registry.domains)
 
     def validate(self, tasks: Iterable[Task]) -> list[Task]:
         """Check every task's domain and reference before any model is loaded."""
@@ -230,6 +243,7 @@ class Agent:
         started = time.perf_counter()
         reports = []
         ctx = self.context()
+        self.ledger.take()  # each task's report carries the cost spent since the last one
         for task in todo:
             config = {"configurable": {"thread_id": f"{rid}:{task.id}"}}
             state: dict[str, Any] | None = None
@@ -242,6 +256,7 @@ class Agent:
                 state = self.graph.invoke({"mode": "learn", "task": task.to_dict()}, config,
                                           context=ctx)
             report = _report(state, resumed)
+            report.cost = self.ledger.take()
             reports.append(report)
             if on_task:
                 on_task(report)
@@ -274,7 +289,8 @@ class Agent:
 
         return export_store(self.memory, method or self.settings.crps.method, out,
                             self.registry.domains, self.settings,
-                            backend=self.backend if synthesize else None, namespace=namespace)
+                            backend=self.counted_backend if synthesize else None,
+                            namespace=namespace)
 
     def close(self) -> None:
         if self._conn is not None:

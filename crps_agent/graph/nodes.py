@@ -11,6 +11,7 @@ from langgraph.runtime import Runtime
 from crps_agent.contrast import cross_contrasts, pair_contrasts
 from crps_agent.errors import NotFoundError
 from crps_agent.graph.state import AgentContext, AgentState
+from crps_agent.ledger import phase
 from crps_agent.memory.admission import check_candidates, settle
 from crps_agent.memory.credit import should_ablate
 from crps_agent.reflect.reflector import reflect
@@ -49,17 +50,18 @@ def search_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, 
     task = Task.from_dict(state["task"])
     domain = ctx.domain(task.domain)
     messages = domain.render_prompt(task, state.get("notes", []))
-    if ctx.settings.search.method == "mcts":
-        from crps_agent.search.mcts import mcts
+    with phase("search"):
+        if ctx.settings.search.method == "mcts":
+            from crps_agent.search.mcts import mcts
 
-        result = mcts(task, domain, ctx.backend, messages=messages,
-                      settings=ctx.settings.search, seed=ctx.settings.seed,
-                      insight_ids=state.get("recalled_ids", []),
-                      mode=state.get("mode", "learn"))
-    else:
-        result = best_of_n(task, domain, ctx.backend, messages=messages,
-                           settings=ctx.settings.search, seed=ctx.settings.seed,
-                           insight_ids=state.get("recalled_ids", []))
+            result = mcts(task, domain, ctx.backend, messages=messages,
+                          settings=ctx.settings.search, seed=ctx.settings.seed,
+                          insight_ids=state.get("recalled_ids", []),
+                          mode=state.get("mode", "learn"))
+        else:
+            result = best_of_n(task, domain, ctx.backend, messages=messages,
+                               settings=ctx.settings.search, seed=ctx.settings.seed,
+                               insight_ids=state.get("recalled_ids", []))
     return {"result": result.to_dict(),
             "llm_calls": state.get("llm_calls", 0) + result.stats.llm_calls}
 
@@ -79,8 +81,9 @@ def reflect_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str,
     related = [r.insight.text for r in ctx.memory.recall(
         task.prompt, namespace=task.namespace, domain=task.domain, k=5,
         token_budget=ctx.settings.memory.token_budget)]
-    outcome = reflect(contrasts, {task.id: task}, ctx.backend, cfg,
-                      related={task.id: related}, seed=ctx.settings.seed)
+    with phase("reflect"):
+        outcome = reflect(contrasts, {task.id: task}, ctx.backend, cfg,
+                          related={task.id: related}, seed=ctx.settings.seed)
     analyses = {c.id: analysis_of(r) for c, r in outcome.reflections}
     return {"contrasts": [{**c.to_dict(), "analysis": analyses.get(c.id)} for c in contrasts],
             "insights": [i.to_dict() for i in outcome.insights],
@@ -120,7 +123,8 @@ def remember_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str
     status = "candidate" if mem.admission else "active"
     new = [dataclasses.replace(Insight.from_dict(i), status=status)
            for i in state.get("insights", [])]
-    outcomes = ctx.memory.remember(new, backend=ctx.backend)
+    with phase("merge"):  # merge and contradiction checks of the new insights
+        outcomes = ctx.memory.remember(new, backend=ctx.backend)
     recalled = state.get("recalled_ids", [])
     verified = _verifiable(ctx, task)
     changed: list[Insight] = []
@@ -149,11 +153,13 @@ def admit_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, A
             candidates.append(ctx.memory.insights.get(insight_id))
         except NotFoundError:
             continue
-    checks = check_candidates(
-        task, ctx.domain(task.domain), ctx.backend, notes=state.get("notes", []),
-        candidates=[c for c in candidates if c.status == "candidate"],
-        search=ctx.settings.search, rollouts=mem.admission_rollouts or ctx.settings.search.n,
-        tolerance=mem.admission_tolerance, seed=ctx.settings.seed)
+    with phase("admit"):
+        checks = check_candidates(
+            task, ctx.domain(task.domain), ctx.backend, notes=state.get("notes", []),
+            candidates=[c for c in candidates if c.status == "candidate"],
+            search=ctx.settings.search,
+            rollouts=mem.admission_rollouts or ctx.settings.search.n,
+            tolerance=mem.admission_tolerance, seed=ctx.settings.seed)
     settle(ctx.memory.insights, {c.insight_id: c.admitted for c in checks})
     return {"admission": [c.to_dict() for c in checks],
             "llm_calls": state.get("llm_calls", 0) + (1 if checks else 0)}

@@ -64,10 +64,12 @@ class Memory:
         token_budget: int | None = None,
         min_similarity: float | None = None,
         shared: list[Namespace] | None = None,
+        exploration: float | None = None,
     ) -> list[RecalledInsight]:
         """The insights to put in the prompt for `query` (defaults from the settings).
         Only `namespace` is read, plus the `shared` namespaces (default: the setting
-        `shared_namespaces`) when asked for explicitly."""
+        `shared_namespaces`) when asked for explicitly. `exploration` overrides the
+        setting for this call only (0 turns the bonus for young insights off)."""
         return self.insights.recall(
             query,
             namespace=validate_namespace(namespace),
@@ -77,6 +79,7 @@ class Memory:
             min_similarity=(self.settings.min_similarity if min_similarity is None
                             else min_similarity),
             shared=list(self.settings.shared_namespaces) if shared is None else shared,
+            exploration=exploration,
         )
 
     def warm(self, progress: Callable[[int, int], None] | None = None) -> int:

@@ -261,10 +261,12 @@ class InsightStore:
 
     def recall(self, query: str, *, namespace: Namespace, domain: str | None, k: int = 5,
                token_budget: int = 300, min_similarity: float = 0.2,
-               shared: builtins.list[Namespace] | None = None) -> builtins.list[RecalledInsight]:
+               shared: builtins.list[Namespace] | None = None,
+               exploration: float | None = None) -> builtins.list[RecalledInsight]:
         """Active insights for a prompt (see recall.py): similarity x (utility + exploration
         bonus) x promotion boost, chosen by MMR, at most k, packed into `token_budget`
         tokens. Only `namespace`, plus the `shared` namespaces when asked for explicitly.
+        `exploration` overrides the bonus weight for this call (0: a frozen evaluation).
         k or budget 0 recall nothing. One embed call and one Chroma query."""
         if k <= 0 or token_budget <= 0:
             return []
@@ -272,6 +274,8 @@ class InsightStore:
         ns: Any = spaces[0] if len(spaces) == 1 else {"$in": spaces}
         where = where_clause(namespace=ns, domain=domain, status="active")
         params = self.rank_params
+        if exploration is not None:
+            params = dataclasses.replace(params, exploration=exploration)
         diverse = params.mmr_lambda < 1.0
         rows = [(ins, sim, vec) for ins, sim, vec in
                 self._query(query, self.candidate_factor * k, where, embeddings=diverse,

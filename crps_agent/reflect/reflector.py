@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from crps_agent.backends.base import Backend, GenerationRequest
 from crps_agent.config import ReflectSettings
 from crps_agent.errors import ParseError
+from crps_agent.ledger import phase
 from crps_agent.reflect.parse import parse_reflection
 from crps_agent.reflect.prompts import reflection_messages, repair_messages
 from crps_agent.reflect.schema import InsightDraft, Reflection, reflection_json_schema
@@ -63,9 +64,10 @@ def reflect(contrasts: Sequence[Contrast], tasks: Mapping[str, Task], backend: B
             parsed.append(None)
             to_repair.append((i, text, str(exc)))
     if to_repair:
-        repaired = backend.generate([
-            _request(repair_messages(prompts[i], text, err), settings, seed, contrasts[i],
-                     "repair") for i, text, err in to_repair])
+        with phase("repair"):
+            repaired = backend.generate([
+                _request(repair_messages(prompts[i], text, err), settings, seed,
+                         contrasts[i], "repair") for i, text, err in to_repair])
         out.llm_calls += 1
         for (i, _, _), comps in zip(to_repair, repaired, strict=True):
             try:
