@@ -72,3 +72,19 @@ def paired_bootstrap_diff(a: Sequence[float], b: Sequence[float], *, confidence:
         return 0.0, 0.0, 0.0
     lo, hi = bootstrap_ci(diffs, confidence=confidence, n_boot=n_boot, seed=seed)
     return sum(diffs) / len(diffs), lo, hi
+
+
+def maj_at_k(answers: Sequence[Sequence[Hashable | None]],
+             correct: Sequence[Sequence[bool]]) -> float:
+    """maj@K over tasks: the share of tasks whose majority answer is correct."""
+    if len(answers) != len(correct):
+        raise ValueError(f"answers and verdicts differ in tasks: {len(answers)} vs "
+                         f"{len(correct)}")
+    if not answers:
+        return 0.0
+    return sum(majority_correct(a, c) for a, c in zip(answers, correct, strict=True)
+               ) / len(answers)
+
+
+def mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
