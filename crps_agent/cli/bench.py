@@ -94,3 +94,83 @@ def memory(sizes: str, embedder: str, queries: int, batch: int, window: int,
         else:
             assert con is not None
             con.print(" ".join(f"{k}={v}" for k, v in row.items()))
+
+
+@bench.command()
+@click.option("--train", "train_file", required=True, type=click.Path(dir_okay=False),
+              help="Training tasks (with references).")
+@click.option("--heldout", "heldout_file", required=True, type=click.Path(dir_okay=False),
+              help="Held-out tasks (with references), never trained on.")
+@click.option("--format", "fmt", default="jsonl", show_default=True,
+              help="Task file format of both files: jsonl, gsm8k, math500, bbh, ...")
+@click.option("--train-limit", type=int, default=None, help="Use at most this many training "
+              "tasks.")
+@click.option("--heldout-limit", type=int, default=None, help="Use at most this many "
+              "held-out tasks.")
+@click.option("--epochs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Passes over the training tasks (needs a learn with epochs above 1).")
+@click.option("--eval-every", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Evaluate the held-out tasks after every K training tasks.")
+@click.option("--arms", default="none,insights,episodic", show_default=True,
+              help="Arms evaluated: none, insights, episodic, oracle (--backend sim).")
+@click.option("--samples", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Samples per held-out task (pass@1, maj@K).")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Output directory: store/, learning.jsonl, learning.png.")
+@click.option("--domain", default=None, help="Domain of tasks that name none.")
+@click.option("--backend", default=None, help="hf | vllm | openai | scripted | sim | ...")
+@click.option("--model", default=None, help="Hugging Face model id or local directory.")
+@click.option("--base-url", default=None, help="OpenAI-compatible server URL.")
+@click.option("--script", default=None, type=click.Path(dir_okay=False),
+              help="Script file of the scripted backend.")
+@click.option("--sim-config", default=None, type=click.Path(dir_okay=False),
+              help="Simulator config (TOML) for --backend sim.")
+@click.option("--search", default=None, type=click.Choice(["best-of-n", "mcts"]),
+              help="Search method of the training run.")
+@click.option("--budget", type=int, default=None,
+              help="Attempts per training task: samples (best-of-n) or rollouts (mcts).")
+@click.option("--seed", type=int, default=None, help="Sampling seed.")
+@click.option("--embedder", default=None, help="Embedder of the store: minilm (default) or "
+              "hash.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON Lines.")
+def learning(train_file: str, heldout_file: str, fmt: str, train_limit: int | None,
+             heldout_limit: int | None, epochs: int, eval_every: int, arms: str, samples: int,
+             out: str, sim_config: str | None, as_json: bool, **flags: object) -> None:
+    """Held-out pass@1 per arm while the agent learns: a fresh store under --out, learn over
+    --train, a frozen evaluation of --heldout at the start and every --eval-every tasks."""
+    from crps_agent.bench.learning import run_learning_bench
+    from crps_agent.cli.common import make_settings
+    from crps_agent.cli.eval_cmd import with_sim_config
+    from crps_agent.evaluation import parse_arms
+    from crps_agent.tasks import load_tasks
+
+    specs = parse_arms(arms)
+    settings = with_sim_config(make_settings(**flags), sim_config)
+    domain = str(flags["domain"]) if flags.get("domain") else None
+    train = load_tasks(train_file, format=fmt, domain=domain, namespace=settings.namespace,
+                       limit=train_limit)
+    heldout = load_tasks(heldout_file, format=fmt, domain=domain,
+                         namespace=settings.namespace, limit=heldout_limit)
+    rows = run_learning_bench(train, heldout, settings=settings, out=out, arms=specs,
+                              eval_every=eval_every, samples=samples, epochs=epochs,
+                              progress=lambda msg: click.echo(msg, err=True))
+    if as_json:
+        emit_jsonl(rows)
+        return
+    from rich.table import Table
+
+    summary = rows[-1]
+    table = Table("arm", "checkpoint", "train tasks", "rollouts", "pass@1", "95% CI",
+                  "notes tok/solve", title="bench learning (held-out pass@1)")
+    for r in rows:
+        if r["bench"] == "learning":
+            table.add_row(r["arm"], str(r["checkpoint"]), str(r["train_tasks_seen"]),
+                          str(r["rollouts"]), f"{r['heldout_pass1']:.3f}",
+                          f"[{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]",
+                          f"{r['notes_tokens_per_solve']:.0f}")
+    con = console()
+    con.print(table)
+    gains = ", ".join(f"{arm} {g[0]:+.3f} [{g[1]:+.3f}, {g[2]:+.3f}]"
+                      for arm, g in summary["gain_vs_none"].items())
+    con.print(f"gain vs none: {gains or 'n/a'}; training rollouts {summary['rollouts']}; "
+              f"{summary['wall_s']} s; curve in {out}/learning.png")
