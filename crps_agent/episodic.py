@@ -86,7 +86,7 @@ def similar_attempts(log: TrajectoryLog, tasks: Sequence[Task], *, k: int = 3,
         pending = list(range(len(group)))
         while pending:
             res = log.collection.query(
-                query_embeddings=[embeddings[i] for i in pending],  # type: ignore[misc]
+                query_embeddings=[embeddings[i] for i in pending],  # type: ignore[arg-type]
                 n_results=n, where=where, include=["documents", "distances"])
             still: list[int] = []
             for row, i in enumerate(pending):

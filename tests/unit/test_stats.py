@@ -1,3 +1,5 @@
+import pytest
+
 from crps_agent.stats import (
     bootstrap_ci,
     majority_correct,
@@ -37,3 +39,24 @@ def test_paired_difference_cancels_task_difficulty() -> None:
     b = [x + 0.1 for x in a]
     diff, lo, hi = paired_bootstrap_diff(a, b)
     assert abs(diff - 0.1) < 1e-9 and abs(lo - 0.1) < 1e-9 and abs(hi - 0.1) < 1e-9
+
+
+def test_maj_at_k_over_tasks() -> None:
+    from crps_agent.stats import maj_at_k
+
+    answers = [["3", "4", "3"], ["5", "6", "6"], [None, None, "1"]]
+    correct = [[True, False, True], [True, False, False], [False, False, True]]
+    assert maj_at_k(answers, correct) == pytest.approx(2 / 3)
+    assert maj_at_k([], []) == 0.0
+    with pytest.raises(ValueError):
+        maj_at_k([["1"]], [])
+
+
+def test_bootstrap_is_seeded_and_paired_diff_cancels_task_difficulty() -> None:
+    rates = [0.0, 0.25, 1.0, 0.5, 0.75, 1.0, 0.0, 0.5]
+    assert bootstrap_ci(rates, seed=3) == bootstrap_ci(rates, seed=3)
+    shifted = [min(1.0, r + 0.25) for r in rates]
+    diff, lo, hi = paired_bootstrap_diff(rates, shifted, seed=0)
+    assert lo <= diff <= hi and lo > 0  # every task improves: the interval excludes 0
+    ulo, uhi = bootstrap_ci([b - a for a, b in zip(rates, shifted, strict=True)], seed=0)
+    assert (ulo, uhi) == (lo, hi)
