@@ -16,7 +16,7 @@ DEMO_LIMIT ?= 8
 HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 DEMO_BACKEND ?= $(if $(HAS_GPU),vllm,hf)
 
-.PHONY: install test demo lint offline clean
+.PHONY: install test demo lint offline clean bench-learning
 
 $(STAMP): pyproject.toml $(addsuffix /pyproject.toml,$(PLUGINS))
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,19 @@ demo: install
 
 offline: install
 	examples/offline/run.sh $(DEMO_STORE)-offline
+
+# The learning benchmark on the simulator: 24 training tasks, 100 held-out, a frozen
+# evaluation of every arm at the start and every 8 training tasks (bench-learning/learning.png).
+BENCH_LEARNING ?= bench-learning
+bench-learning: install
+	mkdir -p $(BENCH_LEARNING)
+	$(BIN)/crps-agent sim tasks --n 24 --split train --out $(BENCH_LEARNING)/train.jsonl
+	$(BIN)/crps-agent sim tasks --n 100 --split heldout --out $(BENCH_LEARNING)/heldout.jsonl
+	rm -rf $(BENCH_LEARNING)/store
+	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(BIN)/crps-agent bench learning \
+		--backend sim --train $(BENCH_LEARNING)/train.jsonl \
+		--heldout $(BENCH_LEARNING)/heldout.jsonl --arms none,insights,episodic,oracle \
+		--out $(BENCH_LEARNING) --json
 
 lint: install
 	$(BIN)/ruff check crps_agent plugins tests
