@@ -194,7 +194,10 @@ class LedgerBackend:
 
     def __getattr__(self, attr: str) -> Any:
         # Only reached for attributes not set in __init__: the inner backend's own.
-        return getattr(self.__dict__["inner"], attr)
+        inner = self.__dict__.get("inner")
+        if inner is None:
+            raise AttributeError(attr)
+        return getattr(inner, attr)
 
 
 def unwrap(backend: Backend) -> Backend:

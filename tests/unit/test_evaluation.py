@@ -223,3 +223,21 @@ def test_eval_cli_with_arms_prints_one_row_per_arm(learned) -> None:
     assert [r["arm"] for r in rows] == ["none", "episodic"]
     assert all(r["samples"] == 2 and r["tasks"] == 2 and "maj@2" in r for r in rows)
     assert rows[1]["notes_tokens_per_solve"] > 0 == rows[0]["notes_tokens_per_solve"]
+
+
+def test_plain_eval_reports_pass1_with_its_interval(tmp_path, monkeypatch) -> None:
+    from click.testing import CliRunner
+
+    from crps_agent.cli import cli
+
+    monkeypatch.delenv("CRPS_CONFIG", raising=False)
+    res = CliRunner().invoke(cli, [
+        "eval", str(EXAMPLES / "tasks.jsonl"), "--n", "4", "--backend", "scripted",
+        "--script", str(EXAMPLES / "script.yaml"), "--store", str(tmp_path / "s"),
+        "--domain", "math", "--json"])
+    assert res.exit_code == 0, (res.output, res.exception)
+    row = json.loads(res.stdout.strip().splitlines()[-1])
+    rates = [t["n_correct"] / t["n"] for t in row["per_task"]]
+    assert row["pass1"] == pytest.approx(sum(rates) / len(rates))
+    assert row["ci95"][0] <= row["pass1"] <= row["ci95"][1]
+    assert row["label"] == "the base model"
