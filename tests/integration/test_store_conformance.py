@@ -219,7 +219,7 @@ def test_semantic_search_scores_and_order(make: Any) -> None:
     store.put(("docs", "u1"), "raw", {"text": "python tutorial"}, index=False)
     hits = store.search(("docs",), query="python tutorial for beginners", limit=10)
     scored = [h for h in hits if h.score is not None]
-    assert [h.key for h in scored][0] == "a"
+    assert next(h.key for h in scored) == "a"
     assert [h.score for h in scored] == sorted((h.score for h in scored), reverse=True)
     q = embed(["python tutorial for beginners"])[0]
     for h in scored:
