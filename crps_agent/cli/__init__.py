@@ -13,9 +13,11 @@ from crps_agent.cli.bench import bench
 from crps_agent.cli.eval_cmd import eval_
 from crps_agent.cli.export import export
 from crps_agent.cli.insights import insights
+from crps_agent.cli.mcp_cmd import mcp_
 from crps_agent.cli.plugins_cmd import plugins
 from crps_agent.cli.run import learn, solve
 from crps_agent.cli.sim_cmd import sim
+from crps_agent.cli.serve import serve
 from crps_agent.cli.train import finetune
 from crps_agent.cli.tree import tree
 
@@ -44,6 +46,8 @@ cli.add_command(rollback)
 cli.add_command(adapters)
 cli.add_command(eval_)
 cli.add_command(sim)
+cli.add_command(mcp_)
+cli.add_command(serve)
 
 
 def main(argv: list[str] | None = None) -> None:

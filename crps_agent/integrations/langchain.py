@@ -67,7 +67,7 @@ def _memory_from_runtime(runtime: Any) -> Memory:
         raise ops.InvalidRequestError(
             "no memory for the crps-agent tools: pass memory_tools(memory) or run the agent "
             "with a context that has a `memory` attribute")
-    return memory  # type: ignore[no-any-return]
+    return memory
 
 
 def _recall_content(hits: list[dict[str, Any]]) -> str:

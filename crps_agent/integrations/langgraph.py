@@ -283,7 +283,7 @@ class ChromaStore(BaseStore):
         """Best cosine similarity per allowed item: nearest vectors first, widening the
         query until offset + limit allowed items are found or the prefix is exhausted."""
         assert self.embeddings is not None and self.vectors is not None
-        query = self.embeddings.embed_query(str(op.query))
+        query: Any = self.embeddings.embed_query(str(op.query))
         total = self.vectors.count()
         want = op.offset + op.limit
         n = max(_FIRST_QUERY, 4 * want)
@@ -338,10 +338,11 @@ class ChromaStore(BaseStore):
     def _apply_puts(self, puts: list[PutOp]) -> None:
         ids = [_item_id(tuple(op.namespace), op.key) for op in puts]
         old = self.items.get(ids=ids, include=["metadatas"])
-        created = {rid: float(m["created_at"])
+        created = {rid: float(m["created_at"])  # type: ignore[arg-type]
                    for rid, m in zip(old["ids"], old["metadatas"] or [], strict=True)}
         if self.vectors is not None and created:
-            self.vectors.delete(where={"item": {"$in": list(created)}})
+            gone_vectors: Any = {"item": {"$in": list(created)}}
+            self.vectors.delete(where=gone_vectors)
         gone = [rid for rid, op in zip(ids, puts, strict=True) if op.value is None]
         if gone:
             self.items.delete(ids=gone)
@@ -350,7 +351,7 @@ class ChromaStore(BaseStore):
             return
         texts = {rid: self._texts(op) for rid, op in live}
         now = time.time()
-        metas = []
+        metas: list[Any] = []
         for rid, op in live:
             meta: dict[str, Any] = {"ns": _SEP.join(op.namespace), "depth": len(op.namespace),
                                     "key": op.key, "created_at": created.get(rid, now),
@@ -368,7 +369,7 @@ class ChromaStore(BaseStore):
             labels = {rid: meta for (rid, _), meta in zip(live, metas, strict=True)}
             self.vectors.upsert(
                 ids=[f"{rid}:{path}" for rid, path, _ in flat],
-                embeddings=[list(map(float, e)) for e in embedded],  # type: ignore[misc]
+                embeddings=[list(map(float, e)) for e in embedded],  # type: ignore[arg-type]
                 metadatas=[{"item": rid, "path": path,
                             **{k: v for k, v in labels[rid].items() if k[:1] == "l"}}
                            for rid, path, _ in flat])

@@ -12,6 +12,7 @@ POST /v1/insights, PATCH) goes through the same validator as a learned insight
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import TYPE_CHECKING, Any
 
 from crps_agent.errors import CrpsError
@@ -65,9 +66,10 @@ def explain_json(hit: RecalledInsight) -> dict[str, Any] | None:
     return {k: (_round(v) if isinstance(v, float) else v) for k, v in explain.items()}
 
 
-def recalled_json(hit: RecalledInsight) -> dict[str, Any]:
+def recalled_json(hit: RecalledInsight, *, full: bool = False) -> dict[str, Any]:
     """One recall result: the insight's id, text and counters, its similarity and score,
-    and `explain` (why it was recalled) when available."""
+    `explain` (why it was recalled) when available, and with `full` every field of the
+    insight under "insight" (what `MemoryClient` rebuilds an `Insight` from)."""
     ins = hit.insight
     out: dict[str, Any] = {
         "id": ins.id, "text": ins.text, "kind": ins.kind, "domain": ins.domain,
@@ -78,6 +80,8 @@ def recalled_json(hit: RecalledInsight) -> dict[str, Any]:
     explain = explain_json(hit)
     if explain is not None:
         out["explain"] = explain
+    if full:
+        out["insight"] = ins.to_dict()
     return out
 
 
@@ -133,17 +137,21 @@ def namespace_of(memory: Memory, namespace: str | None) -> str:
 
 
 def recall(memory: Memory, query: str, *, k: int = 5, namespace: str | None = None,
-           domain: str | None = None) -> list[dict[str, Any]]:
+           domain: str | None = None, full: bool = False) -> list[dict[str, Any]]:
     if not isinstance(query, str) or not query.strip():
         raise InvalidRequestError("'query' must be a non-empty string")
     if len(query) > MAX_QUERY_CHARS:
         raise InvalidRequestError(f"'query' is longer than {MAX_QUERY_CHARS} characters")
     check_range("k", k, 1, MAX_K)
     hits = memory.recall(query, namespace=namespace_of(memory, namespace), domain=domain, k=k)
-    return [recalled_json(h) for h in hits]
+    return [recalled_json(h, full=full) for h in hits]
 
 
-def record(memory: Memory, insight_ids: list[str], success: bool) -> dict[str, Any]:
+def record(memory: Memory, insight_ids: list[str], success: bool, *,
+           event_id: str | None = None) -> dict[str, Any]:
+    """Credit a verdict. `event_id` makes a retried report count once where the memory
+    supports it (`Memory.record(..., event_id=)`); without that support it is refused
+    rather than silently ignored."""
     if not isinstance(insight_ids, list) or not all(isinstance(i, str) and i
                                                     for i in insight_ids):
         raise InvalidRequestError("'insight_ids' must be a list of insight id strings")
@@ -151,7 +159,13 @@ def record(memory: Memory, insight_ids: list[str], success: bool) -> dict[str, A
         raise InvalidRequestError(f"'insight_ids' has more than {MAX_IDS} ids")
     if not isinstance(success, bool):
         raise InvalidRequestError("'success' must be true or false")
-    changed = memory.record(insight_ids, success)
+    if event_id is None:
+        changed = memory.record(insight_ids, success)
+    elif "event_id" in inspect.signature(memory.record).parameters:
+        changed = memory.record(insight_ids, success, event_id=event_id)  # type: ignore[call-arg]
+    else:
+        raise InvalidRequestError("'event_id' is not supported by this version of the "
+                                  "memory: send the outcome without it")
     return {"recorded": len(dict.fromkeys(insight_ids)), "success": success,
             "changed": [{"id": c.id, "status": c.status, "promoted": c.promoted}
                         for c in changed]}
