@@ -17,8 +17,8 @@ otherwise). Invalid bodies answer 422 naming the field, unknown ids 404, bodies 
 in this process, so concurrent agents never lose an update.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: FastAPI reads the routes' annotations at run
+# time, and some name values local to create_app (the auth dependency).
 import secrets
 import threading
 from collections.abc import Callable
@@ -116,7 +116,7 @@ def _too_large(limit: int) -> JSONResponse:
     return JSONResponse({"detail": f"request body over {limit} bytes"}, status_code=413)
 
 
-def create_app(memory: Memory, *, api_key: str | None = None, namespace: str = "default",
+def create_app(memory: "Memory", *, api_key: str | None = None, namespace: str = "default",
                max_body: int = MAX_BODY) -> FastAPI:
     """The service for `memory`. `namespace` is the default of requests without one."""
     app = FastAPI(title="crps-agent memory", version="1",
