@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import re
 from typing import TYPE_CHECKING, Any
 
 from crps_agent.errors import CrpsError
@@ -23,6 +24,9 @@ if TYPE_CHECKING:
     from crps_agent.memory.recall import RecalledInsight
 
 STATUSES = ("active", "candidate", "retired")
+# C0/C1 controls (NUL, terminal escapes...) other than tab and newlines: an insight is
+# rendered into prompts and terminals, where they have no business.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 MAX_TEXT_CHARS = 2000
 MAX_QUERY_CHARS = 8000
 MAX_K = 100
@@ -94,6 +98,10 @@ def check_insight_text(text: str, *, domain: str = "", max_words: int = 40) -> s
     if len(text) > MAX_TEXT_CHARS:
         raise InsightRejectedError(
             f"'text' is {len(text)} characters; an insight has at most {max_words} words")
+    if _CONTROL.search(text):
+        raise InsightRejectedError(
+            "insight text rejected (control_characters): plain text only, no control or "
+            "escape characters")
     from crps_agent.reflect.validate import rejection_reason
 
     reason = rejection_reason(text, Task(prompt="", domain=domain), max_words=max_words)

@@ -156,7 +156,7 @@ def create_app(memory: "Memory", *, api_key: str | None = None, namespace: str =
     v1 = [Depends(authorize)]
 
     @app.get("/v1/insights", dependencies=v1, tags=["insights"])
-    def list_insights(namespace: Annotated[str | None, Query(max_length=256)] = None,
+    def list_insights(namespace: Annotated[str | None, Query(min_length=1, max_length=256)] = None,
                       status: Annotated[str | None, Query(max_length=16)] = None,
                       domain: Annotated[str | None, Query(max_length=64)] = None,
                       limit: Annotated[int, Query(ge=1, le=ops.MAX_LIST)] = 50,
@@ -195,7 +195,7 @@ def create_app(memory: "Memory", *, api_key: str | None = None, namespace: str =
                                         event_id=body.event_id))
 
     @app.get("/v1/stats", dependencies=v1, tags=["insights"])
-    def stats(namespace: Annotated[str | None, Query(max_length=256)] = None
+    def stats(namespace: Annotated[str | None, Query(min_length=1, max_length=256)] = None
               ) -> dict[str, Any]:
         return ops.stats(memory, ns(namespace))
 

@@ -11,7 +11,6 @@ from fastapi.testclient import TestClient
 from crps_agent.config import MemorySettings
 from crps_agent.memory import Memory
 from crps_agent.service.app import create_app
-from crps_agent.types import Insight
 
 
 def _memory(path: Path, admission: bool = False) -> Memory:
