@@ -36,6 +36,7 @@ from crps_agent.types import Insight
 # JSON; the context is only read by the tools.
 warnings.filterwarnings("ignore", message="Pydantic serializer warnings")
 
+LESSON = "For a speed in km per hour, divide the distance by the time taken."
 QUESTION = "A train travels 120 km in 2 hours. What is its speed in km per hour?"
 
 
@@ -63,8 +64,7 @@ def run(store: str) -> dict[str, Any]:
     from langchain.agents import create_agent
 
     memory = Memory(store, embedder="hash")  # "minilm" for real semantic recall
-    memory.remember([Insight(text="For a speed in km per hour, divide the distance by the time taken.",
-                             domain="math", namespace="default")])
+    memory.remember([Insight(text=LESSON, domain="math", namespace="default")])
     backend = ScriptedBackend().respond(scripted_model)
     agent_store = ChromaStore(store, memory=memory)
     agent = create_agent(BackendChatModel(backend=backend), tools=memory_tools(),
@@ -72,8 +72,8 @@ def run(store: str) -> dict[str, Any]:
                          system_prompt="Use recall_insights before answering.")
     result = agent.invoke({"messages": [{"role": "user", "content": QUESTION}]},
                           context=Context(memory=memory))
-    recalled = [m.artifact for m in result["messages"]
-                if getattr(m, "name", None) == "recall_insights"][0]
+    recalled = next(m.artifact for m in result["messages"]
+                if getattr(m, "name", None) == "recall_insights")
     agent_store.put(("users", "demo"), "last_question", {"text": QUESTION})
     insight = agent_store.search(("insights", "default"), query="speed", limit=1)[0]
     return {"recalled": recalled, "answer": result["messages"][-1].content,
