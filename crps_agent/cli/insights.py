@@ -77,16 +77,42 @@ def list_(domain: str | None, status: str | None, limit: int | None, as_json: bo
 @click.argument("query")
 @click.option("--domain", default=None, help="Only this domain.")
 @click.option("-k", "k", type=int, default=10, show_default=True, help="How many.")
+@click.option("--explain", is_flag=True,
+              help="Rank as recall does (what would go into a prompt) and show why: the "
+                   "parts of each score.")
 @store_options
-def search(query: str, domain: str | None, k: int, as_json: bool, **flags: Any) -> None:
+def search(query: str, domain: str | None, k: int, explain: bool, as_json: bool,
+           **flags: Any) -> None:
     """Insights most similar to QUERY."""
     settings = make_settings(**flags)
+    if explain:
+        _search_explained(open_memory(settings), query, settings.namespace, domain, k, as_json)
+        return
     hits = open_memory(settings).insights.search(query, namespace=flags.get("namespace"),
                                                  domain=domain, k=k, status=None)
     if as_json:
         emit_jsonl(insight_json(h.insight, similarity=round(h.similarity, 4)) for h in hits)
     else:
         _table([h.insight for h in hits], [h.similarity for h in hits])
+
+
+def _search_explained(memory: Memory, query: str, namespace: str, domain: str | None, k: int,
+                      as_json: bool) -> None:
+    from crps_agent.integrations.ops import recalled_json
+
+    rows = [recalled_json(h) for h in memory.recall(query, namespace=namespace, domain=domain,
+                                                    k=k)]
+    if as_json:
+        emit_jsonl(rows)
+        return
+    from rich.table import Table
+
+    parts = sorted({p for r in rows for p in r.get("explain", {})})
+    table = Table("id", "text", "similarity", "score", "uses", *parts)
+    for r in rows:
+        table.add_row(r["id"][:8], r["text"], f"{r['similarity']:.3f}", f"{r['score']:.3f}",
+                      str(r["uses"]), *(str(r.get("explain", {}).get(p, "")) for p in parts))
+    console().print(table)
 
 
 @insights.command()
