@@ -16,8 +16,8 @@ from crps_agent.cli.insights import insights
 from crps_agent.cli.mcp_cmd import mcp_
 from crps_agent.cli.plugins_cmd import plugins
 from crps_agent.cli.run import learn, solve
-from crps_agent.cli.sim_cmd import sim
 from crps_agent.cli.serve import serve
+from crps_agent.cli.sim_cmd import sim
 from crps_agent.cli.train import finetune
 from crps_agent.cli.tree import tree
 
