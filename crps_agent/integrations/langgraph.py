@@ -263,10 +263,13 @@ class ChromaStore(BaseStore):
             return []
         if prefix and prefix[0] == INSIGHTS and self._insights_on():
             return self._search_insights(op)
+        semantic = bool(op.query) and self.embeddings is not None and self.vectors is not None
+        if not op.filter:
+            return self._search_unfiltered(op, prefix, semantic)
         cands = self._candidates(op)
         if not cands:
             return []
-        if not (op.query and self.embeddings is not None and self.vectors is not None):
+        if not semantic:
             cands.sort(key=lambda c: (c[0].updated_at, c[0].key), reverse=True)
             return [self._hit(item, None) for item, _ in cands[op.offset: op.offset + op.limit]]
         by_id = {_item_id(it.namespace, it.key): it for it, _ in cands}
@@ -278,10 +281,44 @@ class ChromaStore(BaseStore):
             hits += [self._hit(it, None) for it in unindexed[: op.limit - len(hits)]]
         return hits
 
-    def _scores(self, op: SearchOp, prefix: tuple[str, ...], allowed: set[str]
+    def _search_unfiltered(self, op: SearchOp, prefix: tuple[str, ...], semantic: bool
+                           ) -> list[SearchItem]:
+        """Without a value filter only the returned page's documents are read: the order
+        comes from the metadata (no query) or from the vector index (query)."""
+        where = _prefix_where(prefix)
+        if not semantic:
+            res = self.items.get(where=where, include=["metadatas"])
+            order = sorted(zip(res["ids"], res["metadatas"] or [], strict=True),
+                           key=lambda r: (float(r[1]["updated_at"]),  # type: ignore[arg-type]
+                                          str(r[1]["key"])), reverse=True)
+            page = [rid for rid, _ in order[op.offset: op.offset + op.limit]]
+            items = self._read(page)
+            return [self._hit(items[rid], None) for rid in page if rid in items]
+        scores = self._scores(op, prefix, None)
+        ranked = sorted(scores.items(), key=lambda kv: kv[1], reverse=True)
+        top = ranked[op.offset: op.offset + op.limit]
+        items = self._read([rid for rid, _ in top])
+        hits = [self._hit(items[rid], sc) for rid, sc in top if rid in items]
+        if len(hits) < op.limit:  # then the items without vectors, as the reference does
+            res = self.items.get(where=_prefix_where(prefix, {"vectors": 0}),
+                                 limit=op.limit - len(hits), include=["documents", "metadatas"])
+            hits += [self._hit(self._item(rid, doc, meta), None) for rid, doc, meta in
+                     zip(res["ids"], res["documents"] or [], res["metadatas"] or [],
+                         strict=True)]
+        return hits
+
+    def _read(self, ids: list[str]) -> dict[str, Item]:
+        if not ids:
+            return {}
+        res = self.items.get(ids=ids, include=["documents", "metadatas"])
+        return {rid: self._item(rid, doc, meta) for rid, doc, meta in
+                zip(res["ids"], res["documents"] or [], res["metadatas"] or [], strict=True)}
+
+    def _scores(self, op: SearchOp, prefix: tuple[str, ...], allowed: set[str] | None
                 ) -> dict[str, float]:
-        """Best cosine similarity per allowed item: nearest vectors first, widening the
-        query until offset + limit allowed items are found or the prefix is exhausted."""
+        """Best cosine similarity per item (of `allowed`, or any under the prefix): nearest
+        vectors first, widening the query until offset + limit items are found or the
+        prefix is exhausted."""
         assert self.embeddings is not None and self.vectors is not None
         query: Any = self.embeddings.embed_query(str(op.query))
         total = self.vectors.count()
@@ -298,7 +335,7 @@ class ChromaStore(BaseStore):
             best: dict[str, float] = {}
             for meta, dist in zip(metas, dists, strict=True):
                 rid = str(meta["item"])
-                if rid in allowed and rid not in best:
+                if (allowed is None or rid in allowed) and rid not in best:
                     best[rid] = 1.0 - float(dist)
             if len(best) >= want or len(metas) < n or n >= total:
                 return best
