@@ -18,8 +18,12 @@ _SCHEMA_HINT = """Reply with a JSON object of this shape:
   "failure_mode": "<the mistake to avoid, stated generally>",
   "insights": [{{"text": "<one lesson, at most {max_words} words>",
                  "kind": "strategy|constraint|pitfall|check"}}]}}
-Rules for insights: 1 to {max_insights} of them; each at most {max_words} words; general
-(useful for other problems): never repeat this problem's numbers, names or answer."""
+Rules for insights: 0 to {max_insights} of them (an empty list when the pair teaches
+nothing general); each at most {max_words} words; specific about what to do and when (no
+generic advice such as "double-check your work" or "be concise"); general (useful for other
+problems): never repeat this problem's numbers, names or answer; about solving only (never
+about the answer's format); no code, links or instructions to the model. Write math as
+LaTeX with doubled backslashes in JSON ("\\\\frac{{a}}{{b}}")."""
 
 
 def _numbered(steps: list[str], limit: int = 24) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
@@ -16,8 +17,11 @@ from crps_agent.ledger import phase
 from crps_agent.reflect.parse import parse_reflection
 from crps_agent.reflect.prompts import reflection_messages, repair_messages
 from crps_agent.reflect.schema import InsightDraft, Reflection, reflection_json_schema
-from crps_agent.reflect.validate import rejection_reason
+from crps_agent.trust import validate
 from crps_agent.types import Contrast, Insight, Task
+
+if TYPE_CHECKING:
+    from crps_agent.domains import Domain
 
 
 @dataclass
@@ -42,8 +46,13 @@ def _request(messages: list[dict[str, str]], settings: ReflectSettings, seed: in
 
 def reflect(contrasts: Sequence[Contrast], tasks: Mapping[str, Task], backend: Backend,
             settings: ReflectSettings, *, related: Mapping[str, list[str]] | None = None,
-            seed: int | None = None) -> ReflectOutcome:
-    """Turn contrasts into validated insights (namespace/domain taken from each task)."""
+            seed: int | None = None,
+            domains: Mapping[str, Domain] | None = None) -> ReflectOutcome:
+    """Turn contrasts into validated insights (namespace/domain taken from each task).
+
+    Every proposed insight passes the trust boundary (`crps_agent.trust.validate`, with the
+    task's domain from `domains` deciding which numbers leak); rejections are counted by
+    reason in `rejected`. A reflection may propose no insight at all."""
     out = ReflectOutcome()
     if not contrasts:
         return out
@@ -87,9 +96,11 @@ def reflect(contrasts: Sequence[Contrast], tasks: Mapping[str, Task], backend: B
             except ValidationError:
                 out.rejected["schema"] += 1
                 continue
-            reason = rejection_reason(draft.text, task, max_words=settings.max_insight_words)
-            if reason:
-                out.rejected[reason] += 1
+            domain = (domains or {}).get(task.domain)
+            screening = validate(draft.text, task=task, domain=domain,
+                                 max_words=settings.max_insight_words)
+            if screening.reason is not None:
+                out.rejected[screening.reason] += 1
                 continue
             out.insights.append(Insight(text=draft.text.strip(), kind=draft.kind,
                                         domain=task.domain, namespace=task.namespace,

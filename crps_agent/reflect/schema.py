@@ -37,7 +37,9 @@ class Reflection(BaseModel):
                           "compare")
     success_pattern: str = Field(min_length=1)
     failure_mode: str = Field(min_length=1)
-    insights: list[dict[str, Any]] = Field(min_length=1)
+    # Zero is a valid answer: a pair that teaches nothing general should yield no note
+    # rather than a platitude.
+    insights: list[dict[str, Any]] = Field(default_factory=list)
 
     @field_validator("insights", mode="before")
     @classmethod
@@ -60,7 +62,7 @@ def reflection_json_schema(max_insights: int = 3) -> dict[str, Any]:
             "success_pattern": {"type": "string"},
             "failure_mode": {"type": "string"},
             "insights": {
-                "type": "array", "minItems": 1, "maxItems": max_insights,
+                "type": "array", "minItems": 0, "maxItems": max_insights,
                 "items": {
                     "type": "object",
                     "properties": {"text": {"type": "string"},

@@ -14,7 +14,7 @@ import json
 import re
 from typing import Any
 
-from crps_agent.domains import Domain
+from crps_agent.domains import Domain, NoteNumbers
 from crps_agent.errors import TaskError
 from crps_agent.types import Task, Verdict
 from crps_puzzles.arith import check_expression
@@ -89,6 +89,20 @@ class PuzzleDomain(Domain):
         check = check_expression(answer, numbers, target, use_all=use_all)
         return Verdict(1.0 if check.ok else 0.0, check.ok, check.expression or answer,
                        check.reason)
+
+    def note_numbers(self, task: Task) -> NoteNumbers:
+        """A puzzle's reference lists its inputs: they are the problem's numbers, not its
+        answer (the answer is an expression). A target fixed for the whole domain (24) is
+        a general fact."""
+        try:
+            numbers, target, _ = self.puzzle(task.reference or "", task)
+        except ValueError:
+            return super().note_numbers(task)
+        fixed = getattr(self, "target", None)
+        problem = {str(n) for n in numbers} | ({str(target)} if target != fixed else set())
+        base = NoteNumbers(answer=frozenset(), problem=frozenset())
+        general = base.general | ({str(fixed)} if fixed is not None else set())
+        return NoteNumbers(answer=frozenset(), problem=frozenset(problem), general=general)
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "description": self.description}
