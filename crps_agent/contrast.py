@@ -11,7 +11,9 @@ share as long a prefix, the order is drawn at random in proportion to the visit 
 branch where the failure parts from its success (the mistakes the search ran into most
 often come first; `rng`, seeded from the task id when not given). Soft contrasts fill in.
 
-A task with failures and no success gets cross-task contrasts (`cross_contrasts`): its
+A one-sided search (failures only, or successes only) is paired with the same task's earlier
+attempts from the log first (`history_contrasts`). A task with failures and no success
+anywhere in its history gets cross-task contrasts (`cross_contrasts`): its
 distinct failures paired with a correct attempt at the most similar solved task (found in the
 trajectory log by the caller), so it still yields insights and CRPS chains.
 """
@@ -19,16 +21,23 @@ trajectory log by the caller), so it still yields insights and CRPS chains.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from typing import Any
 
 from crps_agent.search.steps import common_prefix
 from crps_agent.types import Contrast, SearchResult, Trajectory, stable_id
 
 
+def truncated(t: Trajectory) -> bool:
+    """A failure cut at the token limit: it says nothing about the reasoning (only that the
+    limit was short), so it never becomes a hard contrast or a DPO rejection."""
+    return t.finish_reason == "length" and not t.verdict.correct
+
+
 def pair_contrasts(result: SearchResult, *, max_pairs: int = 3, soft_ratio: float = 1.5,
                    rng: random.Random | None = None) -> list[Contrast]:
     good = [t for t in result.trajectories if t.verdict.correct]
-    bad = [t for t in result.trajectories if not t.verdict.correct]
+    bad = [t for t in result.trajectories if not t.verdict.correct and not truncated(t)]
     if not good or max_pairs <= 0:
         return []
     paths = _tree_paths(result)
@@ -113,7 +122,7 @@ def _tree_hard_pairs(result: SearchResult, paths: list[list[int]], max_pairs: in
     candidates: list[tuple[int, float, Contrast]] = []
     seen: set[tuple[tuple[int, ...], str]] = set()
     for i, b in enumerate(trajs):
-        if b.verdict.correct:
+        if b.verdict.correct or truncated(b):
             continue
         key = (tuple(paths[i]), b.text)
         if key in seen:  # identical failures teach nothing new
@@ -142,9 +151,50 @@ def cross_contrasts(result: SearchResult, success: Trajectory, success_prompt: s
     seen: set[str] = set()
     bad = []
     for t in sorted(result.trajectories, key=lambda t: t.tokens):
-        if t.text not in seen and t.finish_reason != "length":
+        if t.text not in seen and not truncated(t):
             seen.add(t.text)
             bad.append(t)
     return [Contrast(task_id=result.task.id, good=success, bad=b, divergence_step=0,
                      kind="cross", gap=success.verdict.reward - b.verdict.reward,
                      good_prompt=success_prompt) for b in bad[:max_pairs]]
+
+
+def history_contrasts(result: SearchResult, earlier: Sequence[Trajectory], *,
+                      max_pairs: int = 3) -> list[Contrast]:
+    """Contrasts of a one-sided search with the same task's earlier attempts (from the
+    trajectory log, oldest first): its distinct failures paired with the earlier success
+    that shares the longest step prefix, or, when it only succeeded, the earlier distinct
+    failures paired with its best success. Empty when the search has both sides (use
+    `pair_contrasts`) or the log holds no attempt of the missing side. Truncated failures
+    are never paired."""
+    if max_pairs <= 0:
+        return []
+    now_good = [t for t in result.trajectories if t.verdict.correct]
+    now_bad = [t for t in result.trajectories if not t.verdict.correct and not truncated(t)]
+    own = {t.id for t in result.trajectories}
+    past = [t for t in earlier if t.task_id == result.task.id and t.id not in own
+            and t.search_id != result.search_id]
+    if now_good and not now_bad:
+        good_pool = now_good
+        bad_pool = [t for t in past if not t.verdict.correct and not truncated(t)]
+    elif now_bad and not now_good:
+        good_pool = [t for t in past if t.verdict.correct]
+        bad_pool = now_bad
+    else:
+        return []
+    if not good_pool or not bad_pool:
+        return []
+    candidates: list[tuple[int, int, Contrast]] = []
+    seen: set[str] = set()
+    # The most recent earlier attempts first: they were made with the newest notes.
+    for order, b in enumerate(bad_pool[::-1] if now_good else bad_pool):
+        if b.text in seen:
+            continue
+        seen.add(b.text)
+        g = max(good_pool, key=lambda t: (common_prefix(t.steps, b.steps), -t.tokens))
+        shared = common_prefix(g.steps, b.steps)
+        candidates.append((shared, -order, Contrast(
+            task_id=result.task.id, good=g, bad=b, divergence_step=shared, kind="hard",
+            gap=g.verdict.reward - b.verdict.reward)))
+    candidates.sort(key=lambda c: (c[0], c[1]), reverse=True)
+    return [c for _, _, c in candidates[:max_pairs]]

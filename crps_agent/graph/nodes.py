@@ -8,7 +8,7 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
-from crps_agent.contrast import cross_contrasts, pair_contrasts
+from crps_agent.contrast import cross_contrasts, history_contrasts, pair_contrasts
 from crps_agent.errors import NotFoundError
 from crps_agent.graph.state import AgentContext, AgentState
 from crps_agent.ledger import phase
@@ -72,8 +72,13 @@ def reflect_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str,
     result = SearchResult.from_dict(state["result"])
     cfg = ctx.settings.reflect
     contrasts = pair_contrasts(result, max_pairs=cfg.max_pairs, soft_ratio=cfg.soft_ratio)
-    if not contrasts and result.trajectories and _verifiable(ctx, result.task):
-        contrasts = _cross_task(ctx, result)
+    if (result.trajectories and _verifiable(ctx, result.task)
+            and not any(c.kind == "hard" for c in contrasts)):
+        # One-sided search: the task's own earlier attempts first, another task last.
+        earlier = ctx.memory.trajectories.for_task(result.task.id)
+        contrasts = [*history_contrasts(result, earlier, max_pairs=cfg.max_pairs),
+                     *contrasts][:cfg.max_pairs]
+        contrasts = contrasts or _cross_task(ctx, result)
     if not contrasts:
         return {"contrasts": [], "insights": [], "rejected": {}, "reflections": 0}
     task = result.task
@@ -83,7 +88,8 @@ def reflect_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str,
         token_budget=ctx.settings.memory.token_budget)]
     with phase("reflect"):
         outcome = reflect(contrasts, {task.id: task}, ctx.backend, cfg,
-                          related={task.id: related}, seed=ctx.settings.seed)
+                          related={task.id: related}, seed=ctx.settings.seed,
+                          domains={task.domain: ctx.domain(task.domain)})
     analyses = {c.id: analysis_of(r) for c, r in outcome.reflections}
     return {"contrasts": [{**c.to_dict(), "analysis": analyses.get(c.id)} for c in contrasts],
             "insights": [i.to_dict() for i in outcome.insights],
