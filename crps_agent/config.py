@@ -61,9 +61,22 @@ class SearchSettings(BaseModel):
     n: int = Field(4, ge=1, le=256, description="samples per task")
     temperature: float = Field(0.7, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    max_tokens: int = Field(512, ge=1)
+    max_tokens: int = Field(512, ge=1, description="tokens of one best-of-n attempt (MCTS: "
+                            "mcts.rollout_tokens); search, admission, gate and eval share "
+                            "the limit (crps_agent.search.budget.token_budget)")
+    domain_max_tokens: dict[str, int] = Field(default_factory=dict, description="per-domain "
+                                              "token limit of one attempt, whatever the "
+                                              "search method (e.g. {math = 1024})")
     stop: list[str] = Field(default_factory=list)
     mcts: MCTSSettings = Field(default_factory=MCTSSettings)
+
+    @field_validator("domain_max_tokens")
+    @classmethod
+    def _domain_tokens(cls, value: dict[str, int]) -> dict[str, int]:
+        bad = [k for k, v in value.items() if v < 1]
+        if bad:
+            raise ValueError(f"token limits must be >= 1 (domain {bad[0]!r})")
+        return value
 
 
 class ReflectSettings(BaseModel):

@@ -75,6 +75,8 @@ class Domain:
     requires_reference: bool = True
     system_prompt: str = "You are a careful problem solver. Reason step by step."
     instruction: str = "Finish with the final answer on its own line."
+    # Tokens one attempt needs (None: the search method's limit); see search/budget.py.
+    max_tokens: int | None = None
 
     def render_prompt(self, task: Task, notes: list[str] | None = None) -> list[dict[str, str]]:
         """Chat messages for a solve attempt; recalled notes sit in their own section."""

@@ -108,6 +108,7 @@ class SearchStats:
     wall_s: float = 0.0
     rollouts: int = 0
     nodes: int = 0
+    truncated: int = 0  # attempts cut at the token limit (finish_reason "length")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

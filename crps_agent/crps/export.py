@@ -222,6 +222,8 @@ def write_method(out: Path, method: str, examples: list[Example], contrasts: lis
             if task is None:  # only the tasks this method exports, so the split holds
                 continue
             side = "validation" if c.task_id in val else "train"
+            if c.bad.finish_reason == "length" and not c.bad.verdict.correct:
+                continue  # cut at the token limit: not a rejection of its reasoning
             chosen = chosen_by_contrast.get(c.id)
             if chosen is None:
                 if c.kind == "cross":  # its good attempt answers another problem

@@ -52,6 +52,7 @@ class TaskEval:
     n_correct: int
     n: int
     answer: str | None
+    truncated: int = 0  # samples cut at the token limit
 
 
 @dataclass
@@ -80,6 +81,7 @@ class EvalResult:
                 "tasks": len(self.tasks), "solved": sum(t.solved for t in self.tasks),
                 "accuracy": round(self.accuracy, 6),
                 "sample_accuracy": round(self.sample_accuracy, 6),
+                "truncated": sum(t.truncated for t in self.tasks),
                 "wall_s": round(self.wall_s, 3), "per_task": [asdict(t) for t in self.tasks]}
 
 
@@ -192,7 +194,8 @@ def evaluate(tasks: Sequence[Task], backend: Backend, domains: Mapping[str, Doma
             out.tasks.append(TaskEval(
                 task_id=task.id, solved=result.solved, n_correct=result.n_correct,
                 n=len(result.trajectories),
-                answer=result.best.answer if result.best else None))
+                answer=result.best.answer if result.best else None,
+                truncated=result.stats.truncated))
     out.wall_s = time.perf_counter() - started
     return out
 

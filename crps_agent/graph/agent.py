@@ -60,6 +60,7 @@ class TaskReport:
     rejected: dict[str, int] = field(default_factory=dict)
     llm_calls: int = 0
     tokens: int = 0
+    truncated: int = 0  # attempts cut at the token limit
     resumed: bool = False
     ablated: bool = False  # run without insights: its verdict went to the baseline
     admitted: int = 0  # candidate insights that passed their admission check
@@ -105,6 +106,9 @@ class LearnReport:
             "llm_calls": sum(t.llm_calls for t in self.tasks),
             "tokens": sum(t.tokens for t in self.tasks),
             "cost": sum_costs([t.cost for t in self.tasks]),
+            "truncated": sum(t.truncated for t in self.tasks),
+            "truncation_rate": round(sum(t.truncated for t in self.tasks)
+                                     / max(1, sum(t.n for t in self.tasks)), 4),
             "wall_s": round(self.wall_s, 3),
         }
 
@@ -141,6 +145,7 @@ def _report(state: dict[str, Any], resumed: bool = False) -> TaskReport:
         insights_added=state.get("added", 0), insights_merged=state.get("merged", 0),
         rejected=dict(state.get("rejected", {})), llm_calls=state.get("llm_calls", 0),
         tokens=result.stats.prompt_tokens + result.stats.completion_tokens, resumed=resumed,
+        truncated=result.stats.truncated,
         ablated=bool(state.get("ablated", False)),
         admitted=sum(1 for c in state.get("admission", []) if c["admitted"]),
         admission_rejected=sum(1 for c in state.get("admission", []) if not c["admitted"]),

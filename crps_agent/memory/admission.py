@@ -22,6 +22,7 @@ from crps_agent.backends.base import GenerationRequest
 from crps_agent.errors import NotFoundError
 from crps_agent.memory.chroma import write_lock
 from crps_agent.memory.credit import ADMISSION_REJECTED
+from crps_agent.search.budget import token_budget
 
 if TYPE_CHECKING:
     from crps_agent.backends.base import Backend
@@ -50,7 +51,8 @@ def _request(task: Task, domain: Domain, notes: list[str], search: SearchSetting
              rollouts: int, seed: int | None, arm: str) -> GenerationRequest:
     return GenerationRequest(
         messages=domain.render_prompt(task, notes), n=rollouts,
-        temperature=search.temperature, top_p=search.top_p, max_tokens=search.max_tokens,
+        temperature=search.temperature, top_p=search.top_p,
+        max_tokens=token_budget(search, domain),  # the search's limit: one budget per task
         stop=list(search.stop), seed=seed, purpose="solve",
         meta={"task_id": task.id, "admission": arm})
 

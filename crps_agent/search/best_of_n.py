@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from crps_agent.backends.base import Backend, GenerationRequest
 from crps_agent.config import SearchSettings
 from crps_agent.domains import Domain
+from crps_agent.search.budget import token_budget
 from crps_agent.search.steps import split_steps
 from crps_agent.types import SearchResult, SearchStats, Task, Trajectory, Verdict
 
@@ -65,9 +66,9 @@ def best_of_n_batch(
     started = time.perf_counter()
     requests = [GenerationRequest(
         messages=messages, n=settings.n, temperature=settings.temperature,
-        top_p=settings.top_p, max_tokens=settings.max_tokens, stop=list(settings.stop),
-        seed=seed, purpose="solve", meta={"task_id": task.id},
-    ) for task, _, messages in jobs]
+        top_p=settings.top_p, max_tokens=token_budget(settings, domain),
+        stop=list(settings.stop), seed=seed, purpose="solve", meta={"task_id": task.id},
+    ) for task, domain, messages in jobs]
     replies = backend.generate(requests)
     results = []
     for (task, domain, _), completions, sid in zip(jobs, replies, ids, strict=True):
@@ -83,8 +84,10 @@ def best_of_n_batch(
             else:
                 answer = domain.extract_answer(comp.text)
                 verdict = Verdict(0.0, False, answer, "unverified: the task has no reference")
-            if comp.finish_reason == "length" and not verdict.correct:
-                verdict.detail += " (output truncated at max_tokens)"
+            if comp.finish_reason == "length":
+                stats.truncated += 1
+                if not verdict.correct:
+                    verdict.detail += " (output truncated at max_tokens)"
             trajectories.append(Trajectory(
                 task_id=task.id, text=comp.text, steps=split_steps(comp.text),
                 answer=verdict.answer, verdict=verdict, tokens=comp.completion_tokens,

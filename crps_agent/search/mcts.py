@@ -36,6 +36,7 @@ from crps_agent.config import MCTSSettings, SearchSettings
 from crps_agent.domains import Domain
 from crps_agent.errors import BackendError, ConfigError
 from crps_agent.search.best_of_n import _pick_best
+from crps_agent.search.budget import token_budget
 from crps_agent.search.tree import Node, Tree, choose_delimiter, segment
 from crps_agent.types import SearchResult, SearchStats, Task, Trajectory, Verdict
 
@@ -70,7 +71,8 @@ class _Search:
         self.insight_ids = list(insight_ids)
         self.sid, self.mode = sid, mode
         self.verified = bool((task.reference or "").strip()) or not domain.requires_reference
-        self.tree = Tree(max_depth=cfg.max_depth, rollout_tokens=cfg.rollout_tokens,
+        self.rollout_tokens = token_budget(settings, domain)  # one limit for every phase
+        self.tree = Tree(max_depth=cfg.max_depth, rollout_tokens=self.rollout_tokens,
                          step_tokens=cfg.step_tokens, expand_k=cfg.expand_k,
                          widen=settings.temperature > 0)
         self.trajectories: list[Trajectory] = []
@@ -131,7 +133,7 @@ class _Search:
         reqs = []
         for path, n in picked:
             node = path[-1]
-            room = self.cfg.rollout_tokens - node.prefix_tokens
+            room = self.rollout_tokens - node.prefix_tokens
             max_tokens = room if share is None else min(room, share)
             prefix = self.tree.prefix(node)
             reqs.append(GenerationRequest(
@@ -181,8 +183,10 @@ class _Search:
             verdict = Verdict(0.0, False, self.domain.extract_answer(text),
                               "unverified: the task has no reference")
         self.verify_s += time.perf_counter() - t0
-        if comp.finish_reason == "length" and not verdict.correct:
-            verdict.detail += " (output truncated at max_tokens)"
+        if comp.finish_reason == "length":
+            self.stats.truncated += 1
+            if not verdict.correct:
+                verdict.detail += " (output truncated at max_tokens)"
         reward = float(verdict.reward) if self.verified else 0.0
         self.tree.finish(leaf, reward, bool(verdict.correct))
         self.solved = self.solved or bool(verdict.correct)
