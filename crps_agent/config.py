@@ -47,6 +47,10 @@ class MCTSSettings(BaseModel):
                                   "(`Step k:` markers) or a literal separator")
     virtual_loss: float = Field(1.0, ge=0.0, description="virtual visits (of value 0) per "
                                 "pending selection within a wave")
+    failure_branching: float = Field(0.75, ge=0.0, le=1.0, description="share of a wave's "
+                                     "selections that branch from points along failed "
+                                     "rollouts (bisecting for the failing step) instead of "
+                                     "PUCT from the root; 0: PUCT only")
 
     @field_validator("delimiters")
     @classmethod

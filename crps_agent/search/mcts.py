@@ -7,6 +7,10 @@ raw text of the node's steps) with `n = expand_k` samples; split every rollout i
 and merge it into the tree (identical step prefixes share nodes); verify the whole text
 (prefix + continuation); back the reward up the path.
 
+Branching along failed rollouts (`search/branching.py`): up to `failure_branching` of a
+wave's selections continue from a node on a failed rollout's path, bisecting for the step
+that went wrong, so that failures and successes share long prefixes; the rest is PUCT.
+
 Expansion follows "3 actions per node" with progressive widening (see `search/tree.py`): a
 node is sampled from again only while its samples gave fewer than `expand_k` distinct next
 steps; nodes at `max_depth`, nodes where a rollout ended, and nodes whose prefix leaves less
@@ -36,6 +40,7 @@ from crps_agent.config import MCTSSettings, SearchSettings
 from crps_agent.domains import Domain
 from crps_agent.errors import BackendError, ConfigError
 from crps_agent.search.best_of_n import _pick_best
+from crps_agent.search.branching import Probe, Prober
 from crps_agent.search.budget import token_budget
 from crps_agent.search.tree import Node, Tree, choose_delimiter, segment
 from crps_agent.types import SearchResult, SearchStats, Task, Trajectory, Verdict
@@ -83,6 +88,10 @@ class _Search:
         self.verify_s = 0.0
         self.solved = False
         self.delimiter: str | None = None  # chosen from the first wave's rollouts
+        # Branching along failures is for learning (contrasts that localise a mistake); a
+        # solve search wants its first success, which PUCT finds sooner.
+        self.prober = Prober(self.tree, cfg.failure_branching
+                             if self.verified and mode == "learn" else 0.0)
 
     # -- budgets -------------------------------------------------------------------------
 
@@ -107,13 +116,28 @@ class _Search:
 
     # -- one wave ------------------------------------------------------------------------
 
-    def _select_wave(self) -> list[tuple[list[Node], int]]:
+    def _select_wave(self) -> list[tuple[list[Node], int, Probe | None]]:
         cfg = self.cfg
         left = cfg.rollouts - self.stats.rollouts
         tokens_left = self._tokens_left()
         if tokens_left is not None:  # each rollout should get at least step_tokens of room
             left = min(left, max(1, tokens_left // cfg.step_tokens))
-        picked: list[tuple[list[Node], int]] = []
+        picked: list[tuple[list[Node], int, Probe | None]] = []
+        quota = min(cfg.wave, self.prober.quota(cfg.wave))
+        for probe in self.prober.ready():  # branch points along failed rollouts first
+            if len(picked) >= quota or left <= 0:
+                break
+            node = probe.target(self.tree)
+            if node is None:
+                continue
+            probe.pending = node.depth
+            n = min(cfg.expand_k, left)
+            left -= n
+            branch = self.tree.path(node.id)
+            self.tree.begin_expansion(node)
+            self.tree.add_vloss(branch, n)
+            picked.append((branch, n, probe))
+            self.prober.selections += 1
         while len(picked) < cfg.wave and left > 0:
             path = self.tree.select(cfg.c_puct, rule=cfg.selection,
                                     virtual_loss=cfg.virtual_loss)
@@ -123,15 +147,16 @@ class _Search:
             left -= n
             self.tree.begin_expansion(path[-1])
             self.tree.add_vloss(path, n)
-            picked.append((path, n))
+            picked.append((path, n, None))
         return picked
 
-    def _requests(self, picked: list[tuple[list[Node], int]]) -> list[GenerationRequest]:
-        total = sum(n for _, n in picked)
+    def _requests(self, picked: list[tuple[list[Node], int, Probe | None]]
+                  ) -> list[GenerationRequest]:
+        total = sum(n for _, n, _ in picked)
         tokens_left = self._tokens_left()
         share = None if tokens_left is None else max(1, tokens_left // total)
         reqs = []
-        for path, n in picked:
+        for path, n, _ in picked:
             node = path[-1]
             room = self.rollout_tokens - node.prefix_tokens
             max_tokens = room if share is None else min(room, share)
@@ -155,7 +180,7 @@ class _Search:
         outs = self.backend.generate(reqs)
         self.generate_s += time.perf_counter() - t0
         self.stats.llm_calls += 1
-        for path, n in picked:
+        for path, n, _ in picked:
             self.tree.add_vloss(path, -n)
             self.tree.end_expansion(path[-1])
         if len(outs) != len(reqs):
@@ -164,12 +189,13 @@ class _Search:
         if self.delimiter is None:
             self.delimiter = choose_delimiter([c.text for comps in outs for c in comps],
                                               self.cfg.delimiters)
-        for (path, _), req, comps in zip(picked, reqs, outs, strict=True):
-            for comp in comps:
-                self._rollout(path[-1], req.prefix or "", comp)
+        for (path, _, probe), req, comps in zip(picked, reqs, outs, strict=True):
+            wins = [self._rollout(path[-1], req.prefix or "", comp) for comp in comps]
+            if probe is not None:
+                self.prober.settle(probe, any(wins))
         self.waves += 1
 
-    def _rollout(self, start: Node, prefix: str, comp: Completion) -> None:
+    def _rollout(self, start: Node, prefix: str, comp: Completion) -> bool:
         self.stats.rollouts += 1
         self.stats.prompt_tokens += comp.prompt_tokens
         self.stats.completion_tokens += comp.completion_tokens
@@ -190,6 +216,8 @@ class _Search:
         reward = float(verdict.reward) if self.verified else 0.0
         self.tree.finish(leaf, reward, bool(verdict.correct))
         self.solved = self.solved or bool(verdict.correct)
+        if not verdict.correct and comp.finish_reason != "length":
+            self.prober.failed(leaf)  # truncated: the limit failed, not a step
         self.rollout_log.append({"index": len(self.trajectories), "from": start.id,
                                  "leaf": leaf.id, "wave": self.waves, "reward": reward,
                                  "correct": bool(verdict.correct),
@@ -201,6 +229,7 @@ class _Search:
             insight_ids=list(self.insight_ids), search_id=self.sid,
             finish_reason=comp.finish_reason,
         ))
+        return bool(verdict.correct)
 
     # -- the whole search ----------------------------------------------------------------
 
@@ -228,7 +257,7 @@ class _Search:
         tree = self.tree.to_dict()
         tree.update({
             "method": "mcts", "mode": self.mode, "stop_reason": reason, "waves": self.waves,
-            "delimiter": self.delimiter,
+            "delimiter": self.delimiter, "branching": self.prober.summary(),
             "verified": self.verified, "best_path": best_path, "rollouts": self.rollout_log,
             "settings": self.cfg.model_dump(),
             "timing": {"wall_s": round(self.stats.wall_s, 6),

@@ -7,6 +7,7 @@ written (with its trailing delimiter), so that a node's prefix, the exact text t
 continues, is the concatenation of the raw texts on its path.
 
 Statistics per node: `visits` and `value_sum` (the rewards of the rollouts through it),
+`wins` (the correct rollouts through it),
 `vloss` (pending selections of the current wave), the rollouts that ended at it
 (`n_end`, `reward_sum`, `correct`) and how often it was sampled from (`expansions`).
 
@@ -107,6 +108,7 @@ class Node:
     n_end: int = 0
     reward_sum: float = 0.0
     correct: bool = False
+    wins: int = 0  # correct rollouts through this node
     expansions: int = 0
     busy: bool = False
     open: bool = False
@@ -297,6 +299,7 @@ class Tree:
             node = nodes[cur]
             node.visits += 1
             node.value_sum += reward
+            node.wins += correct
             cur = node.parent
 
     def add_vloss(self, path: Iterable[Node], amount: int) -> None:
@@ -340,6 +343,7 @@ class Tree:
                 prefix_tokens=d.get("prefix_tokens", 0), visits=d["visits"],
                 value_sum=d["value_sum"], n_end=d.get("n_end", 0),
                 reward_sum=d.get("reward_sum", 0.0), correct=bool(d.get("correct", False)),
+                wins=int(d.get("wins", 0)),
                 expansions=int(d.get("expansions", 0)), open=bool(d.get("open", False)),
                 n_open=d.get("n_open", 0)))
         for node in tree.nodes:
@@ -364,6 +368,7 @@ def _node_dict(n: Node) -> dict[str, Any]:
         "tokens": n.tokens, "prefix_tokens": n.prefix_tokens, "visits": n.visits,
         "value_sum": n.value_sum, "value": round(n.value, 6), "n_end": n.n_end,
         "reward_sum": n.reward_sum, "reward": n.reward, "correct": n.correct,
+        "wins": n.wins,
         "expansions": n.expansions, "open": n.open, "n_open": n.n_open,
         "children": list((n.children or {}).values()),
     }

@@ -128,7 +128,7 @@ def test_one_delimiter_per_search_keeps_segmentation_prefix_stable() -> None:
 def test_waves_are_one_batched_call_with_node_prefixes() -> None:
     backend = Recording(ScriptedBackend().respond(EarlyDecides(p_a=0.5)))
     res = mcts(TASK, DOMAIN, backend, messages=MESSAGES, settings=search_settings(
-        rollouts=20, wave=3, expand_k=2), seed=1)
+        rollouts=20, wave=3, expand_k=2, failure_branching=0.0), seed=1)  # PUCT only
     tree = Tree.from_dict(res.tree or {})
     assert len(backend.batches) == res.stats.llm_calls == res.tree["waves"]  # type: ignore[index]
     first = backend.batches[0]
