@@ -22,6 +22,7 @@ from crps_agent.cli.common import (
 if TYPE_CHECKING:
     from crps_agent.backends.base import Backend
     from crps_agent.memory.facade import Memory
+    from crps_agent.trust import Rejections
     from crps_agent.types import Insight
 
 
@@ -176,9 +177,16 @@ def _changed(ins: Insight, action: str, changed: bool, as_json: bool) -> None:
 @click.option("--text", required=True, help="The new text (re-embedded).")
 @store_options
 def edit(insight_id: str, text: str, as_json: bool, **flags: Any) -> None:
-    """Replace the text of an insight (an id or a unique prefix)."""
+    """Replace the text of an insight (an id or a unique prefix). The text passes the same
+    checks as learned notes (no role markers, instructions, code, links or secrets)."""
+    from crps_agent.errors import CrpsError
     from crps_agent.memory.curation import edit as curation_edit
+    from crps_agent.trust import validate
 
+    screening = validate(text, learned=False)
+    if not screening.accepted:
+        raise CrpsError(f"the new text was not saved, {screening.message()}; notes are "
+                        "quoted into solve prompts, so write the lesson itself")
     ins = curation_edit(open_memory(make_settings(**flags)).insights, insight_id, text)
     _changed(ins, "edit", True, as_json)
 
@@ -269,23 +277,63 @@ def export_(file: str, as_json: bool, **flags: Any) -> None:
 
 @insights.command("import")
 @click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("--keep-namespaces", is_flag=True, help="Write each insight into the namespace "
+              "the file names (default: all into --namespace).")
 @store_options
-def import_(file: str, as_json: bool, **flags: Any) -> None:
+def import_(file: str, keep_namespaces: bool, as_json: bool, **flags: Any) -> None:
     """Add the insights of a JSON Lines FILE by id (re-embedded; re-importing changes
-    nothing; known ids take the file's fields)."""
+    nothing; known ids take the file's fields). Every insight goes into --namespace (or the
+    configured one) unless --keep-namespaces; insights that fail the trust checks (role
+    markers, instructions, code, links, secrets) are not written, and counted."""
     from crps_agent.memory.curation import import_insights
 
-    store = open_memory(make_settings(**flags)).insights
+    settings = make_settings(**flags)
+    admit, rejections = _import_gate(settings.namespace, flags.get("namespace"),
+                                     keep_namespaces, file)
+    store = open_memory(settings).insights
     with _progress(sys.stderr.isatty()) as progress:
-        report = import_insights(store, file, progress=progress)
+        report = import_insights(store, file, progress=progress, admit=admit)
     summary = {"action": "import", "file": file, "added": report.added,
                "updated": report.updated, "unchanged": report.unchanged,
-               "repeated": report.repeated, "total": report.total}
+               "repeated": report.repeated, "total": report.total,
+               "rejected": report.rejected, "rejected_by_reason": rejections.to_dict()}
     if as_json:
         emit_jsonl([summary])
     else:
         console().print(f"imported {report.total} insights from {file}: {report.added} added, "
                         f"{report.updated} updated, {report.unchanged} unchanged")
+        if report.rejected:
+            reasons = ", ".join(f"{n} {r}" for r, n in sorted(rejections.to_dict().items()))
+            console().print(f"not imported: {report.rejected} insights failed the trust "
+                            f"checks ({reasons})")
+
+
+def _import_gate(target: str, named: str | None, keep: bool, file: str
+                 ) -> tuple[Callable[[Insight], Insight | None], Rejections]:
+    """The trust boundary of `insights import`: each insight's text is checked, and it is
+    written only into a namespace the user named."""
+    import dataclasses
+
+    from crps_agent.errors import ConfigError
+    from crps_agent.trust import Rejections, validate
+
+    if keep and named:
+        raise ConfigError("pass either --namespace NS (import everything into NS) or "
+                          "--keep-namespaces (keep the file's), not both")
+    rejections = Rejections()
+
+    def admit(ins: Insight) -> Insight | None:
+        if not rejections.add(validate(ins.text, learned=False)):
+            return None
+        if keep or ins.namespace == target:
+            return ins
+        if named:  # a new namespace is a new insight: its id follows (see types.Insight)
+            return dataclasses.replace(ins, namespace=target, id="")
+        raise ConfigError(f"{file} holds insights of namespace {ins.namespace!r}, not "
+                          f"{target!r}: import them into one namespace with --namespace NS, "
+                          "or keep the file's with --keep-namespaces")
+
+    return admit, rejections
 
 
 @insights.command()

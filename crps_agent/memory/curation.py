@@ -260,6 +260,7 @@ class ImportReport:
     updated: int = 0
     unchanged: int = 0
     repeated: int = 0  # lines whose id appeared earlier in the file (the last one wins)
+    rejected: int = 0  # lines the caller's `admit` refused (not written)
 
     @property
     def total(self) -> int:
@@ -267,13 +268,19 @@ class ImportReport:
 
 
 def import_insights(store: InsightStore, path: str | Path, *, batch: int = _BATCH,
-                    progress: Progress | None = None) -> ImportReport:
+                    progress: Progress | None = None,
+                    admit: Callable[[Insight], Insight | None] | None = None) -> ImportReport:
     """Write the insights of a JSONL file into the store by id (see the module doc):
     idempotent, re-embedded with the store's embedder, no dedup-merge. The whole file is
-    validated before anything is written."""
+    validated before anything is written. `admit` (the caller's trust boundary) may change
+    an insight (its namespace) or drop it (None: not written, counted in `rejected`)."""
     by_id: dict[str, Insight] = {}
     report = ImportReport()
-    for insight in read_insights(path):
+    for read in read_insights(path):
+        insight = admit(read) if admit is not None else read
+        if insight is None:
+            report.rejected += 1
+            continue
         report.repeated += insight.id in by_id
         by_id.pop(insight.id, None)
         by_id[insight.id] = insight
