@@ -115,7 +115,8 @@ def eval_(tasks: str, fmt: str, limit: int | None, n: int | None, adapter: str |
     solved = sum(t.solved for t in result.tasks)
     console().print(f"{label}: accuracy {result.accuracy:.3f} ({solved}/{len(result.tasks)} "
                     f"tasks), pass@1 {pass1:.3f} [{ci95[0]:.3f}, {ci95[1]:.3f}], "
-                    f"n={result.n}, seed {result.seed}, {result.wall_s:.1f} s")
+                    f"n={result.n}, {out.get('truncated', 0)} samples truncated, "
+                    f"seed {result.seed}, {result.wall_s:.1f} s")
 
 
 def with_sim_config(settings: Settings, path: str | None) -> Settings:

@@ -72,7 +72,7 @@ def learn(tasks: str, fmt: str, limit: int | None, offset: int, run_id: str | No
               f"({totals['correct_attempts']}/{totals['attempts']} attempts correct), "
               f"{totals['contrasts']} contrasts, {totals['insights_added']} new insights, "
               f"{totals['insights_merged']} merged, rejected {totals['rejected'] or 'none'}, "
-              f"{totals['wall_s']} s")
+              f"{totals['truncated']} attempts truncated, {totals['wall_s']} s")
     for exported in totals["exports"]:
         c = exported["counts"]
         con.print(f"exported {exported['method']} data to {exported['out']}: {c['train']} "

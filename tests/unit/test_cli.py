@@ -49,7 +49,7 @@ def test_learn_json_then_insights_commands(env):
     assert found and "similarity" in found[0]
     stats = jsonl(run(["insights", "stats", "--json", *env]).stdout)[0]
     assert stats["total"] == len(listed)
-    assert (stats["attempts"], stats["contrasts"]) == (12, 8)
+    assert (stats["attempts"], stats["contrasts"]) == (12, 7)  # a truncated failure: unpaired
     human = run(["insights", "list", *env]).stdout
     assert first["id"][:8] in human
     assert run(["insights", "list", "--namespace", "elsewhere", *env]).stdout.startswith(
