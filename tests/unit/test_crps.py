@@ -124,9 +124,10 @@ def test_export_all_methods(learned, tmp_path):
                                                  backend=backend)}
     assert set(results) == {"crps", "rft", "best"}
     crps = results["crps"]
-    # 8 contrasts: 4 clean chains kept; 2 meta-language, 1 wrong, 1 duplicate dropped
-    assert crps.synthesis["counts"] == {"generated": 8, "kept": 4, "meta_language": 2,
-                                        "wrong": 1, "duplicate": 1, "no_analysis": 0}
+    # 7 contrasts (a truncated failure is never paired): 4 clean chains kept;
+    # 2 meta-language, 1 duplicate dropped
+    assert crps.synthesis["counts"] == {"generated": 7, "kept": 4, "meta_language": 2,
+                                        "duplicate": 1, "no_analysis": 0}
     for method, result in results.items():
         d = out / method
         train, val = _rows(d / "train.jsonl"), _rows(d / "validation.jsonl")
@@ -195,19 +196,20 @@ def test_periodic_export_from_the_graph(tmp_path, monkeypatch):
                              memory={"embedder": "hash", "min_similarity": -1.0,
                                      "ablation_share": 0.0},
                              search={"n": 4}, domain="math",
-                             crps={"export_every": 3, "method": "crps"})
+                             crps={"export_every": 2, "method": "crps"})
     backend = ScriptedBackend.from_script(EXAMPLES / "script.yaml")
     agent = Agent(settings, backend=backend)
     report = agent.learn(load_tasks(EXAMPLES / "tasks.jsonl"))
-    # contrasts per task: 3, 3, 2 → exports after the first and the second task
+    # contrasts per task: 2, 3, 2 (a truncated failure is never paired) → an export after
+    # every task
     exported = [bool(t.crps) for t in report.tasks]
-    assert exported == [True, True, False]
+    assert exported == [True, True, True]
     totals = report.totals()
-    assert len(totals["exports"]) == 2
+    assert len(totals["exports"]) == 3
     first, second = (t.crps["exported"][0] for t in report.tasks[:2])
     assert first["out"].endswith("export-0001") and second["out"].endswith("export-0002")
     assert Path(second["out"], "meta.json").is_file()
-    assert first["synthesis"]["counts"]["generated"] == 3
+    assert first["synthesis"]["counts"]["generated"] == 2
     assert second["synthesis"]["counts"]["generated"] == 3  # only the new contrasts
     agent.close()
 
@@ -231,9 +233,9 @@ def test_cli_export_json_and_errors(learned, tmp_path):
 def test_reflection_analysis_is_logged_with_each_contrast(learned):
     agent, _, _ = learned
     contrasts = agent.memory.trajectories.contrasts()
-    assert len(contrasts) == 8
+    assert len(contrasts) == 7  # the truncated failure is never paired
     analysed = [c for c in contrasts if c.analysis]
-    assert len(analysed) == 8  # the repaired reply included
+    assert len(analysed) == 7  # the repaired reply included
     janet = [c.analysis for c in analysed if c.task_id == "gsm8k-test-0"]
     assert any(a["local"].startswith("At step 2") and a["strategy"] for a in janet)
     assert all(a["success_pattern"] and a["failure_mode"] for a in janet)
@@ -311,8 +313,8 @@ def test_cli_learn_export_every(tmp_path, monkeypatch):
     res = CliRunner().invoke(cli, [
         "learn", str(EXAMPLES / "tasks.jsonl"), "--backend", "scripted", "--script",
         str(EXAMPLES / "script.yaml"), "--store", str(tmp_path / "store"), "--embedder", "hash",
-        "--budget", "4", "--export-every", "3", "--json"])
+        "--budget", "4", "--export-every", "2", "--json"])
     assert res.exit_code == 0, (res.output, res.exception)
     summary = json.loads(res.stdout.strip().splitlines()[-1])
-    assert summary["type"] == "summary" and len(summary["exports"]) == 2
+    assert summary["type"] == "summary" and len(summary["exports"]) == 3
     assert Path(summary["exports"][1]["out"], "meta.json").is_file()
