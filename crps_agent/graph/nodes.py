@@ -75,7 +75,8 @@ def reflect_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str,
     if (result.trajectories and _verifiable(ctx, result.task)
             and not any(c.kind == "hard" for c in contrasts)):
         # One-sided search: the task's own earlier attempts first, another task last.
-        earlier = ctx.memory.trajectories.for_task(result.task.id)
+        earlier = ctx.memory.trajectories.for_task(result.task.id,
+                                                   namespace=result.task.namespace)
         contrasts = [*history_contrasts(result, earlier, max_pairs=cfg.max_pairs),
                      *contrasts][:cfg.max_pairs]
         contrasts = contrasts or _cross_task(ctx, result)

@@ -146,9 +146,13 @@ class TrajectoryLog:
                                             domain=domain, correct=correct))
         return [(Task.from_dict(d["task"]), Trajectory.from_dict(d)) for d in docs]
 
-    def for_task(self, task_id: str) -> list[Trajectory]:
-        """Every logged attempt at a task, oldest search first, in search order."""
-        return self._trajectories(where_clause(kind=TRAJECTORY, task_id=task_id))
+    def for_task(self, task_id: str, namespace: str | None = None) -> list[Trajectory]:
+        """Every logged attempt at a task (in `namespace`, else in any), oldest search
+        first, in search order."""
+        if namespace is not None:
+            namespace = validate_namespace(namespace)
+        return self._trajectories(where_clause(kind=TRAJECTORY, task_id=task_id,
+                                               namespace=namespace))
 
     def search_result(self, search_id: str) -> SearchResult:
         """The logged SearchResult with this id, trajectories included."""

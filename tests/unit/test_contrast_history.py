@@ -109,4 +109,8 @@ def test_learn_pairs_a_failing_run_with_its_own_earlier_success(settings: Any) -
     c = contrasts[0]
     assert c.kind == "hard" and c.good.task_id == "t" and c.good.verdict.correct
     assert c.good.search_id != c.bad.search_id and c.divergence_step == 0
+    # another namespace's attempts are not this namespace's history
+    elsewhere = Task(prompt=TASK.prompt, domain="math", reference="42", id="t",
+                     namespace="elsewhere")
+    assert agent.learn([elsewhere]).tasks[0].contrasts == 0
     agent.close()
