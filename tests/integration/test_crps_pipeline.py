@@ -98,7 +98,7 @@ def test_synthesis_runs_on_the_real_hf_backend(env, tiny_model_dir):
     counts = result.synthesis["counts"]
     assert counts["generated"] == 7 and counts.get("kept", 0) == 0  # 7 contrasts
     assert counts.get("wrong", 0) + counts.get("truncated", 0) + counts.get(
-        "meta_language", 0) + counts.get("empty", 0) == 8
+        "meta_language", 0) + counts.get("empty", 0) == 7
     assert result.counts["train"] == 0  # nothing unverified reaches the training data
     agent.close()
 
