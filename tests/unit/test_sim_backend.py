@@ -16,7 +16,7 @@ from crps_agent.reflect.parse import parse_reflection
 from crps_agent.reflect.prompts import reflection_messages, repair_messages
 from crps_agent.search.steps import split_steps
 from crps_agent.sim.backend import SimBackend, parse_notes
-from crps_agent.sim.catalogue import PITFALLS
+from crps_agent.sim.catalogue import LATEX_SNIPPETS, PITFALLS
 from crps_agent.sim.config import SimConfig
 from crps_agent.sim.truth import SimTruth
 from crps_agent.types import Contrast, Insight, Task, Trajectory
@@ -168,7 +168,7 @@ def test_reflection_replies_follow_the_mix_and_parse():
                 for s in range(30) for _, m in prompts]
     replies = [c[0].text for c in backend.generate(requests)]
     assert replies == [c[0].text for c in backend.generate(requests)]
-    failed, kinds, = 0, {"helpful": 0, "platitude": 0, "harmful": 0, None: 0}
+    failed, latex, kinds = 0, 0, {"helpful": 0, "platitude": 0, "harmful": 0, None: 0}
     for req, text in zip(requests, replies, strict=True):
         try:
             reflection = parse_reflection(text)
@@ -180,15 +180,21 @@ def test_reflection_replies_follow_the_mix_and_parse():
             repaired = parse_reflection(repair)  # repairs are valid JSON
             assert repaired.insights
             continue
-        # a LaTeX-safe parser may read an unescaped formula: then it must survive intact
-        assert "\f" not in reflection.local or "\\" in text
+        # the LaTeX-safe parser reads an unescaped formula: it must survive intact
+        assert "\f" not in reflection.local and "\t" not in reflection.local
+        if "In symbols:" in reflection.local:
+            latex += 1
+            assert any(snip in reflection.local for snip in LATEX_SNIPPETS)
         assert reflection.success_pattern and reflection.failure_mode and reflection.local
         assert reflection.divergence_step is not None
         for ins in reflection.insights:
             kinds[truth.classify(ins["text"])] += 1
     n = len(replies)
     mix = backend.cfg.reflect_mix
-    assert _within(failed / n, mix.malformed, n)
+    # half the malformed replies are truncated (unparseable), half carry unescaped LaTeX
+    # (parsed intact)
+    assert _within(failed / n, mix.malformed / 2, n)
+    assert _within(latex / n, mix.malformed / 2, n)
     total = sum(kinds.values())
     assert kinds[None] == 0
     share = mix.helpful + mix.platitude + mix.harmful
