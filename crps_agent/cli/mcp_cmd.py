@@ -26,7 +26,7 @@ def mcp_(store: str | None, namespace: str | None, embedder: str | None, transpo
     """Serve the store's memory to MCP hosts: recall_insights, record_outcome, add_insight,
     list_insights, get_insight, retire_insight, memory_stats."""
     try:
-        from crps_agent.integrations.mcp import build_server
+        from crps_agent.integrations.mcp import build_server, run_server
     except ImportError as exc:
         raise ConfigError(f"the MCP server needs the [mcp] extra ({exc}): "
                           "pip install 'crps-agent[mcp]'") from None
@@ -43,4 +43,4 @@ def mcp_(store: str | None, namespace: str | None, embedder: str | None, transpo
     if transport == "streamable-http":
         click.echo(f"crps-agent MCP server for {settings.store} on "
                    f"http://{host}:{port}/mcp", err=True)
-    server.run(transport=transport)  # type: ignore[arg-type]
+    run_server(server, transport, host=host, port=port)

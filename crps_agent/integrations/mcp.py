@@ -1,4 +1,4 @@
-"""An MCP server over crps-agent's memory (the official `mcp` Python SDK, FastMCP).
+"""An MCP server over crps-agent's memory (the official `mcp` Python SDK: MCPServer).
 
 `crps-agent mcp --store DIR [--namespace NS] [--transport stdio|streamable-http]` runs
 `build_server(memory, namespace=NS)`. Tools:
@@ -12,13 +12,13 @@
     get_insight(id)    retire_insight(id, reason?)    memory_stats(namespace?)
 
 Every answer is structured JSON (plus its text form). Bad arguments and refused requests
-are tool errors (`isError`), never a dead server. On stdio nothing but the protocol is
+are tool errors (`is_error`), never a dead server. On stdio nothing but the protocol is
 written to stdout: logs go to stderr.
 
-The SDK is pinned to major version 1 (`mcp>=1.25,<2`): v1 is the line whose FastMCP API and
-protocol versions the MCP hosts in use speak, and it shares httpx 0.x with the rest of the
-stack; v2 renamed FastMCP to MCPServer, moved the types to a separate package, needs httpx
-2 and defaults to the 2026-07-28 protocol. Moving to v2 is a deliberate change of its own.
+The SDK is major version 2 (`mcp>=2,<3`), the line vLLM's own tool server requires, so one
+environment holds both; v2's httpx is the separate `httpx2` package and does not disturb the
+httpx 0.x the rest of the stack uses. Where only SDK 1 is installed, its FastMCP (the same
+decorators; host and port given at construction instead of at `run`) is used.
 """
 
 from __future__ import annotations
@@ -27,8 +27,6 @@ import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
-from mcp.server.fastmcp import FastMCP
-from mcp.server.fastmcp.exceptions import ToolError
 from mcp.types import ToolAnnotations
 from pydantic import Field
 
@@ -38,7 +36,18 @@ from crps_agent.integrations import ops
 if TYPE_CHECKING:
     from crps_agent.memory.facade import Memory
 
-__all__ = ["build_server"]
+try:  # SDK 2
+    from mcp.server.mcpserver import MCPServer
+    from mcp.server.mcpserver.exceptions import ToolError
+
+    SDK_MAJOR = 2
+except ModuleNotFoundError:  # SDK 1
+    from mcp.server.fastmcp import FastMCP as MCPServer  # type: ignore[no-redef,attr-defined]
+    from mcp.server.fastmcp.exceptions import ToolError  # type: ignore[no-redef]
+
+    SDK_MAJOR = 1
+
+__all__ = ["build_server", "run_server"]
 
 T = TypeVar("T")
 
@@ -53,10 +62,11 @@ Domain = Annotated[str | None, Field(description="Only insights of this domain, 
 
 
 def build_server(memory: Memory, *, namespace: str = "default", host: str = "127.0.0.1",
-                 port: int = 8000, name: str = "crps-agent-memory") -> FastMCP:
-    """A FastMCP server whose tools read and write `memory`; `namespace` is the default
-    of tools called without one."""
-    mcp = FastMCP(name, instructions=INSTRUCTIONS, host=host, port=port, log_level="WARNING")
+                 port: int = 8000, name: str = "crps-agent-memory") -> Any:
+    """An MCP server whose tools read and write `memory`; `namespace` is the default of
+    tools called without one (SDK 1 takes `host` and `port` here, SDK 2 at `run_server`)."""
+    extra: dict[str, Any] = {"host": host, "port": port} if SDK_MAJOR == 1 else {}
+    mcp = MCPServer(name, instructions=INSTRUCTIONS, log_level="WARNING", **extra)
     lock = asyncio.Lock()  # one write at a time, in this process
 
     def ns(value: str | None) -> str:
@@ -143,3 +153,12 @@ def build_server(memory: Memory, *, namespace: str = "default", host: str = "127
         return await call(lambda: ops.stats(memory, ns(namespace)))
 
     return mcp
+
+
+def run_server(server: Any, transport: str, *, host: str = "127.0.0.1",
+               port: int = 8000) -> None:
+    """Serve `server` (from `build_server`) on stdio or streamable HTTP until stopped."""
+    if transport == "streamable-http" and SDK_MAJOR >= 2:
+        server.run("streamable-http", host=host, port=port)
+    else:
+        server.run(transport=transport)

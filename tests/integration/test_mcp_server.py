@@ -19,7 +19,7 @@ import httpx
 import pytest
 from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
-from mcp.client.streamable_http import streamablehttp_client
+from mcp.client.streamable_http import streamable_http_client
 
 from crps_agent.memory import Memory
 from crps_agent.types import Insight
@@ -50,8 +50,8 @@ def _args(store: Path, *extra: str) -> list[str]:
 
 
 def _data(result: Any) -> Any:
-    if result.structuredContent is not None:
-        return result.structuredContent
+    if result.structured_content is not None:
+        return result.structured_content
     return json.loads(result.content[0].text)
 
 
@@ -61,7 +61,7 @@ async def _exercise(session: ClientSession, ids: list[str]) -> dict[str, Any]:
     listed = await session.list_tools()
     tools = {t.name: t for t in listed.tools}
     assert set(tools) == TOOLS
-    recall_schema = tools["recall_insights"].inputSchema
+    recall_schema = tools["recall_insights"].input_schema
     assert recall_schema["required"] == ["query"]
     assert {"query", "k", "namespace", "domain"} <= set(recall_schema["properties"])
 
@@ -104,10 +104,10 @@ async def _exercise(session: ClientSession, ids: list[str]) -> dict[str, Any]:
                        ("list_insights", {"namespace": "bad namespace with spaces"}),
                        ("list_insights", {"status": "sleeping"})]:
         result = await session.call_tool(name, args)
-        assert result.isError, (name, args)
+        assert result.is_error, (name, args)
         assert result.content and result.content[0].text
     assert _data(await session.call_tool("memory_stats", {}))["total"] == 3
-    return {name: tool.inputSchema for name, tool in tools.items()}
+    return {name: tool.input_schema for name, tool in tools.items()}
 
 
 def test_stdio(tmp_path: Path) -> None:
@@ -167,8 +167,8 @@ def test_streamable_http(http_server: tuple[str, list[str]]) -> None:
     url, ids = http_server
 
     async def run() -> None:
-        client: AbstractAsyncContextManager[Any] = streamablehttp_client(url)
-        async with client as (read, write, _), ClientSession(read, write) as session:
+        client: AbstractAsyncContextManager[Any] = streamable_http_client(url)
+        async with client as (read, write, *_), ClientSession(read, write) as session:
             await _exercise(session, ids)
 
     asyncio.run(run())
