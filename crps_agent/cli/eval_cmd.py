@@ -106,7 +106,7 @@ def eval_(tasks: str, fmt: str, limit: int | None, n: int | None, adapter: str |
                         for t in result.tasks])
     pass1 = sum(rates) / len(rates) if rates else 0.0
     ci95 = bootstrap_ci(rates, seed=settings.seed)
-    out: dict[str, Any] = {"model": settings.model, "adapter": path, "label": label,
+    out: dict[str, Any] = {**answered_by(model_backend), "adapter": path, "label": label,
                            **result.to_dict(), "pass1": round(pass1, 6),
                            "ci95": [round(x, 6) for x in ci95]}
     if as_json:
@@ -117,6 +117,14 @@ def eval_(tasks: str, fmt: str, limit: int | None, n: int | None, adapter: str |
                     f"tasks), pass@1 {pass1:.3f} [{ci95[0]:.3f}, {ci95[1]:.3f}], "
                     f"n={result.n}, {out.get('truncated', 0)} samples truncated, "
                     f"seed {result.seed}, {result.wall_s:.1f} s")
+
+
+def answered_by(backend: Any) -> dict[str, Any]:
+    """The backend that answered and its model (None for backends without one, such as
+    scripted and sim), so a result is never labelled with a model that was not asked."""
+    model = getattr(backend, "model_name", None) or getattr(backend, "model", None)
+    return {"backend": getattr(backend, "name", type(backend).__name__),
+            "model": model if isinstance(model, str) else None}
 
 
 def with_sim_config(settings: Settings, path: str | None) -> Settings:
@@ -160,7 +168,8 @@ def _eval_arms(tasks: str, fmt: str, limit: int | None, arms: str, samples: int,
         if callable(close):
             close()
     if as_json:
-        emit_jsonl([{"eval": "arm", "model": settings.model, **r.to_dict()} for r in results])
+        emit_jsonl([{"eval": "arm", **answered_by(model_backend), **r.to_dict()}
+                    for r in results])
         return
     from rich.table import Table
 

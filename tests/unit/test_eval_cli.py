@@ -40,8 +40,10 @@ def test_eval_scores_the_adopted_a_named_or_the_base_model(tmp_path, monkeypatch
     common = [str(tasks), "--backend", "scripted", "--script", str(script),
               "--store", str(store), "--n", "2"]
     runner = CliRunner()
-    # Nothing adopted yet: the base model.
-    assert _run(runner, *common)["accuracy"] == 1.0
+    # Nothing adopted yet: the base model. The scripted backend answered, not a HF model.
+    first = _run(runner, *common)
+    assert first["accuracy"] == 1.0
+    assert first["backend"] == "scripted" and first["model"] is None
     registry.adopt(version.version)
     adopted = _run(runner, *common)
     assert adopted["accuracy"] == 0.0 and adopted["label"] == version.version
