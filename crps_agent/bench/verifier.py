@@ -1,8 +1,10 @@
 """Verifier benchmark: how often a domain's answer checker agrees with published graders.
 
-The case file is JSON Lines, one `{pred, gold, expected, source_test}` per line (for math:
-`../shared/data/math_equivalence/cases.jsonl`, pairs taken from the equivalence tests of
-Math-Verify, lighteval, NeMo-Skills and hendrycks/math).
+For a domain that checks answers by comparison, the case file is JSON Lines, one `{pred,
+gold, expected, source_test}` per line (for math: `../shared/data/math_equivalence/
+cases.jsonl`, pairs taken from the equivalence tests of Math-Verify, lighteval, NeMo-Skills
+and hendrycks/math). The `code` domain takes HumanEval's file instead (see
+`run_verifier_bench`).
 
 `source_test` is optional: rows without it (such as the Game of 24 rows `{pred, gold:
 "4 9 10 13", expected}`) are counted under the case file's name.
@@ -84,9 +86,15 @@ def run_verifier_bench(domain_name: str, cases_path: str | Path) -> list[dict[st
     """Agreement of `domain_name`'s verifier with each source's expected verdicts.
 
     Returns one dict per source (sorted by source), then one with `"source": "all"`.
+    A domain that grades by running code (it has `verifier_bench(path)`, as `code` does)
+    runs its own self-check on the case file instead (for `code`: HumanEval's canonical
+    solutions must pass and mutated ones fail); its rows have the same keys.
     """
-    rows = read_cases(cases_path)
     domain = get_registry().domain(domain_name)
+    own = getattr(domain, "verifier_bench", None)
+    if callable(own):
+        return list(own(str(cases_path)))
+    rows = read_cases(cases_path)
     n: dict[str, int] = defaultdict(int)
     agree: dict[str, int] = defaultdict(int)
     for _, row in rows:
