@@ -2,7 +2,8 @@
 
 Run as `python -I runner.py JOB RESULT_FD` by `crps_code.sandbox`; stdlib only (it is copied
 into the job's temporary directory and executed there, as an unprivileged user when the host
-allows it). The job file gives the candidate program, setup code and test statements. Each
+allows it). The job file gives the rlimits (applied first), the candidate program, setup
+code and test statements. Each
 outcome is written at once as a JSON line to RESULT_FD, so the tests that finished before a
 time or memory limit ended the run still count.
 
@@ -33,7 +34,8 @@ BLOCKED_EVENTS = {
     "socket.sendmsg": "network", "socket.getaddrinfo": "network",
     "socket.gethostbyname": "network", "socket.gethostbyaddr": "network",
     "ctypes.dlopen": "native code", "ctypes.dlsym": "native code",
-    "ctypes.call_function": "native code",
+    "ctypes.call_function": "native code", "resource.setrlimit": "changing limits",
+    "resource.prlimit": "changing limits",
 }
 PATH_EVENTS = {"os.remove", "os.rename", "os.rmdir", "os.mkdir", "os.chmod", "os.chown",
                "os.symlink", "os.link", "os.truncate", "os.utime", "shutil.rmtree",
@@ -97,10 +99,23 @@ def install_guard(root: str, report: Any) -> None:
     sys.addaudithook(hook)
 
 
+def apply_limits(limits: dict[str, int]) -> None:
+    """The rlimits, set here (before any candidate code is read) rather than between fork
+    and exec in the parent, which is unsafe in a threaded parent. Soft = hard, so the
+    candidate cannot raise them (only a privileged process could, which it is not)."""
+    import resource
+
+    for name, value in limits.items():
+        which = getattr(resource, name)
+        hard = value + 1 if name == "RLIMIT_CPU" else value  # SIGXCPU, then SIGKILL
+        resource.setrlimit(which, (value, hard))
+
+
 def main() -> int:
     job_path, fd = sys.argv[1], int(sys.argv[2])
     with open(job_path, encoding="utf-8") as fh:
         job = json.load(fh)
+    apply_limits(job.get("limits", {}))
     out = os.fdopen(fd, "w", buffering=1, encoding="utf-8")
 
     def report(obj: dict[str, Any]) -> None:

@@ -12,7 +12,8 @@ active on this host):
   uid, so the file system's permissions forbid writes outside its directory and signals to
   host processes, and RLIMIT_NPROC is enforced (the kernel does not apply it to root).
 - **rlimits**: CPU seconds (RLIMIT_CPU), address space (RLIMIT_AS), processes
-  (RLIMIT_NPROC), file size (RLIMIT_FSIZE), open files, no core dumps.
+  (RLIMIT_NPROC), file size (RLIMIT_FSIZE), open files, no core dumps; the runner sets them
+  on itself (soft = hard) before it reads the candidate's code.
 - **Wall clock**: the parent kills the whole process group at the deadline.
 - **Minimal environment**: only PATH, LANG, HOME and TMPDIR (both the job's directory);
   `python -I` ignores PYTHON* variables and the user's site directory; cwd is the job's dir.
@@ -29,7 +30,6 @@ import contextlib
 import json
 import logging
 import os
-import resource
 import secrets
 import selectors
 import shutil
@@ -182,18 +182,12 @@ def _unshare_prefix(root: bool, uid: int = UID_BASE) -> list[str]:
     return [*base, "--map-root-user"]
 
 
-def _limit_child(limits: Limits) -> None:
-    """Runs in the child between fork and exec: rlimits (inherited by unshare's child)."""
-    def cap(which: int, value: int) -> None:
-        resource.setrlimit(which, (value, value))
-
-    # Soft CPU limit sends SIGXCPU; a hard one a second later is SIGKILL.
-    resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_s, limits.cpu_s + 1))
-    cap(resource.RLIMIT_AS, limits.memory_mb * 1024 * 1024)
-    cap(resource.RLIMIT_FSIZE, limits.file_mb * 1024 * 1024)
-    cap(resource.RLIMIT_NOFILE, limits.open_files)
-    cap(resource.RLIMIT_CORE, 0)
-    cap(resource.RLIMIT_NPROC, limits.nproc)
+def _rlimits(limits: Limits) -> dict[str, int]:
+    """The rlimits the runner applies to itself before it reads the candidate's code."""
+    mb = 1024 * 1024
+    return {"RLIMIT_CPU": limits.cpu_s, "RLIMIT_AS": limits.memory_mb * mb,
+            "RLIMIT_FSIZE": limits.file_mb * mb, "RLIMIT_NOFILE": limits.open_files,
+            "RLIMIT_CORE": 0, "RLIMIT_NPROC": limits.nproc}
 
 
 def _command(job_dir: Path, fd: int, uid: int) -> list[str]:
@@ -245,7 +239,7 @@ def run_tests(program: str, entry_point: str, plan: CheckPlan,
         shutil.copyfile(RUNNER, job_dir / "runner.py")
         job = {"program": program, "entry_point": entry_point, "setup": plan.setup,
                "items": [{"code": c, "test": t} for c, t in plan.items],
-               "root": str(job_dir), "guard": guard}
+               "root": str(job_dir), "guard": guard, "limits": _rlimits(limits)}
         (job_dir / "job.json").write_text(json.dumps(job), encoding="utf-8")
         uid = UID_BASE + secrets.randbelow(UID_SPAN)
         if isolation().own_uid:
@@ -267,8 +261,7 @@ def _execute(job_dir: Path, limits: Limits, res: RunResult, uid: int) -> None:
     try:
         proc = subprocess.Popen(cmd, cwd=job_dir, env=env, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                pass_fds=(w_fd,), start_new_session=True,
-                                preexec_fn=lambda: _limit_child(limits))
+                                pass_fds=(w_fd,), start_new_session=True)
     except OSError as exc:
         os.close(r_fd)
         os.close(w_fd)

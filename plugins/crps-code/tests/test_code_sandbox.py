@@ -199,3 +199,14 @@ def test_domain_verdict_carries_the_reason() -> None:
     v = CodeDomain().verify(task, "```python\nimport os\ndef f():\n    os.fork()\n```")
     assert (v.reward, v.correct) == (0.0, False)
     assert v.detail.startswith("sandbox violation: process creation blocked")
+
+
+@pytest.mark.parametrize("guard", GUARDS)
+def test_limits_cannot_be_raised(guard: bool) -> None:
+    res = _run("import resource\ndef f():\n"
+               "    inf = resource.RLIM_INFINITY\n"
+               "    resource.setrlimit(resource.RLIMIT_AS, (inf, inf))\n    return 1\n",
+               guard=guard)
+    assert not res.correct
+    assert ("changing limits blocked" in res.detail()) if guard \
+        else ("Error" in res.detail())
