@@ -146,3 +146,14 @@ def test_bench_verifier_code_on_a_slice(tmp_path: Path, registered: None) -> Non
     assert by["humaneval:mutated"]["failed"] == 8 and by["humaneval:mutated"]["rate"] == 1
     assert by["all"]["n"] == 16 and by["all"]["agree"] == 16
     assert all(r["seconds"] >= 0 and r["workers"] >= 1 for r in rows)
+
+
+def test_generic_jsonl_with_tests_in_meta(tmp_path: Path) -> None:
+    path = tmp_path / "t.jsonl"
+    path.write_text(json.dumps({"prompt": "Negate x.", "domain": "code", "meta": {
+        "entry_point": "neg", "tests": ["assert neg(2) == -2", "assert neg(0) == 0"]}}) + "\n")
+    task = load_tasks(path)[0]
+    verdict = CodeDomain().verify(task, "Sure.\n```python\ndef neg(x):\n    return -x\n```")
+    assert verdict.correct and verdict.answer == "def neg(x):\n    return -x"
+    assert "Negate x." in CodeDomain().render_prompt(task)[1]["content"]
+    assert "`neg`" in CodeDomain().render_prompt(task)[1]["content"]
