@@ -1,14 +1,16 @@
 """Verifier benchmark: how often a domain's answer checker agrees with published graders.
 
-The case file is JSON Lines, one `{pred, gold, expected, source_test}` per line (for math:
-`../shared/data/math_equivalence/cases.jsonl`, pairs taken from the equivalence tests of
-Math-Verify, lighteval, NeMo-Skills and hendrycks/math).
+For a domain that checks answers by comparison, the case file is JSON Lines, one `{pred,
+gold, expected, source_test}` per line (for math: `../shared/data/math_equivalence/
+cases.jsonl`, pairs taken from the equivalence tests of Math-Verify, lighteval, NeMo-Skills
+and hendrycks/math). The `code` domain takes HumanEval's file instead (see
+`run_verifier_bench`).
 
 `source_test` is optional: rows without it (such as the Game of 24 rows `{pred, gold:
 "4 9 10 13", expected}`) are counted under the case file's name.
 
-Each row is checked the way a live attempt is: the domain reads the final answer out of
-`pred` with `extract_answer`, then compares it with `equivalent(answer, gold)`. Some
+Each row is checked the way a live attempt is: the domain's `verify` grades `pred` against a
+task whose reference is `gold`. Some
 sources give `pred` as an already-extracted answer (bare LaTeX such as `\\tfrac83`, with
 no `\\boxed{}` or "the answer is"); when the domain finds no answer marker, `pred` itself
 is taken as the answer, as those graders did. `gold` is passed as given (the domain's
@@ -24,6 +26,7 @@ from typing import Any
 
 from crps_agent.errors import CrpsError
 from crps_agent.plugins import get_registry
+from crps_agent.types import Task
 
 
 def _bad(path: Path, lineno: int, problem: str) -> CrpsError:
@@ -67,10 +70,16 @@ def source_of(source_test: str) -> str:
 
 
 def judge(domain: Any, pred: str, gold: str) -> bool:
-    """The domain's verdict on one case; a crash counts as "not equivalent"."""
+    """The domain's verdict on one case; a crash counts as "not equivalent".
+
+    With an answer in `pred` the verdict is the domain's `verify` of `pred` against a task
+    whose reference is `gold` (exactly as a live attempt is graded); without one, `pred` is
+    taken as the answer itself."""
     try:
-        answer = domain.extract_answer(pred)
-        return bool(domain.equivalent(answer if answer else pred, gold))
+        if domain.extract_answer(pred):
+            task = Task(prompt="(verifier case)", domain=domain.name, reference=gold)
+            return bool(domain.verify(task, pred).correct)
+        return bool(domain.equivalent(pred, gold))
     except Exception:
         return False
 
@@ -84,9 +93,15 @@ def run_verifier_bench(domain_name: str, cases_path: str | Path) -> list[dict[st
     """Agreement of `domain_name`'s verifier with each source's expected verdicts.
 
     Returns one dict per source (sorted by source), then one with `"source": "all"`.
+    A domain that grades by running code (it has `verifier_bench(path)`, as `code` does)
+    runs its own self-check on the case file instead (for `code`: HumanEval's canonical
+    solutions must pass and mutated ones fail); its rows have the same keys.
     """
-    rows = read_cases(cases_path)
     domain = get_registry().domain(domain_name)
+    own = getattr(domain, "verifier_bench", None)
+    if callable(own):
+        return list(own(str(cases_path)))
+    rows = read_cases(cases_path)
     n: dict[str, int] = defaultdict(int)
     agree: dict[str, int] = defaultdict(int)
     for _, row in rows:

@@ -41,6 +41,7 @@ DOUBLE_ESCAPED_RE = re.compile(
 POWER_CHAIN_RE = re.compile(r"\d+(?:\s*\^\s*\{?\s*\d+)+")
 BIG_FACTORIAL_RE = re.compile(r"\d{6,}\s*!")
 MAX_RESULT_DIGITS = 100_000
+FBOX_RE = re.compile(r"\\fbox\s*\{")
 
 
 class _NoTimeoutNotice(logging.Filter):
@@ -98,6 +99,7 @@ def normalise(text: str) -> str:
         s = s[-MAX_TEXT_CHARS:]
     s = DOUBLE_ESCAPED_RE.sub(r"\\", s)
     s = re.sub(r"\\+$", "", s).strip()  # "185\" (a cut-off "\$" or "\%")
+    s = FBOX_RE.sub(r"\\boxed{", s)  # Math-Verify reads only \boxed
     return CJK_DIGIT_RE.sub(" ", s)
 
 
@@ -135,15 +137,19 @@ def plain(text: str) -> str:
     return s.rstrip(".").lower()
 
 
-def math_equivalent(pred: str, gold: str) -> bool:
-    """Whether `pred` states the same answer as `gold` (both answers or solution texts)."""
+def parsed_equivalent(pred_parsed: list[Any], pred_text: str, gold: str) -> bool:
+    """Math-Verify's verdict on an already parsed prediction (`verify(gold, pred)`, its
+    defaults); the loose text comparison when either side did not parse."""
     from math_verify import verify
 
     _quiet_math_verify()
     gold_parsed = parse_answer(gold)
-    pred_parsed = parse_answer(pred)
     if gold_parsed and pred_parsed:
-        return bool(verify(gold_parsed, pred_parsed,
-                           timeout_seconds=_timeout()))
-    a, b = plain(pred), plain(gold)
+        return bool(verify(gold_parsed, pred_parsed, timeout_seconds=_timeout()))
+    a, b = plain(pred_text), plain(gold)
     return bool(a) and a == b
+
+
+def math_equivalent(pred: str, gold: str) -> bool:
+    """Whether `pred` states the same answer as `gold` (both answers or solution texts)."""
+    return parsed_equivalent(parse_answer(pred), pred, gold)

@@ -1,20 +1,26 @@
 """Reading the final answer out of a model's free-form math solution.
 
-Priority, each taken from the *last* occurrence in the text:
+The answer is what Math-Verify extracts from the visible part of the solution (after
+`</think>`), with its own priorities: `\\boxed{}` first (several boxes are one set of
+answers), then "final answer is ...", then the last LaTeX or plain expression; intervals
+and sets parse as such. What this module adds, each needed by a test:
 
-1. `\\boxed{...}` / `\\fbox{...}` with balanced braces (several boxes that end the solution,
-   joined only by "and", commas or `\\quad`, are read together as one list);
-2. `#### N` (GSM8K style);
-3. a JSON field `"answer": ...` (e.g. a fenced ```json block);
-4. "the (final) answer is ..." / "Final Answer: ..." / "**Answer:** ...".
-
-Truncated output (an unclosed last `\\boxed{`) gives None: its answer is incomplete.
+- an unclosed last `\\boxed{` (output cut off mid-answer) gives None, not an earlier number;
+- `\\fbox{}` reads as `\\boxed{}`, JSON double escapes are undone (`equivalence.normalise`);
+- when Math-Verify finds nothing (words, labels such as `\\text{(C)}` it does not return, a
+  JSON `"answer"` field of a word), the hand-written reader of explicit markers
+  (`marker_answer`: last box, `#### N`, JSON `"answer"`, "the answer is ...") still finds
+  the answer, which is then compared as text.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from crps_math.equivalence import parse_answer
 
 BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
 # "#### 72" (GSM8K), not a markdown heading such as "#### Step 2: Simplify".
@@ -180,11 +186,9 @@ def _answer_is(text: str) -> str | None:
     return None
 
 
-def extract_math_answer(text: str) -> str | None:
-    """The final answer of a solution, or None when it has none (see the module doc)."""
-    if not text or not text.strip():
-        return None
-    body = _after_think(text)
+def marker_answer(body: str) -> str | None:
+    """The answer after an explicit marker, read by hand (the fallback of `read_answer` for
+    answers Math-Verify does not parse: words, labels, multiple-choice letters)."""
     if BOX_RE.search(body):
         boxed = last_boxed(body)
         if boxed is None:
@@ -200,3 +204,32 @@ def extract_math_answer(text: str) -> str | None:
         if stated:
             return clean_answer(stated)[:MAX_ANSWER_CHARS] or None
     return None
+
+
+@dataclass(frozen=True)
+class Reading:
+    """The final answer of a solution: `answer` as text (for display and storage) and
+    `parsed`, Math-Verify's parse of the solution ([] when it found no math answer)."""
+
+    answer: str | None
+    parsed: list[Any] = field(default_factory=list)
+
+
+def read_answer(text: str) -> Reading:
+    """Read the final answer the way Math-Verify grades: its own extraction and priorities
+    over the visible part of the solution (see the module doc)."""
+    if not text or not text.strip():
+        return Reading(None)
+    body = _after_think(text)
+    spans = boxed_spans(body)
+    if spans is None:
+        return Reading(None)  # cut off inside a box: its answer is incomplete
+    parsed = parse_answer(body)
+    if len(parsed) >= 2 and str(parsed[1]).strip():
+        return Reading(clean_answer(str(parsed[1]))[:MAX_ANSWER_CHARS] or None, parsed)
+    return Reading(marker_answer(body))
+
+
+def extract_math_answer(text: str) -> str | None:
+    """The final answer of a solution as text, or None when it has none."""
+    return read_answer(text).answer

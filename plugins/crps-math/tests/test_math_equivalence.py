@@ -110,3 +110,35 @@ def test_extraction_and_comparison_never_raise(text: str) -> None:
     answer = extract_math_answer(text)
     assert answer is None or isinstance(answer, str)
     assert isinstance(math_equivalent(answer or text, "1"), bool)
+
+
+# How Math-Verify grades whole solutions, where the earlier hand-written reader differed.
+GRADED_AS_MATH_VERIFY = [
+    # Several boxes are one set of answers.
+    ("$$\\boxed{(3, 3)} \\text{ for part (a) and } \\boxed{(1, 1)}$$", "$$(3, 3), (1, 1)$$",
+     True),
+    ("\\boxed{1} and later \\boxed{2}", "2", False),
+    # Boxed expressions in prose: compared as the set, not re-read from their text.
+    ("\\($y_1 = \\boxed{-2(x - 1)^2 + 5} \\) and \\( y_2 = \\boxed{3(x + 2)^2 - 2} \\) ",
+     "$y_{1}=-2 x^{2}+4 x+3, y_{2}=3 x^{2}+12 x+10$", True),
+    # "The final answer is" beats an earlier boxed intermediate result.
+    ("so the interest is $\\boxed{255}$. After six months Dr. Zaius has $10,455. Final "
+     "Answer: The final answer is $10,455$. I hope it is correct.", "$10455$", True),
+    # Intervals and sets compare as such.
+    ("The solution set is $x \\in [-2, 7]$.", "[-2,7]", True),
+    ("The solution set is $x \\in (-2, 7]$.", "[-2,7]", False),
+    ("So $S = \\boxed{\\{3, 1, 2\\}}$.", "\\{1,2,3\\}", True),
+    # \fbox is read as \boxed (Math-Verify knows only the latter).
+    ("\\fbox{7}", "7", True),
+]
+
+
+@pytest.mark.parametrize(("text", "gold", "correct"), GRADED_AS_MATH_VERIFY)
+def test_domain_grades_as_math_verify(text: str, gold: str, correct: bool) -> None:
+    from math_verify import parse, verify
+
+    task = Task(prompt="p", domain="math", reference=gold)
+    assert MathDomain().verify(task, text).correct is correct
+    if "fbox" not in text:  # the grader itself, on the same pair (a bare gold in $...$)
+        wrapped = gold if "$" in gold else f"${gold}$"
+        assert bool(verify(parse(wrapped), parse(text))) is correct

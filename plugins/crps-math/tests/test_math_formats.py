@@ -12,7 +12,8 @@ from crps_agent.tasks import load_tasks
 from crps_math.domain import MathDomain
 from crps_math.formats import gsm8k_reference, read_gsm8k, read_math500
 
-DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"
+DATA = next((p / "shared" / "data" for p in Path(__file__).resolve().parents
+             if (p / "shared" / "data").is_dir()), Path("../shared/data"))
 GSM8K = DATA / "gsm8k" / "test.jsonl"
 MATH500 = DATA / "math500" / "test.jsonl"
 needs_data = pytest.mark.skipif(not GSM8K.exists() or not MATH500.exists(),
