@@ -61,13 +61,15 @@ def make_settings(**flags: Any) -> Settings:
     return load_settings(search=search, memory=memory, **flags)
 
 
-def open_memory(settings: Settings) -> Memory:
+def open_memory(settings: Settings, *, read_only: bool = False) -> Memory:
     """The store for a one-shot command: it reads only what it needs, so nothing is
-    preloaded (a learn run's agent preloads; see the setting `memory.preload`)."""
+    mirrored in memory (a learn run's agent is; see the setting `memory.preload`).
+    `read_only` commands work beside a running writer and on a read-only directory."""
     from crps_agent.memory.facade import Memory
 
     one_shot = settings.memory.model_copy(update={"preload": False})
-    return Memory.from_settings(settings.model_copy(update={"memory": one_shot}))
+    return Memory.from_settings(settings.model_copy(update={"memory": one_shot}),
+                                read_only=read_only)
 
 
 def emit_jsonl(objects: Iterable[dict[str, Any]]) -> None:
