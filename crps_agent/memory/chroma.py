@@ -179,12 +179,41 @@ def _writable(path: Path) -> bool:
     return os.access(path, os.W_OK) and (not db.exists() or os.access(db, os.W_OK))
 
 
+def _written_elsewhere(path: Path) -> bool:
+    """Whether another process holds the store's owner lock now."""
+    from filelock import FileLock, Timeout
+
+    if path.resolve() in _OWNED or not (path / OWNER_LOCK).exists():
+        return False
+    lock = FileLock(str(path / OWNER_LOCK), thread_local=False)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return True
+    except OSError:  # a read-only directory: nobody can be writing it
+        return False
+    lock.release()
+    return False
+
+
 def _private_copy(path: Path) -> Path:
-    """A copy of a read-only store that Chroma may open (it writes to its database even
-    to read), removed when this process ends."""
+    """A snapshot of a store that Chroma may open: a read-only directory (Chroma writes to
+    its database even to read), or a store another process is writing (Chroma's local mode
+    fails reads while the files change under it). The database is copied with SQLite's
+    backup API, so it is consistent. Removed when this process ends."""
+    import sqlite3
+
     copy = Path(tempfile.mkdtemp(prefix="crps-store-ro-"))
-    shutil.copytree(path, copy, dirs_exist_ok=True,
-                    ignore=shutil.ignore_patterns(OWNER_LOCK, ".write.lock", "exports"))
+    shutil.copytree(path, copy, dirs_exist_ok=True, ignore=shutil.ignore_patterns(
+        OWNER_LOCK, ".write.lock", "exports", DATABASE, DATABASE + "-*"))
+    # immutable: a read-only directory has no writer, and SQLite could not make its -shm
+    mode = "mode=ro" if _writable(path) else "immutable=1"
+    source = sqlite3.connect(f"file:{path / DATABASE}?{mode}", uri=True)
+    try:
+        with sqlite3.connect(copy / DATABASE) as target:
+            source.backup(target)
+    finally:
+        source.close()
     for p in [copy, *copy.rglob("*")]:
         p.chmod(p.stat().st_mode | 0o200)
     if not _COPIES:
@@ -241,7 +270,8 @@ def open_client(store: str, *, read_only: bool = False) -> ClientAPI:
             if not (path / DATABASE).exists():
                 raise NotFoundError(f"no store at {str(path)!r} yet (no {DATABASE} in it): "
                                     "run `crps-agent learn TASKS` to make one")
-            where = path if _writable(path) else _private_copy(path)
+            direct = _writable(path) and not _written_elsewhere(path)
+            where = path if direct else _private_copy(path)
         else:
             path.mkdir(parents=True, exist_ok=True)
             take_ownership(path)

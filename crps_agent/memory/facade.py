@@ -50,8 +50,11 @@ class Memory:
         self.local_path: Path | None = local_store_path(self.store)
         self.read_only = read_only
         self.client = open_client(self.store, read_only=read_only)
-        self.insights = InsightStore(self.client, self.embedder, settings=settings,
-                                     local=self.local_path is not None, read_only=read_only)
+        local = self.local_path is not None
+        self.insights = InsightStore(
+            self.client, self.embedder, settings=settings, local=local, read_only=read_only,
+            reopen=(lambda: open_client(self.store, read_only=True)) if read_only and local
+            else None)
         self.trajectories = TrajectoryLog(self.client, self.embedder, read_only=read_only)
 
     @classmethod

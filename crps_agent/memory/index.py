@@ -17,12 +17,15 @@ is never handed out (`clone` copies it).
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from crps_agent.errors import StoreError
 from crps_agent.memory.records import FILTER_KEYS, LIST_FIELDS, from_record
 
 if TYPE_CHECKING:
@@ -35,6 +38,8 @@ __all__ = ["Filters", "Hit", "LocalIndex", "Record", "RemoteIndex", "clone", "wh
 
 Filters = Mapping[str, Any]  # key -> value, or a list/tuple/set of values (any of them)
 _PAGE = 2000
+_LOAD_TRIES = 5
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -170,10 +175,16 @@ class LocalIndex:
 
     local = True
 
-    def __init__(self, collection: Collection) -> None:
+    def __init__(self, collection: Collection, dim: int,
+                 reopen: Callable[[], Collection] | None = None,
+                 embed: Callable[[list[str]], list[list[float]]] | None = None) -> None:
         self.collection = collection
+        self.dim = dim
+        self.reopen = reopen  # a fresh snapshot, for a load that failed (read-only opens)
+        self.embed = embed  # the store's embedder, for vectors a snapshot lacks
         self._lock = threading.RLock()
         self._loaded = False
+        self._vectors = False
         self._rows: dict[str, int] = {}  # id -> row
         self._records: list[Record | None] = []
         self._free: list[int] = []
@@ -194,23 +205,76 @@ class LocalIndex:
         with self._lock:
             if self._loaded:
                 return
+            for attempt in range(_LOAD_TRIES):
+                try:
+                    self._load_once()
+                    return
+                except Exception as exc:
+                    if self.reopen is None or attempt == _LOAD_TRIES - 1:
+                        raise StoreError(f"cannot read the insights of the store: {exc}"
+                                         ) from None
+                    # a snapshot taken while its writer was mid-write: take another
+                    log.info("re-reading the store (%s)", exc)
+                    time.sleep(0.2 * (attempt + 1))
+                    self.__init__(self.reopen(), self.dim, self.reopen,  # type: ignore[misc]
+                                  self.embed)
+
+    def _load_once(self) -> None:
+        """Documents and metadata (SQLite); the vectors follow when a query needs them."""
+        with self._lock:
             offset = 0
             while True:
-                res: Any = self.collection.get(
-                    include=["documents", "metadatas", "embeddings"], limit=_PAGE,
-                    offset=offset)
+                res: Any = self.collection.get(include=["documents", "metadatas"],
+                                               limit=_PAGE, offset=offset)
                 self._put(zip(res["ids"], res["documents"] or [], res["metadatas"] or [],
-                              res["embeddings"] if res["embeddings"] is not None else [],
-                              strict=True))
+                              [None] * len(res["ids"]), strict=True))
                 if len(res["ids"]) < _PAGE:
                     break
                 offset += _PAGE
             self._loaded = True
 
+    def _load_vectors(self) -> None:
+        """The embeddings of the loaded records. Chroma's local mode cannot read those that
+        another process has not flushed yet (a read-only open beside a writer): then the
+        store's own embedder computes them from the texts."""
+        self._load()
+        if self._vectors:
+            return
+        with self._lock:
+            if self._vectors:
+                return
+            ids = list(self._rows)
+            try:
+                for start in range(0, len(ids), _PAGE):
+                    res: Any = self.collection.get(ids=ids[start:start + _PAGE],
+                                                   include=["embeddings"])
+                    self._set_vectors(res["ids"], res["embeddings"])
+            except Exception as exc:
+                if self.embed is None:
+                    raise StoreError(f"cannot read the embeddings of the store: {exc}"
+                                     ) from None
+                log.info("embedding %d insights again (%s)", len(ids), exc)
+                for start in range(0, len(ids), 256):
+                    part = ids[start:start + 256]
+                    texts = [self._records[self._rows[i]].document  # type: ignore[union-attr]
+                             for i in part]
+                    self._set_vectors(part, self.embed(texts))
+            self._vectors = True
+
+    def _set_vectors(self, ids: Sequence[str], vectors: Any) -> None:
+        import numpy as np
+
+        assert self._matrix is not None or not ids
+        for rid, emb in zip(ids, vectors, strict=True):
+            vec = np.asarray(emb, dtype=np.float32)
+            norm = float(np.linalg.norm(vec))
+            self._matrix[self._rows[rid]] = vec / norm if norm > 0 else vec  # type: ignore[index]
+
     def reset(self) -> None:
         """Forget everything (the collection was changed behind the store's back)."""
         with self._lock:
-            self.__init__(self.collection)  # type: ignore[misc]
+            self.__init__(self.collection, self.dim, self.reopen,  # type: ignore[misc]
+                          self.embed)
 
     # ------------------------------------------------------------------ keeping
 
@@ -248,15 +312,13 @@ class LocalIndex:
             row = self._rows.get(rid)
             if row is None:
                 row = self._free.pop() if self._free else len(self._rows) + len(self._free)
-                if emb is None:  # pragma: no cover - the store writes embeddings with new ids
-                    raise ValueError(f"record {rid!r} written without its embedding")
             else:
                 old = self._records[row]
                 if old is not None:
                     self._forget_hash(old)
+            self._grow(row + 1, self.dim)
             if emb is not None:
                 vec = np.asarray(emb, dtype=np.float32)
-                self._grow(row + 1, vec.shape[0])
                 norm = float(np.linalg.norm(vec))
                 assert self._matrix is not None
                 self._matrix[row] = vec / norm if norm > 0 else vec
@@ -320,7 +382,7 @@ class LocalIndex:
                     if (rec := self._records[r]) is not None]
 
     def embeddings(self, ids: Sequence[str]) -> dict[str, Any]:
-        self._load()
+        self._load_vectors()
         with self._lock:
             assert self._matrix is not None or not ids
             return {rid: self._matrix[row].copy() for rid in ids  # type: ignore[index]
@@ -356,7 +418,7 @@ class LocalIndex:
         similarity, most similar first, at least `min_similarity` if given): exact."""
         import numpy as np
 
-        self._load()
+        self._load_vectors()
         if n <= 0 or not queries or self._matrix is None:
             return [[] for _ in queries]
         with self._lock:

@@ -21,7 +21,7 @@ import dataclasses
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from crps_agent.config import MemorySettings
@@ -77,12 +77,14 @@ class InsightStore:
     """Insights of one Chroma collection (all namespaces; filters select one). `settings`
     holds the lifecycle knobs (prior, ranking, dedup, contradictions, credit); `local`
     says that this process is the store's only writer (an embedded store), so its records
-    and events may be kept in memory; `read_only` writes nothing."""
+    and events may be kept in memory; `read_only` writes nothing; `reopen` gives a fresh
+    read-only client when a snapshot could not be read (see `chroma.open_client`)."""
 
     def __init__(self, client: ClientAPI, embedder: Embedder, *,
                  dedup_threshold: float | None = None, collection: str = "insights",
                  settings: MemorySettings | None = None, local: bool = False,
-                 read_only: bool = False) -> None:
+                 read_only: bool = False,
+                 reopen: Callable[[], ClientAPI] | None = None) -> None:
         self.client = client
         self.embedder = embedder
         self.settings = settings or MemorySettings()
@@ -92,11 +94,18 @@ class InsightStore:
         self.collection = open_collection(client, collection, embedder, read_only=read_only)
         if not read_only and (self.collection.metadata or {}).get("layout") != LAYOUT:
             upgrade_layout(client, self.collection)
-        # the size when the store opens decides: a mirror, once loaded, keeps growing
-        mirror = local and self.settings.preload and self.settings.record_cache_size > 0 \
-            and self.collection.count() <= self.settings.record_cache_size
-        self.index: LocalIndex | RemoteIndex = LocalIndex(self.collection) if mirror \
-            else RemoteIndex(self.collection)
+        # The size when the store opens decides: a mirror, once loaded, keeps growing. A
+        # read-only open always mirrors: Chroma's HNSW query fails ("Error finding id")
+        # while another process writes the store, its record reads do not.
+        mirror = local and (read_only or (self.settings.preload
+                            and self.settings.record_cache_size > 0
+                            and self.collection.count() <= self.settings.record_cache_size))
+        again = None if reopen is None else \
+            (lambda: open_collection(reopen(), collection, embedder, read_only=True))
+        self.index: LocalIndex | RemoteIndex = RemoteIndex(self.collection)
+        if mirror:
+            self.index = LocalIndex(self.collection, embedder.dim, again,
+                                    embedder.embed if read_only else None)
         self.events = EventLog(client, local=local, read_only=read_only)
         self.baselines = BaselineStore(client, self.events)
         self._queries: OrderedDict[str, builtins.list[float]] = OrderedDict()
