@@ -97,7 +97,9 @@ class ReflectSettings(BaseModel):
 
 
 class MemorySettings(BaseModel):
-    embedder: str = Field("minilm", description="'minilm' (real) or 'hash' (fast, for tests)")
+    embedder: str | None = Field(None, description="'minilm' (real) or 'hash' (fast, for "
+                                 "tests); unset: the one the store was built with, else "
+                                 "'minilm'")
     recall_k: int = Field(5, ge=0)
     token_budget: int = Field(300, ge=0, description="tokens of recalled notes in a prompt")
     min_similarity: float = Field(0.1, ge=-1.0, le=1.0, description="general insights score "

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from crps_agent.config import MemorySettings
-from crps_agent.memory.chroma import local_store_path, open_client
+from crps_agent.memory.chroma import built_with, local_store_path, open_client
 from crps_agent.memory.embedders import Embedder, get_embedder
 from crps_agent.memory.insights import AddOutcome, InsightStore, RecalledInsight
 from crps_agent.memory.trajectories import TrajectoryLog
@@ -26,8 +26,8 @@ class Memory:
     one writer, see `crps_agent.memory.chroma`) or `http://HOST:PORT` (a Chroma server, any
     number of processes). `read_only` writes nothing and takes no lock: it works beside a
     running writer and on a read-only directory. `embedder` is a name ("minilm", "hash",
-    "hash-<dim>") or an Embedder; it defaults to `settings.embedder` when settings are
-    given.
+    "hash-<dim>") or an Embedder; it defaults to `settings.embedder`, else to the embedder
+    the store was built with, else MiniLM.
     """
 
     def __init__(
@@ -38,18 +38,19 @@ class Memory:
         settings: MemorySettings | None = None,
         read_only: bool = False,
     ) -> None:
-        if embedder is None:
-            embedder = settings.embedder if settings is not None else "minilm"
+        self.store = str(store)
+        self.local_path: Path | None = local_store_path(self.store)
+        self.read_only = read_only
+        self.client = open_client(self.store, read_only=read_only)
+        if embedder is None:  # as told, else what the store was built with, else MiniLM
+            embedder = (settings.embedder if settings is not None else None) \
+                or built_with(self.client) or "minilm"
         self.embedder: Embedder = (
             get_embedder(embedder) if isinstance(embedder, str) else embedder
         )
         if settings is None:
             settings = MemorySettings.model_validate({"embedder": self.embedder.name})
         self.settings = settings
-        self.store = str(store)
-        self.local_path: Path | None = local_store_path(self.store)
-        self.read_only = read_only
-        self.client = open_client(self.store, read_only=read_only)
         local = self.local_path is not None
         self.insights = InsightStore(
             self.client, self.embedder, settings=settings, local=local, read_only=read_only,

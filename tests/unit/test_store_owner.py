@@ -202,3 +202,20 @@ def test_only_not_found_means_absent() -> None:
     down: Any = _Client(TimeoutError("timed out"))
     with pytest.raises(StoreError, match="timed out"):
         reindex(down, get_embedder("hash"))
+
+
+def test_a_store_opens_with_the_embedder_it_was_built_with(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    Memory(str(path), embedder="hash-64").remember([Insight(text=TEXT, domain="math")])
+    release_ownership(path)
+    again = Memory(str(path))  # not told: the store's own embedder, no model loaded
+    assert again.embedder.name == "hash-64" and again.insights.count() == 1
+    assert Memory(str(tmp_path / "new")).embedder.name == "all-MiniLM-L6-v2"  # new: MiniLM
+    release_ownership(path)
+    release_ownership(tmp_path / "new")
+    env = {k: v for k, v in ENV.items() if k not in ("CRPS_MEMORY__EMBEDDER", "CRPS_CONFIG")}
+    out = tmp_path / "out.jsonl"
+    res = subprocess.run([*CLI, "insights", "export", str(out), "--store", str(path)],
+                         env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(out.read_text())["embedder"] == "hash-64"
