@@ -58,7 +58,19 @@ def make_settings(**flags: Any) -> Settings:
     search = {"n": budget, "method": flags.pop("search", None),
               "mcts": {"rollouts": budget}}
     memory = {"embedder": flags.pop("embedder", None)}
-    return load_settings(search=search, memory=memory, **flags)
+    settings = load_settings(search=search, memory=memory, **flags)
+    _COMMAND["settings"] = settings
+    return settings
+
+
+_COMMAND: dict[str, Settings] = {}  # the settings of the command being run
+
+
+def command_settings() -> Settings:
+    """The settings `make_settings` built for the running command (defaults if none)."""
+    from crps_agent.config import load_settings
+
+    return _COMMAND.get("settings") or load_settings()
 
 
 def open_memory(settings: Settings, *, read_only: bool = False) -> Memory:

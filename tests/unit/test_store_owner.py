@@ -219,3 +219,26 @@ def test_a_store_opens_with_the_embedder_it_was_built_with(tmp_path: Path) -> No
                          env=env, capture_output=True, text=True, timeout=120, check=False)
     assert res.returncode == 0, res.stderr
     assert json.loads(out.read_text())["embedder"] == "hash-64"
+
+
+def test_cli_json_utility_honours_the_configured_prior(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from crps_agent.cli import cli
+
+    path = tmp_path / "s"
+    memory = _store(path)
+    insight_id = memory.insights.list()[0].id
+    memory.record([insight_id], correct=True)
+    monkeypatch.delenv("CRPS_CONFIG", raising=False)
+    monkeypatch.setenv("CRPS_MEMORY__EMBEDDER", "hash")
+    monkeypatch.setenv("CRPS_MEMORY__PRIOR_A", "3")
+    monkeypatch.setenv("CRPS_MEMORY__PRIOR_B", "1")
+    try:
+        res = CliRunner().invoke(cli, ["insights", "show", insight_id, "--store", str(path),
+                                       "--json"], catch_exceptions=False)
+        row = json.loads(res.stdout)
+        assert row["utility"] == round((1 + 3) / (1 + 3 + 1), 4)  # not Beta(1, 1)'s 2/3
+    finally:
+        release_ownership(path)
