@@ -138,6 +138,13 @@ def take_ownership(path: Path) -> None:
         _OWNED[key] = lock
 
 
+def ownership(path: Path) -> int | None:
+    """An id of this process's current ownership of a store (None if it does not own it):
+    what it keeps in memory about the store is valid while this id stays the same."""
+    lock = _OWNED.get(path.resolve())
+    return None if lock is None else id(lock)
+
+
 def release_ownership(path: Path) -> None:
     """Give up this process's ownership of a store (the next writer may open it)."""
     with _OWNED_LOCK:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from crps_agent.config import MemorySettings
-from crps_agent.memory.chroma import built_with, local_store_path, open_client
+from crps_agent.memory.chroma import built_with, local_store_path, open_client, ownership
 from crps_agent.memory.embedders import Embedder, get_embedder
 from crps_agent.memory.insights import AddOutcome, InsightStore, RecalledInsight
 from crps_agent.memory.trajectories import TrajectoryLog
@@ -52,10 +52,11 @@ class Memory:
             settings = MemorySettings.model_validate({"embedder": self.embedder.name})
         self.settings = settings
         local = self.local_path is not None
+        owner = None if read_only or self.local_path is None else ownership(self.local_path)
         self.insights = InsightStore(
             self.client, self.embedder, settings=settings, local=local, read_only=read_only,
             reopen=(lambda: open_client(self.store, read_only=True)) if read_only and local
-            else None)
+            else None, share=None if owner is None else f"{self.local_path}:{owner}")
         self.trajectories = TrajectoryLog(self.client, self.embedder, read_only=read_only)
 
     @classmethod

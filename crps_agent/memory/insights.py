@@ -55,6 +55,9 @@ __all__ = ["AddOutcome", "InsightStore", "RecalledInsight", "normalise_text", "u
 _MIN_PREFIX = 4
 _QUERY_CACHE = 256  # query embeddings kept: a task's prompt is recalled more than once
 _COUNTERS = ("uses", "wins", "losses", "support")
+# (owner of an embedded store, collection) -> the index and events its store objects share
+_SHARED: dict[tuple[str, str], tuple[LocalIndex | None, EventLog]] = {}
+_SHARED_LOCK = threading.Lock()
 
 
 def utility(insight: Insight, a: float = 1.0, b: float = 1.0) -> float:
@@ -78,13 +81,16 @@ class InsightStore:
     holds the lifecycle knobs (prior, ranking, dedup, contradictions, credit); `local`
     says that this process is the store's only writer (an embedded store), so its records
     and events may be kept in memory; `read_only` writes nothing; `reopen` gives a fresh
-    read-only client when a snapshot could not be read (see `chroma.open_client`)."""
+    read-only client when a snapshot could not be read (see `chroma.open_client`); store
+    objects of one `share` key (the owner of an embedded store) share one index and event
+    log, so each sees the others' writes."""
 
     def __init__(self, client: ClientAPI, embedder: Embedder, *,
                  dedup_threshold: float | None = None, collection: str = "insights",
                  settings: MemorySettings | None = None, local: bool = False,
                  read_only: bool = False,
-                 reopen: Callable[[], ClientAPI] | None = None) -> None:
+                 reopen: Callable[[], ClientAPI] | None = None,
+                 share: str | None = None) -> None:
         self.client = client
         self.embedder = embedder
         self.settings = settings or MemorySettings()
@@ -107,6 +113,21 @@ class InsightStore:
             self.index = LocalIndex(self.collection, embedder.dim, again,
                                     embedder.embed if read_only else None)
         self.events = EventLog(client, local=local, read_only=read_only)
+        # Store objects of one owner share its mirror (if one of them has it) and its event
+        # log, and tell the mirror of their writes, so each sees the others' writes.
+        self._mirrors: builtins.list[LocalIndex | RemoteIndex] = [self.index]
+        if share is not None:
+            key = (share, self.collection.name)
+            with _SHARED_LOCK:
+                mirror_of, events = _SHARED.get(key, (None, self.events))
+                if mirror_of is None and isinstance(self.index, LocalIndex):
+                    mirror_of = self.index
+                _SHARED[key] = (mirror_of, events)
+            self.events = events
+            if mirror_of is not None:
+                if isinstance(self.index, LocalIndex):
+                    self.index = mirror_of
+                self._mirrors = builtins.list(dict.fromkeys([self.index, mirror_of]))
         self.baselines = BaselineStore(client, self.events)
         self._queries: OrderedDict[str, builtins.list[float]] = OrderedDict()
         self._queries_lock = threading.Lock()
@@ -173,7 +194,7 @@ class InsightStore:
             others = [i for i in full if i != merged.id]
             if others:
                 self.collection.delete(ids=others)
-                self.index.removed(others)
+                self._removed(others)
             return self._get_exact(merged.id)
 
     # ----------------------------------------------------------------------- reading
@@ -182,7 +203,10 @@ class InsightStore:
         """Read the whole store into this process's index now (an embedded store; recall
         and dedup then read nothing from Chroma); returns the records held, 0 when reads
         go to Chroma (a server, or a store above `record_cache_size`)."""
-        return len(self.index) if isinstance(self.index, LocalIndex) else 0
+        if not isinstance(self.index, LocalIndex):
+            return 0
+        self.index.embeddings([])  # records and vectors
+        return len(self.index)
 
     def _folded(self, records: Iterable[Record]) -> builtins.list[Insight]:
         recs = builtins.list(records)
@@ -357,8 +381,16 @@ class InsightStore:
         if rest:
             self.collection.update(ids=[ids[n] for n in rest],
                                    metadatas=[metas[n] for n in rest])
-        self.index.stored([(i.id, i.text, meta, embeddings.get(i.id))
+        self._stored([(i.id, i.text, meta, embeddings.get(i.id))
                            for i, meta in zip(items, metas, strict=True)])
+
+    def _stored(self, rows: builtins.list[tuple[str, str, Any, Any]]) -> None:
+        for index in self._mirrors:
+            index.stored(rows)
+
+    def _removed(self, ids: builtins.list[str]) -> None:
+        for index in self._mirrors:
+            index.removed(ids)
 
     def insert(self, insights: builtins.list[Insight], embeddings: builtins.list[Any]) -> None:
         """Add new insights (ids the store does not have) with their embeddings; their
@@ -376,7 +408,7 @@ class InsightStore:
         self.collection.add(ids=[i.id for i in insights], embeddings=embeddings,
                             documents=[i.text for i in insights],
                             metadatas=metas)  # type: ignore[arg-type]
-        self.index.stored([(i.id, i.text, m, e)
+        self._stored([(i.id, i.text, m, e)
                            for i, m, e in zip(insights, metas, embeddings, strict=True)])
 
     def record_outcome(self, insight_ids: builtins.list[str], correct: bool, *,
@@ -482,7 +514,7 @@ class InsightStore:
         with write_lock(self.client):
             rid = self.resolve_id(insight_id)
             self.collection.delete(ids=[rid])
-            self.index.removed([rid])
+            self._removed([rid])
 
     # ----------------------------------------------------------------------- summaries
 

@@ -178,3 +178,21 @@ def test_the_exact_scan_answers_like_chromas_filtered_query(tmp_path: Path,
                 == {h.record.id for h in w if h.similarity > w[-1].similarity + 1e-5}
     cut = local.nearest(queries, 40, where, min_similarity=0.3)
     assert all(h.similarity >= 0.3 - 1e-6 for row in cut for h in row)
+
+
+def test_store_objects_of_one_owner_see_each_others_writes(tmp_path: Path) -> None:
+    one = _memory(tmp_path / "s")
+    items = _fill(one)
+    other = _memory(tmp_path / "s")  # the same process: the same owner
+    one_shot = _memory(tmp_path / "s", preload=False)  # reads Chroma, writes tell the mirror
+    assert other.warm() == len(TEXTS)
+    one.record([items[0].id], correct=True)
+    one_shot.insights.delete(items[1].id)
+    one_shot.remember([Insight(text="Draw the figure before computing any angle.",
+                               domain="math")])
+    for memory in (one, other, one_shot):
+        got = {i.id: i for i in memory.insights.list()}
+        assert got[items[0].id].wins == 1 and items[1].id not in got
+        assert len(got) == len(TEXTS)
+    assert {h.insight.id for h in other.recall("figure angle", domain="math", k=6)} == \
+        {h.insight.id for h in one.recall("figure angle", domain="math", k=6)}
