@@ -20,7 +20,7 @@ import builtins
 import dataclasses
 import threading
 import time
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -526,29 +526,15 @@ class InsightStore:
 
     def stats(self, namespace: Namespace | None = None) -> dict[str, Any]:
         """Totals by status, kind and domain, counter totals, and the top 3 by utility
-        among insights used at least once."""
-        items = self.list(namespace=namespace)
-        used = [i for i in items if i.uses >= 1]
-        top = sorted(used, key=lambda i: (self.utility(i), i.uses), reverse=True)[:3]
-        return {
-            "namespace": None if namespace is None else validate_namespace(namespace),
-            "embedder": self.embedder.name,
-            "total": len(items),
-            "by_status": dict(Counter(i.status for i in items)),
-            "by_kind": dict(Counter(i.kind for i in items)),
-            "by_domain": dict(Counter(i.domain for i in items)),
-            "uses": sum(i.uses for i in items),
-            "wins": sum(i.wins for i in items),
-            "losses": sum(i.losses for i in items),
-            "promoted": sum(1 for i in items if i.promoted),
-            "flagged": sum(1 for i in items if i.flags),
-            "top": [
-                {"id": i.id, "text": i.text, "utility": round(self.utility(i), 4),
-                 "uses": i.uses, "wins": i.wins, "losses": i.losses}
-                for i in top
-            ],
-        }
+        among insights used at least once (`curation.stats` without the distribution)."""
+        from crps_agent.memory.curation import stats
 
+        data = stats(self, namespace, top=3)
+        top = data.pop("best")
+        for key in ("worst", "utility"):
+            data.pop(key)
+        return {**data, "top": [{k: v for k, v in row.items() if k != "status"}
+                                for row in top]}
 
 
 def _credit_id(event: str | None, insight_id: str) -> str:
