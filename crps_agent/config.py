@@ -97,7 +97,9 @@ class ReflectSettings(BaseModel):
 
 
 class MemorySettings(BaseModel):
-    embedder: str = Field("minilm", description="'minilm' (real) or 'hash' (fast, for tests)")
+    embedder: str | None = Field(None, description="'minilm' (real) or 'hash' (fast, for "
+                                 "tests); unset: the one the store was built with, else "
+                                 "'minilm'")
     recall_k: int = Field(5, ge=0)
     token_budget: int = Field(300, ge=0, description="tokens of recalled notes in a prompt")
     min_similarity: float = Field(0.1, ge=-1.0, le=1.0, description="general insights score "
@@ -124,12 +126,12 @@ class MemorySettings(BaseModel):
                               "= more diverse notes")
     recall_candidates: int = Field(4, ge=1, le=50, description="recall re-ranks k x this many "
                                    "nearest insights (utility, MMR); 1 = similarity order")
-    record_cache_size: int = Field(200_000, ge=0, description="insight records a process "
-                                   "keeps in memory (~2.8 KB each with the embedding) so that "
-                                   "recall and dedup re-read nothing; 0 = off")
-    preload: bool = Field(True, description="after the first recall or add, read the whole "
-                          "store into the record cache (in the background above 2,000 "
-                          "insights) when it fits in record_cache_size")
+    record_cache_size: int = Field(200_000, ge=0, description="largest embedded store "
+                                   "(insights when it opens) a process mirrors in memory "
+                                   "(~2 KB each with the embedding) so that recall and dedup "
+                                   "are exact scans that read nothing; 0 = off")
+    preload: bool = Field(True, description="mirror an embedded store in memory on first "
+                          "read (off: every read asks Chroma, as one-shot commands do)")
     shared_namespaces: list[str] = Field(default_factory=list, description="namespaces recall "
                                          "also reads (explicit sharing, e.g. ['global'])")
     # Contradictions and merging.

@@ -72,6 +72,14 @@ class NotFoundError(StoreError):
     """An insight, trajectory or tree with the given id does not exist."""
 
 
+class StoreBusyError(StoreError):
+    """An embedded store is already open for writing in another process."""
+
+
+class DamagedStoreError(StoreError):
+    """A store directory whose database is missing, empty or unreadable."""
+
+
 class ExportError(CrpsError):
     """Training data could not be synthesized or exported (empty store, bad output dir)."""
 

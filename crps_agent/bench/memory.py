@@ -10,21 +10,21 @@ For each size N, in one embedded store (a temporary directory unless `store` is 
   size.
   `ratio` = per_s / raw_per_s (goal >= 0.7).
 - recall: `queries` synthetic queries through `InsightStore.recall` (query embedding, one
-  filtered Chroma query, ranking, MMR, token budget) against the raw path on the same data:
-  the embedder on the query, then `collection.query(n_results=k)` (documents, metadatas,
-  distances) on the store's own collection. Store and raw calls alternate, so both see the
-  same machine noise; a few other queries warm both up first (none is timed twice, so no
-  query embedding is ever reused). `ratio` = p50_ms / raw_p50_ms (goals: <= 1.15, and
-  p50 <= 25 ms at 100k). Recall ranks `candidates` (4 x k) records of the namespace where
-  the raw query reads k: `cached` is the share of those the store's per-process record
-  cache served (crps_agent.memory.cache) instead of Chroma.
-- rss: the resident memory (MB) of a fresh process that opens the store, reads it into its
-  record cache (`Memory.warm`) and recalls once, beside `cold_mb` (the same without the
-  preload) and `base_mb` (an empty store).
+  exact scan of the store's in-memory index, ranking, MMR, token budget) against the raw
+  path on the same data: the embedder on the query, then `collection.query(n_results=k)`
+  (documents, metadatas, distances) on the store's own collection. Store and raw calls
+  alternate, so both see the same machine noise; a few other queries warm both up first
+  (none is timed twice, so no query embedding is ever reused). `ratio` = p50_ms /
+  raw_p50_ms (goals: <= 1.15, and p50 <= 25 ms at 100k). Recall ranks `candidates`
+  (4 x k) records of the namespace where the raw query reads k; `mirrored` says whether
+  the store answered from its index (crps_agent.memory.index) or from Chroma.
+- rss: the resident memory (MB) of a fresh read-only process that opens the store, loads
+  its index (`Memory.warm`) and recalls once, beside `cold_mb` (the same reading Chroma
+  instead, setting `preload` off) and `base_mb` (an empty store).
 
-Both timed phases run on a store read into the record cache first (`Memory.warm`, as a
-long-running agent's is after its first recall; `preload_s` says how long that took), so
-recall and dedup read only distances from Chroma.
+Both timed phases run on a store whose index was loaded first (`Memory.warm`, as a
+long-running agent's is after its first read; `preload_s` says how long that took). The
+raw path's adds are told to the index after they are timed (they bypass the store).
 
 `store` keeps the stores in that directory (one `n<size>` store per size) instead of a
 temporary one.
@@ -150,15 +150,15 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def _rss_mb(store: str, embedder: str, query: str, *, warm: bool = True) -> float:
-    """Resident memory of a fresh process that opens `store`, reads it into the record
-    cache (`warm`; else with the setting `preload` off) and recalls once."""
+    """Resident memory of a fresh read-only process that opens `store`, loads its index
+    (`warm`; else with the setting `preload` off) and recalls once."""
     code = (
         "import json, sys\n"
         "from crps_agent.config import MemorySettings\n"
         "from crps_agent.memory.facade import Memory\n"
         "warm = sys.argv[4] == '1'\n"
         "s = MemorySettings.model_validate({'embedder': sys.argv[2], 'preload': warm})\n"
-        "m = Memory(sys.argv[1], settings=s)\n"
+        "m = Memory(sys.argv[1], settings=s, read_only=True)\n"
         "m.warm() if warm else None\n"
         "m.insights.recall(sys.argv[3], namespace='bench', domain='math', k=5)\n"
         "rss = [int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmRSS')]\n"
@@ -220,11 +220,16 @@ def _ingest(memory: Any, embedder: Any, texts: list[str], batch: int, window: in
             merged += sum(1 for o in memory.insights.add_many(items) if o.merged)
             path = "store"
         else:
-            collection.add(ids=[i.id for i in items], embeddings=embedder.embed(chunk),
-                           documents=chunk, metadatas=_records(items, embedder.name))
+            vectors = embedder.embed(chunk)
+            metas = _records(items, embedder.name)
+            collection.add(ids=[i.id for i in items], embeddings=vectors,
+                           documents=chunk, metadatas=metas)
             path = "raw"
         timed[path][0] += len(chunk)
         timed[path][1] += time.perf_counter() - t0
+        if path == "raw":  # the raw adds bypassed the store: its index learns of them now
+            memory.insights.index.stored(zip([i.id for i in items], chunk, metas, vectors,
+                                             strict=True))
         if n % 10 == 9 or start + batch >= size:
             say(f"size {size}: ingest {min(start + batch, size) - bulk}/{window}")
     per_s = timed["store"][0] / timed["store"][1] if timed["store"][1] else 0.0
@@ -240,7 +245,6 @@ def _recall(memory: Any, embedder: Any, queries: list[str], warm: list[str], k: 
             say: Progress) -> dict[str, Any]:
     collection = memory.insights.collection
     settings = memory.settings
-    records = memory.insights.records
 
     def store_call(q: str) -> None:
         memory.insights.recall(q, namespace=NAMESPACE, domain=DOMAIN, k=k,
@@ -255,7 +259,6 @@ def _recall(memory: Any, embedder: Any, queries: list[str], warm: list[str], k: 
     for q in warm:  # warm-up: indexes loaded, models and caches filled
         store_call(q)
         raw_call(q)
-    hits, misses = records.hits, records.misses
     store_ms: list[float] = []
     raw_ms: list[float] = []
     for i, q in enumerate(queries):
@@ -267,13 +270,12 @@ def _recall(memory: Any, embedder: Any, queries: list[str], warm: list[str], k: 
                 (time.perf_counter() - t0) * 1000.0)
     say(f"recall: {len(queries)} queries")
     p50, raw_p50 = _pct(store_ms, 0.5), _pct(raw_ms, 0.5)
-    hits, misses = records.hits - hits, records.misses - misses
     return {"bench": "recall", "size": memory.insights.count(), "p50_ms": round(p50, 3),
             "p99_ms": round(_pct(store_ms, 0.99), 3), "raw_p50_ms": round(raw_p50, 3),
             "raw_p99_ms": round(_pct(raw_ms, 0.99), 3),
             "ratio": round(p50 / raw_p50, 3) if raw_p50 else None, "queries": len(queries),
             "k": k, "candidates": memory.insights.candidate_factor * k,
-            "cached": round(hits / (hits + misses), 3) if hits + misses else None,
+            "mirrored": memory.warm() > 0,
             "preloaded": preloaded, "preload_s": round(preload_s, 2)}
 
 

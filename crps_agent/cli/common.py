@@ -58,16 +58,30 @@ def make_settings(**flags: Any) -> Settings:
     search = {"n": budget, "method": flags.pop("search", None),
               "mcts": {"rollouts": budget}}
     memory = {"embedder": flags.pop("embedder", None)}
-    return load_settings(search=search, memory=memory, **flags)
+    settings = load_settings(search=search, memory=memory, **flags)
+    _COMMAND["settings"] = settings
+    return settings
 
 
-def open_memory(settings: Settings) -> Memory:
+_COMMAND: dict[str, Settings] = {}  # the settings of the command being run
+
+
+def command_settings() -> Settings:
+    """The settings `make_settings` built for the running command (defaults if none)."""
+    from crps_agent.config import load_settings
+
+    return _COMMAND.get("settings") or load_settings()
+
+
+def open_memory(settings: Settings, *, read_only: bool = False) -> Memory:
     """The store for a one-shot command: it reads only what it needs, so nothing is
-    preloaded (a learn run's agent preloads; see the setting `memory.preload`)."""
+    mirrored in memory (a learn run's agent is; see the setting `memory.preload`).
+    `read_only` commands work beside a running writer and on a read-only directory."""
     from crps_agent.memory.facade import Memory
 
     one_shot = settings.memory.model_copy(update={"preload": False})
-    return Memory.from_settings(settings.model_copy(update={"memory": one_shot}))
+    return Memory.from_settings(settings.model_copy(update={"memory": one_shot}),
+                                read_only=read_only)
 
 
 def emit_jsonl(objects: Iterable[dict[str, Any]]) -> None:

@@ -12,6 +12,7 @@ import click
 
 from crps_agent.cli.common import (
     backend_options,
+    command_settings,
     console,
     emit_jsonl,
     make_settings,
@@ -27,7 +28,11 @@ if TYPE_CHECKING:
 
 
 def _utility(ins: Insight) -> float:
-    return round((ins.wins + 1) / (ins.wins + ins.losses + 2), 4)
+    """The utility recall ranks by: the configured Beta prior's posterior mean."""
+    from crps_agent.memory.credit import utility
+
+    prior = command_settings().memory
+    return round(utility(ins, prior.prior_a, prior.prior_b), 4)
 
 
 def insight_json(ins: Insight, **extra: Any) -> dict[str, Any]:
@@ -64,8 +69,8 @@ def list_(domain: str | None, status: str | None, limit: int | None, as_json: bo
     """List insights, newest first."""
     settings = make_settings(**flags)
     ns = flags.get("namespace")
-    rows = open_memory(settings).insights.list(namespace=ns, domain=domain, status=status,
-                                               limit=limit)
+    rows = open_memory(settings, read_only=True).insights.list(
+        namespace=ns, domain=domain, status=status, limit=limit)
     if as_json:
         emit_jsonl(insight_json(r) for r in rows)
     elif rows:
@@ -87,10 +92,11 @@ def search(query: str, domain: str | None, k: int, explain: bool, as_json: bool,
     """Insights most similar to QUERY."""
     settings = make_settings(**flags)
     if explain:
-        _search_explained(open_memory(settings), query, settings.namespace, domain, k, as_json)
+        _search_explained(open_memory(settings, read_only=True), query, settings.namespace,
+                          domain, k, as_json)
         return
-    hits = open_memory(settings).insights.search(query, namespace=flags.get("namespace"),
-                                                 domain=domain, k=k, status=None)
+    hits = open_memory(settings, read_only=True).insights.search(
+        query, namespace=flags.get("namespace"), domain=domain, k=k, status=None)
     if as_json:
         emit_jsonl(insight_json(h.insight, similarity=round(h.similarity, 4)) for h in hits)
     else:
@@ -122,7 +128,7 @@ def _search_explained(memory: Memory, query: str, namespace: str, domain: str | 
 def show(insight_id: str, as_json: bool, **flags: Any) -> None:
     """Everything about one insight (an id or a unique prefix)."""
     settings = make_settings(**flags)
-    ins = open_memory(settings).insights.get(insight_id)
+    ins = open_memory(settings, read_only=True).insights.get(insight_id)
     if as_json:
         emit_jsonl([insight_json(ins)])
         return
@@ -138,7 +144,7 @@ def stats(as_json: bool, **flags: Any) -> None:
     from crps_agent.memory.curation import stats as curation_stats
 
     settings = make_settings(**flags)
-    memory = open_memory(settings)
+    memory = open_memory(settings, read_only=True)
     data = curation_stats(memory.insights, namespace=flags.get("namespace"))
     data["attempts"] = memory.trajectories.count()
     data["contrasts"] = memory.trajectories.count_contrasts()
@@ -264,7 +270,7 @@ def export_(file: str, as_json: bool, **flags: Any) -> None:
     """Write the insights (of --namespace, else all) to FILE as JSON Lines ("-": stdout)."""
     from crps_agent.memory.curation import export_insights
 
-    store = open_memory(make_settings(**flags)).insights
+    store = open_memory(make_settings(**flags), read_only=True).insights
     n = export_insights(store, file, namespace=flags.get("namespace"))
     summary = {"action": "export", "file": file, "count": n}
     if file == "-":

@@ -42,7 +42,7 @@ def show(task_id: str, search_id: str | None, html_file: str | None, width: int,
     local = local_store_path(settings.store)
     if local is not None and not local.exists():
         raise NotFoundError(f"no store at {settings.store} (pass --store DIR)")
-    memory = open_memory(settings)
+    memory = open_memory(settings, read_only=True)
     sid = search_id or memory.trajectories.latest_search(task_id, namespace=flags["namespace"])
     if sid is None:
         raise NotFoundError(f"no logged search of task {task_id!r} in {settings.store} "

@@ -6,31 +6,49 @@ Chroma attaches its default ONNX embedder, which tries to download a model). Eac
 collection records the embedder that filled it (`embedder`, `dim` in its metadata);
 opening it with another one is an `EmbedderMismatchError`.
 
+One owner per embedded store: Chroma's local mode keeps every HNSW index in the memory of
+the process that loaded it and never notices another process's writes (two writers corrupt
+a store), so a process that opens a directory to write takes `<store>/.owner.lock`
+(`filelock`, released when the process ends, even by SIGKILL) and a second writer gets a
+`StoreBusyError` naming the ways to share a store: a Chroma server or the memory service.
+Read-only opens (`read_only=True`) take no lock and write nothing; a read-only directory
+is read from a private copy. Within the owner process `write_lock(client)` groups the
+operations of one read-modify-write against other threads.
+
 Generations: `crps-agent insights reindex` re-embeds the embedded collections into new
 ones named `<name>.g<N>` and then switches one pointer record (id `collections` in the
 `crps_meta` collection) to them; `open_collection(client, "insights", ...)` follows that
 pointer, so the switch is atomic for every process that opens the store afterwards. A
-store that was never reindexed has no pointer and uses the plain names.
-
-Embedded stores shared by several processes: see `crps_agent.memory.lock` (every
-operation is locked and kept fresh transparently; `write_lock(client)` groups writes).
+store that was never reindexed has no pointer and uses the plain names. Only "not found"
+means absent: any other failure to read the pointer is an error, never generation 0.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import re
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from crps_agent.errors import EmbedderMismatchError, StoreError
-from crps_agent.memory.lock import META_COLLECTION, write_lock
-from crps_agent.memory.lock import install as _install_lock
+from crps_agent.errors import (
+    DamagedStoreError,
+    EmbedderMismatchError,
+    NotFoundError,
+    StoreBusyError,
+    StoreError,
+)
 
 __all__ = [
     "EMBEDDED_COLLECTIONS",
     "META_COLLECTION",
+    "OWNER_LOCK",
     "Pointers",
     "is_server_url",
     "local_store_path",
@@ -51,8 +69,18 @@ if TYPE_CHECKING:
 
 _COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,510}[A-Za-z0-9]$")
 EMBEDDED_COLLECTIONS = ("insights", "trajectories", "contrasts")  # what reindex re-embeds
+META_COLLECTION = "crps_meta"  # embedder-independent records (pointers, store id)
+OWNER_LOCK = ".owner.lock"
+DATABASE = "chroma.sqlite3"
 _POINTER_ID = "collections"
 META_VECTOR = [1.0]  # meta records need an embedding: Chroma would embed documents itself
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_UUID_DIR = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+_OWNED: dict[Path, Any] = {}  # store directory -> the FileLock this process holds
+_OWNED_LOCK = threading.Lock()
+_LOCKS: dict[int, threading.RLock] = {}  # id(client) -> its in-process write lock
+_COPIES: list[Path] = []  # private copies of read-only stores, removed at exit
 
 
 def is_server_url(store: str) -> bool:
@@ -80,9 +108,137 @@ def _settings() -> Any:
     return Settings(anonymized_telemetry=False)
 
 
-def open_client(store: str) -> ClientAPI:
-    """An embedded `PersistentClient` for a directory (created if missing) or an
-    `HttpClient` for `http(s)://host:port`. Failures raise `StoreError`."""
+def _busy(path: Path) -> StoreBusyError:
+    return StoreBusyError(
+        f"the store {str(path)!r} is open for writing in another process (an embedded store "
+        "has one writer). To share it, serve it: `chroma run --path DIR --port 8000` and use "
+        "--store http://localhost:8000, or run `crps-agent serve` and talk to its HTTP API; "
+        "read-only commands (insights list/search/show/stats/export, tree show) work "
+        "beside the writer")
+
+
+def take_ownership(path: Path) -> None:
+    """Hold the owner lock of an embedded store for the rest of this process (re-entrant:
+    every client of this process shares it). Raises `StoreBusyError` when another process
+    holds it."""
+    from filelock import FileLock, Timeout
+
+    key = path.resolve()
+    with _OWNED_LOCK:
+        if key in _OWNED:
+            return
+        lock = FileLock(str(key / OWNER_LOCK), thread_local=False)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise _busy(path) from None
+        except OSError as exc:
+            raise StoreError(f"cannot take the owner lock of the store {str(path)!r}: "
+                             f"{exc.strerror or exc}") from None
+        _OWNED[key] = lock
+
+
+def ownership(path: Path) -> int | None:
+    """An id of this process's current ownership of a store (None if it does not own it):
+    what it keeps in memory about the store is valid while this id stays the same."""
+    lock = _OWNED.get(path.resolve())
+    return None if lock is None else id(lock)
+
+
+def release_ownership(path: Path) -> None:
+    """Give up this process's ownership of a store (the next writer may open it)."""
+    with _OWNED_LOCK:
+        lock = _OWNED.pop(path.resolve(), None)
+    if lock is not None:
+        lock.release(force=True)
+
+
+def check_database(path: Path) -> None:
+    """Refuse a store directory whose database is missing, empty or not SQLite while other
+    store files are there (Chroma would open it as a new, empty store)."""
+    db = path / DATABASE
+    others = [p.name for p in path.iterdir()
+              if _UUID_DIR.match(p.name) or p.name.startswith(DATABASE + "-")]
+    try:
+        size = db.stat().st_size if db.exists() else None
+        with db.open("rb") if size else contextlib.nullcontext() as fh:
+            head = fh.read(len(_SQLITE_MAGIC)) if fh is not None else b""
+    except OSError as exc:
+        raise DamagedStoreError(f"the store {str(path)!r} is damaged: {DATABASE} cannot be "
+                                f"read ({exc.strerror or exc})") from None
+    if size is None and others:
+        problem = "is missing"
+    elif size == 0 and others:
+        problem = "is empty"
+    elif size and head != _SQLITE_MAGIC:
+        problem = "is not a SQLite database"
+    else:
+        return
+    raise DamagedStoreError(
+        f"the store {str(path)!r} is damaged: {DATABASE} {problem} while its index files "
+        f"are there; restore the directory from a backup or move it away")
+
+
+def _writable(path: Path) -> bool:
+    import os
+
+    db = path / DATABASE
+    return os.access(path, os.W_OK) and (not db.exists() or os.access(db, os.W_OK))
+
+
+def _written_elsewhere(path: Path) -> bool:
+    """Whether another process holds the store's owner lock now."""
+    from filelock import FileLock, Timeout
+
+    if path.resolve() in _OWNED or not (path / OWNER_LOCK).exists():
+        return False
+    lock = FileLock(str(path / OWNER_LOCK), thread_local=False)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return True
+    except OSError:  # a read-only directory: nobody can be writing it
+        return False
+    lock.release()
+    return False
+
+
+def _private_copy(path: Path) -> Path:
+    """A snapshot of a store that Chroma may open: a read-only directory (Chroma writes to
+    its database even to read), or a store another process is writing (Chroma's local mode
+    fails reads while the files change under it). The database is copied with SQLite's
+    backup API, so it is consistent. Removed when this process ends."""
+    import sqlite3
+
+    copy = Path(tempfile.mkdtemp(prefix="crps-store-ro-"))
+    shutil.copytree(path, copy, dirs_exist_ok=True, ignore=shutil.ignore_patterns(
+        OWNER_LOCK, ".write.lock", "exports", DATABASE, DATABASE + "-*"))
+    # immutable: a read-only directory has no writer, and SQLite could not make its -shm
+    mode = "mode=ro" if _writable(path) else "immutable=1"
+    source = sqlite3.connect(f"file:{path / DATABASE}?{mode}", uri=True)
+    try:
+        with sqlite3.connect(copy / DATABASE) as target:
+            source.backup(target)
+    finally:
+        source.close()
+    for p in [copy, *copy.rglob("*")]:
+        p.chmod(p.stat().st_mode | 0o200)
+    if not _COPIES:
+        atexit.register(_remove_copies)
+    _COPIES.append(copy)
+    return copy
+
+
+def _remove_copies() -> None:
+    for copy in _COPIES:
+        shutil.rmtree(copy, ignore_errors=True)
+
+
+def open_client(store: str, *, read_only: bool = False) -> ClientAPI:
+    """An embedded `PersistentClient` for a directory or an `HttpClient` for
+    `http(s)://host:port`. A writer of a directory creates it if missing and takes its
+    owner lock; `read_only` needs an existing store and takes no lock. Failures raise
+    `StoreError` (`StoreBusyError`, `DamagedStoreError`)."""
     if not store or not store.strip():
         raise StoreError("no store given: pass a directory or http://HOST:PORT (--store)")
     try:
@@ -111,13 +267,58 @@ def open_client(store: str) -> ClientAPI:
     path = Path(store).expanduser()
     if path.exists() and not path.is_dir():
         raise StoreError(f"store {str(path)!r} exists and is not a directory")
+    if read_only and not path.is_dir():
+        raise NotFoundError(f"no store at {str(path)!r} yet: run `crps-agent learn TASKS` "
+                            "to make one, or pass --store DIR")
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        client = chromadb.PersistentClient(path=str(path), settings=_settings())
+        if path.is_dir():
+            check_database(path)
+        if read_only:
+            if not (path / DATABASE).exists():
+                raise NotFoundError(f"no store at {str(path)!r} yet (no {DATABASE} in it): "
+                                    "run `crps-agent learn TASKS` to make one")
+            direct = _writable(path) and not _written_elsewhere(path)
+            where = path if direct else _private_copy(path)
+        else:
+            path.mkdir(parents=True, exist_ok=True)
+            take_ownership(path)
+            where = path
+        return chromadb.PersistentClient(path=str(where), settings=_settings())
+    except StoreError:
+        raise
     except Exception as exc:
         raise StoreError(f"cannot open the store at {str(path)!r}: {exc}") from None
-    _install_lock(client, path)
-    return client
+
+
+@contextlib.contextmanager
+def write_lock(client: Any) -> Iterator[None]:
+    """Hold this process's write lock of `client` across several operations (re-entrant):
+    other threads' read-modify-writes of the same client wait. Across processes an
+    embedded store has one owner (see the module doc) and a Chroma server applies each
+    operation atomically; counters are append-only events (`crps_agent.memory.events`),
+    so no lock spans processes."""
+    with _OWNED_LOCK:
+        lock = _LOCKS.setdefault(id(client), threading.RLock())
+    with lock:
+        yield
+
+
+def is_server_client(client: Any) -> bool:
+    """Whether `client` talks to a Chroma server (else it is an embedded store)."""
+    try:
+        return "fastapi" in str(client.get_settings().chroma_api_impl).lower()
+    except Exception:  # pragma: no cover - a client without settings
+        return False
+
+
+def is_not_found(exc: BaseException) -> bool:
+    """Whether a Chroma error says that something does not exist (and nothing else)."""
+    from chromadb.errors import NotFoundError as ChromaNotFound
+
+    if isinstance(exc, ChromaNotFound):
+        return True
+    text = str(exc).lower()
+    return "does not exist" in text or ("not found" in text and "collection" in text)
 
 
 def _mismatch(name: str, stored: str, stored_dim: Any, embedder: Embedder) -> EmbedderMismatchError:
@@ -158,11 +359,15 @@ def open_meta_collection(client: ClientAPI) -> Collection:
 
 
 def read_pointers(client: ClientAPI) -> Pointers:
-    """The store's collection pointers (generation 0, plain names, if never reindexed)."""
+    """The store's collection pointers (generation 0, plain names, if never reindexed).
+    Only a missing `crps_meta` collection or pointer record means "never reindexed"; any
+    other failure is a `StoreError` (an empty generation would hide the store's data)."""
     try:
         meta_collection = client.get_collection(META_COLLECTION, embedding_function=None)
-    except Exception:  # not found (or unreachable: opening the collection will say so)
-        return Pointers()
+    except Exception as exc:
+        if is_not_found(exc):
+            return Pointers()
+        raise StoreError(f"cannot read the collection pointers of the store: {exc}") from None
     try:
         res = meta_collection.get(ids=[_POINTER_ID], include=["metadatas"])
     except Exception as exc:
@@ -184,21 +389,31 @@ def write_pointers(client: ClientAPI, pointers: Pointers, **extra: str | int | f
 
 
 def open_collection(client: ClientAPI, name: str, embedder: Embedder, *,
-                    physical: str | None = None) -> Collection:
+                    physical: str | None = None, read_only: bool = False) -> Collection:
     """Get or create the collection that holds `name` (cosine HNSW, no embedding function;
     the current generation's after a `reindex`, or `physical` if given) and check that it
-    was built with `embedder`."""
+    was built with `embedder`. `read_only` creates nothing: a collection the store does not
+    have is an empty stand-in kept in memory."""
     _check_name(name)
     if physical is None:
         physical = read_pointers(client).physical(name)
     _check_name(physical)
+    spec: dict[str, Any] = {"configuration": {"hnsw": {"space": "cosine"}},
+                            "metadata": {"embedder": embedder.name, "dim": embedder.dim},
+                            "embedding_function": None}
     try:
-        collection = client.get_or_create_collection(
-            physical,
-            configuration={"hnsw": {"space": "cosine"}},
-            metadata={"embedder": embedder.name, "dim": embedder.dim},
-            embedding_function=None,
-        )
+        if read_only:
+            try:
+                collection = client.get_collection(physical, embedding_function=None)
+            except Exception as exc:
+                if not is_not_found(exc):
+                    raise
+                import chromadb
+
+                return chromadb.EphemeralClient(settings=_settings()
+                                                ).get_or_create_collection(physical, **spec)
+        else:
+            collection = client.get_or_create_collection(physical, **spec)
     except Exception as exc:
         raise StoreError(f"cannot open collection {name!r}: {exc}") from None
 
@@ -212,7 +427,7 @@ def open_collection(client: ClientAPI, name: str, embedder: Embedder, *,
     stored, stored_dim = meta.get("embedder"), meta.get("dim")
     if stored is None:
         # A collection made by something else: adopt it if empty, else refuse to guess.
-        if collection.count() == 0:
+        if collection.count() == 0 and not read_only:
             meta.update(embedder=embedder.name, dim=embedder.dim)
             collection.modify(metadata=meta)
             return collection
@@ -220,6 +435,19 @@ def open_collection(client: ClientAPI, name: str, embedder: Embedder, *,
     if stored != embedder.name or stored_dim != embedder.dim:
         raise _mismatch(name, str(stored), stored_dim, embedder)
     return collection
+
+
+def built_with(client: ClientAPI, name: str = "insights") -> str | None:
+    """The embedder the store's collection `name` was built with, None if it has none."""
+    try:
+        collection = client.get_collection(read_pointers(client).physical(name),
+                                           embedding_function=None)
+    except Exception as exc:
+        if is_not_found(exc):
+            return None
+        raise StoreError(f"cannot open collection {name!r}: {exc}") from None
+    stored = (collection.metadata or {}).get("embedder")
+    return None if stored is None else str(stored)
 
 
 def _space(collection: Collection) -> str | None:

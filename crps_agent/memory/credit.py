@@ -22,16 +22,14 @@ from __future__ import annotations
 
 import hashlib
 import math
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from crps_agent.memory.chroma import META_VECTOR
-from crps_agent.types import stable_id
+from crps_agent.errors import StoreError
+from crps_agent.memory.events import Event, EventLog, Tally, fresh_id
 
 if TYPE_CHECKING:
     from chromadb.api import ClientAPI
-    from chromadb.api.models.Collection import Collection
 
     from crps_agent.config import MemorySettings
     from crps_agent.types import Insight
@@ -129,61 +127,55 @@ def should_ablate(share: float, *key: str) -> bool:
 
 
 class BaselineStore:
-    """Baseline counters per (namespace, domain) in the `crps_meta` collection (records
-    with metadata kind "baseline"): independent of the embedder, so they survive a reindex."""
+    """Baselines per (namespace, domain): verdict events in the store's event log
+    (`crps_agent.memory.events`, embedder-independent, so they survive a reindex), on top
+    of the counter record a store made before events (kind "baseline" in `crps_meta`)."""
 
-    def __init__(self, client: ClientAPI) -> None:
+    def __init__(self, client: ClientAPI, events: EventLog) -> None:
         self.client = client
-        self._collection: Collection | None = None
+        self.events = events
+        self._legacy: dict[tuple[str, str], tuple[int, int]] | None = None
 
-    @property
-    def collection(self) -> Collection:
-        if self._collection is None:
-            from crps_agent.memory.chroma import open_meta_collection
+    def _old(self) -> dict[tuple[str, str], tuple[int, int]]:
+        if self._legacy is None:
+            from crps_agent.memory.chroma import META_COLLECTION, is_not_found
 
-            self._collection = open_meta_collection(self.client)
-        return self._collection
+            legacy: dict[tuple[str, str], tuple[int, int]] = {}
+            res: Any = None
+            try:
+                res = self.client.get_collection(META_COLLECTION, embedding_function=None
+                                                 ).get(where={"kind": "baseline"},
+                                                       include=["metadatas"])
+            except Exception as exc:
+                if not is_not_found(exc):
+                    raise StoreError(f"cannot read the baselines of the store: {exc}"
+                                     ) from None
+                res = None
+            for m in (res["metadatas"] or []) if res is not None else []:
+                if m:
+                    legacy[(str(m.get("namespace", "")), str(m.get("domain", "")))] = (
+                        int(m.get("wins", 0)), int(m.get("losses", 0)))
+            self._legacy = legacy
+        return self._legacy
 
-    @staticmethod
-    def _id(namespace: str, domain: str) -> str:
-        return "baseline:" + stable_id(namespace, domain)
+    def _make(self, key: tuple[str, str], tally: Tally) -> Baseline:
+        wins, losses = self._old().get(key, (0, 0))
+        return Baseline(key[0], key[1], wins + tally.wins, losses + tally.losses)
 
     def get(self, namespace: str, domain: str) -> Baseline:
-        res = self.collection.get(ids=[self._id(namespace, domain)], include=["metadatas"])
-        if not res["ids"]:
-            return Baseline(namespace, domain)
-        meta: dict[str, Any] = dict((res["metadatas"] or [{}])[0] or {})
-        return Baseline(namespace, domain, int(meta.get("wins", 0)),
-                        int(meta.get("losses", 0)))
+        return self.get_many([(namespace, domain)])[(namespace, domain)]
 
     def get_many(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], Baseline]:
-        keys = list(dict.fromkeys(keys))
-        if not keys:
-            return {}
-        ids = {self._id(ns, dom): (ns, dom) for ns, dom in keys}
-        res = self.collection.get(ids=list(ids), include=["metadatas"])
-        out = {key: Baseline(*key) for key in keys}
-        for rid, meta in zip(res["ids"], res["metadatas"] or [], strict=True):
-            m: dict[str, Any] = dict(meta or {})
-            ns, dom = ids[rid]
-            out[(ns, dom)] = Baseline(ns, dom, int(m.get("wins", 0)), int(m.get("losses", 0)))
-        return out
+        return {key: self._make(key, tally)
+                for key, tally in self.events.baselines(keys).items()}
 
-    def record(self, namespace: str, domain: str, correct: bool) -> Baseline:
-        """Add one ablated task's verdict (call under the store's write lock)."""
-        old = self.get(namespace, domain)
-        new = Baseline(namespace, domain, old.wins + int(correct), old.losses + int(not correct))
-        self.collection.upsert(
-            ids=[self._id(namespace, domain)],
-            embeddings=[META_VECTOR],  # type: ignore[arg-type]
-            metadatas=[{"kind": "baseline", "namespace": namespace, "domain": domain,
-                        "wins": new.wins, "losses": new.losses,
-                        "updated_at": round(time.time(), 3)}],
-        )
-        return new
+    def record(self, namespace: str, domain: str, correct: bool, *,
+               event_id: str | None = None) -> None:
+        """Add one ablated task's verdict (once per `event_id`)."""
+        self.events.add([Event(event_id or fresh_id(), "baseline", win=correct,
+                               namespace=namespace, domain=domain)])
 
     def all(self) -> list[Baseline]:
-        res = self.collection.get(where={"kind": "baseline"}, include=["metadatas"])
-        return [Baseline(str(m.get("namespace", "")), str(m.get("domain", "")),
-                         int(m.get("wins", 0)), int(m.get("losses", 0)))  # type: ignore[arg-type]
-                for m in res["metadatas"] or [] if m]
+        tallies = self.events.all_baselines()
+        keys = list(dict.fromkeys([*self._old(), *tallies]))
+        return [self._make(k, tallies.get(k, Tally())) for k in keys]

@@ -18,7 +18,6 @@ The library side of `crps-agent insights ...`; the CLI only parses flags and pri
 from __future__ import annotations
 
 import builtins
-import contextlib
 import dataclasses
 import json
 import math
@@ -36,12 +35,13 @@ from crps_agent.errors import ConfigError, CrpsError, StoreError
 from crps_agent.memory.chroma import (
     EMBEDDED_COLLECTIONS,
     Pointers,
+    is_not_found,
+    is_server_client,
     open_collection,
     read_pointers,
     write_lock,
     write_pointers,
 )
-from crps_agent.memory.lock import sync_of
 from crps_agent.memory.records import from_record, to_meta, upgrade_layout
 from crps_agent.namespaces import Namespace, validate_namespace
 from crps_agent.types import INSIGHT_KINDS, Insight
@@ -181,6 +181,9 @@ def export_insights(store: InsightStore, path: str | Path,
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             out.writelines(lines)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # as open() would: mkstemp makes it private (0600)
         os.replace(tmp, target)
     except OSError as exc:
         raise CrpsError(f"{target}: cannot write the export ({exc.strerror})") from None
@@ -299,16 +302,15 @@ def _import_batch(store: InsightStore, chunk: builtins.list[Insight],
     name = store.embedder.name
     for insight in chunk:
         insight.embedder = name
-    res = store.collection.get(ids=[i.id for i in chunk], include=["documents", "metadatas"])
-    old = {i: from_record(i, d, m) for i, d, m in zip(
-        res["ids"], res["documents"] or [], res["metadatas"] or [], strict=True)}
+    old = store.get_many(i.id for i in chunk)
+    new: builtins.list[Insight] = []
     embed: builtins.list[Insight] = []
     meta_only: builtins.list[Insight] = []
     for insight in chunk:
         before = old.get(insight.id)
         if before is None:
             report.added += 1
-            embed.append(insight)
+            new.append(insight)
         elif before.text != insight.text:
             report.updated += 1
             embed.append(insight)
@@ -317,16 +319,11 @@ def _import_batch(store: InsightStore, chunk: builtins.list[Insight],
             meta_only.append(insight)
         else:
             report.unchanged += 1
-    if embed:
-        store.collection.upsert(
-            ids=[i.id for i in embed],
-            embeddings=store.embedder.embed([i.text for i in embed]),  # type: ignore[arg-type]
-            documents=[i.text for i in embed],
-            metadatas=[to_meta(i) for i in embed],
-        )
-    if meta_only:
-        store.collection.update(ids=[i.id for i in meta_only],
-                                metadatas=[to_meta(i) for i in meta_only])
+    if new:
+        store.insert(new, store.embedder.embed([i.text for i in new]))
+    vectors = dict(zip([i.id for i in embed], store.embedder.embed([i.text for i in embed]),
+                       strict=True)) if embed else None
+    store.persist([*embed, *meta_only], counters=True, embeddings=vectors)
 
 
 # --------------------------------------------------------------------- reindex
@@ -358,10 +355,13 @@ class ReindexReport:
 
 
 def _existing(client: ClientAPI, name: str) -> Collection | None:
+    """The collection `name`, None only if it does not exist (other errors raise)."""
     try:
         return client.get_collection(name, embedding_function=None)
-    except Exception:
-        return None
+    except Exception as exc:
+        if is_not_found(exc):
+            return None
+        raise StoreError(f"cannot open collection {name!r}: {exc}") from None
 
 
 def _copy(old: Collection, new: Collection, logical: str, embedder: Embedder,
@@ -431,13 +431,16 @@ def reindex(client: ClientAPI, embedder: Embedder, *, batch: int = _BATCH,
     """Re-embed the store's insights, trajectories and contrasts with `embedder` into the
     next generation of collections and switch to it atomically (see the module doc).
 
-    An embedded store is locked for the whole run. On a Chroma server the copy runs while
-    other agents keep writing; then, under the server's write lease, whatever they added,
-    changed or deleted meanwhile is caught up, the pointer switched and the old collections
-    deleted. Agents that hold the old collections open must reopen the store afterwards."""
+    An embedded store has this process as its only writer. On a Chroma server the copy
+    runs while other agents keep writing; then whatever they added, changed or deleted
+    meanwhile is caught up, the pointer switched and the old collections deleted (a write
+    that lands between the catch-up and the switch is not carried over: reindex a server
+    while its agents are stopped). Agents that hold the old collections open must reopen
+    the store afterwards. Counter events (`crps_credit`) are embedder-independent and
+    stay as they are."""
     started = time.perf_counter()
-    embedded = sync_of(client) is not None
-    with write_lock(client) if embedded else contextlib.nullcontext():
+    embedded = not is_server_client(client)
+    with write_lock(client):
         current = read_pointers(client)
         generation = current.generation + 1
         new_names = {name: f"{name}.g{generation}" for name in EMBEDDED_COLLECTIONS}
@@ -456,26 +459,25 @@ def reindex(client: ClientAPI, embedder: Embedder, *, batch: int = _BATCH,
         copied = {logical: 0 if old is None else
                   _copy(old, new, logical, embedder, progress, batch)
                   for logical, old, new in pairs}
-        with write_lock(client):  # re-entrant when embedded; the server's lease otherwise
-            if read_pointers(client).generation != current.generation:
-                raise StoreError("another reindex switched the store meanwhile; nothing "
-                                 "was changed by this one")
-            for logical, old, new in pairs:
-                if old is not None and not embedded:
-                    copied[logical] += _catch_up(old, new, logical, embedder, batch)
-                expected = 0 if old is None else old.count()
-                if new.count() != expected:
-                    raise StoreError(
-                        f"reindex of {logical!r} copied {new.count()} of {expected} records; "
-                        "the store still uses the old collections (run the command again)")
-                report.collections[logical] = {
-                    "from": None if old is None else old.name, "to": new.name,
-                    "count": expected}
-            write_pointers(client, Pointers(generation, new_names),
-                           embedder=embedder.name, dim=embedder.dim,
-                           updated_at=round(time.time(), 3))
-            for _, old, new in pairs:
-                if old is not None and old.name != new.name:
-                    client.delete_collection(old.name)
+        if read_pointers(client).generation != current.generation:
+            raise StoreError("another reindex switched the store meanwhile; nothing "
+                             "was changed by this one")
+        for logical, old, new in pairs:
+            if old is not None and not embedded:
+                copied[logical] += _catch_up(old, new, logical, embedder, batch)
+            expected = 0 if old is None else old.count()
+            if new.count() != expected:
+                raise StoreError(
+                    f"reindex of {logical!r} copied {new.count()} of {expected} records; "
+                    "the store still uses the old collections (run the command again)")
+            report.collections[logical] = {
+                "from": None if old is None else old.name, "to": new.name,
+                "count": expected}
+        write_pointers(client, Pointers(generation, new_names),
+                       embedder=embedder.name, dim=embedder.dim,
+                       updated_at=round(time.time(), 3))
+        for _, old, new in pairs:
+            if old is not None and old.name != new.name:
+                client.delete_collection(old.name)
     report.seconds = round(time.perf_counter() - started, 3)
     return report

@@ -24,7 +24,7 @@ import hashlib
 import re
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from crps_agent.errors import ParseError
@@ -191,23 +191,17 @@ def merge_target(ins: Insight, index: int, norm: str, threshold: float,
 
 
 def flag_pairs(pairs: Sequence[tuple[str, str]], pending: dict[str, Insight],
-               stored: dict[str, Insight], backend: Backend | None = None) -> None:
-    """Flag each (id, id) pair of likely contradictions (confirmed by `backend` when given);
-    flagged insights go to `pending` to be written."""
-    unique = list(dict.fromkeys(pairs))
-    if not unique:
-        return
-
+               stored: dict[str, Insight],
+               verdicts: Mapping[tuple[str, str], bool] | None = None) -> None:
+    """Flag each (id, id) pair of likely contradictions, unless `verdicts` (by the pair's
+    texts, from `confirm_contradictions` run before any lock) says it is none; flagged
+    insights go to `pending` to be written."""
     def find(iid: str) -> Insight:
         return pending.get(iid) or stored[iid]
 
-    keep = [True] * len(unique)
-    if backend is not None:
-        keep = confirm_contradictions([(find(a).text, find(b).text) for a, b in unique],
-                                      backend)
-    for (a, b), flagged in zip(unique, keep, strict=True):
-        if flagged:
-            first, second = find(a), find(b)
+    for a, b in dict.fromkeys(pairs):
+        first, second = find(a), find(b)
+        if (verdicts or {}).get((first.text, second.text), True):
             flag_contradiction(first, second)
             pending[first.id], pending[second.id] = first, second
 

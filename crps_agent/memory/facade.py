@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from crps_agent.config import MemorySettings
-from crps_agent.memory.chroma import local_store_path, open_client
+from crps_agent.memory.chroma import built_with, local_store_path, open_client, ownership
 from crps_agent.memory.embedders import Embedder, get_embedder
 from crps_agent.memory.insights import AddOutcome, InsightStore, RecalledInsight
 from crps_agent.memory.trajectories import TrajectoryLog
@@ -22,9 +22,12 @@ if TYPE_CHECKING:
 class Memory:
     """The memory of one store: insights + trajectory log.
 
-    `store` is a directory (embedded Chroma, created if missing) or `http://HOST:PORT` (a
-    Chroma server). `embedder` is a name ("minilm", "hash", "hash-<dim>") or an Embedder;
-    it defaults to `settings.embedder` when settings are given.
+    `store` is a directory (embedded Chroma, created if missing; this process becomes its
+    one writer, see `crps_agent.memory.chroma`) or `http://HOST:PORT` (a Chroma server, any
+    number of processes). `read_only` writes nothing and takes no lock: it works beside a
+    running writer and on a read-only directory. `embedder` is a name ("minilm", "hash",
+    "hash-<dim>") or an Embedder; it defaults to `settings.embedder`, else to the embedder
+    the store was built with, else MiniLM.
     """
 
     def __init__(
@@ -33,26 +36,33 @@ class Memory:
         *,
         embedder: str | Embedder | None = None,
         settings: MemorySettings | None = None,
+        read_only: bool = False,
     ) -> None:
-        if embedder is None:
-            embedder = settings.embedder if settings is not None else "minilm"
+        self.store = str(store)
+        self.local_path: Path | None = local_store_path(self.store)
+        self.read_only = read_only
+        self.client = open_client(self.store, read_only=read_only)
+        if embedder is None:  # as told, else what the store was built with, else MiniLM
+            embedder = (settings.embedder if settings is not None else None) \
+                or built_with(self.client) or "minilm"
         self.embedder: Embedder = (
             get_embedder(embedder) if isinstance(embedder, str) else embedder
         )
         if settings is None:
             settings = MemorySettings.model_validate({"embedder": self.embedder.name})
         self.settings = settings
-        self.store = str(store)
-        self.local_path: Path | None = local_store_path(self.store)
-        self.client = open_client(self.store)
-        self.insights = InsightStore(self.client, self.embedder,
-                                     dedup_threshold=settings.dedup_threshold,
-                                     settings=settings)
-        self.trajectories = TrajectoryLog(self.client, self.embedder)
+        local = self.local_path is not None
+        owner = None if read_only or self.local_path is None else ownership(self.local_path)
+        self.insights = InsightStore(
+            self.client, self.embedder, settings=settings, local=local, read_only=read_only,
+            reopen=(lambda: open_client(self.store, read_only=True)) if read_only and local
+            else None, share=None if owner is None else f"{self.local_path}:{owner}")
+        self.trajectories = TrajectoryLog(self.client, self.embedder, read_only=read_only)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Memory:
-        return cls(settings.store, embedder=settings.memory.embedder, settings=settings.memory)
+    def from_settings(cls, settings: Settings, *, read_only: bool = False) -> Memory:
+        return cls(settings.store, embedder=settings.memory.embedder, settings=settings.memory,
+                   read_only=read_only)
 
     def recall(
         self,
@@ -82,22 +92,22 @@ class Memory:
             exploration=exploration,
         )
 
-    def warm(self, progress: Callable[[int, int], None] | None = None) -> int:
-        """Read the insights into this process's cache now, so that recall and dedup read
-        only distances from the store (see `InsightStore.warm`); returns the records read.
-        For a long-running agent on a large store: otherwise the first recall starts it in
-        the background."""
-        return self.insights.warm(progress)
+    def warm(self) -> int:
+        """Read the insights into this process's index now (an embedded store; otherwise
+        the first read does); returns the records held (0 when reads go to Chroma)."""
+        return self.insights.warm()
 
-    def record(self, insight_ids: list[str], correct: bool) -> list[Insight]:
-        """Credit a task's verdict to the insights it used; returns the insights that were
-        retired or promoted (or lost their promotion) by it."""
-        return self.insights.record_outcome(insight_ids, correct)
+    def record(self, insight_ids: list[str], correct: bool, *,
+               event_id: str | None = None) -> list[Insight]:
+        """Credit a task's verdict to the insights it used (once per `event_id`); returns
+        the insights that were retired or promoted (or lost their promotion) by it."""
+        return self.insights.record_outcome(insight_ids, correct, event_id=event_id)
 
-    def record_baseline(self, namespace: Namespace, domain: str, correct: bool) -> None:
+    def record_baseline(self, namespace: Namespace, domain: str, correct: bool, *,
+                        event_id: str | None = None) -> None:
         """Count the verdict of a task run without insights (ablation) in the baseline of
-        its namespace and domain."""
-        self.insights.record_baseline(namespace, domain, correct)
+        its namespace and domain (once per `event_id`)."""
+        self.insights.record_baseline(namespace, domain, correct, event_id=event_id)
 
     def remember(self, insights: list[Insight], *, backend: Backend | None = None
                  ) -> list[AddOutcome]:

@@ -1,12 +1,11 @@
 """Adding insights: dedup-merge against the store and the batch, contradiction flags, one
 write per kind (`InsightStore.add_many` runs `add_locked` under the store's write lock).
 
-Costs (chromadb 1.5.9, local mode): reading a stored record costs ~0.1 ms, so each batch
-reads what it needs once: the stored insights with the batch's ids, the ones with the same
-exact-dedup key (ids first, by a metadata filter: ids cost nothing) and the nearest
-neighbours (one query for the whole batch, `chroma.query_where`), all through the
-per-process `RecordCache`; then one `add` for the new insights and one `update` that
-writes only the metadata keys that changed (merges, flags: usually the packed `data`).
+Each batch reads what it needs once through the store's index: the stored insights with
+the batch's ids, the ones with the same exact-dedup key, and the nearest neighbours of the
+same namespace and domain; then one `add` for the new insights and one `update` for the
+changed ones. A merge adds one "support" event instead of rewriting the target's counter
+(events.py), so merges on a server lose nothing either.
 """
 
 from __future__ import annotations
@@ -14,12 +13,9 @@ from __future__ import annotations
 import builtins
 import dataclasses
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from crps_agent.memory.cache import RecordCache, clone
-from crps_agent.memory.chroma import where_clause
 from crps_agent.memory.credit import ADMISSION_REJECTED
 from crps_agent.memory.dedup import (
     BatchIndex,
@@ -29,13 +25,17 @@ from crps_agent.memory.dedup import (
     normalise_text,
     text_hash,
 )
-from crps_agent.memory.query import query_where
-from crps_agent.memory.records import to_meta, ts
+from crps_agent.memory.events import Event, event_id, fresh_id
+from crps_agent.memory.index import LocalIndex
+from crps_agent.memory.records import ts
 from crps_agent.types import Insight
 
 if TYPE_CHECKING:
-    from crps_agent.backends.base import Backend
+    from collections.abc import Callable, Iterable, Mapping
+
     from crps_agent.memory.insights import InsightStore
+
+    Take = Callable[[Iterable[str]], dict[str, Insight]]
 
 NEAR_K = 5  # stored neighbours looked at per added insight (merge target, contradictions)
 
@@ -48,65 +48,62 @@ class AddOutcome:
     merged: bool
 
 
-class _Reads:
-    """Stored insights read by one batch: one private copy per id (the batch changes
-    them), and each record's metadata as read (updates write only what differs)."""
-
-    def __init__(self, cache: RecordCache) -> None:
-        self.cache = cache
-        self.copies: dict[str, Insight] = {}
-        self.metas: dict[str, Mapping[str, Any]] = {}
-
-    def take(self, ids: builtins.list[str]) -> dict[str, Insight]:
-        out: dict[str, Insight] = {}
-        for rid, rec in self.cache.records(ids).items():
-            if rid not in self.copies:
-                self.copies[rid] = clone(self.cache.decode(rid, rec))
-                self.metas[rid] = rec.meta
-            out[rid] = self.copies[rid]
-        return out
+@dataclass
+class _Plan:
+    outcomes: builtins.list[AddOutcome] = field(default_factory=list)
+    pending: dict[str, Insight] = field(default_factory=dict)  # id -> insight to write
+    new: dict[str, Any] = field(default_factory=dict)  # ids to insert -> embedding
+    pairs: builtins.list[tuple[str, str]] = field(default_factory=list)  # contradictions
+    stored: dict[str, Insight] = field(default_factory=dict)
+    support: builtins.list[Event] = field(default_factory=list)
 
 
-def add_locked(store: InsightStore, insights: builtins.list[Insight],
-               embeddings: builtins.list[builtins.list[float]],
-               backend: Backend | None) -> builtins.list[AddOutcome]:
-    """The body of `InsightStore.add_many` (call it under the store's write lock)."""
-    reads = _Reads(store.records)
-    stored = reads.take(list(dict.fromkeys(ins.id for ins in insights)))
-    exact = _by_hash(store, reads, [text_hash(i.namespace, i.domain, i.text)
-                                    for i in insights])
-    nearest = _nearest_stored(store, reads, insights, embeddings)
+def _plan(store: InsightStore, insights: builtins.list[Insight],
+          embeddings: builtins.list[builtins.list[float]]) -> _Plan:
+    """What adding `insights` does, from what the store holds now (writes nothing)."""
+    plan = _Plan()
+    copies: dict[str, Insight] = {}  # one private copy per stored insight read
+
+    def take(ids: Iterable[str]) -> dict[str, Insight]:
+        wanted = list(dict.fromkeys(ids))
+        copies.update(store.get_many(i for i in wanted if i not in copies))
+        return {i: copies[i] for i in wanted if i in copies}
+
+    plan.stored = take(ins.id for ins in insights)
+    exact = _by_hash(store, take, [text_hash(i.namespace, i.domain, i.text)
+                                   for i in insights])
+    nearest = _nearest_stored(store, take, insights, embeddings)
     low = store.settings.contradiction_min_similarity
-    pending: dict[str, Insight] = {}  # id -> insight to write (new or changed)
-    new_ids: dict[str, builtins.list[float]] = {}  # ids to insert, with their embedding
-    pairs: builtins.list[tuple[str, str]] = []  # likely contradictions (new id, other id)
     batch = BatchIndex(insights, embeddings)
-    outcomes: builtins.list[AddOutcome] = []
     now = ts(time.time())
     for i, (ins, emb) in enumerate(zip(insights, embeddings, strict=True)):
         norm = normalise_text(ins.text)
         near = nearest.get(i, [])
-        target = merge_target(ins, i, norm, store.dedup_threshold, stored, pending,
-                              exact, near, batch)
+        target = merge_target(ins, i, norm, store.dedup_threshold, plan.stored,
+                              plan.pending, exact, near, batch)
         if target is None:
             new = dataclasses.replace(
                 ins, embedder=store.embedder.name, tags=list(ins.tags),
                 evidence=list(ins.evidence), flags=list(ins.flags),
                 contradicts=list(ins.contradicts), created_at=ts(ins.created_at),
                 updated_at=ts(ins.updated_at))
-            pending[new.id] = new
-            new_ids[new.id] = emb
-            outcomes.append(AddOutcome(new, merged=False))
+            plan.pending[new.id] = new
+            plan.new[new.id] = emb
+            plan.outcomes.append(AddOutcome(new, merged=False))
             for other, sim in near:
                 if sim >= low and likely_contradiction(new.text, other.text):
-                    stored.setdefault(other.id, other)
-                    pairs.append((new.id, other.id))
-            pairs += [(new.id, other) for other in batch.conflicts(i, low)]
+                    plan.stored.setdefault(other.id, other)
+                    plan.pairs.append((new.id, other.id))
+            plan.pairs += [(new.id, other) for other in batch.conflicts(i, low)]
             batch.place(i, norm, new.id, new.text)
             continue
-        into = pending.get(target) or stored[target]
-        pending[target] = into
+        into = plan.pending.get(target) or plan.stored[target]
+        plan.pending[target] = into
         into.support += 1
+        if target not in plan.new:  # a stored insight: its support is an event
+            key = (target, ins.id, *sorted(ins.evidence))
+            plan.support.append(Event(event_id("support", *key) if ins.evidence
+                                      else fresh_id(), "support", target))
         into.evidence = _union(into.evidence, ins.evidence)
         into.tags = _union(into.tags, ins.tags)
         into.updated_at = now
@@ -114,62 +111,56 @@ def add_locked(store: InsightStore, insights: builtins.list[Insight],
                 and ins.status == "candidate"):
             into.status = "candidate"
             into.flags = [f for f in into.flags if f != ADMISSION_REJECTED]
-        outcomes.append(AddOutcome(into, merged=True))
+        plan.outcomes.append(AddOutcome(into, merged=True))
         batch.place(i, norm, target, into.text)
-    flag_pairs(pairs, pending, stored,
-               backend if store.settings.contradiction_llm else None)
-    _write(store, pending, new_ids, reads.metas)
-    return outcomes
+    return plan
 
 
-def _write(store: InsightStore, pending: dict[str, Insight],
-           new_ids: dict[str, builtins.list[float]],
-           before: Mapping[str, Mapping[str, Any]]) -> None:
-    if new_ids:
-        ids = list(new_ids)
-        metas = [to_meta(pending[i]) for i in ids]
-        store.collection.add(
-            ids=ids,
-            embeddings=[new_ids[i] for i in ids],  # type: ignore[arg-type]
-            documents=[pending[i].text for i in ids],
-            metadatas=metas,  # type: ignore[arg-type]
-        )
-        for i, meta in zip(ids, metas, strict=True):  # written in full: no need to read
-            store.records.put(i, pending[i].text, meta, new_ids[i])
-    changed: dict[str, dict[str, Any]] = {}
-    for i, ins in pending.items():
-        if i in new_ids:
-            continue
-        old = before.get(i, {})
-        # Only the keys that differ from the record as read (under the write lock): an
-        # update costs per key, and most changes are one flag or one counter.
-        meta = {k: v for k, v in to_meta(ins).items()
-                if k not in old or not _same(old[k], v)}
-        if meta:
-            changed[i] = meta
-    if changed:
-        store.records.update_metas(changed)
+def plan_pairs(store: InsightStore, insights: builtins.list[Insight],
+               embeddings: builtins.list[builtins.list[float]]
+               ) -> builtins.list[tuple[str, str]]:
+    """The texts of the likely contradictions adding `insights` would flag now (for an LLM
+    to confirm before the write lock is taken)."""
+    plan = _plan(store, [dataclasses.replace(i) for i in insights], embeddings)
+
+    def text(iid: str) -> str:
+        return (plan.pending.get(iid) or plan.stored[iid]).text
+
+    return list(dict.fromkeys((text(a), text(b)) for a, b in plan.pairs))
 
 
-def _same(a: Any, b: Any) -> bool:
-    return type(a) is type(b) and a == b  # Chroma keeps True and 1 apart
+def add_locked(store: InsightStore, insights: builtins.list[Insight],
+               embeddings: builtins.list[builtins.list[float]],
+               verdicts: Mapping[tuple[str, str], bool] | None) -> builtins.list[AddOutcome]:
+    """The body of `InsightStore.add_many` (call it under the store's write lock)."""
+    plan = _plan(store, insights, embeddings)
+    flag_pairs(plan.pairs, plan.pending, plan.stored, verdicts)
+    fresh = [plan.pending[i] for i in plan.new]
+    store.insert(fresh, [plan.new[i.id] for i in fresh])
+    store.events.add(plan.support)
+    store.persist(ins for i, ins in plan.pending.items() if i not in plan.new)
+    return plan.outcomes
 
 
-def _by_hash(store: InsightStore, reads: _Reads, hashes: builtins.list[str]
+def _by_hash(store: InsightStore, take: Take, hashes: builtins.list[str]
              ) -> dict[str, Insight]:
     """Stored insights by exact-dedup key (the oldest one per key)."""
-    where: Any = {"text_hash": {"$in": list(dict.fromkeys(hashes))}}
-    ids = store.collection.get(where=where, include=[])["ids"]  # ids cost nothing
+    keys = list(dict.fromkeys(hashes))
+    if isinstance(store.index, LocalIndex):
+        ids = store.index.with_hash(keys)
+    else:
+        where: Any = {"text_hash": {"$in": keys}}
+        ids = store.collection.get(where=where, include=[])["ids"]
     found: dict[str, Insight] = {}
-    for ins in reads.take(ids).values():
-        key = str(reads.metas[ins.id].get("text_hash", ""))
+    for ins in take(ids).values():
+        key = text_hash(ins.namespace, ins.domain, ins.text)
         if key not in found or (ins.created_at, ins.id) < (found[key].created_at,
                                                            found[key].id):
             found[key] = ins
     return found
 
 
-def _nearest_stored(store: InsightStore, reads: _Reads, insights: builtins.list[Insight],
+def _nearest_stored(store: InsightStore, take: Take, insights: builtins.list[Insight],
                     embeddings: builtins.list[builtins.list[float]]
                     ) -> dict[int, builtins.list[tuple[Insight, float]]]:
     """Up to `NEAR_K` stored insights of the same namespace and domain, most similar
@@ -181,15 +172,13 @@ def _nearest_stored(store: InsightStore, reads: _Reads, insights: builtins.list[
     # Only neighbours that could merge or contradict matter: skip the rest early.
     floor = min(store.dedup_threshold, store.settings.contradiction_min_similarity)
     for (namespace, domain), idx in groups.items():
-        res = query_where(
-            store.collection, query_embeddings=[embeddings[i] for i in idx],
-            n_results=NEAR_K, where=where_clause(namespace=namespace, domain=domain),
-            include=["distances"], min_similarity=floor, cache=store.records)
-        found = reads.take([rid for row in res["ids"] for rid in row])
-        for row, i in enumerate(idx):
-            out[i] = [(found[rid], 1.0 - float(x))
-                      for rid, x in zip(res["ids"][row], res["distances"][row], strict=True)
-                      if rid in found]
+        rows = store.index.nearest([embeddings[i] for i in idx], NEAR_K,
+                                   {"namespace": namespace, "domain": domain},
+                                   min_similarity=floor)
+        found = take(h.record.id for row in rows for h in row)
+        for row, i in zip(rows, idx, strict=True):
+            out[i] = [(found[h.record.id], h.similarity) for h in row
+                      if h.record.id in found]
     return out
 
 

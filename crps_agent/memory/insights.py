@@ -1,15 +1,17 @@
 """InsightStore: insights in a Chroma collection, with dedup-merge, recall ranking and credit.
 
 One record per insight: id = `Insight.id`, document = the text, embedding = the text's
-embedding, metadata = every other field (lists as JSON strings: Chroma metadata values are
-scalars) plus `text_hash` (exact dedup). See DESIGN.md §4 "Insight lifecycle"; the
-policies live in credit.py (utility, baseline, retire/promote), recall.py (ranking, MMR)
-and dedup.py (exact/embedding dedup, contradictions, LLM merge); adding runs in ingest.py.
+embedding, metadata = the filter keys plus every other field packed as JSON (records.py).
+The policies live in credit.py (utility, baseline, retire/promote), recall.py (ranking,
+MMR) and dedup.py (exact/embedding dedup, contradictions, LLM merge); adding runs in
+ingest.py.
 
-Every read-modify-write sequence runs under `chroma.write_lock(client)` (serialises writers
-of an embedded store across processes; a lease on a server). Records are read through a
-per-process `RecordCache` (cache.py): Chroma charges ~0.2-0.5 ms per record read with its
-metadata, and recall and dedup keep coming back to the same records.
+Reads go through an index (index.py): an exact in-memory mirror for an embedded store (one
+writer: this process), Chroma's own query for a server. Counters are never written back
+after a read: credits, merges and baselines are append-only events (events.py) folded into
+the record's base counters on read, so writers on a server cannot lose each other's
+updates. Within a process, `chroma.write_lock(client)` groups each read-modify-write of the
+other fields against other threads.
 """
 
 from __future__ import annotations
@@ -18,14 +20,13 @@ import builtins
 import dataclasses
 import threading
 import time
-from collections import Counter, OrderedDict
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from crps_agent.config import MemorySettings
-from crps_agent.errors import NotFoundError
-from crps_agent.memory.cache import RecordCache, clone
-from crps_agent.memory.chroma import open_collection, where_clause, write_lock
+from crps_agent.errors import NotFoundError, StoreError
+from crps_agent.memory.chroma import open_collection, write_lock
 from crps_agent.memory.credit import (
     ADMISSION_REJECTED,
     RESTORED,
@@ -35,10 +36,11 @@ from crps_agent.memory.credit import (
 )
 from crps_agent.memory.credit import utility as _utility
 from crps_agent.memory.dedup import combine, normalise_text
-from crps_agent.memory.ingest import AddOutcome, add_locked
-from crps_agent.memory.query import query_where
+from crps_agent.memory.events import NOTHING, Event, EventLog, Tally, event_id, fresh_id
+from crps_agent.memory.index import Filters, Hit, LocalIndex, Record, RemoteIndex, clone
+from crps_agent.memory.ingest import AddOutcome, add_locked, plan_pairs
 from crps_agent.memory.recall import RankParams, RecalledInsight, rank, select
-from crps_agent.memory.records import LAYOUT, from_record, to_meta, ts, upgrade_layout
+from crps_agent.memory.records import LAYOUT, to_meta, ts, upgrade_layout
 from crps_agent.namespaces import Namespace, validate_namespace, validate_namespaces
 from crps_agent.types import Insight
 
@@ -52,6 +54,10 @@ __all__ = ["AddOutcome", "InsightStore", "RecalledInsight", "normalise_text", "u
 
 _MIN_PREFIX = 4
 _QUERY_CACHE = 256  # query embeddings kept: a task's prompt is recalled more than once
+_COUNTERS = ("uses", "wins", "losses", "support")
+# (owner of an embedded store, collection) -> the index and events its store objects share
+_SHARED: dict[tuple[str, str], tuple[LocalIndex | None, EventLog]] = {}
+_SHARED_LOCK = threading.Lock()
 
 
 def utility(insight: Insight, a: float = 1.0, b: float = 1.0) -> float:
@@ -59,22 +65,70 @@ def utility(insight: Insight, a: float = 1.0, b: float = 1.0) -> float:
     return _utility(insight, a, b)
 
 
+def _with(insight: Insight, tally: Tally) -> Insight:
+    """A private copy of a base insight with its events' counters added."""
+    out = clone(insight)
+    if tally is not NOTHING:
+        out.uses += tally.uses
+        out.wins += tally.wins
+        out.losses += tally.losses
+        out.support += tally.support
+    return out
+
+
 class InsightStore:
     """Insights of one Chroma collection (all namespaces; filters select one). `settings`
-    holds the lifecycle knobs (prior, ranking, contradictions, credit); defaults if None."""
+    holds the lifecycle knobs (prior, ranking, dedup, contradictions, credit); `local`
+    says that this process is the store's only writer (an embedded store), so its records
+    and events may be kept in memory; `read_only` writes nothing; `reopen` gives a fresh
+    read-only client when a snapshot could not be read (see `chroma.open_client`); store
+    objects of one `share` key (the owner of an embedded store) share one index and event
+    log, so each sees the others' writes."""
 
-    def __init__(self, client: ClientAPI, embedder: Embedder, *, dedup_threshold: float = 0.9,
-                 collection: str = "insights", settings: MemorySettings | None = None) -> None:
+    def __init__(self, client: ClientAPI, embedder: Embedder, *,
+                 dedup_threshold: float | None = None, collection: str = "insights",
+                 settings: MemorySettings | None = None, local: bool = False,
+                 read_only: bool = False,
+                 reopen: Callable[[], ClientAPI] | None = None,
+                 share: str | None = None) -> None:
         self.client = client
         self.embedder = embedder
-        self.dedup_threshold = dedup_threshold
         self.settings = settings or MemorySettings()
-        self.collection = open_collection(client, collection, embedder)
-        if (self.collection.metadata or {}).get("layout") != LAYOUT:
+        self.dedup_threshold = (self.settings.dedup_threshold if dedup_threshold is None
+                                else dedup_threshold)
+        self.read_only = read_only
+        self.collection = open_collection(client, collection, embedder, read_only=read_only)
+        if not read_only and (self.collection.metadata or {}).get("layout") != LAYOUT:
             upgrade_layout(client, self.collection)
-        self.records = RecordCache.for_collection(client, self.collection,
-                                                  size=self.settings.record_cache_size)
-        self.baselines = BaselineStore(client)
+        # The size when the store opens decides: a mirror, once loaded, keeps growing. A
+        # read-only open always mirrors: Chroma's HNSW query fails ("Error finding id")
+        # while another process writes the store, its record reads do not.
+        mirror = local and (read_only or (self.settings.preload
+                            and self.settings.record_cache_size > 0
+                            and self.collection.count() <= self.settings.record_cache_size))
+        again = None if reopen is None else \
+            (lambda: open_collection(reopen(), collection, embedder, read_only=True))
+        self.index: LocalIndex | RemoteIndex = RemoteIndex(self.collection)
+        if mirror:
+            self.index = LocalIndex(self.collection, embedder.dim, again,
+                                    embedder.embed if read_only else None)
+        self.events = EventLog(client, local=local, read_only=read_only)
+        # Store objects of one owner share its mirror (if one of them has it) and its event
+        # log, and tell the mirror of their writes, so each sees the others' writes.
+        self._mirrors: builtins.list[LocalIndex | RemoteIndex] = [self.index]
+        if share is not None:
+            key = (share, self.collection.name)
+            with _SHARED_LOCK:
+                mirror_of, events = _SHARED.get(key, (None, self.events))
+                if mirror_of is None and isinstance(self.index, LocalIndex):
+                    mirror_of = self.index
+                _SHARED[key] = (mirror_of, events)
+            self.events = events
+            if mirror_of is not None:
+                if isinstance(self.index, LocalIndex):
+                    self.index = mirror_of
+                self._mirrors = builtins.list(dict.fromkeys([self.index, mirror_of]))
+        self.baselines = BaselineStore(client, self.events)
         self._queries: OrderedDict[str, builtins.list[float]] = OrderedDict()
         self._queries_lock = threading.Lock()
 
@@ -93,6 +147,10 @@ class InsightStore:
     def utility(self, insight: Insight) -> float:
         return utility(insight, self.settings.prior_a, self.settings.prior_b)
 
+    def _writable(self) -> None:
+        if self.read_only:
+            raise StoreError("the store was opened read-only (a command that only reads)")
+
     # ----------------------------------------------------------------- adding / merging
 
     def add(self, insight: Insight) -> AddOutcome:
@@ -104,17 +162,22 @@ class InsightStore:
         stored or earlier in the batch: the same normalised text, else cosine >=
         dedup_threshold, unless the two likely contradict each other. A new insight that is
         similar to one with opposite cues is flagged with it (confirmed by `backend` when
-        given). A merge into an insight retired by admission makes it a candidate again
-        when the newcomer is a candidate (it gets a new check)."""
+        given, before any lock is taken). A merge into an insight retired by admission
+        makes it a candidate again when the newcomer is a candidate."""
+        self._writable()
         if not insights:
             return []
         insights = [dataclasses.replace(i, namespace=validate_namespace(i.namespace))
                     for i in insights]
         embeddings = self.embedder.embed([ins.text for ins in insights])
+        verdicts: dict[tuple[str, str], bool] | None = None
+        if backend is not None and self.settings.contradiction_llm:
+            from crps_agent.memory.dedup import confirm_contradictions
+
+            pairs = plan_pairs(self, insights, embeddings)
+            verdicts = dict(zip(pairs, confirm_contradictions(pairs, backend), strict=True))
         with write_lock(self.client):
-            outcomes = add_locked(self, insights, embeddings, backend)
-        self._preload()
-        return outcomes
+            return add_locked(self, insights, embeddings, verdicts)
 
     def merge(self, ids: builtins.list[str], *, text: str | None = None,
               kind: str | None = None) -> Insight:
@@ -122,6 +185,7 @@ class InsightStore:
         (most support), `text`/`kind` or the representative's, summed counters, the union
         of evidence, tags and flags (dedup.combine). Re-embeds when the text changes; the
         other members are deleted. See `dedup.merge_cluster` for an LLM-written text."""
+        self._writable()
         with write_lock(self.client):
             full = list(dict.fromkeys(self.resolve_id(i) for i in ids))
             members = [self._get_exact(i) for i in full]
@@ -130,46 +194,47 @@ class InsightStore:
             others = [i for i in full if i != merged.id]
             if others:
                 self.collection.delete(ids=others)
+                self._removed(others)
             return self._get_exact(merged.id)
 
     # ----------------------------------------------------------------------- reading
 
-    def warm(self, progress: Callable[[int, int], None] | None = None) -> int:
-        """Read the whole store into this process's record cache now (recall and dedup
-        then read only distances from Chroma); returns the records read. Without this,
-        the first recall or add starts it in the background (setting `preload`). Reads
-        nothing for a Chroma server, or when the store has more insights than the
-        setting `record_cache_size`."""
-        return self.records.preload(progress=progress)
+    def warm(self) -> int:
+        """Read the whole store into this process's index now (an embedded store; recall
+        and dedup then read nothing from Chroma); returns the records held, 0 when reads
+        go to Chroma (a server, or a store above `record_cache_size`)."""
+        if not isinstance(self.index, LocalIndex):
+            return 0
+        self.index.embeddings([])  # records and vectors
+        return len(self.index)
 
-    def _preload(self) -> None:
-        if self.settings.preload:
-            self.records.start_preload()
+    def _folded(self, records: Iterable[Record]) -> builtins.list[Insight]:
+        recs = builtins.list(records)
+        tallies = self.events.tallies(r.id for r in recs)
+        return [_with(r.insight(), tallies.get(r.id, NOTHING)) for r in recs]
 
-    def _fetch(self, ids: builtins.list[str] | None = None,
-               where: dict[str, Any] | None = None) -> dict[str, Insight]:
-        if ids is not None and not ids:
-            return {}
-        if ids is not None and where is None:
-            return {i: clone(ins) for i, ins in self.records.insights(ids).items()}
-        res = self.collection.get(ids=ids, where=where, include=["documents", "metadatas"])
-        docs, metas = res["documents"] or [], res["metadatas"] or []
-        return {i: from_record(i, d, m) for i, d, m in zip(res["ids"], docs, metas,
-                                                               strict=True)}
+    def get_many(self, ids: Iterable[str]) -> dict[str, Insight]:
+        """The insights of `ids` that exist (exact ids), each a private copy."""
+        found = self.index.records(builtins.list(dict.fromkeys(ids)))
+        return {ins.id: ins for ins in self._folded(found.values())}
 
     def _get_exact(self, insight_id: str) -> Insight:
-        found = self._fetch(ids=[insight_id])
+        found = self.get_many([insight_id])
         if insight_id not in found:
             raise NotFoundError(f"no insight with id {insight_id!r}")
         return found[insight_id]
 
+    def _ids(self) -> builtins.list[str]:
+        if isinstance(self.index, LocalIndex):
+            return [r.id for r in self.index.where({})]
+        return builtins.list(self.collection.get(include=[])["ids"])
+
     def resolve_id(self, insight_id: str) -> str:
         """The full id for `insight_id` or a unique prefix of one (at least 4 characters)."""
-        if self.collection.get(ids=[insight_id], include=[])["ids"]:
+        if self.index.records([insight_id]):
             return insight_id
         if len(insight_id) >= _MIN_PREFIX:
-            matches = [i for i in self.collection.get(include=[])["ids"]
-                       if i.startswith(insight_id)]
+            matches = [i for i in self._ids() if i.startswith(insight_id)]
             if len(matches) == 1:
                 return matches[0]
             if len(matches) > 1:
@@ -186,23 +251,30 @@ class InsightStore:
         """The insight with this id, or with this unique id prefix (>= 4 characters)."""
         return self._get_exact(self.resolve_id(insight_id))
 
+    @staticmethod
+    def _filters(namespace: Namespace | builtins.list[Namespace] | None, domain: str | None,
+                 status: str | None) -> Filters:
+        ns: Any = None
+        if isinstance(namespace, builtins.list):
+            spaces = validate_namespaces(namespace)
+            ns = spaces[0] if len(spaces) == 1 else spaces
+        elif namespace is not None:
+            ns = validate_namespace(namespace)
+        return {"namespace": ns, "domain": domain, "status": status}
+
     def list(self, namespace: Namespace | None = None, domain: str | None = None,
              status: str | None = None, limit: int | None = None) -> builtins.list[Insight]:
         """Insights matching the filters, newest first."""
-        ns = None if namespace is None else validate_namespace(namespace)
-        found = self._fetch(where=where_clause(namespace=ns, domain=domain, status=status))
-        items = sorted(found.values(), key=lambda i: (i.created_at, i.id), reverse=True)
+        items = self._folded(self.index.where(self._filters(namespace, domain, status)))
+        items.sort(key=lambda i: (i.created_at, i.id), reverse=True)
         return items if limit is None else items[: max(0, limit)]
 
     def with_embeddings(self, namespace: Namespace | None = None, domain: str | None = None
                         ) -> builtins.list[tuple[Insight, Any]]:
         """(insight, embedding) of the insights matching the filters, oldest first."""
-        ns = None if namespace is None else validate_namespace(namespace)
-        res = self.collection.get(where=where_clause(namespace=ns, domain=domain),
-                                  include=["documents", "metadatas", "embeddings"])
-        embs: Any = res["embeddings"] if res["embeddings"] is not None else []
-        rows = [(from_record(i, d, m), e) for i, d, m, e in zip(
-            res["ids"], res["documents"] or [], res["metadatas"] or [], embs, strict=True)]
+        items = self._folded(self.index.where(self._filters(namespace, domain, None)))
+        vectors = self.index.embeddings([i.id for i in items])
+        rows = [(i, vectors[i.id]) for i in items if i.id in vectors]
         return sorted(rows, key=lambda r: (r[0].created_at, r[0].id))
 
     def _embed_query(self, query: str) -> builtins.list[float]:
@@ -220,33 +292,11 @@ class InsightStore:
                 self._queries.popitem(last=False)
         return embedding
 
-    def _query(self, query: str, n: int, where: dict[str, Any] | None,
-               embeddings: bool = False, min_similarity: float | None = None,
-               ) -> builtins.list[tuple[Insight, float, Any]]:
-        """(insight, similarity, embedding or None) of the n nearest matches of `where`.
-        The insights are the cache's shared objects: `clone` them before handing them out.
-        Records come from the cache (a record recalled before costs no read) or, when few
-        are likely cached, with the query itself (`read_ahead`), which fills the cache."""
-        # Read the candidates with the query itself unless they are likely cached: this
-        # prompt was recalled before (recall, then reflect), or recent reads were.
-        read_ahead = query not in self._queries and self.records.warm < 0.5
-        embedding = self._embed_query(query)
-        include: Any = ["distances", *(["embeddings"] if embeddings else [])]
-        with self.records.reading():
-            res = query_where(self.collection, query_embeddings=[embedding], n_results=n,
-                              where=where, include=include, min_similarity=min_similarity,
-                              cache=self.records, read_ahead=read_ahead)
-            ids = res["ids"][0]
-            recs = self.records.peek(ids)  # query_where just read them
-            if len(recs) < len(ids):
-                recs.update(self.records.records([i for i in ids if i not in recs]))
-            found = {i: self.records.decode(i, rec) for i, rec in recs.items()}
-        self._preload()
-        dists = res["distances"][0]
-        vecs: Any = res["embeddings"][0] if embeddings and res["embeddings"] is not None \
-            else [None] * len(ids)
-        return [(found[i], 1.0 - float(x), v)
-                for i, x, v in zip(ids, dists, vecs, strict=True) if i in found]
+    def _query(self, query: str, n: int, filters: Filters, embeddings: bool = False,
+               min_similarity: float | None = None) -> builtins.list[tuple[Insight, Hit]]:
+        hits = self.index.nearest([self._embed_query(query)], n, filters,
+                                  min_similarity=min_similarity, embeddings=embeddings)[0]
+        return builtins.list(zip(self._folded(h.record for h in hits), hits, strict=True))
 
     def search(self, query: str, *, namespace: Namespace | None = None,
                domain: str | None = None, k: int = 10, status: str | None = "active"
@@ -254,10 +304,9 @@ class InsightStore:
         """Plain semantic search: the k most similar insights, most similar first."""
         if k <= 0:
             return []
-        ns = None if namespace is None else validate_namespace(namespace)
-        where = where_clause(namespace=ns, domain=domain, status=status)
-        return [RecalledInsight(clone(ins), sim, sim * self.utility(ins))
-                for ins, sim, _ in self._query(query, k, where)]
+        return [RecalledInsight(ins, hit.similarity, hit.similarity * self.utility(ins))
+                for ins, hit in self._query(query, k, self._filters(namespace, domain,
+                                                                    status))]
 
     def recall(self, query: str, *, namespace: Namespace, domain: str | None, k: int = 5,
                token_budget: int = 300, min_similarity: float = 0.2,
@@ -267,51 +316,132 @@ class InsightStore:
         bonus) x promotion boost, chosen by MMR, at most k, packed into `token_budget`
         tokens. Only `namespace`, plus the `shared` namespaces when asked for explicitly.
         `exploration` overrides the bonus weight for this call (0: a frozen evaluation).
-        k or budget 0 recall nothing. One embed call and one Chroma query."""
+        k or budget 0 recall nothing. One embed call and one index query."""
         if k <= 0 or token_budget <= 0:
             return []
-        spaces = validate_namespaces([namespace, *(shared or [])])
-        ns: Any = spaces[0] if len(spaces) == 1 else {"$in": spaces}
-        where = where_clause(namespace=ns, domain=domain, status="active")
+        filters = self._filters([namespace, *(shared or [])], domain, "active")
         params = self.rank_params
         if exploration is not None:
             params = dataclasses.replace(params, exploration=exploration)
         diverse = params.mmr_lambda < 1.0
-        rows = [(ins, sim, vec) for ins, sim, vec in
-                self._query(query, self.candidate_factor * k, where, embeddings=diverse,
+        rows = [(ins, hit) for ins, hit in
+                self._query(query, self.candidate_factor * k, filters, embeddings=diverse,
                             min_similarity=min_similarity)
-                if sim >= min_similarity]
-        vectors = {ins.id: vec for ins, _, vec in rows}
-        ranked = rank([(ins, sim) for ins, sim, _ in rows], params)
+                if hit.similarity >= min_similarity]
+        vectors = {ins.id: hit.embedding for ins, hit in rows}
+        ranked = rank([(ins, hit.similarity) for ins, hit in rows], params)
         chosen = select(ranked, [vectors[r.insight.id] for r in ranked] if diverse else None,
                         k=k, token_budget=token_budget, params=params)
-        return [RecalledInsight(clone(r.insight), r.similarity, r.score) for r in chosen]
+        return [RecalledInsight(r.insight, r.similarity, r.score) for r in chosen]
 
     # ----------------------------------------------------------------------- writing
 
-    def record_outcome(self, insight_ids: builtins.list[str], correct: bool
-                       ) -> builtins.list[Insight]:
-        """Credit a task's verdict to the insights it used: uses += 1 and wins or
-        losses += 1 each (ids listed twice count once; unknown ids are ignored, since an
-        insight may be deleted between recall and verdict), then retire or promote them
-        against their namespace's baseline (credit.judge). Returns the insights whose
-        status or promotion changed."""
-        ids = list(dict.fromkeys(insight_ids))
+    def persist(self, insights: Iterable[Insight], *, counters: bool = False,
+                embeddings: dict[str, Any] | None = None) -> None:
+        """Write the metadata of stored insights (and the text and embedding of those in
+        `embeddings`). Their counters are left as stored (events add to them) unless
+        `counters`: then the stored base is set so that base + events = the given values."""
+        items = builtins.list(insights)
+        if not items:
+            return
+        ids = [i.id for i in items]
+        bases: dict[str, Tally | Insight]
+        if counters:
+            tallies = self.events.tallies(ids)
+            bases = {i.id: tallies.get(i.id, NOTHING) for i in items}
+        else:
+            found = self.index.records(ids)
+            bases = {}
+            for i in items:
+                rec = found.get(i.id)
+                if rec is None:
+                    raise NotFoundError(f"no insight with id {i.id!r}")
+                bases[i.id] = rec.insight()
+        metas = []
+        for ins in items:
+            base = bases[ins.id]
+            row = clone(ins)
+            if isinstance(base, Tally):  # given values minus what events add
+                for name in _COUNTERS:
+                    setattr(row, name, getattr(ins, name) - getattr(base, name))
+            else:
+                for name in _COUNTERS:
+                    setattr(row, name, getattr(base, name))
+            metas.append(to_meta(row))
+        embeddings = embeddings or {}
+        changed = [i for i in ids if i in embeddings]
+        if changed:
+            texts = {i.id: i.text for i in items}
+            at = {i: n for n, i in enumerate(ids)}
+            self.collection.update(ids=changed,
+                                   embeddings=[embeddings[i] for i in changed],
+                                   documents=[texts[i] for i in changed],
+                                   metadatas=[metas[at[i]] for i in changed])
+        rest = [n for n, i in enumerate(ids) if i not in embeddings]
+        if rest:
+            self.collection.update(ids=[ids[n] for n in rest],
+                                   metadatas=[metas[n] for n in rest])
+        self._stored([(i.id, i.text, meta, embeddings.get(i.id))
+                           for i, meta in zip(items, metas, strict=True)])
+
+    def _stored(self, rows: builtins.list[tuple[str, str, Any, Any]]) -> None:
+        for index in self._mirrors:
+            index.stored(rows)
+
+    def _removed(self, ids: builtins.list[str]) -> None:
+        for index in self._mirrors:
+            index.removed(ids)
+
+    def insert(self, insights: builtins.list[Insight], embeddings: builtins.list[Any]) -> None:
+        """Add new insights (ids the store does not have) with their embeddings; their
+        counters are stored so that, with any events left from an earlier insight of the
+        same id, they read as given."""
+        if not insights:
+            return
+        tallies = self.events.tallies(i.id for i in insights)
+        rows = [clone(i) for i in insights]
+        for row in rows:
+            tally = tallies.get(row.id, NOTHING)
+            for name in _COUNTERS:
+                setattr(row, name, getattr(row, name) - getattr(tally, name))
+        metas = [to_meta(i) for i in rows]
+        self.collection.add(ids=[i.id for i in insights], embeddings=embeddings,
+                            documents=[i.text for i in insights],
+                            metadatas=metas)  # type: ignore[arg-type]
+        self._stored([(i.id, i.text, m, e)
+                           for i, m, e in zip(insights, metas, embeddings, strict=True)])
+
+    def record_outcome(self, insight_ids: builtins.list[str], correct: bool, *,
+                       event_id: str | None = None) -> builtins.list[Insight]:
+        """Credit a task's verdict to the insights it used: one credit event each (uses
+        + 1, wins or losses + 1; ids listed twice count once; unknown ids are ignored,
+        since an insight may be deleted between recall and verdict), then retire or
+        promote them against their namespace's baseline (credit.judge). With `event_id`
+        (e.g. run + task + attempt) a repeated call credits nothing more. Returns the
+        insights whose status or promotion changed."""
+        self._writable()
+        ids = builtins.list(dict.fromkeys(insight_ids))
         if not ids:
             return []
         with write_lock(self.client):
-            found = self._fetch(ids=ids)
+            found = self.get_many(ids)
             if not found:
                 return []
-            for ins in found.values():
-                ins.uses += 1
-                if correct:
-                    ins.wins += 1
-                else:
-                    ins.losses += 1
+            new = self.events.add(Event(_credit_id(event_id, i), "credit", i, win=correct)
+                                  for i in found)
+            for ins in found.values():  # what the events just added (a replay adds nothing)
+                if _credit_id(event_id, ins.id) in new or event_id is None:
+                    ins.uses += 1
+                    ins.wins += int(correct)
+                    ins.losses += int(not correct)
             changed = self._judge(builtins.list(found.values()))
-            self.records.update_metas({i: to_meta(ins) for i, ins in found.items()})
+            self.persist(changed)
         return changed
+
+    def credit(self, insight_id: str, correct: bool, *, event_id: str | None = None
+               ) -> builtins.list[Insight]:
+        """`record_outcome` for one insight."""
+        return self.record_outcome([insight_id], correct, event_id=event_id)
 
     def _judge(self, insights: builtins.list[Insight]) -> builtins.list[Insight]:
         ready = [i for i in insights if i.uses >= self.settings.credit_min_uses]
@@ -322,19 +452,21 @@ class InsightStore:
                 if apply_judgement(i, judge(i, baselines[(i.namespace, i.domain)],
                                             self.settings))]
 
-    def record_baseline(self, namespace: Namespace, domain: str, correct: bool) -> None:
-        """Count the verdict of a task run without insights (ablation) in the baseline."""
-        with write_lock(self.client):
-            self.baselines.record(validate_namespace(namespace), domain, correct)
+    def record_baseline(self, namespace: Namespace, domain: str, correct: bool, *,
+                        event_id: str | None = None) -> None:
+        """Count the verdict of a task run without insights (ablation) in the baseline
+        (once per `event_id`)."""
+        self._writable()
+        self.baselines.record(validate_namespace(namespace), domain, correct,
+                              event_id=event_id)
 
     def review(self, namespace: Namespace | None = None) -> builtins.list[Insight]:
         """Judge every active insight (of a namespace) against the current baselines and
         store the changes; returns the changed insights."""
+        self._writable()
         with write_lock(self.client):
             changed = self._judge(self.list(namespace=namespace, status="active"))
-            if changed:
-                self.collection.update(ids=[i.id for i in changed],
-                                       metadatas=[to_meta(i) for i in changed])
+            self.persist(changed)
         return changed
 
     def set_status(self, insight_id: str, status: str, *, flag: str | None = None) -> Insight:
@@ -343,6 +475,7 @@ class InsightStore:
         admission flags and adds "restored", which exempts it from automatic retirement."""
         if status not in ("active", "candidate", "retired"):
             raise ValueError(f"unknown status {status!r}")
+        self._writable()
         with write_lock(self.client):
             ins = self.get(insight_id)
             ins.status = status
@@ -357,63 +490,52 @@ class InsightStore:
                 flags.append(flag)
             ins.flags = builtins.list(dict.fromkeys(flags))
             ins.updated_at = ts(time.time())
-            self.collection.update(ids=[ins.id], metadatas=[to_meta(ins)])
+            self.persist([ins])
         return ins
 
     def update(self, insight: Insight) -> None:
-        """Rewrite a stored insight's fields from `insight` (matched by id); re-embeds when
-        the text changed. Bumps `updated_at`."""
+        """Rewrite a stored insight's fields from `insight` (matched by id), counters
+        included; re-embeds when the text changed. Bumps `updated_at`."""
+        self._writable()
         insight.namespace = validate_namespace(insight.namespace)
         with write_lock(self.client):
             old = self._get_exact(insight.id)
             insight.created_at = ts(insight.created_at)
             insight.updated_at = ts(time.time())
+            vectors = None
             if insight.text != old.text:
                 insight.embedder = self.embedder.name
-                self.collection.update(
-                    ids=[insight.id],
-                    embeddings=self.embedder.embed([insight.text]),  # type: ignore[arg-type]
-                    documents=[insight.text],
-                    metadatas=[to_meta(insight)],
-                )
-            else:
-                self.collection.update(ids=[insight.id], metadatas=[to_meta(insight)])
+                vectors = {insight.id: self.embedder.embed([insight.text])[0]}
+            self.persist([insight], counters=True, embeddings=vectors)
 
     def delete(self, insight_id: str) -> None:
         """Delete the insight with this id (or unique id prefix)."""
+        self._writable()
         with write_lock(self.client):
-            self.collection.delete(ids=[self.resolve_id(insight_id)])
+            rid = self.resolve_id(insight_id)
+            self.collection.delete(ids=[rid])
+            self._removed([rid])
 
     # ----------------------------------------------------------------------- summaries
 
     def count(self, namespace: Namespace | None = None) -> int:
         if namespace is None:
-            return self.collection.count()
-        ns = validate_namespace(namespace)
-        return len(self.collection.get(where={"namespace": ns}, include=[])["ids"])
+            return len(self.index) if isinstance(self.index, LocalIndex) \
+                else self.collection.count()
+        return len(self.index.where(self._filters(namespace, None, None)))
 
     def stats(self, namespace: Namespace | None = None) -> dict[str, Any]:
         """Totals by status, kind and domain, counter totals, and the top 3 by utility
-        among insights used at least once."""
-        items = self.list(namespace=namespace)
-        used = [i for i in items if i.uses >= 1]
-        top = sorted(used, key=lambda i: (self.utility(i), i.uses), reverse=True)[:3]
-        return {
-            "namespace": None if namespace is None else validate_namespace(namespace),
-            "embedder": self.embedder.name,
-            "total": len(items),
-            "by_status": dict(Counter(i.status for i in items)),
-            "by_kind": dict(Counter(i.kind for i in items)),
-            "by_domain": dict(Counter(i.domain for i in items)),
-            "uses": sum(i.uses for i in items),
-            "wins": sum(i.wins for i in items),
-            "losses": sum(i.losses for i in items),
-            "promoted": sum(1 for i in items if i.promoted),
-            "flagged": sum(1 for i in items if i.flags),
-            "top": [
-                {"id": i.id, "text": i.text, "utility": round(self.utility(i), 4),
-                 "uses": i.uses, "wins": i.wins, "losses": i.losses}
-                for i in top
-            ],
-        }
+        among insights used at least once (`curation.stats` without the distribution)."""
+        from crps_agent.memory.curation import stats
 
+        data = stats(self, namespace, top=3)
+        top = data.pop("best")
+        for key in ("worst", "utility"):
+            data.pop(key)
+        return {**data, "top": [{k: v for k, v in row.items() if k != "status"}
+                                for row in top]}
+
+
+def _credit_id(event: str | None, insight_id: str) -> str:
+    return fresh_id() if event is None else event_id("credit", event, insight_id)

@@ -66,7 +66,7 @@ def review(store: InsightStore, namespace: Namespace | None = None,
     items = [i for i in store.list(namespace=namespace, domain=domain) if _reasons(i)]
     known = {i.id: i.text for i in items}
     wanted = [c for i in items for c in i.contradicts if c not in known]
-    for other in store.records.insights(list(dict.fromkeys(wanted))).values():
+    for other in store.get_many(wanted).values():
         known[other.id] = other.text
     flagged = [Flagged(i, _reasons(i), [(c, known.get(c, "")) for c in i.contradicts])
                for i in items]

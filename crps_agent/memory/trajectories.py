@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 
 from crps_agent.errors import NotFoundError
 from crps_agent.memory.chroma import open_collection, where_clause, write_lock
-from crps_agent.memory.query import query_where
 from crps_agent.namespaces import validate_namespace
 from crps_agent.types import Contrast, SearchResult, Task, Trajectory
 
@@ -43,11 +42,14 @@ def _search_id(search_id: str) -> str:
 class TrajectoryLog:
     """The log of searches, trajectories and contrasts of one store."""
 
-    def __init__(self, client: ClientAPI, embedder: Embedder) -> None:
+    def __init__(self, client: ClientAPI, embedder: Embedder, *, read_only: bool = False
+                 ) -> None:
         self.client = client
         self.embedder = embedder
-        self.collection = open_collection(client, "trajectories", embedder)
-        self.contrast_collection = open_collection(client, "contrasts", embedder)
+        self.collection = open_collection(client, "trajectories", embedder,
+                                          read_only=read_only)
+        self.contrast_collection = open_collection(client, "contrasts", embedder,
+                                                   read_only=read_only)
         self._prompt_cache: OrderedDict[str, list[float]] = OrderedDict()
 
     def _embed_prompt(self, prompt: str) -> list[float]:
@@ -211,13 +213,9 @@ class TrajectoryLog:
         embedding = self._embed_prompt(prompt)
         n = max(16, 8 * k)
         while True:
-            res = query_where(  # a filtered Chroma query is slow on a big log
-                self.collection,
-                query_embeddings=[embedding],
-                n_results=n,
-                where=where,
-                include=["documents", "metadatas"],
-            )
+            query: Any = [embedding]
+            res: Any = self.collection.query(query_embeddings=query, n_results=n,
+                                             where=where, include=["documents", "metadatas"])
             docs = (res["documents"] or [[]])[0]
             metas = (res["metadatas"] or [[]])[0]
             best: dict[str, tuple[tuple[float, int], str]] = {}  # task -> (rank key, doc)

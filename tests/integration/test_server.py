@@ -25,7 +25,7 @@ from crps_agent.errors import EmbedderMismatchError, StoreError
 from crps_agent.memory import Memory, get_embedder
 from crps_agent.memory import curation as cur
 from crps_agent.memory.chroma import open_client, read_pointers, write_lock
-from crps_agent.memory.lock import lease_of, sync_of
+from crps_agent.memory.index import RemoteIndex
 from crps_agent.types import Insight
 
 pytestmark = [pytest.mark.integration, pytest.mark.server]
@@ -101,8 +101,7 @@ def _texts(tag: str) -> list[str]:
 
 def test_memory_operations_on_a_server(server: ChromaServer, tmp_path: Path) -> None:
     memory = Memory(server.url, embedder="hash")
-    assert memory.local_path is None and sync_of(memory.client) is None
-    assert lease_of(memory.client) is not None
+    assert memory.local_path is None and not memory.insights.events.local
     ns = "server-ops"
     texts = _texts("ops")
     out = memory.remember([Insight(text=t, domain="math", namespace=ns) for t in texts])
@@ -112,10 +111,9 @@ def test_memory_operations_on_a_server(server: ChromaServer, tmp_path: Path) -> 
     hits = memory.recall(texts[1], namespace=ns, domain="math", k=2, min_similarity=-1.0)
     assert hits and hits[0].insight.id == out[1].insight.id
     assert memory.recall(texts[1], namespace="elsewhere", domain="math") == []
-    # other clients' writes cannot be seen from here: nothing is preloaded or kept
-    assert memory.warm() == 0 and memory.insights.records.preload_state == "idle"
-    assert len(memory.insights.records) == 0
-    with write_lock(memory.client), write_lock(memory.client):  # re-entrant lease
+    # other clients' writes cannot be seen from here: nothing is mirrored or kept
+    assert memory.warm() == 0 and isinstance(memory.insights.index, RemoteIndex)
+    with write_lock(memory.client), write_lock(memory.client):  # re-entrant
         memory.record([out[0].insight.id], True)
     memory.record([out[0].insight.id, out[1].insight.id], False)
     got = memory.insights.get(out[0].insight.id)
@@ -169,8 +167,8 @@ WRITER = textwrap.dedent('''
 
 
 def test_two_processes_on_a_server_lose_no_credit(server: ChromaServer) -> None:
-    """Without the server lease, two processes crediting one insight lost ~30% of the
-    increments (read-modify-write); with it, none."""
+    """Read-modify-written counters lost ~30% of the increments of two processes crediting
+    one insight; as events, none."""
     memory = Memory(server.url, embedder="hash")
     shared = memory.remember([Insight(text="shared lesson for two processes",
                                       domain="math", namespace="procs")])[0].insight
@@ -229,20 +227,3 @@ def test_offline_example_accepts_a_server_url(server: ChromaServer, tmp_path: Pa
 def test_an_unreachable_server_is_one_clear_error() -> None:
     with pytest.raises(StoreError, match="Chroma server"):
         Memory(f"http://127.0.0.1:{_free_port()}", embedder="hash")
-
-
-def test_a_held_lease_makes_writers_wait_and_a_stale_one_is_taken_over(
-        server: ChromaServer) -> None:
-    memory = Memory(server.url, embedder="hash")
-    meta = memory.client.get_or_create_collection(
-        "crps_meta", embedding_function=None, metadata={"kind": "crps-meta"})
-    lease = lease_of(memory.client)
-    assert lease is not None
-    meta.add(ids=["lock:write"], embeddings=[[1.0]], metadatas=[{
-        "kind": "lease", "token": "other", "expires": time.time() + 1.0, "owner": "x:1"}])
-    waits, started = lease.waits, time.monotonic()
-    with write_lock(memory.client):  # waits for the other holder's lease to expire
-        held = meta.get(ids=["lock:write"], include=["metadatas"])["metadatas"][0]
-        assert held["token"] != "other"
-    assert time.monotonic() - started >= 0.9 and lease.waits > waits
-    assert meta.get(ids=["lock:write"])["ids"] == []  # released

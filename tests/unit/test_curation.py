@@ -16,8 +16,7 @@ from crps_agent.cli import cli, main
 from crps_agent.errors import CrpsError, EmbedderMismatchError, NotFoundError
 from crps_agent.memory import Memory, get_embedder
 from crps_agent.memory import curation as cur
-from crps_agent.memory.chroma import open_client, read_pointers, write_lock
-from crps_agent.memory.lock import LOCK_FILE, sync_of
+from crps_agent.memory.chroma import OWNER_LOCK, open_client, read_pointers, write_lock
 from crps_agent.types import Contrast, Insight, SearchResult, Task, Trajectory, Verdict
 
 EXAMPLES = Path(__file__).parents[2] / "examples" / "offline"
@@ -265,20 +264,16 @@ def test_reindex_of_an_empty_store(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------- lock
 
 
-def test_write_lock_is_reentrant_and_a_no_op_without_a_store(tmp_path: Path) -> None:
+def test_write_lock_is_reentrant_and_the_owner_lock_is_held(tmp_path: Path) -> None:
     client = open_client(str(tmp_path / "s"))
-    sync = sync_of(client)
-    assert sync is not None and (tmp_path / "s" / LOCK_FILE).exists()
-    token = (tmp_path / "s" / LOCK_FILE).read_bytes()
-    with write_lock(client), write_lock(client):
+    assert (tmp_path / "s" / OWNER_LOCK).exists()
+    with write_lock(client), write_lock(client):  # re-entrant within a thread
         pass
-    assert (tmp_path / "s" / LOCK_FILE).read_bytes() == token  # no write: no new token
-    memory = Memory(str(tmp_path / "s"), embedder="hash")
+    memory = Memory(str(tmp_path / "s"), embedder="hash")  # the same process: shared
     with write_lock(memory.client):
         memory.remember([Insight(text=TEXTS[0], domain="math")])
         memory.record([Insight(text=TEXTS[0], domain="math").id], True)
-    assert (tmp_path / "s" / LOCK_FILE).read_bytes() != token  # a write leaves a new token
-    assert sync.resets == 0  # one process: never restarted
+    assert memory.insights.get(Insight(text=TEXTS[0], domain="math").id).uses == 1
 
     class NotAClient:
         pass

@@ -104,7 +104,11 @@ def test_credit_keeps_the_record_packed(tmp_path: Path) -> None:
     memory.record([first], correct=False)
     meta = memory.insights.collection.get(ids=[first], include=["metadatas"])["metadatas"]
     assert meta is not None and is_packed(meta[0])
-    assert json.loads(str(meta[0][PACKED]))["losses"] == 1
+    # the record keeps its base counters; the loss is an event folded on read
+    assert json.loads(str(meta[0][PACKED]))["losses"] == 0
+    assert memory.insights.get(first).losses == 1
+    assert Memory(str(tmp_path / "s"), embedder="hash", read_only=True
+                  ).insights.get(first).losses == 1
 
 
 def test_recall_candidates_setting_sizes_the_query(tmp_path: Path) -> None:
@@ -117,14 +121,14 @@ def test_recall_candidates_setting_sizes_the_query(tmp_path: Path) -> None:
     assert [h.insight.id for h in hits] == [h.insight.id for h in plain]
 
 
-def test_record_cache_size_bounds_the_cache(tmp_path: Path) -> None:
-    memory = Memory(str(tmp_path / "s"), embedder="hash", settings=_settings(
+def test_record_cache_size_bounds_the_mirror(tmp_path: Path) -> None:
+    from crps_agent.memory.index import LocalIndex, RemoteIndex
+
+    small = Memory(str(tmp_path / "s"), embedder="hash", settings=_settings(
         record_cache_size=0))
-    memory.remember([Insight(text=t, domain="math") for t in TEXTS])
-    cache = memory.insights.records
-    assert not cache.persistent
-    memory.recall(QUERY, domain="math", k=4)
-    assert len(cache) == 0  # nothing kept between calls
-    memory.insights.records.size = 2
-    memory.recall(QUERY, domain="math", k=4)
-    assert 0 < len(cache) <= 2
+    small.remember([Insight(text=t, domain="math") for t in TEXTS])
+    assert isinstance(small.insights.index, RemoteIndex)  # bigger than the setting
+    big = Memory(str(tmp_path / "s"), embedder="hash", settings=_settings())
+    assert isinstance(big.insights.index, LocalIndex) and big.warm() == len(TEXTS)
+    assert [h.insight.id for h in small.recall(QUERY, domain="math", k=4)] == \
+        [h.insight.id for h in big.recall(QUERY, domain="math", k=4)]

@@ -1,0 +1,453 @@
+"""How an InsightStore reads its records: an in-memory mirror, or Chroma itself.
+
+- `LocalIndex` (an embedded store, which has one writer: this process or nobody) reads the
+  whole collection once (documents, metadatas, embeddings) and answers every read from
+  memory: a filtered nearest-neighbour query is an exact scan, one matrix-vector product
+  over the unit-length embeddings (~1 ms at 10k x 384) with the filter applied to integer
+  columns, so a filter that matches most records costs nothing extra (Chroma's filtered
+  HNSW query costs ~0.5 s at 100k in that case, and ~0.1 ms per record it returns with
+  its metadata). The store tells the index about each of its own writes, so the mirror
+  stays exact.
+- `RemoteIndex` (a Chroma server, where other processes write; or a store larger than
+  `record_cache_size`, or a one-shot command) asks Chroma every time.
+
+Records are immutable once cached: metadata is a read-only mapping and the decoded insight
+is never handed out (`clone` copies it).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+from crps_agent.errors import StoreError
+from crps_agent.memory.records import FILTER_KEYS, LIST_FIELDS, from_record
+
+if TYPE_CHECKING:
+    import numpy as np
+    from chromadb.api.models.Collection import Collection
+
+    from crps_agent.types import Insight
+
+__all__ = ["Filters", "Hit", "LocalIndex", "Record", "RemoteIndex", "clone", "where_of"]
+
+Filters = Mapping[str, Any]  # key -> value, or a list/tuple/set of values (any of them)
+_PAGE = 2000
+_LOAD_TRIES = 5
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Record:
+    """A stored record: document, metadata (read-only) and, once needed, its base insight
+    (counters without events; shared, never handed out)."""
+
+    id: str
+    document: str
+    meta: Mapping[str, Any]
+    decoded: Insight | None = None
+
+    def insight(self) -> Insight:
+        if self.decoded is None:
+            self.decoded = from_record(self.id, self.document, self.meta)
+        return self.decoded
+
+
+@dataclass(slots=True)
+class Hit:
+    record: Record
+    similarity: float
+    embedding: Any = None
+
+
+def clone(insight: Insight) -> Insight:
+    """A copy that shares no list with `insight`. Field by field: `dataclasses.replace`
+    costs ~10x more, and dedup clones hundreds of neighbours per batch."""
+    new = object.__new__(type(insight))
+    new.__dict__.update(insight.__dict__)
+    for name in LIST_FIELDS:
+        setattr(new, name, list(getattr(insight, name)))
+    return new
+
+
+def where_of(filters: Filters) -> dict[str, Any] | None:
+    """The Chroma `where` clause of `filters` (None values left out)."""
+    parts: list[dict[str, Any]] = []
+    for key, value in filters.items():
+        if value is None:
+            continue
+        if isinstance(value, (list, tuple, set, frozenset)):
+            parts.append({key: {"$in": list(value)}})
+        else:
+            parts.append({key: value})
+    if not parts:
+        return None
+    return parts[0] if len(parts) == 1 else {"$and": parts}
+
+
+def _record(rid: str, document: str | None, meta: Mapping[str, Any] | None) -> Record:
+    return Record(rid, document or "", MappingProxyType(dict(meta or {})))
+
+
+def _matches(meta: Mapping[str, Any], filters: Filters) -> bool:
+    for key, value in filters.items():
+        if value is None:
+            continue
+        got = meta.get(key)
+        if isinstance(value, (list, tuple, set, frozenset)):
+            if got not in value:
+                return False
+        elif got != value:
+            return False
+    return True
+
+
+class RemoteIndex:
+    """Reads straight from Chroma (see the module doc)."""
+
+    local = False
+
+    def __init__(self, collection: Collection) -> None:
+        self.collection = collection
+
+    def records(self, ids: Sequence[str]) -> dict[str, Record]:
+        wanted = list(dict.fromkeys(ids))
+        if not wanted:
+            return {}
+        res = self.collection.get(ids=wanted, include=["documents", "metadatas"])
+        return {i: _record(i, d, m) for i, d, m in zip(
+            res["ids"], res["documents"] or [], res["metadatas"] or [], strict=True)}
+
+    def where(self, filters: Filters) -> list[Record]:
+        res = self.collection.get(where=where_of(filters),
+                                  include=["documents", "metadatas"])
+        return [_record(i, d, m) for i, d, m in zip(
+            res["ids"], res["documents"] or [], res["metadatas"] or [], strict=True)]
+
+    def embeddings(self, ids: Sequence[str]) -> dict[str, Any]:
+        if not ids:
+            return {}
+        res = self.collection.get(ids=list(ids), include=["embeddings"])
+        embs: Any = res["embeddings"] if res["embeddings"] is not None else []
+        return dict(zip(res["ids"], embs, strict=True))
+
+    def nearest(self, queries: Sequence[Sequence[float]], n: int, filters: Filters, *,
+                min_similarity: float | None = None, embeddings: bool = False
+                ) -> list[list[Hit]]:
+        if n <= 0 or not queries:
+            return [[] for _ in queries]
+        include: Any = ["documents", "metadatas", "distances",
+                        *(["embeddings"] if embeddings else [])]
+        vectors: Any = [list(q) for q in queries]
+        res: Any = self.collection.query(query_embeddings=vectors,
+                                         n_results=n, where=where_of(filters),
+                                         include=include)
+        out: list[list[Hit]] = []
+        for r, ids in enumerate(res["ids"]):
+            row: list[Hit] = []
+            for j, rid in enumerate(ids):
+                sim = 1.0 - float(res["distances"][r][j])
+                if min_similarity is not None and sim < min_similarity - 1e-9:
+                    break  # nearest first
+                emb = res["embeddings"][r][j] if embeddings else None
+                row.append(Hit(_record(rid, res["documents"][r][j], res["metadatas"][r][j]),
+                               sim, emb))
+            out.append(row)
+        return out
+
+    def stored(self, records: Iterable[tuple[str, str, Mapping[str, Any], Any]]) -> None:
+        """Nothing is kept (other processes write a server's collections)."""
+
+    def removed(self, ids: Iterable[str]) -> None:
+        """Nothing is kept."""
+
+    def reset(self) -> None:
+        """Nothing is kept."""
+
+
+class LocalIndex:
+    """Every record of one collection in memory (see the module doc), loaded on first use."""
+
+    local = True
+
+    def __init__(self, collection: Collection, dim: int,
+                 reopen: Callable[[], Collection] | None = None,
+                 embed: Callable[[list[str]], list[list[float]]] | None = None) -> None:
+        self.collection = collection
+        self.dim = dim
+        self.reopen = reopen  # a fresh snapshot, for a load that failed (read-only opens)
+        self.embed = embed  # the store's embedder, for vectors a snapshot lacks
+        self._lock = threading.RLock()
+        self._loaded = False
+        self._vectors = False
+        self._rows: dict[str, int] = {}  # id -> row
+        self._records: list[Record | None] = []
+        self._free: list[int] = []
+        self._matrix: np.ndarray | None = None  # rows x dim, unit length, float32
+        self._codes: dict[str, np.ndarray] = {}  # filter key -> int32 code per row
+        self._vocab: dict[str, dict[Any, int]] = {key: {} for key in FILTER_KEYS}
+        self._by_hash: dict[str, set[str]] = {}
+
+    def __len__(self) -> int:
+        self._load()
+        return len(self._rows)
+
+    # ------------------------------------------------------------------ loading
+
+    def _load(self) -> None:
+        if self._loaded:
+            return
+        with self._lock:
+            if self._loaded:
+                return
+            for attempt in range(_LOAD_TRIES):
+                try:
+                    self._load_once()
+                    return
+                except Exception as exc:
+                    if self.reopen is None or attempt == _LOAD_TRIES - 1:
+                        raise StoreError(f"cannot read the insights of the store: {exc}"
+                                         ) from None
+                    # a snapshot taken while its writer was mid-write: take another
+                    log.info("re-reading the store (%s)", exc)
+                    time.sleep(0.2 * (attempt + 1))
+                    self.__init__(self.reopen(), self.dim, self.reopen,  # type: ignore[misc]
+                                  self.embed)
+
+    def _load_once(self) -> None:
+        """Documents and metadata (SQLite); the vectors follow when a query needs them."""
+        with self._lock:
+            offset = 0
+            while True:
+                res: Any = self.collection.get(include=["documents", "metadatas"],
+                                               limit=_PAGE, offset=offset)
+                self._put(zip(res["ids"], res["documents"] or [], res["metadatas"] or [],
+                              [None] * len(res["ids"]), strict=True))
+                if len(res["ids"]) < _PAGE:
+                    break
+                offset += _PAGE
+            self._loaded = True
+
+    def _load_vectors(self) -> None:
+        """The embeddings of the loaded records. Chroma's local mode cannot read those that
+        another process has not flushed yet (a read-only open beside a writer): then the
+        store's own embedder computes them from the texts."""
+        self._load()
+        if self._vectors:
+            return
+        with self._lock:
+            if self._vectors:
+                return
+            ids = list(self._rows)
+            try:
+                for start in range(0, len(ids), _PAGE):
+                    res: Any = self.collection.get(ids=ids[start:start + _PAGE],
+                                                   include=["embeddings"])
+                    self._set_vectors(res["ids"], res["embeddings"])
+            except Exception as exc:
+                if self.embed is None:
+                    raise StoreError(f"cannot read the embeddings of the store: {exc}"
+                                     ) from None
+                log.info("embedding %d insights again (%s)", len(ids), exc)
+                for start in range(0, len(ids), 256):
+                    part = ids[start:start + 256]
+                    texts = [self._records[self._rows[i]].document  # type: ignore[union-attr]
+                             for i in part]
+                    self._set_vectors(part, self.embed(texts))
+            self._vectors = True
+
+    def _set_vectors(self, ids: Sequence[str], vectors: Any) -> None:
+        import numpy as np
+
+        assert self._matrix is not None or not ids
+        for rid, emb in zip(ids, vectors, strict=True):
+            vec = np.asarray(emb, dtype=np.float32)
+            norm = float(np.linalg.norm(vec))
+            self._matrix[self._rows[rid]] = vec / norm if norm > 0 else vec  # type: ignore[index]
+
+    def reset(self) -> None:
+        """Forget everything (the collection was changed behind the store's back)."""
+        with self._lock:
+            self.__init__(self.collection, self.dim, self.reopen,  # type: ignore[misc]
+                          self.embed)
+
+    # ------------------------------------------------------------------ keeping
+
+    def _code(self, key: str, value: Any) -> int:
+        vocab = self._vocab[key]
+        code = vocab.get((type(value), value))
+        if code is None:
+            code = vocab[(type(value), value)] = len(vocab) + 1  # 0: absent
+        return code
+
+    def _grow(self, need: int, dim: int) -> None:
+        import numpy as np
+
+        size = 0 if self._matrix is None else self._matrix.shape[0]
+        if need <= size:
+            return
+        new = max(need, 2 * size, 256)
+        matrix = np.zeros((new, dim), dtype=np.float32)
+        if self._matrix is not None:
+            matrix[:size] = self._matrix
+        self._matrix = matrix
+        for key in FILTER_KEYS:
+            codes = np.zeros(new, dtype=np.int32)
+            if key in self._codes:
+                codes[:size] = self._codes[key]
+            self._codes[key] = codes
+        self._records.extend([None] * (new - len(self._records)))
+
+    def _put(self, rows: Iterable[tuple[str, str | None, Mapping[str, Any] | None, Any]]
+             ) -> None:
+        import numpy as np
+
+        for rid, doc, meta, emb in rows:
+            rec = _record(rid, doc, meta)
+            row = self._rows.get(rid)
+            if row is None:
+                row = self._free.pop() if self._free else len(self._rows) + len(self._free)
+            else:
+                old = self._records[row]
+                if old is not None:
+                    self._forget_hash(old)
+            self._grow(row + 1, self.dim)
+            if emb is not None:
+                vec = np.asarray(emb, dtype=np.float32)
+                norm = float(np.linalg.norm(vec))
+                assert self._matrix is not None
+                self._matrix[row] = vec / norm if norm > 0 else vec
+            self._rows[rid] = row
+            self._records[row] = rec
+            for key in FILTER_KEYS:
+                self._codes[key][row] = self._code(key, rec.meta.get(key))
+            self._by_hash.setdefault(str(rec.meta.get("text_hash", "")), set()).add(rid)
+
+    def _forget_hash(self, rec: Record) -> None:
+        ids = self._by_hash.get(str(rec.meta.get("text_hash", "")))
+        if ids is not None:
+            ids.discard(rec.id)
+
+    def stored(self, records: Iterable[tuple[str, str, Mapping[str, Any], Any]]) -> None:
+        """Records this process has just written (id, document, metadata, embedding or
+        None when unchanged)."""
+        with self._lock:
+            if self._loaded:
+                self._put(records)
+
+    def removed(self, ids: Iterable[str]) -> None:
+        with self._lock:
+            if not self._loaded:
+                return
+            for rid in ids:
+                row = self._rows.pop(rid, None)
+                if row is None:
+                    continue
+                old = self._records[row]
+                if old is not None:
+                    self._forget_hash(old)
+                self._records[row] = None
+                for key in FILTER_KEYS:
+                    self._codes[key][row] = -1  # matches nothing
+                self._free.append(row)
+
+    # ------------------------------------------------------------------ reading
+
+    def records(self, ids: Sequence[str]) -> dict[str, Record]:
+        self._load()
+        with self._lock:
+            out: dict[str, Record] = {}
+            for rid in ids:
+                row = self._rows.get(rid)
+                rec = None if row is None else self._records[row]
+                if rec is not None:
+                    out[rid] = rec
+            return out
+
+    def with_hash(self, hashes: Iterable[str]) -> list[str]:
+        self._load()
+        with self._lock:
+            return [rid for h in hashes for rid in self._by_hash.get(h, ())]
+
+    def where(self, filters: Filters) -> list[Record]:
+        self._load()
+        with self._lock:
+            rows = self._mask(filters)
+            return [rec for r in rows.nonzero()[0].tolist()
+                    if (rec := self._records[r]) is not None]
+
+    def embeddings(self, ids: Sequence[str]) -> dict[str, Any]:
+        self._load_vectors()
+        with self._lock:
+            assert self._matrix is not None or not ids
+            return {rid: self._matrix[row].copy() for rid in ids  # type: ignore[index]
+                    if (row := self._rows.get(rid)) is not None}
+
+    def _mask(self, filters: Filters) -> np.ndarray:
+        import numpy as np
+
+        size = len(self._records)
+        mask = np.zeros(size, dtype=bool)
+        if self._rows:
+            mask[list(self._rows.values())] = True
+        for key, value in filters.items():
+            if value is None:
+                continue
+            if key not in self._codes:  # not a filter column: check each record
+                for r in mask.nonzero()[0].tolist():
+                    rec = self._records[r]
+                    mask[r] = rec is not None and _matches(rec.meta, {key: value})
+                continue
+            values = value if isinstance(value, (list, tuple, set, frozenset)) else [value]
+            vocab = self._vocab[key]
+            codes = [c for v in values if (c := vocab.get((type(v), v))) is not None]
+            if not codes:
+                return np.zeros(size, dtype=bool)
+            mask &= np.isin(self._codes[key][:size], codes)
+        return mask
+
+    def nearest(self, queries: Sequence[Sequence[float]], n: int, filters: Filters, *,
+                min_similarity: float | None = None, embeddings: bool = False
+                ) -> list[list[Hit]]:
+        """The `n` most similar records matching `filters` for each query (cosine
+        similarity, most similar first, at least `min_similarity` if given): exact."""
+        import numpy as np
+
+        self._load_vectors()
+        if n <= 0 or not queries or self._matrix is None:
+            return [[] for _ in queries]
+        with self._lock:
+            mask = self._mask(filters)
+            rows = mask.nonzero()[0]
+            out: list[list[Hit]] = []
+            if not len(rows):
+                return [[] for _ in queries]
+            q = np.asarray(queries, dtype=np.float32)
+            norms = np.linalg.norm(q, axis=1, keepdims=True)
+            q = q / np.where(norms > 0, norms, 1.0)
+            # all rows when most match: one contiguous product beats gathering the subset
+            dense = len(rows) * 2 > mask.shape[0]
+            sims_all = (self._matrix[:mask.shape[0]] @ q.T) if dense else \
+                (self._matrix[rows] @ q.T)
+            for r in range(q.shape[0]):
+                sims = sims_all[rows, r] if dense else sims_all[:, r]
+                take = min(n, len(rows))
+                top = np.argpartition(-sims, take - 1)[:take] if take < len(rows) \
+                    else np.arange(len(rows))
+                top = top[np.argsort(-sims[top], kind="stable")]
+                row: list[Hit] = []
+                for t in top.tolist():
+                    sim = float(sims[t])
+                    if min_similarity is not None and sim < min_similarity - 1e-6:
+                        break
+                    at = int(rows[t])
+                    rec = self._records[at]
+                    assert rec is not None
+                    row.append(Hit(rec, sim, self._matrix[at].copy() if embeddings else None))
+                out.append(row)
+            return out
