@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
 import uuid
@@ -24,18 +25,23 @@ from langgraph.graph import END, START, StateGraph
 from crps_agent.config import Settings, load_settings
 from crps_agent.graph.nodes import (
     admit_node,
+    credit_node,
     crps_node,
+    log_node,
     recall_node,
     reflect_node,
-    remember_node,
-    route_after_remember,
+    route_after_credit,
     route_after_search,
     search_node,
+    store_node,
 )
+from crps_agent.graph.replay import kill_point
 from crps_agent.graph.state import AgentContext, AgentState
 from crps_agent.ledger import CostLedger, LedgerBackend, sum_costs
 from crps_agent.plugins import get_registry
 from crps_agent.types import SearchResult, Task
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from langgraph.checkpoint.base import BaseCheckpointSaver
@@ -113,22 +119,40 @@ class LearnReport:
         }
 
 
+def _killable(name: str, node: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+    def run(state: AgentState, runtime: Any) -> dict[str, Any]:
+        kill_point(name)
+        update = node(state, runtime)
+        kill_point(f"{name}.end")
+        return update
+
+    run.__name__ = node.__name__
+    run.__doc__ = node.__doc__
+    return run
+
+
+NODES: dict[str, Callable[..., dict[str, Any]]] = {
+    "recall": recall_node, "search": search_node, "reflect": reflect_node, "log": log_node,
+    "store": store_node, "credit": credit_node, "admit": admit_node, "crps": crps_node,
+}
+
+
 def build_graph(checkpointer: BaseCheckpointSaver[Any] | None = None) -> Any:
-    """The compiled agent graph: recall → search → (learn: reflect) → remember → (new
-    candidate insights: admit) → crps (periodic export, fine-tune, adoption). Input:
-    {"mode", "task"}; context: `AgentContext`."""
+    """The compiled agent graph: recall → search → (learn: reflect) → log (attempts and
+    contrasts) → store (new insights) → credit (the recalled ones) → (new candidate
+    insights: admit) → crps (periodic export, fine-tune, adoption). Input: {"mode",
+    "task", "run_id"}; context: `AgentContext`. Every node can be replayed after a crash
+    without writing twice (graph/replay.py)."""
     g = StateGraph(AgentState, context_schema=AgentContext)
-    g.add_node("recall", recall_node)
-    g.add_node("search", search_node)
-    g.add_node("reflect", reflect_node)
-    g.add_node("remember", remember_node)
-    g.add_node("admit", admit_node)
-    g.add_node("crps", crps_node)
+    for name, node in NODES.items():
+        g.add_node(name, _killable(name, node))
     g.add_edge(START, "recall")
     g.add_edge("recall", "search")
-    g.add_conditional_edges("search", route_after_search, ["reflect", "remember"])
-    g.add_edge("reflect", "remember")
-    g.add_conditional_edges("remember", route_after_remember, ["admit", "crps"])
+    g.add_conditional_edges("search", route_after_search, ["reflect", "log"])
+    g.add_edge("reflect", "log")
+    g.add_edge("log", "store")
+    g.add_edge("store", "credit")
+    g.add_conditional_edges("credit", route_after_credit, ["admit", "crps"])
     g.add_edge("admit", "crps")
     g.add_edge("crps", END)
     return g.compile(checkpointer=checkpointer)
@@ -250,22 +274,40 @@ class Agent:
         ctx = self.context()
         self.ledger.take()  # each task's report carries the cost spent since the last one
         for task in todo:
-            config = {"configurable": {"thread_id": f"{rid}:{task.id}"}}
-            state: dict[str, Any] | None = None
-            resumed = False
-            if self._checkpoint:
-                snap = self.graph.get_state(config)
-                if snap.values.get("result") and not snap.next and "added" in snap.values:
-                    state, resumed = dict(snap.values), True
-            if state is None:
-                state = self.graph.invoke({"mode": "learn", "task": task.to_dict()}, config,
-                                          context=ctx)
-            report = _report(state, resumed)
-            report.cost = self.ledger.take()
+            report = self._run_task(task, rid, ctx)
             reports.append(report)
             if on_task:
                 on_task(report)
         return LearnReport(run_id=rid, tasks=reports, wall_s=time.perf_counter() - started)
+
+    def thread_id(self, run_id: str, task_id: str) -> str:
+        """The checkpoint thread of a task in a run."""
+        return f"{run_id}:{task_id}"
+
+    def _run_task(self, task: Task, run_id: str, ctx: AgentContext) -> TaskReport:
+        """One learn task of run `run_id`, resumed from its checkpoint when that run already
+        started it: a finished task is reported from its checkpoint, an interrupted one
+        continues at the node it was in (`invoke(None, ...)`), replayed without writing twice
+        (graph/replay.py). Checkpoints are written before each next node starts
+        (durability "sync"), so no finished node is lost to a crash."""
+        config = {"configurable": {"thread_id": self.thread_id(run_id, task.id)}}
+        state: dict[str, Any] | None = None
+        resumed = False
+        if self._checkpoint:
+            snap = self.graph.get_state(config)
+            if snap.values.get("result") and not snap.next:
+                state, resumed = dict(snap.values), True
+            elif snap.next:
+                log.info("task %s: continuing run %s at %s", task.id, run_id,
+                         ", ".join(snap.next))
+                state = self.graph.invoke(None, config, context=ctx, durability="sync")
+        if state is None:
+            state = self.graph.invoke({"mode": "learn", "task": task.to_dict(),
+                                       "run_id": run_id}, config, context=ctx,
+                                      durability="sync")
+        report = _report(state, resumed)
+        report.cost = self.ledger.take()
+        return report
 
     def solve(self, task: Task | str, *, reference: str | None = None,
               domain: str | None = None) -> SolveResult:
