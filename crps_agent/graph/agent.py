@@ -201,6 +201,7 @@ class Agent:
         # Every LLM call the agent makes, by phase (crps_agent/ledger.py).
         self.ledger = CostLedger()
         self._counted: LedgerBackend | None = None
+        self._store_key: str | None = None
 
     @property
     def backend(self) -> Backend:
@@ -223,12 +224,9 @@ class Agent:
         return self._memory
 
     def _checkpoint_path(self) -> Path:
-        local = self.memory.local_path
-        if local is not None:
-            return local / "checkpoints.sqlite"
-        cache = Path.home() / ".cache" / "crps-agent"
-        cache.mkdir(parents=True, exist_ok=True)
-        return cache / "checkpoints.sqlite"
+        from crps_agent.graph.checkpoints import checkpoint_path
+
+        return checkpoint_path(self.memory)
 
     @property
     def graph(self) -> Any:
@@ -281,8 +279,13 @@ class Agent:
         return LearnReport(run_id=rid, tasks=reports, wall_s=time.perf_counter() - started)
 
     def thread_id(self, run_id: str, task_id: str) -> str:
-        """The checkpoint thread of a task in a run."""
-        return f"{run_id}:{task_id}"
+        """The checkpoint thread of a task in a run on this agent's store: a run id resumes
+        only on the store it ran on (graph/checkpoints.py)."""
+        if self._store_key is None:
+            from crps_agent.graph.checkpoints import store_identity
+
+            self._store_key = store_identity(self.memory)
+        return f"{run_id}:{task_id}@{self._store_key}"
 
     def _run_task(self, task: Task, run_id: str, ctx: AgentContext) -> TaskReport:
         """One learn task of run `run_id`, resumed from its checkpoint when that run already
