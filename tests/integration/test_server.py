@@ -270,7 +270,7 @@ def test_a_run_id_resumes_only_on_the_server_it_ran_on(
     other = learn(fresh_server.url)
     tasks = [r for r in other if r["type"] == "task"]
     assert len(tasks) == 3 and not any(r["resumed"] for r in tasks)
-    assert other[-1]["insights_added"] >= 3  # it learned on the fresh server
+    assert int(str(other[-1]["insights_added"])) >= 3  # it learned on the fresh server
     assert Memory(fresh_server.url, embedder="hash").insights.count(namespace="runs") >= 3
     again = learn(server.url)
     assert all(r["resumed"] for r in again if r["type"] == "task")
