@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from langgraph.graph import END, START, StateGraph
 
-from crps_agent.config import Settings, load_settings
+from crps_agent.config import Settings, load_settings, with_overrides
+from crps_agent.errors import BackendError
 from crps_agent.graph.nodes import (
     admit_node,
     credit_node,
@@ -75,6 +76,8 @@ class TaskReport:
     promoted: list[str] = field(default_factory=list)
     crps: dict[str, Any] | None = None  # export / fine-tune / adoption run after this task
     cost: dict[str, Any] = field(default_factory=dict)  # LLM cost by phase (ledger.py)
+    empty_completions: int = 0  # attempts whose completion was empty
+    error: str | None = None  # the backend failed this task (it resumes with the run id)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -85,6 +88,7 @@ class LearnReport:
     run_id: str
     tasks: list[TaskReport]
     wall_s: float
+    stopped: str | None = None  # why the run stopped before its last task
 
     def totals(self) -> dict[str, Any]:
         rejected: Counter[str] = Counter()
@@ -115,6 +119,9 @@ class LearnReport:
             "truncated": sum(t.truncated for t in self.tasks),
             "truncation_rate": round(sum(t.truncated for t in self.tasks)
                                      / max(1, sum(t.n for t in self.tasks)), 4),
+            "failed": sum(t.error is not None for t in self.tasks),
+            "empty_completions": sum(t.empty_completions for t in self.tasks),
+            "stopped": self.stopped,
             "wall_s": round(self.wall_s, 3),
         }
 
@@ -175,6 +182,7 @@ def _report(state: dict[str, Any], resumed: bool = False) -> TaskReport:
         admission_rejected=sum(1 for c in state.get("admission", []) if not c["admitted"]),
         retired=list(state.get("retired", [])), promoted=list(state.get("promoted", [])),
         crps=state.get("crps"),
+        empty_completions=sum(1 for t in result.trajectories if not t.text.strip()),
     )
 
 
@@ -186,11 +194,13 @@ class Agent:
     (`Agent(store="./s", backend="hf", model="path", search={"n": 8})`).
     """
 
-    def __init__(self, settings: Settings | None = None, *, backend: Backend | None = None,
-                 memory: Memory | None = None, checkpoint: bool = True,
-                 **overrides: Any) -> None:
+    def __init__(self, settings: Settings | None = None, *,
+                 backend: Backend | str | None = None, memory: Memory | None = None,
+                 checkpoint: bool = True, **overrides: Any) -> None:
+        if isinstance(backend, str):  # a backend's name is a setting like any other
+            overrides["backend"], backend = backend, None
         if settings is not None and overrides:
-            settings = load_settings(**{**settings.model_dump(), **overrides})
+            settings = with_overrides(settings, **overrides)
         self.settings = settings or load_settings(**overrides)
         self.registry = get_registry()
         self._backend = backend
@@ -259,11 +269,15 @@ class Agent:
         return checked
 
     def learn(self, tasks: Iterable[Task], *, run_id: str | None = None,
-              on_task: Callable[[TaskReport], None] | None = None) -> LearnReport:
+              on_task: Callable[[TaskReport], None] | None = None,
+              max_failures: int | None = None) -> LearnReport:
         """Attempt each task, reflect on the contrasts, remember the insights.
 
         With the same `run_id` a rerun resumes: tasks whose graph already finished in that
-        run are reported from their checkpoint instead of being attempted again.
+        run are reported from their checkpoint, an interrupted one continues where it
+        stopped. A task whose backend calls fail (after the backend's retries) is reported
+        with its `error` and the run goes on; after `max_failures` failures in a row the
+        backend is taken for dead and the run stops (`LearnReport.stopped`).
         """
         todo = self.validate(tasks)
         rid = run_id or uuid.uuid4().hex[:12]
@@ -271,12 +285,18 @@ class Agent:
         reports = []
         ctx = self.context()
         self.ledger.take()  # each task's report carries the cost spent since the last one
+        stopped, streak = None, 0
         for task in todo:
             report = self._run_task(task, rid, ctx)
             reports.append(report)
             if on_task:
                 on_task(report)
-        return LearnReport(run_id=rid, tasks=reports, wall_s=time.perf_counter() - started)
+            streak = streak + 1 if report.error is not None else 0
+            if max_failures and streak >= max_failures:
+                stopped = f"{streak} tasks in a row failed: the backend looks down"
+                break
+        return LearnReport(run_id=rid, tasks=reports, wall_s=time.perf_counter() - started,
+                           stopped=stopped)
 
     def thread_id(self, run_id: str, task_id: str) -> str:
         """The checkpoint thread of a task in a run on this agent's store: a run id resumes
@@ -293,6 +313,14 @@ class Agent:
         continues at the node it was in (`invoke(None, ...)`), replayed without writing twice
         (graph/replay.py). Checkpoints are written before each next node starts
         (durability "sync"), so no finished node is lost to a crash."""
+        try:
+            return self._attempt_task(task, run_id, ctx)
+        except BackendError as exc:
+            log.warning("task %s failed: %s", task.id, exc)
+            return TaskReport(task_id=task.id, solved=False, answer=None, n=0, n_correct=0,
+                              recalled=[], cost=self.ledger.take(), error=str(exc))
+
+    def _attempt_task(self, task: Task, run_id: str, ctx: AgentContext) -> TaskReport:
         config = {"configurable": {"thread_id": self.thread_id(run_id, task.id)}}
         state: dict[str, Any] | None = None
         resumed = False

@@ -22,7 +22,7 @@ EXAMPLE = Path(__file__).parents[2] / "examples" / "offline"
 NODES = ["recall", "search", "reflect", "log", "store", "credit", "admit", "crps"]
 POINTS = [p for node in NODES for p in (node, f"{node}.end")]
 PASSES = [("tasks.jsonl", "4"), ("tasks-pass2.jsonl", "3")]
-IGNORED = {"created_at", "updated_at"}  # wall-clock times are all a rerun may change
+IGNORED = {"created_at", "updated_at", "wall_s"}  # clock readings: all a rerun may change
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
