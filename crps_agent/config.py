@@ -229,7 +229,8 @@ class Settings(BaseSettings):
 
     store: str = Field("./store", description="a directory (embedded Chroma) or http://HOST:PORT")
     namespace: str = "default"
-    domain: str = "math"
+    domain: str | None = Field(None, description="domain of tasks that name none (default: "
+                               "'math' when crps-math is installed, else the built-in 'text')")
     backend: str = "hf"
     model: str = "Qwen/Qwen2.5-0.5B-Instruct"
     base_url: str | None = None

@@ -39,7 +39,7 @@ from crps_agent.graph.nodes import (
 from crps_agent.graph.replay import kill_point
 from crps_agent.graph.state import AgentContext, AgentState
 from crps_agent.ledger import CostLedger, LedgerBackend, sum_costs
-from crps_agent.plugins import get_registry
+from crps_agent.plugins import default_domain, get_registry
 from crps_agent.types import SearchResult, Task
 
 log = logging.getLogger(__name__)
@@ -345,7 +345,7 @@ class Agent:
         """Attempt one task with recalled insights; no reflection. Verified when it has a
         reference (and then the recalled insights are credited)."""
         if isinstance(task, str):
-            task = Task(prompt=task, domain=domain or self.settings.domain,
+            task = Task(prompt=task, domain=default_domain(domain or self.settings.domain),
                         reference=reference, namespace=self.settings.namespace)
         dom = self.registry.domain(task.domain)
         if task.reference:
