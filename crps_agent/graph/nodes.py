@@ -4,6 +4,7 @@ a partial state update. Reusable in your own LangGraph graphs."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any
 
 from langgraph.runtime import Runtime
@@ -19,6 +20,8 @@ from crps_agent.reflect.reflector import reflect
 from crps_agent.reflect.schema import analysis_of
 from crps_agent.search.best_of_n import best_of_n
 from crps_agent.types import Contrast, Insight, SearchResult, Task, stable_id
+
+log = logging.getLogger(__name__)
 
 
 def _verifiable(ctx: AgentContext, task: Task) -> bool:
@@ -224,6 +227,10 @@ def admit_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, A
             rollouts=mem.admission_rollouts or ctx.settings.search.n,
             tolerance=mem.admission_tolerance, seed=ctx.settings.seed)
     settle(ctx.memory.insights, {c.insight_id: c.admitted for c in checks})
+    for c in checks:
+        log.info("admission on task %s: insight %s %s (success %.2f with it, %.2f without)",
+                 task.id, c.insight_id, "admitted" if c.admitted else "rejected",
+                 c.with_rate, c.without_rate)
     return {"admission": [c.to_dict() for c in checks], "llm_calls": 1 if checks else 0}
 
 
@@ -238,6 +245,8 @@ def crps_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, An
     outcome = run_periodic(ctx, Task.from_dict(state["task"]).namespace)
     if not outcome.exported:
         return {}
+    log.info("periodic CRPS step after task %s: %s", Task.from_dict(state["task"]).id,
+             outcome.to_dict())
     return {"crps": outcome.to_dict()}
 
 
