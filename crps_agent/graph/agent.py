@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sqlite3
 import time
@@ -331,7 +332,10 @@ class Agent:
             elif snap.next:
                 log.info("task %s: continuing run %s at %s", task.id, run_id,
                          ", ".join(snap.next))
-                state = self.graph.invoke(None, config, context=ctx, durability="sync")
+                # The interrupted node runs again, comparing before it writes (replay.py).
+                state = self.graph.invoke(None, config, durability="sync",
+                                          context=dataclasses.replace(
+                                              ctx, replay=frozenset(snap.next)))
         if state is None:
             state = self.graph.invoke({"mode": "learn", "task": task.to_dict(),
                                        "run_id": run_id}, config, context=ctx,

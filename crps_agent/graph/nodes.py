@@ -151,10 +151,10 @@ def store_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, A
     status = "candidate" if ctx.settings.memory.admission else "active"
     new = [dataclasses.replace(Insight.from_dict(i), status=status)
            for i in state.get("drafts", [])]
-    before = state.get("store_before")
+    before = state.get("store_before") if "store" in ctx.replay else None
     done, now = applied(before, ctx.memory, task.namespace, task.domain)
     update: dict[str, Any]
-    if done and before is not None:
+    if done and before is not None and now is not None:
         stored = [ctx.memory.insights.get(i) for i in changed_ids(before, now)]
         known = set(before.get("insights", {}))
         added = sum(1 for i in stored if i.id not in known)
@@ -186,10 +186,10 @@ def credit_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, 
     verified = _verifiable(ctx, task)
     if not verified or not (state.get("ablated") or recalled):
         return {"retired": [], "promoted": []}
-    before = state.get("credit_before")
+    before = state.get("credit_before") if "credit" in ctx.replay else None
     done, now = applied(before, ctx.memory, task.namespace, task.domain)
     changed: list[Insight] = []
-    if done and before is not None:
+    if done and before is not None and now is not None:
         old = before.get("insights", {})
         for insight_id in changed_ids(before, now):
             row, was = now["insights"][insight_id], old.get(insight_id)

@@ -8,8 +8,9 @@ ids derived from the run and the task, so running it twice writes the same recor
 writes are not idempotent: storing drafts (a second time would merge each into itself) and
 crediting the recalled insights (uses += 1). Before each, the graph checkpoints a pre-image
 of what it changes; the writing node compares the store with it and skips a write that its
-first run already made. That is exact for a store with one writer per namespace, which is
-what a learn run is; the comparison reads only the task's namespace and domain.
+first run already made. Only the node a resumed task was interrupted in compares (the
+graph's context names it), so a first run always writes; the comparison is exact for a
+namespace with one writer while the task resumes, and reads only its namespace and domain.
 """
 
 from __future__ import annotations
@@ -63,11 +64,13 @@ def changed_ids(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
 
 
 def applied(before: dict[str, Any] | None, memory: Memory, namespace: str,
-            domain: str) -> tuple[bool, dict[str, Any]]:
+            domain: str) -> tuple[bool, dict[str, Any] | None]:
     """(whether the store moved on from `before`, the store's snapshot now). Without a
-    pre-image (a checkpoint of an older version) the write is assumed not made."""
+    pre-image (not a replay, or a checkpoint of an older version) the write is to be made."""
+    if before is None:
+        return False, None
     now = snapshot(memory, namespace, domain)
-    done = before is not None and now != before
+    done = now != before
     if done:
         log.info("replay: the write after this checkpoint was already made; not repeating it")
     return done, now

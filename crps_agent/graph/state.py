@@ -58,6 +58,10 @@ class AgentContext:
     backend: Backend
     memory: Memory
     domains: Mapping[str, Domain]
+    # Nodes a resumed task runs again (they were interrupted): only these compare the
+    # store with their pre-image. A first run always writes, so another writer of the
+    # namespace (a server shared by processes) can never make it skip a write.
+    replay: frozenset[str] = frozenset()
 
     def domain(self, name: str) -> Domain:
         from crps_agent.errors import UnknownDomainError
