@@ -158,13 +158,16 @@ def _print_summary(totals: dict[str, Any], resume: str) -> None:
               "(system and user turns, with the recalled notes). Every request of a run, "
               "reflection included, is in the transcript the scripted backend writes to "
               "$CRPS_TRANSCRIPT.")
+@click.option("--verbose", "-v", is_flag=True,
+              help="Show what the backend does (retries, waits) on stderr.")
 @backend_options
 @store_options
-def solve(prompt: str, reference: str | None, show_prompt: bool, as_json: bool,
-          **flags: Any) -> None:
+def solve(prompt: str, reference: str | None, show_prompt: bool, verbose: bool,
+          as_json: bool, **flags: Any) -> None:
     """Solve PROMPT with the insights recalled from the store."""
     from crps_agent.graph.agent import Agent
 
+    show_logs(verbose)
     settings = make_settings(**flags)
     agent = Agent(settings)
     try:
