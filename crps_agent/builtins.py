@@ -1,4 +1,5 @@
-"""Built-in plugin: the backends the core ships (registered like any third-party plugin)."""
+"""Built-in plugin: the backends and the fallback `text` domain the core ships (registered
+like any third-party plugin)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from crps_agent.plugins import hookimpl
 if TYPE_CHECKING:
     from crps_agent.backends.base import Backend, BackendFactory
     from crps_agent.config import Settings
+    from crps_agent.domains import Domain
 
 
 def _scripted(settings: Settings) -> Backend:
@@ -49,3 +51,10 @@ def register_backends(register: Callable[[str, BackendFactory], None]) -> None:
     register("openai", _openai)
     register("vllm", _vllm)
     register("sim", _sim)
+
+
+@hookimpl
+def register_domains(register: Callable[[Domain], None]) -> None:
+    from crps_agent.domains import TextDomain
+
+    register(TextDomain())

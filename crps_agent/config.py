@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -202,6 +202,26 @@ class CrpsSettings(BaseModel):
                                      "<store>/adapters, or ~/.cache/crps-agent for a server)")
 
 
+class OpenAIBackendSettings(BaseModel):
+    """`[backend.openai]`: the HTTP client of an OpenAI-compatible server."""
+
+    concurrency: int = Field(8, ge=1, le=4096, description="requests in flight at once")
+    timeout: float = Field(60.0, gt=0.0, description="seconds to wait for one response")
+    retries: int = Field(4, ge=0, le=100, description="retries of a failed request "
+                         "(connection errors, timeouts, 429, 5xx, malformed bodies)")
+
+
+class VLLMBackendSettings(BaseModel):
+    """`[backend.vllm]`: the in-process vLLM engine."""
+
+    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
+    max_model_len: int | None = Field(None, ge=1, description="none: the model's")
+    tensor_parallel_size: int = Field(1, ge=1)
+    enforce_eager: bool = False
+    max_lora_rank: int | None = Field(None, ge=1, description="none: the fine-tuning rank "
+                                      "(finetune.lora_r)")
+
+
 class Settings(BaseSettings):
     """Every setting of crps-agent, with its default."""
 
@@ -211,7 +231,8 @@ class Settings(BaseSettings):
 
     store: str = Field("./store", description="a directory (embedded Chroma) or http://HOST:PORT")
     namespace: str = "default"
-    domain: str = "math"
+    domain: str | None = Field(None, description="domain of tasks that name none (default: "
+                               "'math' when crps-math is installed, else the built-in 'text')")
     backend: str = "hf"
     model: str = "Qwen/Qwen2.5-0.5B-Instruct"
     base_url: str | None = None
@@ -228,6 +249,29 @@ class Settings(BaseSettings):
     finetune: FinetuneSettings = Field(default_factory=FinetuneSettings)
     sim: SimConfig = Field(default_factory=SimConfig, description="the simulated learner "
                            "(backend `sim`, `crps-agent sim tasks`)")
+    openai: OpenAIBackendSettings = Field(default_factory=OpenAIBackendSettings)
+    vllm: VLLMBackendSettings = Field(default_factory=VLLMBackendSettings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _backend_table(cls, data: Any) -> Any:
+        """A `[backend]` table: `name` is the backend, `[backend.openai]` and
+        `[backend.vllm]` its knobs (also reachable as `openai.*`, `vllm.*`)."""
+        if not isinstance(data, dict) or not isinstance(data.get("backend"), dict):
+            return data
+        data = dict(data)
+        table = dict(data.pop("backend"))
+        if "name" in table:
+            data["backend"] = table.pop("name")
+        for key in ("openai", "vllm"):
+            if key in table:
+                merged = dict(data.get(key) or {})
+                _deep_update(merged, dict(table.pop(key)))
+                data[key] = merged
+        if table:
+            raise ValueError(f"unknown key(s) in [backend]: {', '.join(sorted(table))} "
+                             "(known: name, openai, vllm)")
+        return data
 
     @field_validator("namespace")
     @classmethod
@@ -318,14 +362,28 @@ def load_settings(**overrides: Any) -> Settings:
     values raise `ConfigError` naming the setting.
     """
     try:
-        base = Settings()
-        merged = base.model_dump()
-        _deep_update(merged, _drop_none(overrides))
-        return Settings.model_validate(merged)
+        return _merged(Settings(), overrides)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(
-            f"invalid setting '{loc}': {err['msg']} (check {CONFIG_FILE}, CRPS_* variables "
-            "and flags)"
-        ) from None
+        raise _config_error(exc) from None
+
+
+def with_overrides(settings: Settings, **overrides: Any) -> Settings:
+    """`settings` with `overrides` deep-merged in: `with_overrides(s, search={"n": 8})`
+    changes only `search.n` (a `search.method = "mcts"` stays)."""
+    try:
+        return _merged(settings, overrides)
+    except ValidationError as exc:
+        raise _config_error(exc) from None
+
+
+def _merged(base: Settings, overrides: dict[str, Any]) -> Settings:
+    merged = base.model_dump()
+    _deep_update(merged, _drop_none(overrides))
+    return Settings.model_validate(merged)
+
+
+def _config_error(exc: ValidationError) -> ConfigError:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    return ConfigError(f"invalid setting '{loc}': {err['msg']} (check {CONFIG_FILE}, CRPS_* "
+                       "variables and flags)")

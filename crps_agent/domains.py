@@ -122,3 +122,36 @@ class Domain:
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "description": self.description}
+
+
+_ANSWER_RE = re.compile(r"(?:final answer|the answer is|answer)\s*[:=]?\s*(.+)", re.IGNORECASE)
+
+
+class TextDomain(Domain):
+    """The built-in domain (so `pip install crps-agent` alone runs): short answers, exact
+    match after ignoring case, spacing, markdown emphasis and a trailing period. The answer
+    is what follows the last "the answer is" / "answer:", else the last non-empty line.
+    Install a domain plugin (crps-math, crps-exact, ...) for anything more."""
+
+    name = "text"
+    description = "built-in short-answer exact match (case, spacing, ** and final period ignored)"
+    instruction = "Think step by step, then finish with: The answer is <answer>."
+
+    def extract_answer(self, text: str) -> str | None:
+        lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+        if not lines:
+            return None
+        for line in reversed(lines):
+            found = _ANSWER_RE.search(line)
+            if found and found.group(1).strip():
+                return found.group(1).strip()
+        return lines[-1]
+
+    def equivalent(self, pred: str, gold: str, task: Task | None = None) -> bool:
+        a, b = _plain(pred), _plain(gold)
+        return bool(a) and a == b
+
+
+def _plain(text: str) -> str:
+    s = re.sub(r"[*_`]", "", text).strip().rstrip(".").strip()
+    return re.sub(r"\s+", " ", s).casefold()

@@ -187,6 +187,14 @@ def unregister_plugin(obj: object) -> None:
     _registry = None
 
 
+def default_domain(name: str | None = None) -> str:
+    """`name`, or the domain of tasks that name none: "math" when a plugin (crps-math)
+    registers it, else the built-in "text" (plain exact match), so the core alone runs."""
+    if name:
+        return name
+    return "math" if "math" in get_registry().domains else "text"
+
+
 def get_registry() -> Registry:
     global _registry
     if _registry is None:

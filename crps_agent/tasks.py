@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from crps_agent.errors import ConfigError, TaskFileError
 from crps_agent.namespaces import validate_namespace
+from crps_agent.plugins import default_domain
 from crps_agent.types import Task
 
 
@@ -109,7 +110,8 @@ def _to_task(path: Path, lineno: int, obj: dict[str, Any], domain: str | None,
         ns = validate_namespace(ns)
     except ConfigError as exc:
         raise TaskFileError(str(path), lineno, "namespace", str(exc)) from None
-    return Task(prompt=rec.prompt, domain=rec.domain or domain or "math", reference=rec.reference,
+    return Task(prompt=rec.prompt, domain=rec.domain or default_domain(domain),
+                reference=rec.reference,
                 namespace=ns, meta=rec.meta, id=rec.id or "")
 
 

@@ -6,8 +6,10 @@ user message; `mode="completions"` refuses messages). `base_url` may end in `/v1
 
 The requests of one `generate` call run concurrently (asyncio + `httpx.AsyncClient`, at most
 `concurrency` in flight), also when called from inside a running event loop (then in a worker
-thread). 429, 5xx, connection errors and timeouts are retried with exponential backoff and
-jitter (honouring `Retry-After`); other 4xx raise `BackendError` with the server's message. A
+thread). 429, 5xx, connection errors, timeouts and 200s whose body is no usable answer
+(not JSON, HTML, no choices) are retried by the policy of backends/retry.py (exponential
+backoff with jitter, honouring `Retry-After`, logged); other 4xx raise `BackendError` with
+the server's message. Concurrency, timeout and retries come from `[backend.openai]`. A
 server that returns fewer than n choices (some ignore `n`) gets more calls until n are in
 (seeds offset per call), and the backend remembers its cap. A JSON schema is sent as
 `response_format`; a server that rejects it (400 naming response_format) is asked again
@@ -31,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 import re
 import threading
 from collections.abc import Sequence
@@ -50,6 +51,7 @@ from crps_agent.backends.base import (
     estimate_tokens,
 )
 from crps_agent.backends.openai_lora import LoRAServing, server_message
+from crps_agent.backends.retry import TransientError, async_retrying, gave_up
 from crps_agent.errors import BackendError
 
 if TYPE_CHECKING:
@@ -160,9 +162,12 @@ class OpenAIBackend:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> OpenAIBackend:
+        """`[openai]` (or `[backend.openai]`): concurrency, timeout, retries."""
+        knobs = settings.openai
         return cls(settings.base_url, settings.model,
                    settings.api_key or os.environ.get("OPENAI_API_KEY"),
-                   adapter=getattr(settings, "adapter", None))
+                   concurrency=knobs.concurrency, timeout=knobs.timeout,
+                   max_retries=knobs.retries, adapter=getattr(settings, "adapter", None))
 
     def set_adapter(self, adapter: str | Path | None) -> None:
         """Set the default adapter: requests without their own `adapter` use it (None: the
@@ -319,49 +324,47 @@ class OpenAIBackend:
 
     async def _post(self, client: httpx.AsyncClient, sem: asyncio.Semaphore, path: str,
                     make_body: Any) -> dict[str, Any]:
+        """POST under the retry policy (backends/retry.py); the parsed answer."""
         url = self.base_url + path
-        attempt = 0
+        try:
+            async for attempt in async_retrying(url, max_retries=self.max_retries,
+                                                backoff=self.backoff,
+                                                max_backoff=self.max_backoff,
+                                                on_retry=self._count_retry):
+                with attempt:
+                    return await self._post_once(client, sem, url, make_body)
+        except TransientError as exc:
+            raise gave_up(url, self.max_retries + 1, exc) from None
+        raise AssertionError("unreachable: tenacity re-raises the last error")
+
+    def _count_retry(self) -> None:
+        with self._lock:
+            self.usage.retries += 1
+
+    async def _post_once(self, client: httpx.AsyncClient, sem: asyncio.Semaphore, url: str,
+                         make_body: Any) -> dict[str, Any]:
         while True:
             body = make_body()
-            delay: float | None = None
             try:
                 async with sem:
                     r = await client.post(url, json=body)
             except httpx.TransportError as exc:  # connect errors, timeouts, protocol errors
-                err = f"{type(exc).__name__}: {exc}".rstrip(": ")
-            else:
-                if r.status_code == 200:
-                    with self._lock:
-                        self.usage.calls += 1
-                    try:
-                        data = r.json()
-                    except ValueError:
-                        raise BackendError(f"{url} answered with invalid JSON") from None
-                    if not isinstance(data, dict):
-                        raise BackendError(f"{url} answered with unexpected JSON")
-                    return data
-                msg = server_message(r)
-                err = f"HTTP {r.status_code}: {msg}"
-                if r.status_code != 429 and r.status_code < 500:
-                    if r.status_code == 400 and self._drop_feature(body, msg):
-                        continue
-                    hint = {401: " (check --api-key or CRPS_API_KEY)",
-                            403: " (check --api-key or CRPS_API_KEY)",
-                            404: " (check --model and --base-url)"}.get(r.status_code, "")
-                    error = _NotServed if r.status_code == 404 else BackendError
-                    raise error(f"{url} rejected the request ({err}){hint}")
-                delay = _retry_after(r)
-            if attempt >= self.max_retries:
-                raise BackendError(f"{url} failed after {attempt + 1} attempts ({err}); is the "
-                                   "server up and the --base-url right?")
-            base = min(self.max_backoff, self.backoff * 2**attempt)
-            wait = base / 2 + random.uniform(0, base / 2)
-            if delay is not None:
-                wait = max(wait, min(delay, self.max_backoff))
-            attempt += 1
-            with self._lock:
-                self.usage.retries += 1
-            await asyncio.sleep(wait)
+                raise TransientError(f"{type(exc).__name__}: {exc}".rstrip(": ")) from None
+            if r.status_code == 200:
+                with self._lock:
+                    self.usage.calls += 1
+                return _answer(r)
+            msg = server_message(r)
+            err = f"HTTP {r.status_code}: {msg}"
+            if r.status_code == 429 or r.status_code >= 500:
+                raise TransientError(err, retry_after=_retry_after(r))
+            if r.status_code == 400 and self._drop_feature(body, msg):
+                continue
+            hint = {401: " (check --api-key or CRPS_API_KEY)",
+                    403: " (check --api-key or CRPS_API_KEY)",
+                    404: " (check --model and --base-url)"}.get(r.status_code, "")
+            error = _NotServed if r.status_code == 404 else BackendError
+            raise error(f"{url} rejected the request ({err}){hint}")
 
     def _drop_feature(self, body: dict[str, Any], msg: str) -> bool:
         """A 400 naming an optional feature we sent: stop sending it (True: try again)."""
@@ -375,6 +378,24 @@ class OpenAIBackend:
                     self.capabilities.structured_output = False
                 return True
         return False
+
+
+def _answer(r: httpx.Response) -> dict[str, Any]:
+    """The JSON object of a 200, or TransientError for a body that is no usable answer:
+    truncated or not JSON (an HTML page from a proxy), no object, `choices` empty, null or
+    holding something other than objects."""
+    try:
+        data = r.json()
+    except ValueError:
+        snippet = " ".join(r.text.split())[:80]
+        raise TransientError(f"a 200 whose body is not JSON: {snippet!r}") from None
+    if not isinstance(data, dict):
+        raise TransientError(f"a 200 whose JSON is a {type(data).__name__}, not an object")
+    choices = data.get("choices")
+    if not isinstance(choices, list) or not choices \
+            or not all(isinstance(c, dict) for c in choices):
+        raise TransientError(f"a 200 without usable choices (choices: {choices!r:.60})")
+    return data
 
 
 def _retry_after(r: httpx.Response) -> float | None:

@@ -15,16 +15,15 @@ same for every client and process, so a second client finds (or re-loads) the sa
 from __future__ import annotations
 
 import hashlib
-import random
 import re
 import threading
-import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from crps_agent.backends.retry import TransientError, gave_up, retrying
 from crps_agent.errors import BackendError
 
 _RETRY = (429, 502, 503, 504)  # transient; a 500 from a load is the engine refusing it
@@ -105,36 +104,36 @@ class LoRAServing:
         return None
 
     def _load(self, key: str) -> str:
-        name = served_name(key)
         url = f"{self.base_url}/load_lora_adapter"
-        attempt = 0
-        while True:
-            try:
-                r = httpx.post(url, json={"lora_name": name, "lora_path": key},
-                               headers=self.headers(), timeout=self.timeout)
-            except httpx.TransportError as exc:
-                err = f"{type(exc).__name__}: {exc}".rstrip(": ")
-            else:
-                if r.status_code == 200:
-                    self.loads += 1
-                    return name
-                msg = server_message(r)
-                if r.status_code == 400 and "already" in msg.lower():
-                    return name  # loaded meanwhile under our name, which fixes the path
-                if r.status_code not in _RETRY:
-                    raise BackendError(
-                        f"{url} could not load LoRA adapter {key} (HTTP {r.status_code}: "
-                        f"{msg}): start the server with --enable-lora and "
-                        "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True (it must be able to read that "
-                        f"path), or serve the adapter with --enable-lora --lora-modules "
-                        f"NAME={key}")
-                err = f"HTTP {r.status_code}: {msg}"
-            if attempt >= self.max_retries:
-                raise BackendError(f"{url} failed after {attempt + 1} attempts ({err}); is the "
-                                   "server up and the --base-url right?")
-            base = min(self.max_backoff, self.backoff * 2**attempt)
-            time.sleep(base / 2 + random.uniform(0, base / 2))
-            attempt += 1
+        try:
+            for attempt in retrying(url, max_retries=self.max_retries, backoff=self.backoff,
+                                    max_backoff=self.max_backoff):
+                with attempt:
+                    return self._load_once(url, key)
+        except TransientError as exc:
+            raise gave_up(url, self.max_retries + 1, exc) from None
+        raise AssertionError("unreachable: tenacity re-raises the last error")
+
+    def _load_once(self, url: str, key: str) -> str:
+        name = served_name(key)
+        try:
+            r = httpx.post(url, json={"lora_name": name, "lora_path": key},
+                           headers=self.headers(), timeout=self.timeout)
+        except httpx.TransportError as exc:
+            raise TransientError(f"{type(exc).__name__}: {exc}".rstrip(": ")) from None
+        if r.status_code == 200:
+            self.loads += 1
+            return name
+        msg = server_message(r)
+        if r.status_code == 400 and "already" in msg.lower():
+            return name  # loaded meanwhile under our name, which fixes the path
+        if r.status_code in _RETRY:
+            raise TransientError(f"HTTP {r.status_code}: {msg}")
+        raise BackendError(
+            f"{url} could not load LoRA adapter {key} (HTTP {r.status_code}: {msg}): start "
+            "the server with --enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True (it must "
+            f"be able to read that path), or serve the adapter with --enable-lora "
+            f"--lora-modules NAME={key}")
 
 
 def server_message(r: httpx.Response) -> str:

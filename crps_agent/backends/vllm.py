@@ -201,17 +201,28 @@ class VLLMBackend:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> VLLMBackend:
-        """Settings `model`, `seed`, `dtype` and `adapter` (which turns LoRA on). A learn run
+        """Settings `model`, `seed`, `dtype`, `adapter` (which turns LoRA on) and
+        `[backend.vllm]` (engine memory, context length, tensor parallelism, eager mode,
+        LoRA rank). A learn run
         that may adopt an adapter (`crps.adopt`) starts with LoRA on, at the fine-tuning rank:
         the engine cannot turn it on later."""
         crps = getattr(settings, "crps", None)
         finetune = getattr(settings, "finetune", None)
+        knobs = getattr(settings, "vllm", None)
         adopting = bool(crps is not None and crps.adopt)
-        rank = lora_rank_for(int(finetune.lora_r) if finetune is not None else 8)
+        rank = lora_rank_for(int(knobs.max_lora_rank) if knobs and knobs.max_lora_rank
+                             else int(finetune.lora_r) if finetune is not None else 8)
+        engine: dict[str, Any] = {}
+        if knobs is not None:  # [backend.vllm]
+            engine = {"gpu_memory_utilization": knobs.gpu_memory_utilization,
+                      "max_model_len": knobs.max_model_len,
+                      "enforce_eager": knobs.enforce_eager}
+            if knobs.tensor_parallel_size != 1:
+                engine["tensor_parallel_size"] = knobs.tensor_parallel_size
         return cls(settings.model, seed=settings.seed,
                    dtype=str(getattr(settings, "dtype", None) or "auto"),
                    adapter=getattr(settings, "adapter", None),
-                   enable_lora=adopting, max_lora_rank=rank)
+                   enable_lora=adopting, max_lora_rank=rank, **engine)
 
     # -- the engine ----------------------------------------------------------------------
 

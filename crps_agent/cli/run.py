@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import sys
 from typing import Any
 
 import click
@@ -23,17 +25,29 @@ from crps_agent.cli.common import (
               help="Use at most this many tasks.")
 @click.option("--offset", type=click.IntRange(min=0), default=0, help="Skip this many tasks first.")
 @click.option("--run-id", default=None, help="Resume the run with this id (tasks it finished "
-              "are not attempted again).")
+              "are not attempted again; an interrupted one continues where it stopped).")
 @click.option("--export-every", type=click.IntRange(min=0), default=None,
               help="Export CRPS training data after every N new contrasts (crps.export_every).")
+@click.option("--max-failures", type=click.IntRange(min=1), default=None,
+              help="Stop after this many tasks in a row failed on backend errors "
+                   "(default: never; each failed task is reported and the run goes on).")
+@click.option("--verbose", "-v", is_flag=True,
+              help="Show what the backends and admission do (retries, waits) on stderr.")
 @backend_options
 @store_options
 def learn(tasks: str, fmt: str, limit: int | None, offset: int, run_id: str | None,
-          export_every: int | None, as_json: bool, **flags: Any) -> None:
-    """Attempt TASKS, contrast successes with failures, and remember the insights."""
+          export_every: int | None, max_failures: int | None, verbose: bool, as_json: bool,
+          **flags: Any) -> None:
+    """Attempt TASKS, contrast successes with failures, and remember the insights.
+
+    Exits with status 1 when any task failed (the summary says which); rerun with the
+    printed --run-id to retry them."""
+    import uuid
+
     from crps_agent.graph.agent import Agent, TaskReport
     from crps_agent.tasks import load_tasks
 
+    show_logs(verbose)
     settings = make_settings(crps={"export_every": export_every}, **flags)
     # The task file is read and validated before any backend or model is loaded.
     task_list = load_tasks(tasks, format=fmt, domain=flags.get("domain") or None,
@@ -41,6 +55,8 @@ def learn(tasks: str, fmt: str, limit: int | None, offset: int, run_id: str | No
     agent = Agent(settings)
     agent.validate(task_list)
     _ = agent.backend  # load the model now, so a missing model fails before any work
+    rid = run_id or uuid.uuid4().hex[:12]
+    resume = f"resume with: {_resume_command(tasks, rid)}"
 
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -56,35 +72,83 @@ def learn(tasks: str, fmt: str, limit: int | None, offset: int, run_id: str | No
         progress.update(bar, advance=1, solved=solved)
         if as_json:
             emit_jsonl([{"type": "task", **report.to_dict()}])
+        elif report.error:
+            progress.console.print(f"task {report.task_id} failed: {report.error}",
+                                   markup=False)
 
     try:
         with progress:
             bar = progress.add_task("learn", total=len(task_list), solved=0)
-            result = agent.learn(task_list, run_id=run_id, on_task=on_task)
+            result = agent.learn(task_list, run_id=rid, on_task=on_task,
+                                 max_failures=max_failures)
+    except BaseException:
+        # Whatever stopped the run (Ctrl-C, a store error), its finished tasks are kept.
+        click.echo(f"run {rid} stopped; {resume}", err=True)
+        raise
     finally:
         agent.close()
     totals = result.totals()
+    if totals["attempts"] and totals["empty_completions"] == totals["attempts"]:
+        logging.getLogger("crps_agent").warning(
+            "every completion of this run was empty: is the backend answering "
+            "(model name, max tokens, server logs)?")
     if as_json:
         emit_jsonl([{"type": "summary", **totals}])
-        return
+    else:
+        _print_summary(totals, resume)
+    if totals["failed"] or totals["stopped"]:
+        raise SystemExit(1)
+
+
+def _resume_command(tasks: str, run_id: str) -> str:
+    """This command line with `--run-id run_id` (the same flags, the run id replaced)."""
+    import shlex
+
+    args = sys.argv[1:]
+    if "learn" not in args:  # not started from a shell (tests, embedding)
+        return f"crps-agent learn {shlex.quote(tasks)} [the same options] --run-id {run_id}"
+    kept: list[str] = []
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == "--run-id":
+            skip = True
+        elif not arg.startswith("--run-id="):
+            kept.append(arg)
+    return shlex.join(["crps-agent", *kept, "--run-id", run_id])
+
+
+def show_logs(verbose: bool) -> None:
+    """Warnings always, INFO too with --verbose, on stderr: backend retries and waits,
+    admission, the periodic CRPS step."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    logging.getLogger("crps_agent").setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+def _print_summary(totals: dict[str, Any], resume: str) -> None:
     con = console()
     con.print(f"run {totals['run_id']}: solved {totals['solved']}/{totals['tasks']} tasks "
               f"({totals['correct_attempts']}/{totals['attempts']} attempts correct), "
               f"{totals['contrasts']} contrasts, {totals['insights_added']} new insights, "
               f"{totals['insights_merged']} merged, rejected {totals['rejected'] or 'none'}, "
-              f"{totals['truncated']} attempts truncated, {totals['wall_s']} s")
+              f"{totals['truncated']} attempts truncated, {totals['empty_completions']} empty, "
+              f"{totals['failed']} failed, {totals['wall_s']} s", markup=False)
+    if totals["stopped"]:
+        con.print(f"stopped early: {totals['stopped']}", markup=False)
     for exported in totals["exports"]:
         c = exported["counts"]
         con.print(f"exported {exported['method']} data to {exported['out']}: {c['train']} "
-                  f"train / {c['validation']} validation examples")
+                  f"train / {c['validation']} validation examples", markup=False)
     for version in totals["adopted"]:
-        con.print(f"adopted adapter {version} (see `crps-agent adapters list`)")
-    con.print(f"resume with --run-id {totals['run_id']}; "
-              "see the insights with `crps-agent insights list`")
+        con.print(f"adopted adapter {version} (see `crps-agent adapters list`)", markup=False)
     if totals["cost"].get("total", {}).get("calls"):
         from crps_agent.ledger import ledger_table
 
         con.print(ledger_table(totals["cost"]))
+    con.print("see the insights with `crps-agent insights list`")
+    con.print(f"run {totals['run_id']}: {resume}", markup=False, soft_wrap=True)
 
 
 @click.command()
@@ -94,13 +158,16 @@ def learn(tasks: str, fmt: str, limit: int | None, offset: int, run_id: str | No
               "(system and user turns, with the recalled notes). Every request of a run, "
               "reflection included, is in the transcript the scripted backend writes to "
               "$CRPS_TRANSCRIPT.")
+@click.option("--verbose", "-v", is_flag=True,
+              help="Show what the backend does (retries, waits) on stderr.")
 @backend_options
 @store_options
-def solve(prompt: str, reference: str | None, show_prompt: bool, as_json: bool,
-          **flags: Any) -> None:
+def solve(prompt: str, reference: str | None, show_prompt: bool, verbose: bool,
+          as_json: bool, **flags: Any) -> None:
     """Solve PROMPT with the insights recalled from the store."""
     from crps_agent.graph.agent import Agent
 
+    show_logs(verbose)
     settings = make_settings(**flags)
     agent = Agent(settings)
     try:

@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import sqlite3
 import time
 import uuid
@@ -21,21 +23,27 @@ from typing import TYPE_CHECKING, Any
 
 from langgraph.graph import END, START, StateGraph
 
-from crps_agent.config import Settings, load_settings
+from crps_agent.config import Settings, load_settings, with_overrides
+from crps_agent.errors import BackendError
 from crps_agent.graph.nodes import (
     admit_node,
+    credit_node,
     crps_node,
+    log_node,
     recall_node,
     reflect_node,
-    remember_node,
-    route_after_remember,
+    route_after_credit,
     route_after_search,
     search_node,
+    store_node,
 )
+from crps_agent.graph.replay import kill_point
 from crps_agent.graph.state import AgentContext, AgentState
 from crps_agent.ledger import CostLedger, LedgerBackend, sum_costs
-from crps_agent.plugins import get_registry
+from crps_agent.plugins import default_domain, get_registry
 from crps_agent.types import SearchResult, Task
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from langgraph.checkpoint.base import BaseCheckpointSaver
@@ -69,6 +77,8 @@ class TaskReport:
     promoted: list[str] = field(default_factory=list)
     crps: dict[str, Any] | None = None  # export / fine-tune / adoption run after this task
     cost: dict[str, Any] = field(default_factory=dict)  # LLM cost by phase (ledger.py)
+    empty_completions: int = 0  # attempts whose completion was empty
+    error: str | None = None  # the backend failed this task (it resumes with the run id)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -79,6 +89,7 @@ class LearnReport:
     run_id: str
     tasks: list[TaskReport]
     wall_s: float
+    stopped: str | None = None  # why the run stopped before its last task
 
     def totals(self) -> dict[str, Any]:
         rejected: Counter[str] = Counter()
@@ -109,26 +120,47 @@ class LearnReport:
             "truncated": sum(t.truncated for t in self.tasks),
             "truncation_rate": round(sum(t.truncated for t in self.tasks)
                                      / max(1, sum(t.n for t in self.tasks)), 4),
+            "failed": sum(t.error is not None for t in self.tasks),
+            "empty_completions": sum(t.empty_completions for t in self.tasks),
+            "stopped": self.stopped,
             "wall_s": round(self.wall_s, 3),
         }
 
 
+def _killable(name: str, node: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+    def run(state: AgentState, runtime: Any) -> dict[str, Any]:
+        kill_point(name)
+        update = node(state, runtime)
+        kill_point(f"{name}.end")
+        return update
+
+    run.__name__ = node.__name__
+    run.__doc__ = node.__doc__
+    return run
+
+
+NODES: dict[str, Callable[..., dict[str, Any]]] = {
+    "recall": recall_node, "search": search_node, "reflect": reflect_node, "log": log_node,
+    "store": store_node, "credit": credit_node, "admit": admit_node, "crps": crps_node,
+}
+
+
 def build_graph(checkpointer: BaseCheckpointSaver[Any] | None = None) -> Any:
-    """The compiled agent graph: recall → search → (learn: reflect) → remember → (new
-    candidate insights: admit) → crps (periodic export, fine-tune, adoption). Input:
-    {"mode", "task"}; context: `AgentContext`."""
+    """The compiled agent graph: recall → search → (learn: reflect) → log (attempts and
+    contrasts) → store (new insights) → credit (the recalled ones) → (new candidate
+    insights: admit) → crps (periodic export, fine-tune, adoption). Input: {"mode",
+    "task", "run_id"}; context: `AgentContext`. Every node can be replayed after a crash
+    without writing twice (graph/replay.py)."""
     g = StateGraph(AgentState, context_schema=AgentContext)
-    g.add_node("recall", recall_node)
-    g.add_node("search", search_node)
-    g.add_node("reflect", reflect_node)
-    g.add_node("remember", remember_node)
-    g.add_node("admit", admit_node)
-    g.add_node("crps", crps_node)
+    for name, node in NODES.items():
+        g.add_node(name, _killable(name, node))
     g.add_edge(START, "recall")
     g.add_edge("recall", "search")
-    g.add_conditional_edges("search", route_after_search, ["reflect", "remember"])
-    g.add_edge("reflect", "remember")
-    g.add_conditional_edges("remember", route_after_remember, ["admit", "crps"])
+    g.add_conditional_edges("search", route_after_search, ["reflect", "log"])
+    g.add_edge("reflect", "log")
+    g.add_edge("log", "store")
+    g.add_edge("store", "credit")
+    g.add_conditional_edges("credit", route_after_credit, ["admit", "crps"])
     g.add_edge("admit", "crps")
     g.add_edge("crps", END)
     return g.compile(checkpointer=checkpointer)
@@ -151,6 +183,7 @@ def _report(state: dict[str, Any], resumed: bool = False) -> TaskReport:
         admission_rejected=sum(1 for c in state.get("admission", []) if not c["admitted"]),
         retired=list(state.get("retired", [])), promoted=list(state.get("promoted", [])),
         crps=state.get("crps"),
+        empty_completions=sum(1 for t in result.trajectories if not t.text.strip()),
     )
 
 
@@ -162,11 +195,13 @@ class Agent:
     (`Agent(store="./s", backend="hf", model="path", search={"n": 8})`).
     """
 
-    def __init__(self, settings: Settings | None = None, *, backend: Backend | None = None,
-                 memory: Memory | None = None, checkpoint: bool = True,
-                 **overrides: Any) -> None:
+    def __init__(self, settings: Settings | None = None, *,
+                 backend: Backend | str | None = None, memory: Memory | None = None,
+                 checkpoint: bool = True, **overrides: Any) -> None:
+        if isinstance(backend, str):  # a backend's name is a setting like any other
+            overrides["backend"], backend = backend, None
         if settings is not None and overrides:
-            settings = load_settings(**{**settings.model_dump(), **overrides})
+            settings = with_overrides(settings, **overrides)
         self.settings = settings or load_settings(**overrides)
         self.registry = get_registry()
         self._backend = backend
@@ -177,6 +212,7 @@ class Agent:
         # Every LLM call the agent makes, by phase (crps_agent/ledger.py).
         self.ledger = CostLedger()
         self._counted: LedgerBackend | None = None
+        self._store_key: str | None = None
 
     @property
     def backend(self) -> Backend:
@@ -199,12 +235,9 @@ class Agent:
         return self._memory
 
     def _checkpoint_path(self) -> Path:
-        local = self.memory.local_path
-        if local is not None:
-            return local / "checkpoints.sqlite"
-        cache = Path.home() / ".cache" / "crps-agent"
-        cache.mkdir(parents=True, exist_ok=True)
-        return cache / "checkpoints.sqlite"
+        from crps_agent.graph.checkpoints import checkpoint_path
+
+        return checkpoint_path(self.memory)
 
     @property
     def graph(self) -> Any:
@@ -237,11 +270,15 @@ class Agent:
         return checked
 
     def learn(self, tasks: Iterable[Task], *, run_id: str | None = None,
-              on_task: Callable[[TaskReport], None] | None = None) -> LearnReport:
+              on_task: Callable[[TaskReport], None] | None = None,
+              max_failures: int | None = None) -> LearnReport:
         """Attempt each task, reflect on the contrasts, remember the insights.
 
         With the same `run_id` a rerun resumes: tasks whose graph already finished in that
-        run are reported from their checkpoint instead of being attempted again.
+        run are reported from their checkpoint, an interrupted one continues where it
+        stopped. A task whose backend calls fail (after the backend's retries) is reported
+        with its `error` and the run goes on; after `max_failures` failures in a row the
+        backend is taken for dead and the run stops (`LearnReport.stopped`).
         """
         todo = self.validate(tasks)
         rid = run_id or uuid.uuid4().hex[:12]
@@ -249,30 +286,70 @@ class Agent:
         reports = []
         ctx = self.context()
         self.ledger.take()  # each task's report carries the cost spent since the last one
+        stopped, streak = None, 0
         for task in todo:
-            config = {"configurable": {"thread_id": f"{rid}:{task.id}"}}
-            state: dict[str, Any] | None = None
-            resumed = False
-            if self._checkpoint:
-                snap = self.graph.get_state(config)
-                if snap.values.get("result") and not snap.next and "added" in snap.values:
-                    state, resumed = dict(snap.values), True
-            if state is None:
-                state = self.graph.invoke({"mode": "learn", "task": task.to_dict()}, config,
-                                          context=ctx)
-            report = _report(state, resumed)
-            report.cost = self.ledger.take()
+            report = self._run_task(task, rid, ctx)
             reports.append(report)
             if on_task:
                 on_task(report)
-        return LearnReport(run_id=rid, tasks=reports, wall_s=time.perf_counter() - started)
+            streak = streak + 1 if report.error is not None else 0
+            if max_failures and streak >= max_failures:
+                stopped = f"{streak} tasks in a row failed: the backend looks down"
+                break
+        return LearnReport(run_id=rid, tasks=reports, wall_s=time.perf_counter() - started,
+                           stopped=stopped)
+
+    def thread_id(self, run_id: str, task_id: str) -> str:
+        """The checkpoint thread of a task in a run on this agent's store: a run id resumes
+        only on the store it ran on (graph/checkpoints.py)."""
+        if self._store_key is None:
+            from crps_agent.graph.checkpoints import store_identity
+
+            self._store_key = store_identity(self.memory)
+        return f"{run_id}:{task_id}@{self._store_key}"
+
+    def _run_task(self, task: Task, run_id: str, ctx: AgentContext) -> TaskReport:
+        """One learn task of run `run_id`, resumed from its checkpoint when that run already
+        started it: a finished task is reported from its checkpoint, an interrupted one
+        continues at the node it was in (`invoke(None, ...)`), replayed without writing twice
+        (graph/replay.py). Checkpoints are written before each next node starts
+        (durability "sync"), so no finished node is lost to a crash."""
+        try:
+            return self._attempt_task(task, run_id, ctx)
+        except BackendError as exc:
+            log.warning("task %s failed: %s", task.id, exc)
+            return TaskReport(task_id=task.id, solved=False, answer=None, n=0, n_correct=0,
+                              recalled=[], cost=self.ledger.take(), error=str(exc))
+
+    def _attempt_task(self, task: Task, run_id: str, ctx: AgentContext) -> TaskReport:
+        config = {"configurable": {"thread_id": self.thread_id(run_id, task.id)}}
+        state: dict[str, Any] | None = None
+        resumed = False
+        if self._checkpoint:
+            snap = self.graph.get_state(config)
+            if snap.values.get("result") and not snap.next:
+                state, resumed = dict(snap.values), True
+            elif snap.next:
+                log.info("task %s: continuing run %s at %s", task.id, run_id,
+                         ", ".join(snap.next))
+                # The interrupted node runs again, comparing before it writes (replay.py).
+                state = self.graph.invoke(None, config, durability="sync",
+                                          context=dataclasses.replace(
+                                              ctx, replay=frozenset(snap.next)))
+        if state is None:
+            state = self.graph.invoke({"mode": "learn", "task": task.to_dict(),
+                                       "run_id": run_id}, config, context=ctx,
+                                      durability="sync")
+        report = _report(state, resumed)
+        report.cost = self.ledger.take()
+        return report
 
     def solve(self, task: Task | str, *, reference: str | None = None,
               domain: str | None = None) -> SolveResult:
         """Attempt one task with recalled insights; no reflection. Verified when it has a
         reference (and then the recalled insights are credited)."""
         if isinstance(task, str):
-            task = Task(prompt=task, domain=domain or self.settings.domain,
+            task = Task(prompt=task, domain=default_domain(domain or self.settings.domain),
                         reference=reference, namespace=self.settings.namespace)
         dom = self.registry.domain(task.domain)
         if task.reference:

@@ -4,12 +4,14 @@ a partial state update. Reusable in your own LangGraph graphs."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any
 
 from langgraph.runtime import Runtime
 
 from crps_agent.contrast import cross_contrasts, history_contrasts, pair_contrasts
 from crps_agent.errors import NotFoundError
+from crps_agent.graph.replay import applied, changed_ids, snapshot
 from crps_agent.graph.state import AgentContext, AgentState
 from crps_agent.ledger import phase
 from crps_agent.memory.admission import check_candidates, settle
@@ -17,11 +19,21 @@ from crps_agent.memory.credit import should_ablate
 from crps_agent.reflect.reflector import reflect
 from crps_agent.reflect.schema import analysis_of
 from crps_agent.search.best_of_n import best_of_n
-from crps_agent.types import Contrast, Insight, SearchResult, Task
+from crps_agent.types import Contrast, Insight, SearchResult, Task, stable_id
+
+log = logging.getLogger(__name__)
 
 
 def _verifiable(ctx: AgentContext, task: Task) -> bool:
     return bool((task.reference or "").strip()) or not ctx.domain(task.domain).requires_reference
+
+
+def _run_key(state: AgentState, runtime: Runtime[AgentContext]) -> str:
+    """The key of this task's run: `<run id>:<task id>` in a learn run, else the thread."""
+    if state.get("run_id"):
+        return f"{state['run_id']}:{Task.from_dict(state['task']).id}"
+    info = runtime.execution_info
+    return (info.thread_id if info is not None else None) or ""
 
 
 def recall_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
@@ -31,8 +43,7 @@ def recall_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, 
     ctx = runtime.context
     task = Task.from_dict(state["task"])
     mem = ctx.settings.memory
-    info = runtime.execution_info
-    thread = (info.thread_id if info is not None else None) or ""
+    thread = _run_key(state, runtime)
     if (state.get("mode", "learn") == "learn" and mem.ablation_share > 0
             and _verifiable(ctx, task)  # an unverified verdict is no baseline sample
             and should_ablate(mem.ablation_share, str(ctx.settings.seed), thread, task.id)):
@@ -50,6 +61,8 @@ def search_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, 
     task = Task.from_dict(state["task"])
     domain = ctx.domain(task.domain)
     messages = domain.render_prompt(task, state.get("notes", []))
+    # Derived from the run and the task, so a replayed log overwrites its own records.
+    sid = stable_id(state["run_id"], task.id, "search", length=12) if state.get("run_id") else None
     with phase("search"):
         if ctx.settings.search.method == "mcts":
             from crps_agent.search.mcts import mcts
@@ -57,13 +70,12 @@ def search_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, 
             result = mcts(task, domain, ctx.backend, messages=messages,
                           settings=ctx.settings.search, seed=ctx.settings.seed,
                           insight_ids=state.get("recalled_ids", []),
-                          mode=state.get("mode", "learn"))
+                          mode=state.get("mode", "learn"), search_id=sid)
         else:
             result = best_of_n(task, domain, ctx.backend, messages=messages,
                                settings=ctx.settings.search, seed=ctx.settings.seed,
-                               insight_ids=state.get("recalled_ids", []))
-    return {"result": result.to_dict(),
-            "llm_calls": state.get("llm_calls", 0) + result.stats.llm_calls}
+                               insight_ids=state.get("recalled_ids", []), search_id=sid)
+    return {"result": result.to_dict(), "llm_calls": result.stats.llm_calls}
 
 
 def reflect_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
@@ -81,7 +93,7 @@ def reflect_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str,
                      *contrasts][:cfg.max_pairs]
         contrasts = contrasts or _cross_task(ctx, result)
     if not contrasts:
-        return {"contrasts": [], "insights": [], "rejected": {}, "reflections": 0}
+        return {"contrasts": [], "drafts": [], "rejected": {}, "reflections": 0}
     task = result.task
     # Show the reflector what is already known so it refines instead of repeating.
     related = [r.insight.text for r in ctx.memory.recall(
@@ -93,10 +105,10 @@ def reflect_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str,
                           domains={task.domain: ctx.domain(task.domain)})
     analyses = {c.id: analysis_of(r) for c, r in outcome.reflections}
     return {"contrasts": [{**c.to_dict(), "analysis": analyses.get(c.id)} for c in contrasts],
-            "insights": [i.to_dict() for i in outcome.insights],
+            "drafts": [i.to_dict() for i in outcome.insights],
             "rejected": dict(outcome.rejected),
             "reflections": len(outcome.reflections),
-            "llm_calls": state.get("llm_calls", 0) + outcome.llm_calls}
+            "llm_calls": outcome.llm_calls}
 
 
 def _cross_task(ctx: AgentContext, result: SearchResult) -> list[Contrast]:
@@ -114,37 +126,80 @@ def _cross_task(ctx: AgentContext, result: SearchResult) -> list[Contrast]:
                            max_pairs=min(cfg.cross_task, cfg.max_pairs))
 
 
-def remember_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
-    """Log attempts and contrasts, store new insights (as candidates when admission is on),
-    credit the recalled ones (retiring or promoting them against the baseline), or count
-    the verdict in the baseline when the task was ablated."""
+def log_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
+    """Log the attempts and contrasts (upserts by id: a replay rewrites the same records),
+    and take the pre-image of the store that `store_node` compares against."""
     ctx = runtime.context
     result = SearchResult.from_dict(state["result"])
     task = result.task
-    mem = ctx.settings.memory
     ctx.memory.trajectories.add_search(result, namespace=task.namespace)
     contrasts = [Contrast.from_dict(c) for c in state.get("contrasts", [])]
     if contrasts:
         ctx.memory.trajectories.add_contrasts(contrasts, namespace=task.namespace,
                                               domain=task.domain)
-    status = "candidate" if mem.admission else "active"
+    if not state.get("drafts"):
+        return {"store_before": None}
+    return {"store_before": snapshot(ctx.memory, task.namespace, task.domain)}
+
+
+def store_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
+    """Store the drafts (as candidates when admission is on), merging duplicates; then take
+    the pre-image for `credit_node`. Skipped on a replay after the drafts were stored (the
+    outcome is then read from the store's change)."""
+    ctx = runtime.context
+    task = Task.from_dict(state["task"])
+    status = "candidate" if ctx.settings.memory.admission else "active"
     new = [dataclasses.replace(Insight.from_dict(i), status=status)
-           for i in state.get("insights", [])]
-    with phase("merge"):  # merge and contradiction checks of the new insights
-        outcomes = ctx.memory.remember(new, backend=ctx.backend)
+           for i in state.get("drafts", [])]
+    before = state.get("store_before") if "store" in ctx.replay else None
+    done, now = applied(before, ctx.memory, task.namespace, task.domain)
+    update: dict[str, Any]
+    if done and before is not None and now is not None:
+        stored = [ctx.memory.insights.get(i) for i in changed_ids(before, now)]
+        known = set(before.get("insights", {}))
+        added = sum(1 for i in stored if i.id not in known)
+        update = {"added": added, "merged": len(new) - added,
+                  "insights": [i.to_dict() for i in stored],
+                  "candidates": [i.id for i in stored if i.status == "candidate"]}
+    else:
+        with phase("merge"):  # merge and contradiction checks of the new insights
+            outcomes = ctx.memory.remember(new, backend=ctx.backend)
+        update = {"added": sum(1 for o in outcomes if not o.merged),
+                  "merged": sum(1 for o in outcomes if o.merged),
+                  "insights": [o.insight.to_dict() for o in outcomes],
+                  "candidates": list(dict.fromkeys(o.insight.id for o in outcomes
+                                                   if o.insight.status == "candidate"))}
+        credit_before = (snapshot(ctx.memory, task.namespace, task.domain)
+                         if state.get("ablated") or state.get("recalled_ids") else None)
+        return {**update, "credit_before": credit_before}
+    return {**update, "credit_before": now}
+
+
+def credit_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
+    """Credit the recalled insights with the verdict (retiring or promoting them against
+    the baseline), or count it in the baseline when the task was ablated. Skipped on a
+    replay after the credit was made."""
+    ctx = runtime.context
+    result = SearchResult.from_dict(state["result"])
+    task = result.task
     recalled = state.get("recalled_ids", [])
     verified = _verifiable(ctx, task)
+    if not verified or not (state.get("ablated") or recalled):
+        return {"retired": [], "promoted": []}
+    before = state.get("credit_before") if "credit" in ctx.replay else None
+    done, now = applied(before, ctx.memory, task.namespace, task.domain)
     changed: list[Insight] = []
-    if verified and state.get("ablated"):
+    if done and before is not None and now is not None:
+        old = before.get("insights", {})
+        for insight_id in changed_ids(before, now):
+            row, was = now["insights"][insight_id], old.get(insight_id)
+            if was is not None and (row[4], row[5]) != (was[4], was[5]):  # status, promoted
+                changed.append(ctx.memory.insights.get(insight_id))
+    elif state.get("ablated"):
         ctx.memory.record_baseline(task.namespace, task.domain, result.solved)
-    elif recalled and verified:
+    else:
         changed = ctx.memory.record(recalled, result.solved)
-    return {"added": sum(1 for o in outcomes if not o.merged),
-            "merged": sum(1 for o in outcomes if o.merged),
-            "insights": [o.insight.to_dict() for o in outcomes],
-            "candidates": list(dict.fromkeys(o.insight.id for o in outcomes
-                                             if o.insight.status == "candidate")),
-            "retired": [i.id for i in changed if i.status == "retired"],
+    return {"retired": [i.id for i in changed if i.status == "retired"],
             "promoted": [i.id for i in changed if i.promoted]}
 
 
@@ -160,6 +215,10 @@ def admit_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, A
             candidates.append(ctx.memory.insights.get(insight_id))
         except NotFoundError:
             continue
+    if candidates and all(c.status != "candidate" for c in candidates):
+        # A replay after `settle`: the decisions are in the store already.
+        return {"admission": [{"insight_id": c.id, "task_id": task.id,
+                               "admitted": c.status == "active"} for c in candidates]}
     with phase("admit"):
         checks = check_candidates(
             task, ctx.domain(task.domain), ctx.backend, notes=state.get("notes", []),
@@ -168,8 +227,11 @@ def admit_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, A
             rollouts=mem.admission_rollouts or ctx.settings.search.n,
             tolerance=mem.admission_tolerance, seed=ctx.settings.seed)
     settle(ctx.memory.insights, {c.insight_id: c.admitted for c in checks})
-    return {"admission": [c.to_dict() for c in checks],
-            "llm_calls": state.get("llm_calls", 0) + (1 if checks else 0)}
+    for c in checks:
+        log.info("admission on task %s: insight %s %s (success %.2f with it, %.2f without)",
+                 task.id, c.insight_id, "admitted" if c.admitted else "rejected",
+                 c.with_rate, c.without_rate)
+    return {"admission": [c.to_dict() for c in checks], "llm_calls": 1 if checks else 0}
 
 
 def crps_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
@@ -183,12 +245,14 @@ def crps_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, An
     outcome = run_periodic(ctx, Task.from_dict(state["task"]).namespace)
     if not outcome.exported:
         return {}
+    log.info("periodic CRPS step after task %s: %s", Task.from_dict(state["task"]).id,
+             outcome.to_dict())
     return {"crps": outcome.to_dict()}
 
 
-def route_after_remember(state: AgentState) -> str:
+def route_after_credit(state: AgentState) -> str:
     return "admit" if state.get("candidates") else "crps"
 
 
 def route_after_search(state: AgentState) -> str:
-    return "reflect" if state.get("mode", "learn") == "learn" else "remember"
+    return "reflect" if state.get("mode", "learn") == "learn" else "log"

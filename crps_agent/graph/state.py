@@ -6,9 +6,10 @@ objects (backend, memory, domain) travel in the `AgentContext` given through `Ru
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from typing_extensions import TypedDict
 
@@ -20,24 +21,35 @@ if TYPE_CHECKING:
 
 
 class AgentState(TypedDict, total=False):
+    """A task's state. Each node returns only what it adds: counters that several nodes add
+    to (`llm_calls`) have a reducer, so a node replayed after a crash recomputes its own
+    increment from the checkpoint before it instead of adding to a half-updated total."""
+
     mode: Literal["learn", "solve"]
+    run_id: str  # the learn run (with the task id, it derives the search id)
     task: dict[str, Any]
     notes: list[str]
     recalled_ids: list[str]
     result: dict[str, Any]
     contrasts: list[dict[str, Any]]
     reflections: int
-    insights: list[dict[str, Any]]
+    drafts: list[dict[str, Any]]  # insights the reflection proposed (not stored yet)
+    insights: list[dict[str, Any]]  # the drafts as stored (merged, or added)
     rejected: dict[str, int]
     added: int
     merged: int
-    llm_calls: int
+    llm_calls: Annotated[int, operator.add]
     ablated: bool  # run without insights (ablation): its verdict is a baseline sample
     candidates: list[str]  # new insights awaiting admission
     admission: list[dict[str, Any]]  # AdmissionCheck dicts
     retired: list[str]  # insights retired by this task's credit
     promoted: list[str]  # insights promoted by this task's credit
     crps: dict[str, Any]  # the periodic export / fine-tune / adoption after this task
+    # Pre-images of the store, taken (and checkpointed) before a write that is not
+    # idempotent: a replayed `store` or `credit` node compares the store with its pre-image
+    # and skips a write its crashed first run already made (graph/replay.py).
+    store_before: dict[str, Any] | None
+    credit_before: dict[str, Any] | None
 
 
 @dataclass
@@ -46,6 +58,10 @@ class AgentContext:
     backend: Backend
     memory: Memory
     domains: Mapping[str, Domain]
+    # Nodes a resumed task runs again (they were interrupted): only these compare the
+    # store with their pre-image. A first run always writes, so another writer of the
+    # namespace (a server shared by processes) can never make it skip a write.
+    replay: frozenset[str] = frozenset()
 
     def domain(self, name: str) -> Domain:
         from crps_agent.errors import UnknownDomainError

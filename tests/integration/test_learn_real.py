@@ -66,8 +66,9 @@ def test_learn_with_hf_backend_on_tiny_model(tiny_model_dir: Path, task_file: Pa
 
 @pytest.fixture(scope="module")
 def server(tiny_model_dir: Path) -> Iterator[str]:
+    from openai_wire import OpenAIServer
+
     from crps_agent.backends.hf import HFBackend
-    from crps_agent.testing.openai_server import OpenAIServer
 
     with OpenAIServer(HFBackend(str(tiny_model_dir), seed=0).load(),
                       model_name="tiny").start() as srv:

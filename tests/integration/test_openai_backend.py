@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from openai_wire import Faults, OpenAIServer
 
 from crps_agent.backends.base import Backend, GenerationRequest
 from crps_agent.backends.hf import HFBackend
 from crps_agent.backends.openai import OpenAIBackend, normalise_base_url
 from crps_agent.errors import BackendError
-from crps_agent.testing.openai_server import Faults, OpenAIServer
 
 pytestmark = pytest.mark.integration
 
@@ -248,7 +248,7 @@ def test_missing_base_url() -> None:
 
 @pytest.mark.server
 def test_server_as_a_subprocess(tiny_model_dir: Path) -> None:
-    cmd = [sys.executable, "-m", "crps_agent.testing.openai_server", "--model",
+    cmd = [sys.executable, str(Path(__file__).parents[1] / "openai_wire.py"), "--model",
            str(tiny_model_dir), "--served-model-name", "tiny", "--port", "0",
            "--fail-first", "1", "--fail-status", "503"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from click.testing import CliRunner
+from openai_wire import OpenAIServer
 
 from crps_agent.backends.base import GenerationRequest
 from crps_agent.backends.hf import HFBackend
@@ -20,7 +21,6 @@ from crps_agent.backends.openai import OpenAIBackend
 from crps_agent.backends.openai_lora import served_name
 from crps_agent.cli import cli
 from crps_agent.errors import BackendError
-from crps_agent.testing.openai_server import OpenAIServer
 
 pytestmark = pytest.mark.integration
 

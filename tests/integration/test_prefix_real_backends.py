@@ -7,11 +7,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from openai_wire import OpenAIServer
 
 from crps_agent.backends.base import GenerationRequest
 from crps_agent.backends.hf import HFBackend
 from crps_agent.backends.openai import OpenAIBackend
-from crps_agent.testing.openai_server import OpenAIServer
 
 pytestmark = pytest.mark.integration
 

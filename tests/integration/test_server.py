@@ -227,3 +227,34 @@ def test_offline_example_accepts_a_server_url(server: ChromaServer, tmp_path: Pa
 def test_an_unreachable_server_is_one_clear_error() -> None:
     with pytest.raises(StoreError, match="Chroma server"):
         Memory(f"http://127.0.0.1:{_free_port()}", embedder="hash")
+
+
+def test_a_run_id_resumes_only_on_the_server_it_ran_on(
+        server: ChromaServer, fresh_server: ChromaServer, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both servers' checkpoints share ~/.cache/crps-agent/checkpoints.sqlite: run X on
+    one server is not "resumed" on the other (which learns for real), and is on its own."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("CRPS_CONFIG", raising=False)
+    monkeypatch.setenv("CRPS_MEMORY__EMBEDDER", "hash")
+
+    def learn(url: str) -> list[dict[str, object]]:
+        res = CliRunner().invoke(cli, [
+            "learn", str(EXAMPLES / "tasks.jsonl"), "--backend", "scripted", "--script",
+            str(EXAMPLES / "script.yaml"), "--budget", "4", "--json", "--store", url,
+            "--namespace", "runs", "--run-id", "same-run"], catch_exceptions=False)
+        assert res.exit_code == 0, res.output
+        return [json.loads(x) for x in res.stdout.splitlines() if x.startswith("{")]
+
+    first = learn(server.url)
+    assert not any(r.get("resumed") for r in first[:-1])
+    other = learn(fresh_server.url)
+    tasks = [r for r in other if r["type"] == "task"]
+    assert len(tasks) == 3 and not any(r["resumed"] for r in tasks)
+    assert int(str(other[-1]["insights_added"])) >= 3  # it learned on the fresh server
+    assert Memory(fresh_server.url, embedder="hash").insights.count(namespace="runs") >= 3
+    again = learn(server.url)
+    assert all(r["resumed"] for r in again if r["type"] == "task")
+    ids = {open_client(s.url).get_collection("crps_store_id").metadata["store_id"]
+           for s in (server, fresh_server)}
+    assert len(ids) == 2

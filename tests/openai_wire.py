@@ -1,10 +1,14 @@
-"""A small OpenAI-compatible HTTP server over a local model (for tests and offline demos).
+"""A small OpenAI-compatible HTTP server over a local model, for the tests (not installed).
 
 Serves `GET /v1/models`, `POST /v1/chat/completions` and `POST /v1/completions` (n, stop,
 max_tokens, temperature, top_p, seed, logprobs, usage; no streaming) with the stdlib
 `ThreadingHTTPServer`, generating through `HFBackend` (or any backend). Faults can be injected
 for client tests: fail the first K generation requests with 429/503, reject `response_format`,
-ignore `n` (one choice per call), or sleep before answering (to observe concurrency).
+ignore `n` (one choice per call), or sleep before answering (to observe concurrency). A
+fault *plan* gives the fate of successive generation requests, then `then` for the rest:
+"ok", "429", "500", "503", "html" (a 200 with an HTML page), "truncated" (a 200 with half a
+JSON body), "empty_choices", "null_choices", "null_choice" (`choices: [null]`),
+"null_content" (a normal answer whose contents are null) and "hang" (`hang_s` of silence).
 
 LoRA adapters are served like `vllm serve --enable-lora` serves them (the backend must have
 `capabilities.lora`, as `HFBackend` does): `lora_modules={name: path}` (`--lora-modules`) at
@@ -16,7 +20,7 @@ start-up, `POST /v1/load_lora_adapter {"lora_name", "lora_path"}` and
 `parent` = the base model; an unknown model is a 404 "The model `X` does not exist.".
 
     python -m crps_agent.testing.tiny_model /tmp/tiny
-    python -m crps_agent.testing.openai_server --model /tmp/tiny --port 8000 [--fail-first 2
+    python tests/openai_wire.py --model /tmp/tiny --port 8000 [--fail-first 2
         --fail-status 503 --reject-response-format --ignore-n --delay 0.2
         --lora-modules NAME=PATH --allow-runtime-lora]
 
@@ -54,6 +58,22 @@ class Faults:
     reject_response_format: bool = False
     ignore_n: bool = False
     delay: float = 0.0  # seconds slept (outside the model lock) before generating
+    plan: list[str] = field(default_factory=list)  # fates of requests 1, 2, ... (see above)
+    then: str = "ok"  # the fate of every request after the plan
+    hang_s: float = 5.0  # how long a "hang" stays silent
+
+
+PLAN_FATES = ("ok", "429", "500", "503", "html", "truncated", "empty_choices",
+              "null_choices", "null_choice", "null_content", "hang")
+
+
+class RawReply(Exception):
+    """Answer with these bytes as they are (a malformed 200)."""
+
+    def __init__(self, body: bytes, content_type: str = "application/json") -> None:
+        super().__init__("raw reply")
+        self.body = body
+        self.content_type = content_type
 
 
 @dataclass
@@ -232,6 +252,11 @@ class OpenAIServer:
             if stats.requests <= faults.fail_first:
                 stats.failed += 1
                 raise HTTPError(faults.fail_status, "injected fault: server busy, retry")
+            planned = stats.requests - faults.fail_first - 1
+            fate = faults.plan[planned] if planned < len(faults.plan) else faults.then
+            if fate not in ("ok", "null_content", "hang"):
+                stats.failed += 1
+        _apply_fate(fate, faults)
         model = body.get("model")
         with self._lock:
             adapter = None if model == self.model_name else self.loras.get(str(model))
@@ -263,10 +288,11 @@ class OpenAIServer:
                 choice: dict[str, Any] = {"index": len(choices),
                                           "finish_reason": comp.finish_reason,
                                           "logprobs": _logprobs(comp, chat) if want_lp else None}
+                text = None if fate == "null_content" else comp.text
                 if chat:
-                    choice["message"] = {"role": "assistant", "content": comp.text}
+                    choice["message"] = {"role": "assistant", "content": text}
                 else:
-                    choice["text"] = comp.text
+                    choice["text"] = text
                 choices.append(choice)
         prompt_tokens = sum(comps[0].prompt_tokens for comps in outs if comps)
         completion_tokens = sum(c.completion_tokens for comps in outs for c in comps)
@@ -311,6 +337,23 @@ class OpenAIServer:
             return [GenerationRequest(prompt=p, **common) for p in prompts]
         except (KeyError, TypeError, ValueError) as exc:
             raise HTTPError(400, f"invalid request: {exc}") from None
+
+
+def _apply_fate(fate: str, faults: Faults) -> None:
+    """Raise what a planned fault answers instead of a completion; "hang" sleeps first."""
+    if fate in ("429", "500", "503"):
+        raise HTTPError(int(fate), f"injected fault: HTTP {fate}")
+    if fate == "html":
+        raise RawReply(b"<html><body><h1>502 Bad Gateway</h1></body></html>", "text/html")
+    if fate == "truncated":
+        raise RawReply(b'{"id": "cmpl-x", "object": "chat.completion", "choices": [{"ind')
+    if fate in ("empty_choices", "null_choices", "null_choice"):
+        choices = {"empty_choices": [], "null_choices": None, "null_choice": [None]}[fate]
+        raise RawReply(json.dumps({"id": "cmpl-x", "choices": choices}).encode())
+    if fate == "hang":
+        time.sleep(faults.hang_s)
+    elif fate not in ("ok", "null_content"):
+        raise HTTPError(500, f"unknown planned fate {fate!r}")
 
 
 def _handler(server: OpenAIServer) -> type[BaseHTTPRequestHandler]:
@@ -373,6 +416,15 @@ def _handler(server: OpenAIServer) -> type[BaseHTTPRequestHandler]:
                     self._send(200, server.handle(path, body))
             except NoRoute:
                 self._send(404, {"detail": "Not Found"})
+            except RawReply as raw:
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Type", raw.content_type)
+                    self.send_header("Content-Length", str(len(raw.body)))
+                    self.end_headers()
+                    self.wfile.write(raw.body)
+                except (BrokenPipeError, ConnectionResetError):
+                    self.close_connection = True
             except json.JSONDecodeError as exc:
                 self._error(HTTPError(400, f"invalid JSON: {exc}"))
             except HTTPError as err:
@@ -384,7 +436,7 @@ def _handler(server: OpenAIServer) -> type[BaseHTTPRequestHandler]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m crps_agent.testing.openai_server",
+    ap = argparse.ArgumentParser(prog="python tests/openai_wire.py",
                                  description="OpenAI-compatible server over a local HF model.")
     ap.add_argument("--model", required=True, help="local model directory (or cached hub id)")
     ap.add_argument("--served-model-name", default=None, help="model id clients send "
