@@ -71,7 +71,8 @@ def reflect_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str,
     ctx = runtime.context
     result = SearchResult.from_dict(state["result"])
     cfg = ctx.settings.reflect
-    contrasts = pair_contrasts(result, max_pairs=cfg.max_pairs, soft_ratio=cfg.soft_ratio)
+    contrasts = pair_contrasts(result, max_pairs=cfg.max_pairs, soft_ratio=cfg.soft_ratio,
+                               hard_ratio=cfg.hard_ratio)
     if (result.trajectories and _verifiable(ctx, result.task)
             and not any(c.kind == "hard" for c in contrasts)):
         # One-sided search: the task's own earlier attempts first, another task last.
