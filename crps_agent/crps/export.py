@@ -39,6 +39,7 @@ from crps_agent.crps.synthesis import (
     synthesize,
 )
 from crps_agent.errors import ExportError
+from crps_agent.reflect.analyst import analyst_backend, analyst_settings
 from crps_agent.types import Contrast, Task, Trajectory
 
 if TYPE_CHECKING:
@@ -151,8 +152,10 @@ def synthesize_pending(memory: Memory, chains: ChainStore, backend: Backend,
     _check_domains({tasks[c.task_id].domain for c in pending}, domains)
     style = _style_examples(memory, pending, tasks)
     existing = chains.texts_by_task(chains.list(namespace=namespace, domain=domain))
-    outcome = synthesize(pending, tasks, backend, domains, settings.crps, style=style,
-                         existing=existing, seed=settings.seed, model=settings.model)
+    # The synthesizer: the learner, or the model named in [crps] (reflect/analyst.py).
+    outcome = synthesize(pending, tasks, analyst_backend(backend, settings, "crps"),
+                         domains, settings.crps, style=style, existing=existing,
+                         seed=settings.seed, model=analyst_settings(settings, "crps").model)
     chains.add(outcome.chains)
     chains.settle(outcome.done)
     return outcome

@@ -14,6 +14,7 @@ from crps_agent.graph.state import AgentContext, AgentState
 from crps_agent.ledger import phase
 from crps_agent.memory.admission import check_candidates, settle
 from crps_agent.memory.credit import should_ablate
+from crps_agent.reflect.analyst import analyst_backend
 from crps_agent.reflect.reflector import reflect
 from crps_agent.reflect.schema import analysis_of
 from crps_agent.search.best_of_n import best_of_n
@@ -89,7 +90,8 @@ def reflect_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str,
         task.prompt, namespace=task.namespace, domain=task.domain, k=5,
         token_budget=ctx.settings.memory.token_budget)]
     with phase("reflect"):
-        outcome = reflect(contrasts, {task.id: task}, ctx.backend, cfg,
+        outcome = reflect(contrasts, {task.id: task},
+                          analyst_backend(ctx.backend, ctx.settings, "reflect"), cfg,
                           related={task.id: related}, seed=ctx.settings.seed,
                           domains={task.domain: ctx.domain(task.domain)})
     analyses = {c.id: analysis_of(r) for c, r in outcome.reflections}
