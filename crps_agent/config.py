@@ -240,8 +240,11 @@ class CrpsSettings(AnalystSettings):
     eval_tasks: str | None = Field(None, description="held-out task file of the adoption gate")
     eval_n: int | None = Field(None, ge=1, le=256, description="samples per eval task (none: "
                                "search.n)")
-    tolerance: float = Field(0.0, ge=0.0, le=1.0, description="adopt unless accuracy drops "
-                             "by more than this")
+    tolerance: float = Field(0.0, ge=0.0, le=1.0, description="adopt iff the lower bound "
+                             "of the paired bootstrap interval of the pass@1 change is >= "
+                             "-tolerance")
+    gate_confidence: float = Field(0.95, ge=0.5, lt=1.0, description="confidence of the "
+                                   "gate's interval (paired bootstrap over eval tasks)")
     adapters_dir: str | None = Field(None, description="adapter versions and registry (none: "
                                      "<store>/adapters, or ~/.cache/crps-agent for a server)")
 
