@@ -66,3 +66,6 @@ def export(method: str | None, out: str, val_share: float | None, prompt_complet
         if r.synthesis.get("counts"):
             counts = ", ".join(f"{k} {v}" for k, v in sorted(r.synthesis["counts"].items()))
             con.print(f"  synthesis: {counts}")
+        if r.synthesis.get("pitfall_share") is not None:
+            con.print(f"  chains naming the mistake they avoid: {r.synthesis['pitfall_chains']}"
+                      f" ({r.synthesis['pitfall_share']:.0%})")
