@@ -187,9 +187,10 @@ def test_export_all_methods(learned, tmp_path):
     assert set(results) == {"crps", "rft", "best"}
     crps = results["crps"]
     # 7 contrasts (a truncated failure is never paired): 4 clean chains kept;
-    # 2 meta-language, 1 duplicate dropped; 3 of the 4 name the mistake they avoid
-    assert crps.synthesis["counts"] == {"generated": 7, "kept": 4, "meta_language": 2,
-                                        "duplicate": 1, "no_analysis": 0, "pitfall": 3}
+    # 1 wrong, 1 meta-language, 1 duplicate dropped; 3 of the 4 name the mistake they avoid
+    assert crps.synthesis["counts"] == {"generated": 7, "kept": 4, "wrong": 1,
+                                        "meta_language": 1, "duplicate": 1, "no_analysis": 0,
+                                        "pitfall": 3}
     assert crps.synthesis["pitfall_share"] == 0.75 == crps.synthesis["pitfall_chains"] / 4
     for method, result in results.items():
         d = out / method
