@@ -13,17 +13,18 @@ Both arms, the current model (the registry's adopted adapter, or the base model)
 candidate, sample `n` solutions of every held-out task with the same seed, the task's own
 token budget (`crps_agent.search.budget.token_budget`, as search and eval use) and no
 recalled notes (the adapter is judged, not the memory), so an adapter that changes nothing
-samples exactly what the current model samples. The metric is pass@1, each task's share of
-correct samples averaged over tasks, not pass@n ("any of n correct", an oracle that rewards
-luck). The difference candidate - current gets a paired percentile bootstrap interval over
-tasks (`crps_agent.stats.paired_bootstrap_diff`, seeded with the gate's seed), and the
-candidate is adopted iff the interval's lower bound is >= -tolerance: a small eval set that
-cannot rule out a loss rejects. The candidate is registered (copied into the registry) before
-it is scored and the copy is what is scored, so what is adopted is exactly what was
-measured; the decision, both pass@1 figures and the interval are recorded on its registry
-entry either way. The adapter reaches the backend through `GenerationRequest.adapter` (a
-wrapper sets it on every request), which the hf, vllm and scripted backends honour per
-request.
+samples exactly what the current model samples. Eval tasks the candidate was trained or
+validated on (its sidecar's export, `source_tasks`) are refused. The metric is pass@1, each
+task's share of correct samples averaged over tasks, not pass@n ("any of n correct", an
+oracle that rewards luck). The difference candidate - current gets a paired percentile
+bootstrap interval over tasks (`crps_agent.stats.paired_bootstrap_diff`, seeded with the
+gate's seed), and the candidate is adopted iff the interval's lower bound is >= -tolerance:
+a small eval set that cannot rule out a loss rejects. The candidate is registered (copied
+into the registry) before it is scored and the copy is what is scored, so what is adopted is
+exactly what was measured; the decision, both pass@1 figures and the interval are recorded
+on its registry entry either way. The adapter reaches the backend through
+`GenerationRequest.adapter` (a wrapper sets it on every request), which the hf, vllm and
+scripted backends honour per request.
 """
 
 from __future__ import annotations
@@ -171,6 +172,34 @@ def check_eval_tasks(tasks: Sequence[Task], domains: Mapping[str, Domain]) -> No
             raise AdapterError(f"eval task {task.id} cannot be verified: {exc}") from None
 
 
+def trained_on(adapter_dir: str | Path) -> set[str]:
+    """Task ids of the adapter's training data (its sidecar's data path, that export's
+    meta.json `source_tasks`, both splits); empty when either is not on record."""
+    import json
+
+    try:
+        sidecar = json.loads((Path(adapter_dir) / "crps_adapter.json").read_text("utf-8"))
+        data = Path(str(sidecar["data_path"]))
+        meta = json.loads(((data if data.is_dir() else data.parent) / "meta.json"
+                           ).read_text("utf-8"))
+        sources = meta["source_tasks"]
+        return {str(t) for side in ("train", "validation") for t in sources.get(side, [])}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return set()
+
+
+def check_held_out(tasks: Sequence[Task], adapter_dir: str | Path) -> None:
+    """`AdapterError` when an eval task is one the adapter was trained (or validated) on:
+    its score would measure memorisation, not the adapter."""
+    seen = trained_on(adapter_dir)
+    leaked = [t.id for t in tasks if t.id in seen]
+    if leaked:
+        shown = ", ".join(leaked[:5]) + (f" and {len(leaked) - 5} more" if len(leaked) > 5
+                                          else "")
+        raise AdapterError(f"eval task {shown} is in the adapter's training data "
+                           f"({len(leaked)} of {len(tasks)}): the gate needs held-out tasks")
+
+
 def _check_backend(backend: Backend) -> None:
     if not backend.capabilities.lora:
         raise AdapterError(f"backend '{backend.name}' cannot load LoRA adapters: use --backend "
@@ -251,7 +280,11 @@ def gate(candidate_path: str | Path, tasks: Sequence[Task], backend: Backend,
     if not 0.5 <= confidence < 1.0:
         raise AdapterError(f"confidence must be within [0.5, 1), got {confidence}")
     _check_backend(backend)
+    candidate_dir = Path(candidate_path).expanduser()
+    if candidate_dir.is_dir():  # checked before it is registered: a refusal leaves no trace
+        check_held_out(tasks, candidate_dir)
     candidate = resolve_candidate(registry, candidate_path)
+    check_held_out(tasks, candidate.path)
     current = registry.current()
     if current is not None and current.version == candidate.version:
         raise AdapterError(f"{candidate.version} is already the current adapter")

@@ -483,3 +483,23 @@ def test_cli_starts_vllm_with_lora_for_the_adapters_rank(tmp_path: Path, cli_env
                                     "eval.jsonl", "--json", *cli_env]).stdout)
     assert out["adopted"]
     assert made == [{"seed": 0, "dtype": "auto", "enable_lora": True, "max_lora_rank": 16}]
+
+
+def test_gate_refuses_eval_tasks_the_adapter_was_trained_on(
+        tmp_path: Path, registry: AdapterRegistry) -> None:
+    data = tmp_path / "export"
+    data.mkdir()
+    (data / "meta.json").write_text(json.dumps(
+        {"method": "crps", "source_tasks": {"train": ["t1", "x"], "validation": ["t3"]}}))
+    adapter = make_adapter(tmp_path / "c", "c")
+    (adapter / "crps_adapter.json").write_text(json.dumps(
+        {"base_model": "base-x", "data_hash": "h", "data_path": str(data)}))
+    b = ScriptedBackend(rules())
+    with pytest.raises(AdapterError, match=r"eval task t1, t3 is in the adapter's training "
+                       r"data \(2 of 3\)"):
+        gate(adapter, tasks(), b, get_registry().domains, registry, n=1, seed=0,
+             tolerance=0.0, settings=SEARCH)
+    assert b.calls == [] and registry.versions() == []  # refused before anything happened
+    res = gate(adapter, tasks("t2"), b, get_registry().domains, registry, n=1, seed=0,
+               tolerance=0.0, settings=SEARCH)  # a task it never saw is fine
+    assert res.candidate.version == "v0001"
