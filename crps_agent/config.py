@@ -83,8 +83,41 @@ class SearchSettings(BaseModel):
         return value
 
 
-class ReflectSettings(BaseModel):
-    max_pairs: int = Field(3, ge=0, description="contrasts reflected on per task")
+class AnalystSettings(BaseModel):
+    """A model of its own for a phase (reflection, synthesis): any registered backend, so a
+    served stronger model can analyse contrasts and write chains while the learner is
+    searched and fine-tuned. Unset fields are the main settings' (`backend`, `model`,
+    `base_url`); all unset: the learner itself."""
+
+    backend: str | None = Field(None, description="backend of this phase (none: the main "
+                                "`backend`; set any of the three to use a separate model)")
+    model: str | None = Field(None, description="model of this phase (none: the main `model`)")
+    base_url: str | None = Field(None, description="server of this phase (none: the main "
+                                 "`base_url`)")
+
+    @property
+    def separate(self) -> bool:
+        """Whether this phase has a model of its own."""
+        return any(v is not None for v in (self.backend, self.model, self.base_url))
+
+
+# Pairing profiles: "insights" (a few hard contrasts per task, soft ones only as filler:
+# cheap reflection for the memory) and "crps" (the CRPS reference's export-oriented pairs:
+# K = 10, 70% hard negatives in proportion to visits, 30% soft).
+PAIR_PROFILES: dict[str, tuple[int, float | None]] = {"insights": (3, None),
+                                                      "crps": (10, 0.7)}
+
+
+class ReflectSettings(AnalystSettings):
+    profile: Literal["insights", "crps"] = Field("insights", description="pairing profile: "
+                                                  "insights (K=3, hard first) or crps (K=10, "
+                                                  "0.7 hard); fills max_pairs and hard_ratio "
+                                                  "left at the insights defaults")
+    max_pairs: int = Field(3, ge=0, description="contrasts reflected on per task (K)")
+    hard_ratio: float | None = Field(None, ge=0.0, le=1.0, description="share of the K pairs "
+                                     "that are hard (failure vs success, sampled in "
+                                     "proportion to visits), the rest soft (sampled); none: "
+                                     "hard first, soft only as filler")
     cross_task: int = Field(1, ge=0, description="a task with failures only: pair up to this "
                             "many of them with a success at the most similar solved task "
                             "(0: off)")
@@ -94,6 +127,18 @@ class ReflectSettings(BaseModel):
     max_insights: int = Field(3, ge=1)
     soft_ratio: float = Field(1.5, gt=1.0, description="a correct attempt this many times "
                               "longer than the shortest correct one makes a soft contrast")
+
+    @model_validator(mode="after")
+    def _profile(self) -> ReflectSettings:
+        # Settings are re-validated from a full dump (load_settings), where "not given" and
+        # "given as the default" look alike: the profile fills values still at the
+        # insights defaults.
+        k, ratio = PAIR_PROFILES[self.profile]
+        if self.max_pairs == PAIR_PROFILES["insights"][0]:
+            self.max_pairs = k
+        if self.hard_ratio is None:
+            self.hard_ratio = ratio
+        return self
 
 
 class MemorySettings(BaseModel):
@@ -176,8 +221,9 @@ class FinetuneSettings(BaseModel):
     save_steps: int = Field(50, ge=1, description="checkpoint every this many steps (resume)")
 
 
-class CrpsSettings(BaseModel):
-    """CRPS: synthesized chains, export, periodic fine-tuning and gated adoption."""
+class CrpsSettings(AnalystSettings):
+    """CRPS: synthesized chains, export, periodic fine-tuning and gated adoption. `backend`,
+    `model` and `base_url` name the synthesizer (none: the learner)."""
 
     export_every: int = Field(0, ge=0, description="export after this many new contrasts in "
                               "a learn run (0: never from the graph)")
@@ -196,8 +242,11 @@ class CrpsSettings(BaseModel):
     eval_tasks: str | None = Field(None, description="held-out task file of the adoption gate")
     eval_n: int | None = Field(None, ge=1, le=256, description="samples per eval task (none: "
                                "search.n)")
-    tolerance: float = Field(0.0, ge=0.0, le=1.0, description="adopt unless accuracy drops "
-                             "by more than this")
+    tolerance: float = Field(0.0, ge=0.0, le=1.0, description="adopt iff the lower bound "
+                             "of the paired bootstrap interval of the pass@1 change is >= "
+                             "-tolerance")
+    gate_confidence: float = Field(0.95, ge=0.5, lt=1.0, description="confidence of the "
+                                   "gate's interval (paired bootstrap over eval tasks)")
     adapters_dir: str | None = Field(None, description="adapter versions and registry (none: "
                                      "<store>/adapters, or ~/.cache/crps-agent for a server)")
 

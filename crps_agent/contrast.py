@@ -2,7 +2,11 @@
 
 Hard contrasts pair a failure with the success that shares the longest step prefix with it
 (the divergence step localises the failure); soft contrasts pair the shortest success with a
-correct attempt much longer than it. At most `max_pairs` per task, hard ones first.
+correct attempt much longer than it. At most `max_pairs` per task: hard ones first, soft
+ones as filler (`hard_ratio` None, the insights profile), or, as the CRPS reference builds
+its pairs (`hard_ratio`, e.g. 0.7 of K = 10: `reflect.profile = "crps"`), that share of hard
+contrasts sampled in proportion to visits and the rest soft, sampled; each pool fills the
+other's gap.
 
 Results of a tree search (MCTS: `result.tree` with `nodes` and `rollouts`) are paired on the
 tree: a pair's divergence step is where the two paths part (the depth of their last common
@@ -21,6 +25,7 @@ trajectory log by the caller), so it still yields insights and CRPS chains.
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,49 +40,73 @@ def truncated(t: Trajectory) -> bool:
 
 
 def pair_contrasts(result: SearchResult, *, max_pairs: int = 3, soft_ratio: float = 1.5,
+                   hard_ratio: float | None = None,
                    rng: random.Random | None = None) -> list[Contrast]:
+    """At most `max_pairs` contrasts of one search.
+
+    `hard_ratio` None: hard contrasts first (longest shared prefix first; visits break ties),
+    soft ones only fill the room left. A `hard_ratio` (the CRPS reference: 0.7 of K = 10):
+    that share of the K pairs is hard, sampled in proportion to visits (a tree's branch
+    visits; a flat search's count of identical failures), the rest soft, sampled uniformly;
+    a pool with too few candidates leaves its room to the other."""
     good = [t for t in result.trajectories if t.verdict.correct]
     bad = [t for t in result.trajectories if not t.verdict.correct and not truncated(t)]
     if not good or max_pairs <= 0:
         return []
+    if rng is None:
+        rng = random.Random(int(stable_id(result.task.id, result.search_id), 16))
     paths = _tree_paths(result)
     if paths is not None:
-        if rng is None:
-            rng = random.Random(int(stable_id(result.task.id, result.search_id), 16))
-        contrasts = _tree_hard_pairs(result, paths, max_pairs, rng)
+        hard = _tree_hard_candidates(result, paths, rng)
     else:
-        contrasts = _hard_pairs(result, bad, good, max_pairs)
-    if len(contrasts) < max_pairs and len(good) > 1:
-        contrasts.extend(_soft_pairs(result, good, soft_ratio, max_pairs - len(contrasts)))
-    return contrasts
+        hard = _hard_candidates(result, bad, good, rng)
+    soft = _soft_pairs(result, good, soft_ratio) if len(good) > 1 else []
+    if hard_ratio is None:
+        # Stable sort: a flat search's failures of equal prefix keep the search's order.
+        hard.sort(key=lambda c: (c[0], c[1] if paths is not None else 0.0), reverse=True)
+        chosen = [c for _, _, c in hard[:max_pairs]]
+        return chosen + soft[:max_pairs - len(chosen)]
+    hard_room = round(max_pairs * hard_ratio)
+    soft_room = max_pairs - hard_room
+    n_hard = min(len(hard), hard_room + max(0, soft_room - len(soft)))
+    n_soft = min(len(soft), max_pairs - n_hard)
+    # Efraimidis-Spirakis keys (u^(1/w)) were drawn per candidate: the top n_hard keys are
+    # a weighted sample without replacement.
+    hard.sort(key=lambda c: c[1], reverse=True)
+    return [c for _, _, c in hard[:n_hard]] + rng.sample(soft, n_soft)
 
 
-def _hard_pairs(result: SearchResult, bad: list[Trajectory], good: list[Trajectory],
-                max_pairs: int) -> list[Contrast]:
-    candidates: list[tuple[int, int, Contrast]] = []
+def _hard_candidates(result: SearchResult, bad: list[Trajectory], good: list[Trajectory],
+                     rng: random.Random) -> list[tuple[int, float, Contrast]]:
+    """(shared prefix, weighted draw, contrast) per distinct failure; its weight is how
+    often the search made that very failure. Equal prefixes keep the search's order."""
+    copies = Counter(b.text for b in bad)
+    candidates: list[tuple[int, float, Contrast]] = []
     seen_bad_text: set[str] = set()
-    for order, b in enumerate(bad):
+    for b in bad:
         if b.text in seen_bad_text:  # identical failures teach nothing new
             continue
         seen_bad_text.add(b.text)
         g = max(good, key=lambda t: (common_prefix(t.steps, b.steps), -t.tokens))
         shared = common_prefix(g.steps, b.steps)
-        candidates.append((shared, -order, Contrast(
+        candidates.append((shared, rng.random() ** (1.0 / copies[b.text]), Contrast(
             task_id=result.task.id, good=g, bad=b, divergence_step=shared, kind="hard",
             gap=g.verdict.reward - b.verdict.reward)))
-    candidates.sort(key=lambda c: (c[0], c[1]), reverse=True)
-    return [c for _, _, c in candidates[:max_pairs]]
+    return candidates
 
 
-def _soft_pairs(result: SearchResult, good: list[Trajectory], soft_ratio: float,
-                room: int) -> list[Contrast]:
+def _soft_pairs(result: SearchResult, good: list[Trajectory],
+                soft_ratio: float) -> list[Contrast]:
+    """The shortest success against each success at least `soft_ratio` times longer,
+    longest first."""
     shortest = min(good, key=lambda t: t.tokens)
     longer = sorted((t for t in good if t.tokens >= soft_ratio * max(shortest.tokens, 1)
                      and t.text != shortest.text), key=lambda t: -t.tokens)
+    distinct = list({t.text: t for t in longer}.values())
     return [Contrast(task_id=result.task.id, good=shortest, bad=t,
                      divergence_step=common_prefix(shortest.steps, t.steps), kind="soft",
                      gap=round(1.0 - shortest.tokens / max(t.tokens, 1), 4))
-            for t in longer[:room]]
+            for t in distinct]
 
 
 def _tree_paths(result: SearchResult) -> list[list[int]] | None:
@@ -114,8 +143,8 @@ def _shared(a: list[int], b: list[int]) -> int:
     return n
 
 
-def _tree_hard_pairs(result: SearchResult, paths: list[list[int]], max_pairs: int,
-                     rng: random.Random) -> list[Contrast]:
+def _tree_hard_candidates(result: SearchResult, paths: list[list[int]],
+                          rng: random.Random) -> list[tuple[int, float, Contrast]]:
     nodes: list[dict[str, Any]] = result.tree["nodes"] if result.tree else []
     trajs = result.trajectories
     good = [i for i, t in enumerate(trajs) if t.verdict.correct]
@@ -138,8 +167,7 @@ def _tree_hard_pairs(result: SearchResult, paths: list[list[int]], max_pairs: in
         candidates.append((shared, draw, Contrast(
             task_id=result.task.id, good=trajs[j], bad=b, divergence_step=shared, kind="hard",
             gap=trajs[j].verdict.reward - b.verdict.reward)))
-    candidates.sort(key=lambda c: (c[0], c[1]), reverse=True)
-    return [c for _, _, c in candidates[:max_pairs]]
+    return candidates
 
 
 def cross_contrasts(result: SearchResult, success: Trajectory, success_prompt: str, *,

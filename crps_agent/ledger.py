@@ -15,6 +15,11 @@ with a copied context; when no phase is set the request's `purpose` decides
 (`PURPOSE_PHASES`), since "solve" can mean a search, an admission check or an evaluation.
 A `phase("repair")` inside `phase("reflect")` wins: the innermost phase counts.
 
+A backend with a label (`LedgerBackend(analyst, ledger, label="gpt-5-mini")`: a separate
+model that reflects or synthesizes, see crps_agent/reflect/analyst.py) is counted under
+`<phase>@<label>` ("reflect@gpt-5-mini"), next to its phase, so the learner's own calls
+and the analyst's never mix.
+
 Per phase: `calls` (one per `generate` call, whatever its batch size), `sequences` (the
 rollouts: the sum of `n` over the requests), `prompt_tokens` (once per request, not x n:
 a backend that shares the prompt across samples pays for it once; taken from the
@@ -55,9 +60,18 @@ _PHASE: contextvars.ContextVar[str | None] = contextvars.ContextVar("crps_ledger
 
 
 def _check(name: str) -> str:
-    if name not in PHASES:
-        raise ValueError(f"unknown cost phase {name!r} (one of {', '.join(PHASES)})")
+    base, _, label = name.partition("@")
+    if base not in PHASES or (name != base and not label):
+        raise ValueError(f"unknown cost phase {name!r} (one of {', '.join(PHASES)}, "
+                         "optionally @label)")
     return name
+
+
+def _ordered(names: Sequence[str]) -> list[str]:
+    """Phases in `PHASES` order, each followed by its labelled rows (by label)."""
+    rank = {p: i for i, p in enumerate(PHASES)}
+    return sorted(names, key=lambda n: (rank.get(n.partition("@")[0], len(PHASES)),
+                                        n.partition("@")[2]))
 
 
 @contextmanager
@@ -152,7 +166,7 @@ class CostLedger:
 
 def costs_to_dict(costs: Mapping[str, PhaseCost]) -> dict[str, dict[str, Any]]:
     """Phases that had a call, in `PHASES` order, plus a "total"."""
-    out = {k: costs[k].to_dict() for k in PHASES if k in costs and costs[k].calls}
+    out = {k: costs[k].to_dict() for k in _ordered(list(costs)) if costs[k].calls}
     if out:
         out["total"] = sum_costs([out])["total"]
     return out
@@ -167,7 +181,7 @@ def sum_costs(costs: Sequence[Mapping[str, Mapping[str, Any]]]) -> dict[str, dic
                 continue
             acc.setdefault(name, PhaseCost()).add(
                 PhaseCost(**{f.name: row.get(f.name, 0) for f in fields(PhaseCost)}))
-    out = {k: acc[k].to_dict() for k in PHASES if k in acc and acc[k].calls}
+    out = {k: acc[k].to_dict() for k in _ordered(list(acc)) if acc[k].calls}
     total = PhaseCost()
     for v in acc.values():
         total.add(v)
@@ -176,17 +190,21 @@ def sum_costs(costs: Sequence[Mapping[str, Mapping[str, Any]]]) -> dict[str, dic
 
 
 class LedgerBackend:
-    """A backend that records every `generate` call of `inner` in `ledger`. Other attributes
-    (`adapter`, `set_adapter`, `close`, ...) are the inner backend's."""
+    """A backend that records every `generate` call of `inner` in `ledger` (under
+    `<phase>@<label>` with a `label`). Other attributes (`adapter`, `set_adapter`, `close`,
+    ...) are the inner backend's."""
 
-    def __init__(self, inner: Backend, ledger: CostLedger) -> None:
+    def __init__(self, inner: Backend, ledger: CostLedger, *, label: str | None = None) -> None:
         self.inner = inner
         self.ledger = ledger
+        self.label = label
         self.name: str = inner.name
         self.capabilities: Capabilities = inner.capabilities
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
         name = phase_of(requests[0]) if requests else (current_phase() or "other")
+        if self.label:
+            name = f"{name}@{self.label}"
         started = time.perf_counter()
         replies = self.inner.generate(requests)
         self.ledger.record(name, _measure(requests, replies, time.perf_counter() - started))

@@ -22,6 +22,13 @@ every `eval_every` training tasks, and at the end. JSON Lines:
 
 `out/learning.jsonl` holds the same rows and `out/learning.png` the curve: held-out pass@1
 against cumulative training rollouts, one line per arm with its 95% band.
+
+Adapter arms (`adapter:crps`, `adapter:rft`, `adapter:best`: crps_agent/bench/adapter_arms.py)
+are trained after the last training task, at equal data (each method's export cut to the
+same number of examples, fine-tuned with the same settings), and scored frozen once, at the
+last checkpoint, on `adapter_backend` (default: the learner's backend, which must load LoRA
+adapters); a `{"bench": "learning-adapter"}` row per method says what it was trained on,
+and the summary's `adapter_vs` holds paired intervals between the adapter arms.
 """
 
 from __future__ import annotations
@@ -33,8 +40,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from crps_agent.bench.adapter_arms import method_arms, train_method_adapters
 from crps_agent.errors import ConfigError
-from crps_agent.evaluation import ArmResult, ArmSpec, evaluate_arms, gain
+from crps_agent.evaluation import ArmResult, ArmSpec, evaluate_arm, evaluate_arms, gain
 from crps_agent.ledger import sum_costs
 
 if TYPE_CHECKING:
@@ -82,6 +90,7 @@ def run_learning_bench(
     train: Sequence[Task], heldout: Sequence[Task], *, settings: Settings, out: str | Path,
     arms: Sequence[ArmSpec], eval_every: int = 8, samples: int = 4, epochs: int = 1,
     backend: Backend | None = None, progress: Callable[[str], None] | None = None,
+    adapter_backend: Backend | None = None,
 ) -> list[dict[str, Any]]:
     """Run the benchmark (see the module doc); returns the rows also written to
     `out/learning.jsonl`."""
@@ -101,9 +110,8 @@ def run_learning_bench(
     elif epochs > 1:
         raise ConfigError("this version of learn makes one pass over the tasks: --epochs "
                           "above 1 needs a learn with epochs; use --epochs 1")
-    if any(a.kind == "adapter" for a in arms):
-        raise ConfigError("bench learning scores memory arms (none, insights, episodic, "
-                          "oracle); score adapters with `crps-agent eval --arms adapter:V`")
+    methods = method_arms(arms)
+    memory_arms = [a for a in arms if a.kind != "adapter"]
     train_ids = {t.id for t in train}
     train_prompts = {" ".join(t.prompt.split()).casefold() for t in train}
     leaked = [t.id for t in heldout if t.id in train_ids
@@ -147,8 +155,8 @@ def run_learning_bench(
         cost = sum_costs([r.cost for r in reports])
         say(f"checkpoint {checkpoint}: {seen} training tasks, "
             f"{cost['total']['sequences']} training rollouts; evaluating {len(heldout)} "
-            f"held-out tasks x {samples} samples on {len(arms)} arms")
-        results = evaluate_arms(heldout, arms, settings=settings, backend=model,
+            f"held-out tasks x {samples} samples on {len(memory_arms)} arms")
+        results = evaluate_arms(heldout, memory_arms, settings=settings, backend=model,
                                 domains=agent.registry.domains, memory=agent.memory,
                                 samples=samples, ci_seed=settings.seed)
         for r in results:
@@ -170,6 +178,11 @@ def run_learning_bench(
         agent.learn(train, on_task=on_task, **learn_kwargs)
         if len(reports) % eval_every:
             evaluate(len(reports))
+        if methods:
+            results = [*results, *_adapter_arms(
+                methods, agent, heldout, settings, out_dir, emit, say,
+                backend=adapter_backend or model, samples=samples, checkpoint=checkpoint - 1,
+                seen=len(reports), cost=sum_costs([r.cost for r in reports]))]
         emit(_summary(results, reports, arms, settings, wall=time.perf_counter() - started,
                       epochs=epochs, heldout=len(heldout)))
     finally:
@@ -177,6 +190,27 @@ def run_learning_bench(
         agent.close()
     plot_learning(rows, out_dir / "learning.png")
     return rows
+
+
+def _adapter_arms(methods: Sequence[str], agent: Any, heldout: Sequence[Task],
+                  settings: Settings, out_dir: Path, emit: Callable[[dict[str, Any]], None],
+                  say: Callable[[str], None], *, backend: Backend, samples: int,
+                  checkpoint: int, seen: int, cost: dict[str, Any]) -> list[ArmResult]:
+    """Train the adapter arms at equal data and score each frozen on `heldout`."""
+    runs = train_method_adapters(agent.memory, methods, out_dir, agent.registry.domains,
+                                 settings, backend=agent.counted_backend, say=say)
+    results = []
+    for m, run in runs.items():
+        emit(run.row())
+        r = evaluate_arm(ArmSpec("adapter", run.adapter), heldout, settings=settings,
+                         backend=backend, domains=agent.registry.domains, memory=None,
+                         samples=samples, ci_seed=settings.seed)
+        r.arm = f"adapter:{m}"
+        emit(_arm_row(r, checkpoint, seen, cost))
+        say(f"  {r.arm} ({run.examples} examples): pass@1 {r.pass1:.3f} "
+            f"[{r.ci95[0]:.3f}, {r.ci95[1]:.3f}]")
+        results.append(r)
+    return results
 
 
 def _summary(results: Sequence[ArmResult], reports: Sequence[TaskReport],
@@ -190,9 +224,16 @@ def _summary(results: Sequence[ArmResult], reports: Sequence[TaskReport],
             if r.arm != "none":
                 g, lo, hi = gain(by_arm["none"], r, seed=settings.seed)
                 gains[r.arm] = [round(g, 6), round(lo, 6), round(hi, 6)]
+    adapters = [r for r in results if r.arm.startswith("adapter:")]
+    versus: dict[str, list[float]] = {}
+    for i, a in enumerate(adapters):
+        for b in adapters[i + 1:]:
+            g, lo, hi = gain(b, a, seed=settings.seed)
+            versus[f"{a.arm} - {b.arm}"] = [round(g, 6), round(lo, 6), round(hi, 6)]
     return {"bench": "learning-summary", "pass1": {r.arm: round(r.pass1, 6) for r in results},
             "ci95": {r.arm: [round(x, 6) for x in r.ci95] for r in results},
-            "gain_vs_none": gains, "rollouts": cost["total"]["sequences"], "cost": cost,
+            "gain_vs_none": gains, "adapter_vs": versus,
+            "rollouts": cost["total"]["sequences"], "cost": cost,
             "train_tasks": len(reports), "heldout_tasks": heldout, "epochs": epochs,
             "arms": [a.label for a in arms], "backend": settings.backend,
             "model": settings.model, "seed": settings.seed, "wall_s": round(wall, 2)}

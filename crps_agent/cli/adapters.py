@@ -82,7 +82,8 @@ def _warn_override(settings: Settings) -> None:
 @click.option("--n", "n", type=int, default=None,
               help="Samples per eval task (default: crps.eval_n, else search.n).")
 @click.option("--tolerance", type=float, default=None,
-              help="Adopt unless accuracy drops by more than this (default: crps.tolerance).")
+              help="Adopt iff the lower bound of the 95%% interval of the pass@1 change is "
+              ">= -TOLERANCE (default: crps.tolerance).")
 @click.option("--seed", type=int, default=None, help="Sampling seed of both arms.")
 @click.option("--force", is_flag=True, help="Adopt without gating (no evaluation).")
 @click.option("--domain", default=None, help="Domain of tasks that name none.")
@@ -96,9 +97,10 @@ def adopt(adapter: str, eval_tasks: str | None, fmt: str, limit: int | None, n: 
           tolerance: float | None, seed: int | None, force: bool, domain: str | None,
           backend: str | None, model: str | None, base_url: str | None, script: str | None,
           store: str | None, adapters_dir: str | None, as_json: bool) -> None:
-    """Adopt ADAPTER (an adapter directory, or a registered version such as v0002) if it
-    scores no worse than the current model on held-out tasks (same seeds), beyond a
-    tolerance. The previous adapter is kept: `crps-agent rollback` restores it."""
+    """Adopt ADAPTER (an adapter directory, or a registered version such as v0002) if, on
+    held-out tasks (same seeds for both arms), its pass@1 is not lower than the current
+    model's by more than a tolerance with confidence (paired bootstrap over tasks). The
+    previous adapter is kept: `crps-agent rollback` restores it."""
     from crps_agent.crps.gate import resolve_candidate
 
     settings = adapter_settings(store, adapters_dir, backend=backend, model=model,
@@ -127,7 +129,7 @@ def adopt(adapter: str, eval_tasks: str | None, fmt: str, limit: int | None, n: 
         from rich.table import Table
 
         con = console()
-        table = Table("arm", "adapter", "accuracy", "sample acc.", "solved", "s")
+        table = Table("arm", "adapter", "pass@n", "pass@1", "solved", "s")
         if result.current_eval is not None and result.candidate_eval is not None:
             table.add_row(*_eval_row("current", _label(result.current), result.current_eval))
             table.add_row(*_eval_row("candidate", result.candidate.version,
@@ -161,7 +163,8 @@ def _gate(adapter: str, settings: Settings, registry: AdapterRegistry, *, fmt: s
     try:
         return gate(adapter, tasks, backend, plugins.domains, registry,
                     n=settings.crps.eval_n or settings.search.n, seed=settings.seed,
-                    tolerance=settings.crps.tolerance, settings=settings.search)
+                    tolerance=settings.crps.tolerance, settings=settings.search,
+                    confidence=settings.crps.gate_confidence)
     finally:
         close = getattr(backend, "close", None)
         if callable(close):

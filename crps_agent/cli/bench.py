@@ -112,7 +112,9 @@ def memory(sizes: str, embedder: str, queries: int, batch: int, window: int,
 @click.option("--eval-every", type=click.IntRange(min=1), default=8, show_default=True,
               help="Evaluate the held-out tasks after every K training tasks.")
 @click.option("--arms", default="none,insights,episodic", show_default=True,
-              help="Arms evaluated: none, insights, episodic, oracle (--backend sim).")
+              help="Arms evaluated: none, insights, episodic, oracle (--backend sim); "
+              "adapter:crps, adapter:rft, adapter:best fine-tune each export method at "
+              "equal data after training and score the adapters frozen.")
 @click.option("--samples", type=click.IntRange(min=1), default=4, show_default=True,
               help="Samples per held-out task (pass@1, maj@K).")
 @click.option("--out", required=True, type=click.Path(file_okay=False),

@@ -43,7 +43,11 @@ def export(method: str | None, out: str, val_share: float | None, prompt_complet
     memory = Memory.from_settings(settings)
     backend = None
     if chosen in ("crps", "all") and not no_synthesize:
-        backend = registry.backend(settings.backend, settings)
+        from crps_agent.reflect.analyst import build_analyst
+
+        # A separate synthesizer ([crps] backend/model/base_url): the learner is not needed.
+        backend = (build_analyst(settings, "crps") if settings.crps.separate
+                   else registry.backend(settings.backend, settings))
     results = export_store(
         memory, chosen, out, registry.domains, settings, backend=backend,
         namespace=flags.get("namespace") and settings.namespace, domain=domain,
@@ -62,3 +66,6 @@ def export(method: str | None, out: str, val_share: float | None, prompt_complet
         if r.synthesis.get("counts"):
             counts = ", ".join(f"{k} {v}" for k, v in sorted(r.synthesis["counts"].items()))
             con.print(f"  synthesis: {counts}")
+        if r.synthesis.get("pitfall_share") is not None:
+            con.print(f"  chains naming the mistake they avoid: {r.synthesis['pitfall_chains']}"
+                      f" ({r.synthesis['pitfall_share']:.0%})")

@@ -31,8 +31,15 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from crps_agent.backends.base import estimate_tokens
 from crps_agent.crps.chains import ChainStore
-from crps_agent.crps.synthesis import Chain, SynthesisOutcome, normalise, synthesize
+from crps_agent.crps.synthesis import (
+    Chain,
+    SynthesisOutcome,
+    has_pitfall,
+    normalise,
+    synthesize,
+)
 from crps_agent.errors import ExportError
+from crps_agent.reflect.analyst import analyst_backend, analyst_settings
 from crps_agent.types import Contrast, Task, Trajectory
 
 if TYPE_CHECKING:
@@ -145,8 +152,10 @@ def synthesize_pending(memory: Memory, chains: ChainStore, backend: Backend,
     _check_domains({tasks[c.task_id].domain for c in pending}, domains)
     style = _style_examples(memory, pending, tasks)
     existing = chains.texts_by_task(chains.list(namespace=namespace, domain=domain))
-    outcome = synthesize(pending, tasks, backend, domains, settings.crps, style=style,
-                         existing=existing, seed=settings.seed, model=settings.model)
+    # The synthesizer: the learner, or the model named in [crps] (reflect/analyst.py).
+    outcome = synthesize(pending, tasks, analyst_backend(backend, settings, "crps"),
+                         domains, settings.crps, style=style, existing=existing,
+                         seed=settings.seed, model=analyst_settings(settings, "crps").model)
     chains.add(outcome.chains)
     chains.settle(outcome.done)
     return outcome
@@ -162,16 +171,19 @@ def _check_domains(needed: set[str], domains: Mapping[str, Domain]) -> None:
 def _style_examples(memory: Memory, contrasts: list[Contrast],
                     tasks: Mapping[str, Task]) -> dict[str, str]:
     """Per task, the model's own correct work on the most similar *other* task (so the
-    example shows style, not this problem's solution); none: the contrast's good attempt."""
+    example shows style, not this problem's solution); a task with none gets no example."""
     out: dict[str, str] = {}
+    asked: set[str] = set()
     for c in contrasts:
         task = tasks[c.task_id]
-        if task.id in out:
+        if task.id in asked:
             continue
+        asked.add(task.id)
         similar = memory.trajectories.similar_successes(
             task.prompt, namespace=task.namespace, domain=task.domain, k=1,
             exclude_task=task.id)
-        out[task.id] = similar[0].text if similar else c.good.text
+        if similar:
+            out[task.id] = similar[0].text
     return out
 
 
@@ -294,6 +306,11 @@ def export_store(memory: Memory, method: str, out: str | Path,
                                                tasks=tasks).to_dict()
             chains = store.list(namespace=namespace, domain=domain)
             examples = collect_crps(chains, tasks)
+            # The share of exported chains that name the mistake they avoid (the CRPS point).
+            with_pitfall = sum(has_pitfall(e.text) for e in examples)
+            synthesis["pitfall_chains"] = with_pitfall
+            synthesis["pitfall_share"] = (round(with_pitfall / len(examples), 4)
+                                          if examples else None)
             chosen = {c.contrast_id: c.text for c in chains}
         elif m == "best":
             examples = collect_best(attempts)

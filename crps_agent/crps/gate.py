@@ -1,5 +1,5 @@
-"""The adoption gate: a fine-tuned adapter replaces the current model only if it does not
-lose accuracy on held-out tasks.
+"""The adoption gate: a fine-tuned adapter replaces the current model only if held-out
+pass@1 shows, with confidence, that it loses no more than a tolerance.
 
     from crps_agent.crps.adapters import AdapterRegistry
     from crps_agent.crps.gate import gate
@@ -7,17 +7,24 @@ lose accuracy on held-out tasks.
     result = gate("runs/ft-3", tasks, backend, get_registry().domains,
                   AdapterRegistry.for_settings(settings), n=4, seed=0, tolerance=0.0,
                   settings=settings.search)
-    print(result.adopted, result.reason)
+    print(result.adopted, result.delta, result.delta_ci, result.reason)
 
 Both arms, the current model (the registry's adopted adapter, or the base model) and the
-candidate, run best-of-n on the same tasks with the same seed and no recalled notes (the
-adapter is judged, not the memory), so an adapter that changes nothing samples exactly what
-the current model samples. Accuracy is the share of tasks whose best-of-n pick is verified
-correct. The candidate is registered (copied into the registry) before it is scored and the
-copy is what is scored, so what is adopted is exactly what was measured; it is adopted iff
-`candidate_accuracy >= current_accuracy - tolerance`, else kept with status "rejected".
-The adapter reaches the backend through `GenerationRequest.adapter` (a wrapper sets it on
-every request), which the hf, vllm and scripted backends honour per request.
+candidate, sample `n` solutions of every held-out task with the same seed, the task's own
+token budget (`crps_agent.search.budget.token_budget`, as search and eval use) and no
+recalled notes (the adapter is judged, not the memory), so an adapter that changes nothing
+samples exactly what the current model samples. Eval tasks the candidate was trained or
+validated on (its sidecar's export, `source_tasks`) are refused. The metric is pass@1, each
+task's share of correct samples averaged over tasks, not pass@n ("any of n correct", an
+oracle that rewards luck). The difference candidate - current gets a paired percentile
+bootstrap interval over tasks (`crps_agent.stats.paired_bootstrap_diff`, seeded with the
+gate's seed), and the candidate is adopted iff the interval's lower bound is >= -tolerance:
+a small eval set that cannot rule out a loss rejects. The candidate is registered (copied
+into the registry) before it is scored and the copy is what is scored, so what is adopted is
+exactly what was measured; the decision, both pass@1 figures and the interval are recorded
+on its registry entry either way. The adapter reaches the backend through
+`GenerationRequest.adapter` (a wrapper sets it on every request), which the hf, vllm and
+scripted backends honour per request.
 """
 
 from __future__ import annotations
@@ -40,6 +47,8 @@ from crps_agent.crps.adapters import (
 from crps_agent.domains import Domain
 from crps_agent.errors import AdapterError, TaskError
 from crps_agent.search.best_of_n import best_of_n_batch
+from crps_agent.search.budget import token_budget
+from crps_agent.stats import paired_bootstrap_diff, task_rates
 from crps_agent.types import Task
 
 _EPS = 1e-9  # accuracies are ratios: 0.5 - 0.1 must still admit 0.4
@@ -76,10 +85,22 @@ class EvalResult:
         rates = [t.n_correct / t.n for t in self.tasks if t.n]
         return sum(rates) / len(rates) if rates else 0.0
 
+    @property
+    def rates(self) -> list[float]:
+        """Each task's share of correct samples, in task order (pass@1 per task)."""
+        return task_rates([[True] * t.n_correct + [False] * (t.n - t.n_correct)
+                           for t in self.tasks])
+
+    @property
+    def pass1(self) -> float:
+        """pass@1: the per-task share of correct samples, averaged over tasks."""
+        rates = self.rates
+        return sum(rates) / len(rates) if rates else 0.0
+
     def to_dict(self) -> dict[str, Any]:
         return {"adapter": self.adapter, "n": self.n, "seed": self.seed,
                 "tasks": len(self.tasks), "solved": sum(t.solved for t in self.tasks),
-                "accuracy": round(self.accuracy, 6),
+                "pass1": round(self.pass1, 6), "accuracy": round(self.accuracy, 6),
                 "sample_accuracy": round(self.sample_accuracy, 6),
                 "truncated": sum(t.truncated for t in self.tasks),
                 "wall_s": round(self.wall_s, 3), "per_task": [asdict(t) for t in self.tasks]}
@@ -89,21 +110,25 @@ class EvalResult:
 class GateResult:
     current: AdapterVersion | None  # what was adopted before the gate (None: base model)
     candidate: AdapterVersion  # as registered, with its new status
-    current_accuracy: float
-    candidate_accuracy: float
-    delta: float
+    current_accuracy: float  # pass@1 of the current model
+    candidate_accuracy: float  # pass@1 of the candidate
+    delta: float  # candidate - current, mean over tasks
     adopted: bool
     reason: str
     tolerance: float = 0.0
     current_eval: EvalResult | None = None
     candidate_eval: EvalResult | None = None
+    delta_ci: tuple[float, float] = (0.0, 0.0)  # paired bootstrap interval of `delta`
+    confidence: float = 0.95
 
     def to_dict(self) -> dict[str, Any]:
         return {"current": self.current.to_dict() if self.current else None,
-                "candidate": self.candidate.to_dict(),
+                "candidate": self.candidate.to_dict(), "metric": "pass@1",
                 "current_accuracy": round(self.current_accuracy, 6),
                 "candidate_accuracy": round(self.candidate_accuracy, 6),
-                "delta": round(self.delta, 6), "tolerance": self.tolerance,
+                "delta": round(self.delta, 6),
+                "delta_ci": [round(self.delta_ci[0], 6), round(self.delta_ci[1], 6)],
+                "confidence": self.confidence, "tolerance": self.tolerance,
                 "adopted": self.adopted, "reason": self.reason,
                 "current_eval": self.current_eval.to_dict() if self.current_eval else None,
                 "candidate_eval": (self.candidate_eval.to_dict()
@@ -145,6 +170,34 @@ def check_eval_tasks(tasks: Sequence[Task], domains: Mapping[str, Domain]) -> No
             domains[task.domain].check_task(task)
         except TaskError as exc:
             raise AdapterError(f"eval task {task.id} cannot be verified: {exc}") from None
+
+
+def trained_on(adapter_dir: str | Path) -> set[str]:
+    """Task ids of the adapter's training data (its sidecar's data path, that export's
+    meta.json `source_tasks`, both splits); empty when either is not on record."""
+    import json
+
+    try:
+        sidecar = json.loads((Path(adapter_dir) / "crps_adapter.json").read_text("utf-8"))
+        data = Path(str(sidecar["data_path"]))
+        meta = json.loads(((data if data.is_dir() else data.parent) / "meta.json"
+                           ).read_text("utf-8"))
+        sources = meta["source_tasks"]
+        return {str(t) for side in ("train", "validation") for t in sources.get(side, [])}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return set()
+
+
+def check_held_out(tasks: Sequence[Task], adapter_dir: str | Path) -> None:
+    """`AdapterError` when an eval task is one the adapter was trained (or validated) on:
+    its score would measure memorisation, not the adapter."""
+    seen = trained_on(adapter_dir)
+    leaked = [t.id for t in tasks if t.id in seen]
+    if leaked:
+        shown = ", ".join(leaked[:5]) + (f" and {len(leaked) - 5} more" if len(leaked) > 5
+                                          else "")
+        raise AdapterError(f"eval task {shown} is in the adapter's training data "
+                           f"({len(leaked)} of {len(tasks)}): the gate needs held-out tasks")
 
 
 def _check_backend(backend: Backend) -> None:
@@ -215,15 +268,23 @@ def resolve_candidate(registry: AdapterRegistry, ref: str | Path) -> AdapterVers
 
 def gate(candidate_path: str | Path, tasks: Sequence[Task], backend: Backend,
          domains: Mapping[str, Domain], registry: AdapterRegistry, *, n: int, seed: int,
-         tolerance: float, settings: SearchSettings) -> GateResult:
+         tolerance: float, settings: SearchSettings, confidence: float = 0.95,
+         n_boot: int = 2000) -> GateResult:
     """Score the candidate (a directory, or a registered version) against the current model
-    and adopt it iff its accuracy drops by no more than `tolerance`; the evaluation is
-    recorded on the candidate's registry entry either way."""
+    on pass@1 and adopt it iff the lower bound of the paired bootstrap interval (at
+    `confidence`) of the difference is >= -`tolerance`; the evaluation, the decision and
+    the interval are recorded on the candidate's registry entry either way."""
     check_eval_tasks(tasks, domains)
     if not 0.0 <= tolerance <= 1.0:
         raise AdapterError(f"tolerance must be within [0, 1], got {tolerance}")
+    if not 0.5 <= confidence < 1.0:
+        raise AdapterError(f"confidence must be within [0.5, 1), got {confidence}")
     _check_backend(backend)
+    candidate_dir = Path(candidate_path).expanduser()
+    if candidate_dir.is_dir():  # checked before it is registered: a refusal leaves no trace
+        check_held_out(tasks, candidate_dir)
     candidate = resolve_candidate(registry, candidate_path)
+    check_held_out(tasks, candidate.path)
     current = registry.current()
     if current is not None and current.version == candidate.version:
         raise AdapterError(f"{candidate.version} is already the current adapter")
@@ -231,30 +292,46 @@ def gate(candidate_path: str | Path, tasks: Sequence[Task], backend: Backend,
     base = evaluate(tasks, backend, domains, adapter=current.path if current else None,
                     **kwargs)
     cand = evaluate(tasks, backend, domains, adapter=candidate.path, **kwargs)
-    delta = cand.accuracy - base.accuracy
-    adopted = cand.accuracy >= base.accuracy - tolerance - _EPS
+    delta, lo, hi = paired_bootstrap_diff(base.rates, cand.rates, confidence=confidence,
+                                          n_boot=n_boot, seed=seed)
+    adopted = lo >= -tolerance - _EPS
     label = current.version if current else "the base model"
-    scores = f"{cand.accuracy:.3f} vs {base.accuracy:.3f} for {label}"
+    interval = f"{delta:+.3f} [{lo:+.3f}, {hi:+.3f}] at {confidence:.0%}"
+    scores = (f"pass@1 {cand.pass1:.3f} vs {base.pass1:.3f} for {label} on "
+              f"{len(tasks)} tasks x {n}")
     if adopted:
-        reason = f"accuracy {scores}: change {delta:+.3f} is within the tolerance {tolerance:g}"
+        reason = (f"{scores}: change {interval}; its lower bound is within the tolerance "
+                  f"-{tolerance:g}")
+    elif delta < -tolerance:
+        reason = (f"pass@1 dropped by {-delta:.3f} > tolerance {tolerance:g} ({scores}; "
+                  f"change {interval})")
     else:
-        reason = f"accuracy dropped by {-delta:.3f} > tolerance {tolerance:g} ({scores})"
-    summary = {"at": utc_now(), "tasks": len(tasks), "n": n, "seed": seed,
-               "tolerance": tolerance, "accuracy": round(cand.accuracy, 6),
+        reason = (f"a loss beyond the tolerance {tolerance:g} is not ruled out: change "
+                  f"{interval}, lower bound below -{tolerance:g} ({scores}; more eval tasks "
+                  "narrow the interval)")
+    summary = {"at": utc_now(), "metric": "pass@1", "tasks": len(tasks), "n": n,
+               "seed": seed, "tolerance": tolerance, "confidence": confidence,
+               "max_tokens": sorted({token_budget(settings, domains[t.domain])
+                                     for t in tasks}),
+               "accuracy": round(cand.pass1, 6),
                "sample_accuracy": round(cand.sample_accuracy, 6),
+               "pass_at_n": round(cand.accuracy, 6),
                "baseline": current.version if current else None,
-               "baseline_accuracy": round(base.accuracy, 6),
+               "baseline_accuracy": round(base.pass1, 6),
                "baseline_sample_accuracy": round(base.sample_accuracy, 6),
-               "delta": round(delta, 6), "adopted": adopted, "reason": reason}
+               "baseline_pass_at_n": round(base.accuracy, 6),
+               "delta": round(delta, 6), "delta_ci": [round(lo, 6), round(hi, 6)],
+               "adopted": adopted, "reason": reason}
     registry.record_eval(candidate.version, summary)
     if adopted:
         candidate = registry.adopt(
             candidate.version, expect_current=current.version if current else None,
             note={"accuracy": summary["accuracy"],
-                  "baseline_accuracy": summary["baseline_accuracy"]})
+                  "baseline_accuracy": summary["baseline_accuracy"],
+                  "delta_ci": summary["delta_ci"]})
     else:
         candidate = registry.reject(candidate.version, reason=reason)
-    return GateResult(current=current, candidate=candidate, current_accuracy=base.accuracy,
-                      candidate_accuracy=cand.accuracy, delta=delta, adopted=adopted,
+    return GateResult(current=current, candidate=candidate, current_accuracy=base.pass1,
+                      candidate_accuracy=cand.pass1, delta=delta, adopted=adopted,
                       reason=reason, tolerance=tolerance, current_eval=base,
-                      candidate_eval=cand)
+                      candidate_eval=cand, delta_ci=(lo, hi), confidence=confidence)

@@ -97,7 +97,8 @@ def _finetune_and_gate(ctx: AgentContext, data: Path, data_hash: str,
     with phase("gate"):
         result = gate(str(staging), tasks, ctx.backend, ctx.domains, registry,
                       n=settings.crps.eval_n or settings.search.n, seed=settings.seed,
-                      tolerance=settings.crps.tolerance, settings=settings.search)
+                      tolerance=settings.crps.tolerance, settings=settings.search,
+                      confidence=settings.crps.gate_confidence)
     out.gate = result.to_dict()
     # The registry holds its own copy (vNNNN), adopted or rejected: the staging run can go.
     shutil.rmtree(staging, ignore_errors=True)

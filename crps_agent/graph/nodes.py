@@ -16,6 +16,7 @@ from crps_agent.graph.state import AgentContext, AgentState
 from crps_agent.ledger import phase
 from crps_agent.memory.admission import check_candidates, settle
 from crps_agent.memory.credit import should_ablate
+from crps_agent.reflect.analyst import analyst_backend
 from crps_agent.reflect.reflector import reflect
 from crps_agent.reflect.schema import analysis_of
 from crps_agent.search.best_of_n import best_of_n
@@ -83,7 +84,8 @@ def reflect_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str,
     ctx = runtime.context
     result = SearchResult.from_dict(state["result"])
     cfg = ctx.settings.reflect
-    contrasts = pair_contrasts(result, max_pairs=cfg.max_pairs, soft_ratio=cfg.soft_ratio)
+    contrasts = pair_contrasts(result, max_pairs=cfg.max_pairs, soft_ratio=cfg.soft_ratio,
+                               hard_ratio=cfg.hard_ratio)
     if (result.trajectories and _verifiable(ctx, result.task)
             and not any(c.kind == "hard" for c in contrasts)):
         # One-sided search: the task's own earlier attempts first, another task last.
@@ -100,7 +102,8 @@ def reflect_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str,
         task.prompt, namespace=task.namespace, domain=task.domain, k=5,
         token_budget=ctx.settings.memory.token_budget)]
     with phase("reflect"):
-        outcome = reflect(contrasts, {task.id: task}, ctx.backend, cfg,
+        outcome = reflect(contrasts, {task.id: task},
+                          analyst_backend(ctx.backend, ctx.settings, "reflect"), cfg,
                           related={task.id: related}, seed=ctx.settings.seed,
                           domains={task.domain: ctx.domain(task.domain)})
     analyses = {c.id: analysis_of(r) for c, r in outcome.reflections}

@@ -162,12 +162,17 @@ class SimBackend:
         return ("" if prefix.endswith("\n") else "\n") + "\n".join(tail)
 
     def _synthesize(self, task: SimTask | None, guidance: str) -> str:
-        """A correct chain; the key step of the pitfall the guidance names (else of every
-        pitfall of the task) says why it is done that way."""
+        """A correct chain. When the guidance names one of the task's pitfalls, its key step
+        says why it is done that way and which common mistake that avoids (as the CRPS
+        prompt asks); otherwise every pitfall's key step only says why."""
         if task is None:
             return "I cannot tell which problem this is, so I cannot write a solution."
         named = tuple(p for p in task.pitfalls if PITFALLS[p].mistake in guidance.lower())
         steps, answer = self.world.steps(task, None, remarks=named or True)
+        for pid in named:
+            k = self.world.key_step(task, pid)
+            steps[k] = (f"{steps[k]} This avoids a common mistake: a solution that "
+                        f"{PITFALLS[pid].mistake} gets this step wrong.")
         return render_solution(steps, answer)
 
     # --- reflection -------------------------------------------------------------------------

@@ -110,7 +110,7 @@ def test_periodic_finetune_and_adoption_in_a_learn_run(env, tiny_model_dir):
 
     settings = load_settings(
         store=str(env / "store"), search={"n": 4}, domain="math",
-        crps={"export_every": 6, "finetune": True, "adopt": True,
+        crps={"export_every": 5, "finetune": True, "adopt": True,
               "eval_tasks": str(EXAMPLES / "tasks-pass2.jsonl"), "eval_n": 2},
         finetune={"base_model": str(tiny_model_dir), "max_steps": 2, "batch_size": 2,
                   "lora_r": 4})
@@ -118,10 +118,12 @@ def test_periodic_finetune_and_adoption_in_a_learn_run(env, tiny_model_dir):
     agent = Agent(settings, backend=backend, checkpoint=False)
     report = agent.learn(load_tasks(EXAMPLES / "tasks.jsonl"))
     crps = [t.crps for t in report.tasks]
-    assert crps[0] is None and crps[1] is not None and crps[2] is None  # 3, 6, 8 contrasts
+    # 2, 5, 7 contrasts (the truncated failure is never paired): an export after task 2
+    assert crps[0] is None and crps[1] is not None and crps[2] is None
     step = crps[1]
     assert step["finetuned"]["steps"] == 2
     assert step["gate"]["adopted"] is True and step["adopted"] == "v0001"
+    assert step["gate"]["metric"] == "pass@1" and step["gate"]["delta_ci"][0] >= 0.0
     assert report.totals()["adopted"] == ["v0001"]
     registry = AdapterRegistry(adapters_root(settings))
     assert registry.current() is not None and registry.current().version == "v0001"

@@ -37,6 +37,8 @@ def test_offline_example_learns_recalls_and_exports(tmp_path: Path) -> None:
     crps = json.loads((exports / "crps" / "meta.json").read_text())
     counts = crps["synthesis"]["counts"]
     assert counts["meta_language"] >= 1 and counts["wrong"] >= 1 and counts["kept"] >= 4
+    # the kept chains say which common mistake their key step avoids (CRPS)
+    assert crps["synthesis"]["pitfall_share"] >= 0.5
     rows = [json.loads(line) for name in ("train.jsonl", "validation.jsonl")
             for line in (exports / "crps" / name).read_text().splitlines()]
     assert len(rows) == counts["kept"]

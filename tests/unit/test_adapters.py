@@ -259,7 +259,9 @@ def test_gate_adopts_a_good_adapter_and_rejects_a_bad_one(tmp_path: Path,
              settings=SEARCH)
 
 
-@pytest.mark.parametrize(("tolerance", "adopted"), [(0.0, False), (0.3, False), (0.34, True),
+# Three tasks cannot rule out losing all of the one the candidate got wrong: the interval's
+# lower bound is -1, so only a tolerance of 1 adopts.
+@pytest.mark.parametrize(("tolerance", "adopted"), [(0.0, False), (0.3, False), (0.34, False),
                                                     (1.0, True)])
 def test_gate_tolerance(tmp_path: Path, registry: AdapterRegistry, tolerance: float,
                         adopted: bool) -> None:
@@ -268,6 +270,74 @@ def test_gate_tolerance(tmp_path: Path, registry: AdapterRegistry, tolerance: fl
                registry, n=1, seed=0, tolerance=tolerance, settings=SEARCH)
     assert res.adopted is adopted and round(res.delta, 3) == -0.333
     assert (registry.current() is not None) is adopted
+
+
+class _Rates:
+    """Answers a share of each request's samples right, per adapter (LoRA-capable)."""
+
+    name = "rates"
+    capabilities = Capabilities(lora=True)
+
+    def __init__(self, right: dict[str | None, Any]) -> None:
+        self.right = right  # adapter (tail) -> samples right of n, or a function of the task
+        self.requests: list[GenerationRequest] = []
+
+    def generate(self, requests: Any) -> Any:
+        from crps_agent.backends.base import Completion
+
+        out = []
+        for r in requests:
+            self.requests.append(r)
+            key = r.adapter.rsplit("/", 1)[-1] if r.adapter else None
+            a, b = (int(x) for x in r.text().split("What is ")[1].split("?")[0].split(" + "))
+            k = self.right[key](a) if callable(self.right[key]) else self.right[key]
+            out.append([Completion(text=f"\\boxed{{{a + b if i < k else 0}}}")
+                        for i in range(r.n)])
+        return out
+
+
+def _sums(count: int) -> list[Task]:
+    return [Task(prompt=f"What is {i} + {i}?", domain="math", reference=str(2 * i),
+                 id=f"s{i}") for i in range(1, count + 1)]
+
+
+def test_gate_scores_pass_at_1_not_pass_at_n(tmp_path: Path,
+                                             registry: AdapterRegistry) -> None:
+    # Both arms get every task right in some sample (pass@4 = 1 for both), but the candidate
+    # only once in four: pass@1 0.25 against 0.75.
+    b = _Rates({None: 3, "v0001": 1})
+    search = SearchSettings(n=4, max_tokens=64, domain_max_tokens={"math": 321})
+    res = gate(make_adapter(tmp_path / "c", "c"), _sums(12), b, get_registry().domains,
+               registry, n=4, seed=5, tolerance=0.0, settings=search)
+    assert res.current_eval and res.candidate_eval
+    assert res.current_eval.accuracy == res.candidate_eval.accuracy == 1.0  # pass@n
+    assert (res.current_accuracy, res.candidate_accuracy) == (0.75, 0.25)
+    assert not res.adopted and res.delta == pytest.approx(-0.5)
+    assert res.delta_ci == (pytest.approx(-0.5), pytest.approx(-0.5))
+    # the task's token budget and the same seed in both arms
+    assert {r.max_tokens for r in b.requests} == {321} and {r.seed for r in b.requests} == {5}
+    ev = registry.get("v0001").eval
+    assert ev["metric"] == "pass@1" and ev["delta_ci"] == [-0.5, -0.5]
+    assert (ev["accuracy"], ev["baseline_accuracy"], ev["pass_at_n"]) == (0.25, 0.75, 1.0)
+    assert ev["max_tokens"] == [321] and ev["adopted"] is False
+
+
+@pytest.mark.parametrize(("tolerance", "adopted"), [(0.0, False), (0.02, False),
+                                                    (0.1, True)])
+def test_gate_adopts_iff_the_lower_bound_clears_the_tolerance(
+        tmp_path: Path, registry: AdapterRegistry, tolerance: float, adopted: bool) -> None:
+    # 40 tasks; the candidate loses one sample of two on one task: -0.0125 on average
+    b = _Rates({None: 2, "v0001": lambda a: 1 if a == 7 else 2})
+    res = gate(make_adapter(tmp_path / "c", "c"), _sums(40), b, get_registry().domains,
+               registry, n=2, seed=0, tolerance=tolerance, settings=SEARCH)
+    lo, hi = res.delta_ci
+    assert res.delta == pytest.approx(-0.0125) and -0.1 < lo < res.delta <= hi <= 0.0
+    assert res.adopted is adopted and (lo >= -tolerance) is adopted
+    entry = registry.get("v0001")
+    assert entry.eval["delta_ci"] == [round(lo, 6), round(hi, 6)]
+    assert entry.status == ("adopted" if adopted else "rejected")
+    if not adopted and tolerance > 0:
+        assert "not ruled out" in res.reason
 
 
 def test_gate_equal_accuracy_is_adopted_with_zero_tolerance(tmp_path: Path,
@@ -361,7 +431,7 @@ def test_cli_adopt_list_current_rollback(tmp_path: Path, cli_env: list[str]) -> 
     assert out["candidate_eval"]["n"] == 2
     bad = make_adapter(tmp_path / "bad", "b")
     res = invoke(adopt, [str(bad), *backend, *cli_env], code=REJECTED_EXIT)
-    assert "rejected v0002" in res.stdout and "accuracy" in res.stdout
+    assert "rejected v0002" in res.stdout and "pass@1" in res.stdout
     listed = json.loads(invoke(adapters, ["list", "--json", *cli_env]).stdout)
     assert listed["current"] == "v0001"
     assert [(v["version"], v["status"]) for v in listed["versions"]] == [
@@ -413,3 +483,23 @@ def test_cli_starts_vllm_with_lora_for_the_adapters_rank(tmp_path: Path, cli_env
                                     "eval.jsonl", "--json", *cli_env]).stdout)
     assert out["adopted"]
     assert made == [{"seed": 0, "dtype": "auto", "enable_lora": True, "max_lora_rank": 16}]
+
+
+def test_gate_refuses_eval_tasks_the_adapter_was_trained_on(
+        tmp_path: Path, registry: AdapterRegistry) -> None:
+    data = tmp_path / "export"
+    data.mkdir()
+    (data / "meta.json").write_text(json.dumps(
+        {"method": "crps", "source_tasks": {"train": ["t1", "x"], "validation": ["t3"]}}))
+    adapter = make_adapter(tmp_path / "c", "c")
+    (adapter / "crps_adapter.json").write_text(json.dumps(
+        {"base_model": "base-x", "data_hash": "h", "data_path": str(data)}))
+    b = ScriptedBackend(rules())
+    with pytest.raises(AdapterError, match=r"eval task t1, t3 is in the adapter's training "
+                       r"data \(2 of 3\)"):
+        gate(adapter, tasks(), b, get_registry().domains, registry, n=1, seed=0,
+             tolerance=0.0, settings=SEARCH)
+    assert b.calls == [] and registry.versions() == []  # refused before anything happened
+    res = gate(adapter, tasks("t2"), b, get_registry().domains, registry, n=1, seed=0,
+               tolerance=0.0, settings=SEARCH)  # a task it never saw is fine
+    assert res.candidate.version == "v0001"

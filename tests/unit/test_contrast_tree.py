@@ -110,3 +110,54 @@ def test_identical_failures_pair_once_and_a_broken_tree_falls_back() -> None:
     assert res.tree is not None
     res.tree["rollouts"] = res.tree["rollouts"][:1]  # does not match the trajectories
     assert len(pair_contrasts(res, max_pairs=3)) == 1  # the best-of-n pairing
+
+
+def _many(n_bad: int, n_long: int) -> SearchResult:
+    """A success, `n_bad` distinct failures (the i-th visited i+1 times more) and `n_long`
+    correct attempts three times as long (soft candidates)."""
+    attempts: list[tuple[list[str], bool, int]] = [(["s"], True, 10)]
+    attempts += [([f"b{i}", "bad"], False, 10) for i in range(n_bad)]
+    attempts += [([f"l{i}", "long"], True, 30) for i in range(n_long)]
+    return _result(attempts, {f"b{i}": i for i in range(n_bad)})
+
+
+def test_crps_profile_takes_seven_hard_and_three_soft_of_ten() -> None:
+    pairs = pair_contrasts(_many(12, 6), max_pairs=10, hard_ratio=0.7, rng=random.Random(1))
+    assert [p.kind for p in pairs].count("hard") == 7 and len(pairs) == 10
+    assert len({p.bad.text for p in pairs}) == 10  # no pair twice
+
+
+def test_each_pool_fills_the_other_s_gap() -> None:
+    few_soft = pair_contrasts(_many(12, 1), max_pairs=10, hard_ratio=0.7,
+                              rng=random.Random(1))
+    assert [p.kind for p in few_soft].count("hard") == 9 and len(few_soft) == 10
+    few_hard = pair_contrasts(_many(2, 12), max_pairs=10, hard_ratio=0.7,
+                              rng=random.Random(1))
+    assert [p.kind for p in few_hard].count("soft") == 8 and len(few_hard) == 10
+    small = pair_contrasts(_many(2, 1), max_pairs=10, hard_ratio=0.7, rng=random.Random(1))
+    assert len(small) == 3  # everything there is
+
+
+def test_hard_negatives_are_sampled_in_proportion_to_visits_in_the_crps_profile() -> None:
+    res = _many(4, 0)  # b3 has 4 visits at its branch, b0 one
+    picks = Counter(p.bad.steps[0]
+                    for i in range(800)
+                    for p in pair_contrasts(res, max_pairs=1, hard_ratio=1.0,
+                                            rng=random.Random(i)))
+    assert picks["b3"] > picks["b2"] > picks["b1"] > picks["b0"] > 0, picks
+    assert 0.3 < picks["b3"] / 800 < 0.5, picks  # 4/10 expected
+    soft = Counter(p.bad.steps[0] for i in range(300)
+                   for p in pair_contrasts(_many(0, 5), max_pairs=1, hard_ratio=0.7,
+                                           rng=random.Random(i)))
+    assert len(soft) == 5  # soft ones sampled, not always the longest
+
+
+def test_crps_profile_in_settings() -> None:
+    from crps_agent.config import load_settings
+
+    crps = load_settings(reflect={"profile": "crps"}).reflect
+    assert (crps.max_pairs, crps.hard_ratio) == (10, 0.7)
+    own = load_settings(reflect={"profile": "crps", "max_pairs": 6, "hard_ratio": 0.5}).reflect
+    assert (own.max_pairs, own.hard_ratio) == (6, 0.5)
+    plain = load_settings().reflect
+    assert (plain.max_pairs, plain.hard_ratio) == (3, None)

@@ -13,7 +13,13 @@ from crps_agent.cli import cli
 from crps_agent.config import load_settings
 from crps_agent.crps.chains import ChainStore
 from crps_agent.crps.export import export_store, split_tasks
-from crps_agent.crps.synthesis import meta_language, synthesize
+from crps_agent.crps.synthesis import (
+    guidance,
+    has_pitfall,
+    meta_language,
+    synthesis_messages,
+    synthesize,
+)
 from crps_agent.graph.agent import Agent
 from crps_agent.plugins import get_registry
 from crps_agent.tasks import load_tasks
@@ -27,9 +33,10 @@ EXAMPLES = Path(__file__).parents[2] / "examples" / "offline"
     "Unlike the failed attempt, I add both.",
     "Attempt B forgot the repairs.",
     "The success pattern here is to list deductions.",
-    "Avoiding the mistake of pricing gross eggs, 16 - 7 = 9.",
-    "As noted above, the base is the blue fiber.",
+    "As noted in the analysis, the base is the blue fiber.",
     "Following the guidance, I compute the value first.",
+    "The previous attempts priced every egg.",
+    "My notes say to subtract first.",
 ])
 def test_meta_language_is_caught(text):
     assert meta_language(text)
@@ -39,9 +46,64 @@ def test_meta_language_is_caught(text):
     "Step 1: 16 - 7 = 9 eggs are sold.\nThe answer is \\boxed{18}.",
     "First compute the total cost, then subtract it from the final value.",
     "An attempt at factoring fails, so expand instead.",  # 'an attempt at' is not meta
+    # CRPS's point: the chain names the mistake it avoids.
+    "Avoiding the mistake of pricing gross eggs, 16 - 7 = 9.",
+    "Both uses come out first; a common mistake is to price all 16 eggs.",
+    "As noted above, the base is the blue fiber.",  # the solution's own earlier step
 ])
 def test_clean_text_passes(text):
     assert meta_language(text) is None
+
+
+@pytest.mark.parametrize(("text", "pitfall"), [
+    ("Step 3: 16 - 7 = 9; a common mistake is to price all 16 eggs.", True),
+    ("The rates are averaged by total distance over total time, not by adding them; "
+     "averaging the speeds would be wrong.", True),
+    ("Multiply the factors rather than adding the percentages.", True),
+    ("Step 1: 16 - 7 = 9.\nStep 2: 9 x 2 = 18.\nThe answer is \\boxed{18}.", False),
+    ("Note that the changes compound, so each acts on the new amount.", False),
+])
+def test_has_pitfall(text, pitfall):
+    assert has_pitfall(text) is pitfall
+
+
+def test_guidance_carries_the_key_step_and_never_the_answer():
+    domains = get_registry().domains
+    task = Task("Eggs: 16 laid, 7 used, sold at $2. Earnings?", "math", "18", id="eggs")
+    contrast = _contrast(task, analysis={
+        "divergence_step": 3, "strategy": "Account for every use before pricing.",
+        "success_pattern": "Subtract both uses, then price the rest. That gives 18 dollars.",
+        "local": "At step 3 A sold 9 eggs; B sold 13. The right total is $18.",
+        "failure_mode": "Pricing eggs that were used."})
+    notes, dropped = guidance(contrast, task)
+    assert dropped == 2 and "18" not in notes
+    assert "Key difference at step 3: At step 3 A sold 9 eggs; B sold 13." in notes
+    assert "Strategic overview: Account for every use" in notes
+    assert "Common mistake there: Pricing eggs that were used." in notes
+    # the contrast's own attempt is never the style example; another problem's work is
+    msgs = synthesis_messages(contrast, task, domains["math"], None)
+    assert "<example>" not in msgs[0]["content"] and "1 + 1 = 2" not in msgs[0]["content"]
+    assert "the common mistake" in msgs[0]["content"]
+    backend = ScriptedBackend()
+    backend.respond(lambda r: "Sell 16 - 7 = 9 eggs; a common mistake is to price all 16.\n"
+                    "9 x 2 = 18. \\boxed{18}")
+    out = synthesize([contrast], {task.id: task}, backend, domains, load_settings().crps,
+                     style={task.id: contrast.good.text})
+    sent = backend.calls[0][0].messages[0]["content"]
+    assert "<example>" not in sent and "18" not in sent.split("Private notes")[1]
+    assert out.counts["kept"] == out.counts["pitfall"] == 1
+    assert out.counts["answer_redacted"] == 2 and out.to_dict()["pitfall_share"] == 1.0
+    out = synthesize([contrast], {task.id: task}, backend, domains, load_settings().crps,
+                     style={task.id: "Other problem: 1 + 1 = 2. \\boxed{2}"})
+    assert "<example>\nOther problem: 1 + 1 = 2." in backend.calls[-1][0].messages[0]["content"]
+
+
+def test_answer_is_matched_as_a_number_not_a_digit():
+    task = Task("p", "math", "18", id="t")
+    contrast = _contrast(task, analysis={"success_pattern": "Use 180 eggs and 1.8 kg.",
+                                         "failure_mode": "Using 18.", "local": "", "strategy": ""})
+    notes, dropped = guidance(contrast, task)
+    assert dropped == 1 and "180 eggs and 1.8 kg" in notes and "Using 18" not in notes
 
 
 def _contrast(task: Task, analysis: dict | None = None) -> Contrast:
@@ -125,9 +187,11 @@ def test_export_all_methods(learned, tmp_path):
     assert set(results) == {"crps", "rft", "best"}
     crps = results["crps"]
     # 7 contrasts (a truncated failure is never paired): 4 clean chains kept;
-    # 2 meta-language, 1 duplicate dropped
-    assert crps.synthesis["counts"] == {"generated": 7, "kept": 4, "meta_language": 2,
-                                        "duplicate": 1, "no_analysis": 0}
+    # 1 wrong, 1 meta-language, 1 duplicate dropped; 3 of the 4 name the mistake they avoid
+    assert crps.synthesis["counts"] == {"generated": 7, "kept": 4, "wrong": 1,
+                                        "meta_language": 1, "duplicate": 1, "no_analysis": 0,
+                                        "pitfall": 3}
+    assert crps.synthesis["pitfall_share"] == 0.75 == crps.synthesis["pitfall_chains"] / 4
     for method, result in results.items():
         d = out / method
         train, val = _rows(d / "train.jsonl"), _rows(d / "validation.jsonl")

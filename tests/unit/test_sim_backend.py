@@ -8,7 +8,7 @@ import pytest
 
 from crps_agent.backends.base import Backend, GenerationRequest
 from crps_agent.config import load_settings
-from crps_agent.crps.synthesis import meta_language, synthesis_messages
+from crps_agent.crps.synthesis import has_pitfall, meta_language, synthesis_messages
 from crps_agent.errors import ParseError
 from crps_agent.memory.dedup import confirm_contradictions, merge_cluster
 from crps_agent.plugins import get_registry
@@ -244,13 +244,14 @@ def test_merge_contradiction_synthesis_and_unknown_prompts():
     chain = backend.generate([GenerationRequest(messages=msgs, purpose="synthesize")])
     text = chain[0][0].text
     assert MATH.verify(task, text).correct and "Note that" in text
-    assert meta_language(text) is None
+    assert meta_language(text) is None and not has_pitfall(text)  # no pitfall named
     named = PITFALLS[sim_task.pitfalls[0]]
     contrast.analysis = {"success_pattern": named.success.capitalize(),
                          "failure_mode": named.mistake.capitalize() + "."}
     msgs = synthesis_messages(contrast, task, MATH, contrast.good.text)
     text = backend.generate([GenerationRequest(messages=msgs)])[0][0].text
     assert MATH.verify(task, text).correct and named.remark in text
+    assert named.mistake in text and has_pitfall(text) and meta_language(text) is None
     for weird in ("hello", "Problem:\nWhat is the capital of France?\n\nAnswer."):
         out = backend.generate([GenerationRequest(prompt=weird, n=2)])[0]
         assert len(out) == 2 and out[0].text and "\\boxed" not in out[0].text
