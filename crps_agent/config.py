@@ -155,6 +155,21 @@ class MemorySettings(BaseModel):
         return validate_namespaces(value)
 
 
+class LearnSettings(BaseModel):
+    """`learn`'s task loop (crps_agent/sampler.py): epochs, failure-biased sampling."""
+
+    epochs: int = Field(1, ge=1, le=1000, description="epochs over the tasks: the first "
+                        "attempts each task once, later ones draw tasks by `sampler`")
+    sampler: Literal["uniform", "failure-biased"] = Field(
+        "failure-biased", description="draws after the first epoch: a shuffled pass "
+        "(uniform) or weighted by each task's estimated failure rate")
+    mix: float = Field(0.3, ge=0.0, le=1.0, description="failure-biased: share of the "
+                       "draw probability spread uniformly over the tasks")
+    cap: int = Field(3, ge=1, description="failure-biased: draws of one task per epoch")
+    draws: int | None = Field(None, ge=1, description="draws per later epoch (none: the "
+                              "number of tasks)")
+
+
 class FinetuneSettings(BaseModel):
     """LoRA fine-tuning (`crps-agent finetune`, TRL SFTTrainer + peft)."""
 
@@ -223,6 +238,7 @@ class Settings(BaseSettings):
     reflect: ReflectSettings = Field(default_factory=ReflectSettings)
     memory: MemorySettings = Field(default_factory=MemorySettings)
     crps: CrpsSettings = Field(default_factory=CrpsSettings)
+    learn: LearnSettings = Field(default_factory=LearnSettings)
     finetune: FinetuneSettings = Field(default_factory=FinetuneSettings)
     sim: SimConfig = Field(default_factory=SimConfig, description="the simulated learner "
                            "(backend `sim`, `crps-agent sim tasks`)")

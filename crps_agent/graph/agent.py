@@ -69,6 +69,7 @@ class TaskReport:
     promoted: list[str] = field(default_factory=list)
     crps: dict[str, Any] | None = None  # export / fine-tune / adoption run after this task
     cost: dict[str, Any] = field(default_factory=dict)  # LLM cost by phase (ledger.py)
+    epoch: int = 0  # the learn epoch of this attempt (crps_agent/sampler.py)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -237,35 +238,55 @@ class Agent:
         return checked
 
     def learn(self, tasks: Iterable[Task], *, run_id: str | None = None,
-              on_task: Callable[[TaskReport], None] | None = None) -> LearnReport:
-        """Attempt each task, reflect on the contrasts, remember the insights.
+              on_task: Callable[[TaskReport], None] | None = None,
+              epochs: int | None = None, sampler: str | None = None) -> LearnReport:
+        """Attempt the tasks, reflect on the contrasts, remember the insights: epoch 0
+        attempts each task once, later epochs (`epochs`, default `learn.epochs`) draw tasks
+        by `sampler` (default `learn.sampler`; crps_agent/sampler.py), each draw with its
+        own seed.
 
-        With the same `run_id` a rerun resumes: tasks whose graph already finished in that
+        With the same `run_id` a rerun resumes: draws whose graph already finished in that
         run are reported from their checkpoint instead of being attempted again.
         """
+        from crps_agent.sampler import PlanStore, draws
+
         todo = self.validate(tasks)
         rid = run_id or uuid.uuid4().hex[:12]
+        cfg = self.settings.learn.model_copy(update={
+            k: v for k, v in {"epochs": epochs, "sampler": sampler}.items() if v is not None})
+        cfg = type(cfg).model_validate(cfg.model_dump())  # the overrides checked too
         started = time.perf_counter()
         reports = []
         ctx = self.context()
         self.ledger.take()  # each task's report carries the cost spent since the last one
-        for task in todo:
-            config = {"configurable": {"thread_id": f"{rid}:{task.id}"}}
-            state: dict[str, Any] | None = None
-            resumed = False
-            if self._checkpoint:
-                snap = self.graph.get_state(config)
-                if snap.values.get("result") and not snap.next and "added" in snap.values:
-                    state, resumed = dict(snap.values), True
-            if state is None:
-                state = self.graph.invoke({"mode": "learn", "task": task.to_dict()}, config,
-                                          context=ctx)
-            report = _report(state, resumed)
-            report.cost = self.ledger.take()
+        mem = self.settings.memory
+        for draw in draws(todo, memory=self.memory, settings=cfg, seed=self.settings.seed,
+                          run_id=rid, prior=(mem.prior_a, mem.prior_b),
+                          plans=PlanStore(self.memory) if self._checkpoint else None):
+            report = self._learn_one(draw.task, draw.thread_id, draw.seed, ctx)
+            report.epoch = draw.epoch
             reports.append(report)
             if on_task:
                 on_task(report)
         return LearnReport(run_id=rid, tasks=reports, wall_s=time.perf_counter() - started)
+
+    def _learn_one(self, task: Task, thread_id: str, seed: int,
+                   ctx: AgentContext) -> TaskReport:
+        """One learn attempt at `task` on graph thread `thread_id` (resumed from its
+        checkpoint when that thread finished)."""
+        config = {"configurable": {"thread_id": thread_id}}
+        state: dict[str, Any] | None = None
+        resumed = False
+        if self._checkpoint:
+            snap = self.graph.get_state(config)
+            if snap.values.get("result") and not snap.next and "added" in snap.values:
+                state, resumed = dict(snap.values), True
+        if state is None:
+            state = self.graph.invoke({"mode": "learn", "task": task.to_dict(), "seed": seed},
+                                      config, context=ctx)
+        report = _report(state, resumed)
+        report.cost = self.ledger.take()
+        return report
 
     def solve(self, task: Task | str, *, reference: str | None = None,
               domain: str | None = None) -> SolveResult:

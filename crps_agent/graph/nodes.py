@@ -24,6 +24,12 @@ def _verifiable(ctx: AgentContext, task: Task) -> bool:
     return bool((task.reference or "").strip()) or not ctx.domain(task.domain).requires_reference
 
 
+def _seed(state: AgentState, ctx: AgentContext) -> int:
+    """This attempt's sampling seed: learn gives each draw its own (crps_agent/sampler.py)."""
+    seed = state.get("seed")
+    return ctx.settings.seed if seed is None else int(seed)
+
+
 def recall_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
     """Recall the most useful insights for the task into `notes`. In learn mode a share of
     tasks (`memory.ablation_share`, drawn per run and task) is *ablated*: it runs without
@@ -55,12 +61,12 @@ def search_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, 
             from crps_agent.search.mcts import mcts
 
             result = mcts(task, domain, ctx.backend, messages=messages,
-                          settings=ctx.settings.search, seed=ctx.settings.seed,
+                          settings=ctx.settings.search, seed=_seed(state, ctx),
                           insight_ids=state.get("recalled_ids", []),
                           mode=state.get("mode", "learn"))
         else:
             result = best_of_n(task, domain, ctx.backend, messages=messages,
-                               settings=ctx.settings.search, seed=ctx.settings.seed,
+                               settings=ctx.settings.search, seed=_seed(state, ctx),
                                insight_ids=state.get("recalled_ids", []))
     return {"result": result.to_dict(),
             "llm_calls": state.get("llm_calls", 0) + result.stats.llm_calls}
@@ -89,7 +95,7 @@ def reflect_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str,
         token_budget=ctx.settings.memory.token_budget)]
     with phase("reflect"):
         outcome = reflect(contrasts, {task.id: task}, ctx.backend, cfg,
-                          related={task.id: related}, seed=ctx.settings.seed,
+                          related={task.id: related}, seed=_seed(state, ctx),
                           domains={task.domain: ctx.domain(task.domain)})
     analyses = {c.id: analysis_of(r) for c, r in outcome.reflections}
     return {"contrasts": [{**c.to_dict(), "analysis": analyses.get(c.id)} for c in contrasts],
@@ -166,7 +172,7 @@ def admit_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, A
             candidates=[c for c in candidates if c.status == "candidate"],
             search=ctx.settings.search,
             rollouts=mem.admission_rollouts or ctx.settings.search.n,
-            tolerance=mem.admission_tolerance, seed=ctx.settings.seed)
+            tolerance=mem.admission_tolerance, seed=_seed(state, ctx))
     settle(ctx.memory.insights, {c.insight_id: c.admitted for c in checks})
     return {"admission": [c.to_dict() for c in checks],
             "llm_calls": state.get("llm_calls", 0) + (1 if checks else 0)}

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 class AgentState(TypedDict, total=False):
     mode: Literal["learn", "solve"]
     task: dict[str, Any]
+    seed: int  # sampling seed of this attempt (learn: one per draw; else settings.seed)
     notes: list[str]
     recalled_ids: list[str]
     result: dict[str, Any]
