@@ -8,11 +8,13 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
+from crps_agent.admission_policy import admit_candidates
 from crps_agent.contrast import cross_contrasts, history_contrasts, pair_contrasts
+from crps_agent.credit_policy import credit_search, search_with_dropout
 from crps_agent.errors import NotFoundError
 from crps_agent.graph.state import AgentContext, AgentState
 from crps_agent.ledger import phase
-from crps_agent.memory.admission import check_candidates, settle
+from crps_agent.memory.admission import settle
 from crps_agent.memory.credit import should_ablate
 from crps_agent.reflect.reflector import reflect
 from crps_agent.reflect.schema import analysis_of
@@ -64,6 +66,13 @@ def search_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, 
                           settings=ctx.settings.search, seed=_seed(state, ctx),
                           insight_ids=state.get("recalled_ids", []),
                           mode=state.get("mode", "learn"))
+        elif (state.get("mode", "learn") == "learn" and state.get("recalled_ids")
+              and ctx.settings.learn.dropout > 0):
+            # Note dropout: some samples run without one note (counterfactual credit).
+            result = search_with_dropout(
+                task, domain, ctx.backend, notes=state.get("notes", []),
+                note_ids=state.get("recalled_ids", []), settings=ctx.settings.search,
+                seed=_seed(state, ctx), share=ctx.settings.learn.dropout)
         else:
             result = best_of_n(task, domain, ctx.backend, messages=messages,
                                settings=ctx.settings.search, seed=_seed(state, ctx),
@@ -144,22 +153,35 @@ def remember_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str
     if verified and state.get("ablated"):
         ctx.memory.record_baseline(task.namespace, task.domain, result.solved)
     elif recalled and verified:
-        changed = ctx.memory.record(recalled, result.solved)
+        # The baseline report: each note gets the verdict of the samples that had it
+        # (note dropout leaves some samples without one).
+        solved_with: dict[bool, list[str]] = {True: [], False: []}
+        for nid in recalled:
+            had = [t for t in result.trajectories if nid in t.insight_ids]
+            if had:
+                solved_with[any(t.verdict.correct for t in had)].append(nid)
+        changed = [*ctx.memory.record(solved_with[True], True),
+                   *ctx.memory.record(solved_with[False], False)]
+    retired = [i.id for i in changed if i.status == "retired"]
+    promoted = [i.id for i in changed if i.promoted]
+    if recalled and verified and state.get("mode", "learn") == "learn":
+        cf_retired, cf_promoted = credit_search(ctx.memory, result, recalled, mem)
+        retired += [i for i in cf_retired if i not in retired]
+        promoted = [i for i in dict.fromkeys([*promoted, *cf_promoted]) if i not in retired]
     return {"added": sum(1 for o in outcomes if not o.merged),
             "merged": sum(1 for o in outcomes if o.merged),
             "insights": [o.insight.to_dict() for o in outcomes],
             "candidates": list(dict.fromkeys(o.insight.id for o in outcomes
                                              if o.insight.status == "candidate")),
-            "retired": [i.id for i in changed if i.status == "retired"],
-            "promoted": [i.id for i in changed if i.promoted]}
+            "retired": retired, "promoted": promoted}
 
 
 def admit_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
-    """Admission (memory/admission.py): check rollouts on the task without and with each
-    candidate insight; admitted ones become active, the others are retired."""
+    """Admission (crps_agent/admission_policy.py): the search's samples are the without
+    arm, check rollouts with each candidate the with arm; a candidate that helps and harms
+    no similar failing task becomes active, the others are retired."""
     ctx = runtime.context
     task = Task.from_dict(state["task"])
-    mem = ctx.settings.memory
     candidates = []
     for insight_id in state.get("candidates", []):
         try:
@@ -167,15 +189,15 @@ def admit_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, A
         except NotFoundError:
             continue
     with phase("admit"):
-        checks = check_candidates(
-            task, ctx.domain(task.domain), ctx.backend, notes=state.get("notes", []),
+        checks = admit_candidates(
+            task, SearchResult.from_dict(state["result"]), notes=state.get("notes", []),
             candidates=[c for c in candidates if c.status == "candidate"],
-            search=ctx.settings.search,
-            rollouts=mem.admission_rollouts or ctx.settings.search.n,
-            tolerance=mem.admission_tolerance, seed=_seed(state, ctx))
+            memory=ctx.memory, backend=ctx.backend, domains=ctx.domains,
+            settings=ctx.settings, seed=_seed(state, ctx))
     settle(ctx.memory.insights, {c.insight_id: c.admitted for c in checks})
     return {"admission": [c.to_dict() for c in checks],
-            "llm_calls": state.get("llm_calls", 0) + (1 if checks else 0)}
+            "llm_calls": state.get("llm_calls", 0) + (1 if checks else 0)
+            + (1 if any(c.neighbours for c in checks) else 0)}
 
 
 def crps_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:

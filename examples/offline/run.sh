@@ -31,7 +31,9 @@ case "$STORE" in
 esac
 
 echo "== pass 1: learn from 3 problems, 4 attempts each"
-"$CLI" learn "$HERE/tasks.jsonl" "${COMMON[@]}" --budget 4 --json
+# No admission: the scripted model answers the same with or without notes, and admission
+# makes an insight active only on evidence that it helps (it would retire them all).
+CRPS_MEMORY__ADMISSION=0 "$CLI" learn "$HERE/tasks.jsonl" "${COMMON[@]}" --budget 4 --json
 echo
 echo "== insights after pass 1"
 "$CLI" insights list --store "$STORE"
