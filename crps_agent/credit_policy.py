@@ -197,10 +197,16 @@ def credit_search(memory: Memory, result: SearchResult, note_ids: Sequence[str],
                   settings: MemorySettings) -> tuple[list[str], list[str]]:
     """Record a learn search's per-sample outcomes for its recalled notes and retire or
     promote them; returns (retired ids, promoted ids)."""
+    from crps_agent.anchors import AnchorStore
     from crps_agent.errors import NotFoundError
 
     events = {i: e for i, e in outcomes(result, note_ids).items() if e.without_n or e.with_n}
     totals = CreditEvents(memory).add(events)
+    # Anchor a note on the tasks it did not hurt and helped win (crps_agent/anchors.py).
+    AnchorStore(memory).add(result.task.namespace, {
+        i: [result.task.id] for i, e in events.items()
+        if e.with_wins and (not e.without_n
+                            or e.with_wins / e.with_n >= e.without_wins / e.without_n)})
     retired, promoted = [], []
     for iid, credit in totals.items():
         try:

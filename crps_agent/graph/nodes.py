@@ -9,6 +9,7 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 from crps_agent.admission_policy import admit_candidates
+from crps_agent.anchors import AnchorStore, recall_notes
 from crps_agent.contrast import cross_contrasts, history_contrasts, pair_contrasts
 from crps_agent.credit_policy import credit_search, search_with_dropout
 from crps_agent.errors import NotFoundError
@@ -45,8 +46,8 @@ def recall_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, 
             and _verifiable(ctx, task)  # an unverified verdict is no baseline sample
             and should_ablate(mem.ablation_share, str(ctx.settings.seed), thread, task.id)):
         return {"notes": [], "recalled_ids": [], "ablated": True}
-    recalled = ctx.memory.recall(task.prompt, namespace=task.namespace, domain=task.domain,
-                                 k=mem.recall_k, token_budget=mem.token_budget)
+    recalled = recall_notes(ctx.memory, task.prompt, namespace=task.namespace,
+                            domain=task.domain, k=mem.recall_k, token_budget=mem.token_budget)
     return {"notes": [r.insight.text for r in recalled],
             "recalled_ids": [r.insight.id for r in recalled], "ablated": False}
 
@@ -195,6 +196,9 @@ def admit_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, A
             memory=ctx.memory, backend=ctx.backend, domains=ctx.domains,
             settings=ctx.settings, seed=_seed(state, ctx))
     settle(ctx.memory.insights, {c.insight_id: c.admitted for c in checks})
+    # An admitted note is anchored on the task it was learned on (crps_agent/anchors.py).
+    AnchorStore(ctx.memory).add(task.namespace, {c.insight_id: [task.id] for c in checks
+                                                 if c.admitted})
     return {"admission": [c.to_dict() for c in checks],
             "llm_calls": state.get("llm_calls", 0) + (1 if checks else 0)
             + (1 if any(c.neighbours for c in checks) else 0)}

@@ -65,7 +65,7 @@ def test_dropout_credit_retires_a_harmful_note_and_promotes_a_helpful_one(
     agent.memory.remember([Insight(text=t, domain="math") for t in (GOOD, BAD)])
     tasks = [Task(prompt=f"A rope of {7 * k} m is cut into {k} pieces; how long is each?",
                   domain="math", reference="7", id=f"rope{k}") for k in range(2, 10)]
-    report = agent.learn(tasks)
+    report = agent.learn(tasks, run_id="cf")  # the run id seeds the dropout draws
     # the search's samples were split: some prompts lack one of the notes
     solves = [r for r, _ in backend.calls if r.purpose == "solve"]
     assert any(GOOD in r.text() and BAD not in r.text() for r in solves)
