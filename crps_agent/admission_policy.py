@@ -8,8 +8,11 @@ For the candidates a learn task produced (DESIGN.md §4, issue 12.3):
    candidate added, with a seed of its own (not a replay of the search's samples).
 3. **Help**: P(p_with > p_without) >= `memory.admission_confidence` (0.9) under independent
    Beta(prior_a, prior_b) posteriors of the two success rates, i.e. a strict improvement
-   (a tie is no evidence). A candidate from a task never solved (no correct attempt in the
-   whole log) must in addition flip at least one sample.
+   (a tie is no evidence). A candidate met again (a rediscovery after a rejection) is
+   judged on the samples of all its tests so far (kept in `crps_meta`, kind
+   "admission-evidence"), so evidence accumulates across tests. A candidate from a task
+   never solved (no correct attempt in the whole log) must in addition flip at least one
+   sample.
 4. **No harm**: on the `memory.admission_neighbours` (3) most similar *other* tasks of the
    log that have failures, `memory.admission_neighbour_rollouts` (4) samples each without
    and with the candidate (the neighbour's own recalled notes, plus the candidate); the
@@ -40,6 +43,7 @@ if TYPE_CHECKING:
     from crps_agent.types import Insight, SearchResult, Task
 
 _GRID = 2000
+ADMISSION_KIND = "admission-evidence"
 
 
 def _log_beta_pdf(alpha: float, beta: float) -> Any:
@@ -161,6 +165,8 @@ def admit_candidates(task: Task, result: SearchResult, *, notes: Sequence[str],
     if not _verified(task, domain):
         return [AdmissionDecision(c.id, task.id, Arm(), Arm(), 0.0, True, "unverified")
                 for c in candidates]
+    from crps_agent.credit_policy import CreditEvents, NoteCredit
+
     without = _arm(task, domain, result.trajectories)
     rollouts = mem.admission_rollouts
     requests = [admission_request(task, domain, [*notes, c.text], search, rollouts,
@@ -168,17 +174,27 @@ def admit_candidates(task: Task, result: SearchResult, *, notes: Sequence[str],
                 for c in candidates]
     replies = backend.generate(requests)
     unsolved = never_solved(memory, task, result)
+    evidence = CreditEvents(memory, prefix="adm:", kind=ADMISSION_KIND)
+    earlier = evidence.get_many([c.id for c in candidates])
     decisions: list[AdmissionDecision] = []
+    now: dict[str, NoteCredit] = {}
     for c, reply in zip(candidates, replies, strict=True):
         with_arm = _arm(task, domain, reply)
-        p_help = prob_greater(with_arm.wins, with_arm.n, without.wins, without.n,
-                              mem.prior_a, mem.prior_b)
+        now[c.id] = NoteCredit(c.id, with_arm.wins, with_arm.n, without.wins, without.n)
+        # A candidate rediscovered after a test without evidence is tested on the pooled
+        # samples of every test so far: evidence accumulates, a rerun is not a fresh coin.
+        e = earlier[c.id]
+        pooled_with = Arm(with_arm.wins + e.with_wins, with_arm.n + e.with_n)
+        pooled_without = Arm(without.wins + e.without_wins, without.n + e.without_n)
+        p_help = prob_greater(pooled_with.wins, pooled_with.n, pooled_without.wins,
+                              pooled_without.n, mem.prior_a, mem.prior_b)
         helps = p_help >= mem.admission_confidence
         reason = "helps" if helps else "no-evidence"
         if helps and unsolved and with_arm.wins == 0:
             helps, reason = False, "no-flip"
-        decisions.append(AdmissionDecision(c.id, task.id, with_arm, without, p_help, helps,
-                                           reason, rollouts=with_arm.n))
+        decisions.append(AdmissionDecision(c.id, task.id, pooled_with, pooled_without, p_help,
+                                           helps, reason, rollouts=with_arm.n))
+    evidence.add(now)
     passing = [(c, d) for c, d in zip(candidates, decisions, strict=True) if d.admitted]
     if passing and mem.admission_neighbours > 0:
         _check_neighbours(task, passing, memory=memory, backend=backend, domains=domains,

@@ -124,19 +124,21 @@ def outcomes(result: SearchResult, note_ids: Sequence[str]) -> dict[str, NoteCre
 
 
 class CreditEvents:
-    """The pooled with/without counters of every note, in the store's `crps_meta`."""
+    """The pooled with/without counters of every note, in the store's `crps_meta`
+    (`prefix` and `kind` keep other counters of the same shape apart, e.g. admission's)."""
 
-    def __init__(self, memory: Memory) -> None:
+    def __init__(self, memory: Memory, *, prefix: str = "cf:", kind: str = CF_KIND) -> None:
         self.memory = memory
+        self.prefix = prefix
+        self.kind = kind
 
     def _collection(self) -> Any:
         from crps_agent.memory.chroma import open_meta_collection
 
         return open_meta_collection(self.memory.client)
 
-    @staticmethod
-    def _id(insight_id: str) -> str:
-        return "cf:" + insight_id
+    def _id(self, insight_id: str) -> str:
+        return self.prefix + insight_id
 
     def get_many(self, insight_ids: Sequence[str]) -> dict[str, NoteCredit]:
         ids = list(dict.fromkeys(insight_ids))
@@ -170,7 +172,7 @@ class CreditEvents:
             self._collection().upsert(
                 ids=[self._id(i) for i in totals],
                 embeddings=[META_VECTOR] * len(totals),
-                metadatas=[{"kind": CF_KIND, "insight_id": i, "with_wins": t.with_wins,
+                metadatas=[{"kind": self.kind, "insight_id": i, "with_wins": t.with_wins,
                             "with_n": t.with_n, "without_wins": t.without_wins,
                             "without_n": t.without_n, "updated_at": round(time.time(), 3)}
                            for i, t in totals.items()])

@@ -111,3 +111,25 @@ def test_a_candidate_that_helps_its_task_but_harms_a_similar_one_is_rejected(
     assert [i.status for i in agent.memory.insights.list()] == ["active"]
     assert report.totals()["cost"]["admit"]["sequences"] == 8
     agent.close()
+
+
+def test_evidence_accumulates_over_a_rediscovered_candidates_tests(tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    monkeypatch.delenv("CRPS_CONFIG", raising=False)
+    tasks = [Task(prompt=f"A rope of {7 * k} m is cut into {k} pieces; how long is each?",
+                  domain="math", reference="7", id=f"rope{k}") for k in (2, 3)]
+
+    def respond(req: GenerationRequest) -> str | list[str] | None:
+        if req.purpose == "reflect":
+            return _reflection(NOTE)
+        if NOTE in req.text():  # 5 of 8 with the note
+            return (["\\boxed{7}"] * 5 + ["\\boxed{5}"] * 3) * (req.n // 8)
+        return ["\\boxed{7}", "\\boxed{5}", "\\boxed{5}", "\\boxed{5}"] * (req.n // 4)
+
+    agent = _agent(tmp_path, respond, admission_neighbours=0)
+    report = agent.learn(tasks, run_id="pool")
+    # 5/8 against 1/4 is not enough on its own (P ~ 0.88); pooled with the second test's
+    # samples (10/16 against 2/8) it is
+    assert [(t.admitted, t.admission_rejected) for t in report.tasks] == [(0, 1), (1, 0)]
+    assert [i.status for i in agent.memory.insights.list()] == ["active"]
+    agent.close()
