@@ -30,10 +30,13 @@ case "$STORE" in
     echo "== store: the directory $STORE" ;;
 esac
 
+# The scripted model answers the same with or without notes, so: no admission (it makes an
+# insight active only on evidence that it helps, and would retire them all) and no note
+# dropout (counterfactual credit: it would split each search into several scripted calls).
+export CRPS_MEMORY__ADMISSION=0 CRPS_LEARN__DROPOUT=0
+
 echo "== pass 1: learn from 3 problems, 4 attempts each"
-# No admission: the scripted model answers the same with or without notes, and admission
-# makes an insight active only on evidence that it helps (it would retire them all).
-CRPS_MEMORY__ADMISSION=0 "$CLI" learn "$HERE/tasks.jsonl" "${COMMON[@]}" --budget 4 --json
+"$CLI" learn "$HERE/tasks.jsonl" "${COMMON[@]}" --budget 4 --json
 echo
 echo "== insights after pass 1"
 "$CLI" insights list --store "$STORE"
