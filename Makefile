@@ -59,8 +59,8 @@ demo: install
 offline: install
 	examples/offline/run.sh $(DEMO_STORE)-offline
 
-# The learning benchmark on the simulator: 24 training tasks, 100 held-out, a frozen
-# evaluation of every arm at the start and every 8 training tasks (bench-learning/learning.png).
+# The learning benchmark on the simulator: 24 training tasks, 100 held-out, 3 epochs, a
+# frozen evaluation of every arm at the start and after every epoch (bench-learning/learning.png).
 BENCH_LEARNING ?= bench-learning
 bench-learning: install
 	mkdir -p $(BENCH_LEARNING)
@@ -70,7 +70,7 @@ bench-learning: install
 	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(BIN)/crps-agent bench learning \
 		--backend sim --train $(BENCH_LEARNING)/train.jsonl \
 		--heldout $(BENCH_LEARNING)/heldout.jsonl --arms none,insights,episodic,oracle \
-		--out $(BENCH_LEARNING) --json
+		--epochs 3 --eval-every 24 --out $(BENCH_LEARNING) --json
 
 lint: install
 	$(BIN)/ruff check crps_agent plugins tests

@@ -186,13 +186,21 @@ class MemorySettings(BaseModel):
                                     "the backend (learn)")
     cluster_threshold: float = Field(0.75, ge=0.0, le=1.0, description="similarity that puts "
                                      "insights in one cluster for `consolidate`")
-    # Admission: a new insight is a candidate until check rollouts on its source task show
-    # that it does no worse than without it.
+    # Admission (crps_agent/admission_policy.py): a new insight is a candidate until check
+    # rollouts show that it helps on its source task and harms no similar failing task.
     admission: bool = Field(True, description="check new insights before they become active")
-    admission_rollouts: int | None = Field(None, ge=1, le=256, description="rollouts per arm "
-                                           "(with / without the candidate); none: search.n")
-    admission_tolerance: float = Field(0.0, ge=0.0, le=1.0, description="a candidate is "
-                                       "rejected when its success rate is lower by more")
+    admission_rollouts: int = Field(8, ge=1, le=256, description="samples with the candidate "
+                                    "on its source task (without it: the search's own)")
+    admission_confidence: float = Field(0.9, gt=0.5, lt=1.0, description="posterior "
+                                        "P(p_with > p_without) that admits a candidate")
+    admission_neighbours: int = Field(3, ge=0, le=10, description="most similar other tasks "
+                                      "with failures a helpful candidate is checked on for "
+                                      "harm (0: off)")
+    admission_neighbour_rollouts: int = Field(4, ge=1, le=64, description="samples per "
+                                              "neighbour and arm (with / without)")
+    admission_harm_confidence: float = Field(0.8, gt=0.5, lt=1.0, description="pooled "
+                                             "P(p_with < p_without) on the neighbours that "
+                                             "rejects a candidate")
 
     @field_validator("shared_namespaces")
     @classmethod
@@ -200,6 +208,25 @@ class MemorySettings(BaseModel):
         from crps_agent.namespaces import validate_namespaces
 
         return validate_namespaces(value)
+
+
+class LearnSettings(BaseModel):
+    """`learn`'s task loop (crps_agent/sampler.py): epochs, failure-biased sampling."""
+
+    epochs: int = Field(1, ge=1, le=1000, description="epochs over the tasks: the first "
+                        "attempts each task once, later ones draw tasks by `sampler`")
+    sampler: Literal["uniform", "failure-biased"] = Field(
+        "failure-biased", description="draws after the first epoch: a shuffled pass "
+        "(uniform) or weighted by each task's estimated failure rate")
+    mix: float = Field(0.3, ge=0.0, le=1.0, description="failure-biased: share of the "
+                       "draw probability spread uniformly over the tasks")
+    cap: int = Field(3, ge=1, description="failure-biased: draws of one task per epoch")
+    draws: int | None = Field(None, ge=1, description="draws per later epoch (none: the "
+                              "number of tasks)")
+    dropout: float = Field(0.25, ge=0.0, le=1.0, description="share of a learn task's "
+                           "best-of-n samples run without one of the recalled notes (seeded), "
+                           "so each note gets with/without outcomes on the same task "
+                           "(crps_agent/credit_policy.py); 0: off")
 
 
 class FinetuneSettings(BaseModel):
@@ -295,6 +322,7 @@ class Settings(BaseSettings):
     reflect: ReflectSettings = Field(default_factory=ReflectSettings)
     memory: MemorySettings = Field(default_factory=MemorySettings)
     crps: CrpsSettings = Field(default_factory=CrpsSettings)
+    learn: LearnSettings = Field(default_factory=LearnSettings)
     finetune: FinetuneSettings = Field(default_factory=FinetuneSettings)
     sim: SimConfig = Field(default_factory=SimConfig, description="the simulated learner "
                            "(backend `sim`, `crps-agent sim tasks`)")

@@ -140,9 +140,11 @@ def _notes_for(spec: ArmSpec, tasks: Sequence[Task], *, settings: Settings,
     if spec.kind == "insights":
         assert memory is not None
         mem = settings.memory
-        for t in tasks:
-            notes[t.id] = [r.insight.text for r in memory.recall(
-                t.prompt, namespace=t.namespace, domain=t.domain, k=mem.recall_k,
+        from crps_agent.anchors import recall_notes
+
+        for t in tasks:  # recalled as learn recalls (anchors included), no exploration
+            notes[t.id] = [r.insight.text for r in recall_notes(
+                memory, t.prompt, namespace=t.namespace, domain=t.domain, k=mem.recall_k,
                 token_budget=mem.token_budget, exploration=0.0)]
     elif spec.kind == "episodic":
         from crps_agent.episodic import similar_attempts

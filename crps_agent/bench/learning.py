@@ -3,8 +3,9 @@
     rows = run_learning_bench(train, heldout, settings=settings, out="bench-learning",
                               arms=parse_arms("none,insights,episodic"), eval_every=8)
 
-A fresh store under `out/store`; `Agent.learn` over the training tasks (with `epochs` when
-`Agent.learn` has them); a frozen evaluation (crps_agent/evaluation.py: nothing written to
+A fresh store under `out/store`; `Agent.learn` over the training tasks for `epochs` epochs
+(crps_agent/sampler.py: the first a pass, later ones failure-biased draws); a frozen
+evaluation (crps_agent/evaluation.py: nothing written to
 the store) of the held-out tasks for every arm before the first training task and after
 every `eval_every` training tasks, and at the end. JSON Lines:
 

@@ -108,7 +108,8 @@ def memory(sizes: str, embedder: str, queries: int, batch: int, window: int,
 @click.option("--heldout-limit", type=int, default=None, help="Use at most this many "
               "held-out tasks.")
 @click.option("--epochs", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Passes over the training tasks (needs a learn with epochs above 1).")
+              help="Epochs over the training tasks (learn --epochs: later epochs draw tasks "
+              "by learn.sampler, failure-biased by default).")
 @click.option("--eval-every", type=click.IntRange(min=1), default=8, show_default=True,
               help="Evaluate the held-out tasks after every K training tasks.")
 @click.option("--arms", default="none,insights,episodic", show_default=True,
@@ -174,5 +175,9 @@ def learning(train_file: str, heldout_file: str, fmt: str, train_limit: int | No
     con.print(table)
     gains = ", ".join(f"{arm} {g[0]:+.3f} [{g[1]:+.3f}, {g[2]:+.3f}]"
                       for arm, g in summary["gain_vs_none"].items())
-    con.print(f"gain vs none: {gains or 'n/a'}; training rollouts {summary['rollouts']}; "
+    total = summary["cost"].get("total", {})
+    con.print(f"gain vs none: {gains or 'n/a'}; training cost (every phase): "
+              f"{total.get('calls', 0)} calls, {summary['rollouts']} rollouts, "
+              f"{total.get('prompt_tokens', 0)} prompt + "
+              f"{total.get('completion_tokens', 0)} completion tokens; "
               f"{summary['wall_s']} s; curve in {out}/learning.png")

@@ -39,6 +39,22 @@ def insight_json(ins: Insight, **extra: Any) -> dict[str, Any]:
     return {**ins.to_dict(), "utility": _utility(ins), **extra}
 
 
+def _with_credit(memory: Memory, rows: list[Insight]) -> list[dict[str, Any]]:
+    """Insights as JSON with their counterfactual utility (crps_agent/credit_policy.py):
+    `utility` is the estimate of p(with) - p(without) on the tasks that recalled the note,
+    `utility_sd` its uncertainty, `counterfactual` the pooled outcomes; `success_rate` the
+    Beta posterior mean of the tasks' verdicts (compared with the namespace baseline)."""
+    from crps_agent.credit_policy import CreditEvents
+
+    credits = CreditEvents(memory).get_many([r.id for r in rows])
+    out = []
+    for r in rows:
+        cf = credits[r.id].to_dict(memory.settings.prior_a, memory.settings.prior_b)
+        out.append(insight_json(r, utility=cf["estimate"], utility_sd=cf["sd"],
+                                counterfactual=cf, success_rate=_utility(r)))
+    return out
+
+
 def _table(rows: list[Insight], scores: list[float] | None = None) -> None:
     from rich.table import Table
 
@@ -69,10 +85,10 @@ def list_(domain: str | None, status: str | None, limit: int | None, as_json: bo
     """List insights, newest first."""
     settings = make_settings(**flags)
     ns = flags.get("namespace")
-    rows = open_memory(settings, read_only=True).insights.list(
-        namespace=ns, domain=domain, status=status, limit=limit)
+    memory = open_memory(settings, read_only=True)
+    rows = memory.insights.list(namespace=ns, domain=domain, status=status, limit=limit)
     if as_json:
-        emit_jsonl(insight_json(r) for r in rows)
+        emit_jsonl(_with_credit(memory, rows))
     elif rows:
         _table(rows)
     else:
@@ -128,12 +144,14 @@ def _search_explained(memory: Memory, query: str, namespace: str, domain: str | 
 def show(insight_id: str, as_json: bool, **flags: Any) -> None:
     """Everything about one insight (an id or a unique prefix)."""
     settings = make_settings(**flags)
-    ins = open_memory(settings, read_only=True).insights.get(insight_id)
+    memory = open_memory(settings, read_only=True)
+    ins = memory.insights.get(insight_id)
+    data = _with_credit(memory, [ins])[0]
     if as_json:
-        emit_jsonl([insight_json(ins)])
+        emit_jsonl([data])
         return
     con = console()
-    for key, value in insight_json(ins).items():
+    for key, value in data.items():
         con.print(f"{key:>10}  {value}")
 
 

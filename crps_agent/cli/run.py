@@ -26,6 +26,12 @@ from crps_agent.cli.common import (
 @click.option("--offset", type=click.IntRange(min=0), default=0, help="Skip this many tasks first.")
 @click.option("--run-id", default=None, help="Resume the run with this id (tasks it finished "
               "are not attempted again; an interrupted one continues where it stopped).")
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="Epochs over the tasks (learn.epochs, default 1): the first attempts each "
+              "task once, later ones draw tasks by --sampler.")
+@click.option("--sampler", type=click.Choice(["uniform", "failure-biased"]), default=None,
+              help="Draws after the first epoch (learn.sampler, default failure-biased): a "
+              "shuffled pass, or weighted by each task's estimated failure rate.")
 @click.option("--export-every", type=click.IntRange(min=0), default=None,
               help="Export CRPS training data after every N new contrasts (crps.export_every).")
 @click.option("--max-failures", type=click.IntRange(min=1), default=None,
@@ -36,8 +42,8 @@ from crps_agent.cli.common import (
 @backend_options
 @store_options
 def learn(tasks: str, fmt: str, limit: int | None, offset: int, run_id: str | None,
-          export_every: int | None, max_failures: int | None, verbose: bool, as_json: bool,
-          **flags: Any) -> None:
+          epochs: int | None, sampler: str | None, export_every: int | None,
+          max_failures: int | None, verbose: bool, as_json: bool, **flags: Any) -> None:
     """Attempt TASKS, contrast successes with failures, and remember the insights.
 
     Exits with status 1 when any task failed (the summary says which); rerun with the
@@ -48,7 +54,8 @@ def learn(tasks: str, fmt: str, limit: int | None, offset: int, run_id: str | No
     from crps_agent.tasks import load_tasks
 
     show_logs(verbose)
-    settings = make_settings(crps={"export_every": export_every}, **flags)
+    settings = make_settings(crps={"export_every": export_every},
+                             learn={"epochs": epochs, "sampler": sampler}, **flags)
     # The task file is read and validated before any backend or model is loaded.
     task_list = load_tasks(tasks, format=fmt, domain=flags.get("domain") or None,
                            namespace=settings.namespace, limit=limit, offset=offset)
@@ -78,7 +85,11 @@ def learn(tasks: str, fmt: str, limit: int | None, offset: int, run_id: str | No
 
     try:
         with progress:
-            bar = progress.add_task("learn", total=len(task_list), solved=0)
+            cfg = settings.learn
+            later = min(cfg.draws or len(task_list), (
+                cfg.cap if cfg.sampler == "failure-biased" else 10**9) * len(task_list))
+            total = len(task_list) + (cfg.epochs - 1) * later
+            bar = progress.add_task("learn", total=total, solved=0)
             result = agent.learn(task_list, run_id=rid, on_task=on_task,
                                  max_failures=max_failures)
     except BaseException:

@@ -79,6 +79,7 @@ class TaskReport:
     cost: dict[str, Any] = field(default_factory=dict)  # LLM cost by phase (ledger.py)
     empty_completions: int = 0  # attempts whose completion was empty
     error: str | None = None  # the backend failed this task (it resumes with the run id)
+    epoch: int = 0  # the learn epoch of this attempt (crps_agent/sampler.py)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -271,24 +272,40 @@ class Agent:
 
     def learn(self, tasks: Iterable[Task], *, run_id: str | None = None,
               on_task: Callable[[TaskReport], None] | None = None,
-              max_failures: int | None = None) -> LearnReport:
-        """Attempt each task, reflect on the contrasts, remember the insights.
+              max_failures: int | None = None, epochs: int | None = None,
+              sampler: str | None = None) -> LearnReport:
+        """Attempt the tasks, reflect on the contrasts, remember the insights: epoch 0
+        attempts each task once, later epochs (`epochs`, default `learn.epochs`) draw tasks
+        by `sampler` (default `learn.sampler`; crps_agent/sampler.py), each draw with its
+        own seed.
 
-        With the same `run_id` a rerun resumes: tasks whose graph already finished in that
+        With the same `run_id` a rerun resumes: draws whose graph already finished in that
         run are reported from their checkpoint, an interrupted one continues where it
         stopped. A task whose backend calls fail (after the backend's retries) is reported
         with its `error` and the run goes on; after `max_failures` failures in a row the
         backend is taken for dead and the run stops (`LearnReport.stopped`).
         """
+        from crps_agent.sampler import PlanStore, draws
+
         todo = self.validate(tasks)
         rid = run_id or uuid.uuid4().hex[:12]
+        cfg = self.settings.learn.model_copy(update={
+            k: v for k, v in {"epochs": epochs, "sampler": sampler}.items() if v is not None})
+        cfg = type(cfg).model_validate(cfg.model_dump())  # the overrides checked too
         started = time.perf_counter()
         reports = []
         ctx = self.context()
         self.ledger.take()  # each task's report carries the cost spent since the last one
         stopped, streak = None, 0
-        for task in todo:
-            report = self._run_task(task, rid, ctx)
+        mem = self.settings.memory
+        for draw in draws(todo, memory=self.memory, settings=cfg, seed=self.settings.seed,
+                          run_id=rid, prior=(mem.prior_a, mem.prior_b),
+                          plans=PlanStore(self.memory) if self._checkpoint else None):
+            # A draw's key: the run for epoch 0 (as a single pass), else run + epoch + index,
+            # so every draw has its own checkpoint thread and deterministic record ids.
+            key = rid if draw.epoch == 0 else f"{rid}:e{draw.epoch}:{draw.index}"
+            report = self._run_task(draw.task, key, ctx, seed=draw.seed)
+            report.epoch = draw.epoch
             reports.append(report)
             if on_task:
                 on_task(report)
@@ -308,20 +325,22 @@ class Agent:
             self._store_key = store_identity(self.memory)
         return f"{run_id}:{task_id}@{self._store_key}"
 
-    def _run_task(self, task: Task, run_id: str, ctx: AgentContext) -> TaskReport:
+    def _run_task(self, task: Task, run_id: str, ctx: AgentContext, *,
+                  seed: int | None = None) -> TaskReport:
         """One learn task of run `run_id`, resumed from its checkpoint when that run already
         started it: a finished task is reported from its checkpoint, an interrupted one
         continues at the node it was in (`invoke(None, ...)`), replayed without writing twice
         (graph/replay.py). Checkpoints are written before each next node starts
         (durability "sync"), so no finished node is lost to a crash."""
         try:
-            return self._attempt_task(task, run_id, ctx)
+            return self._attempt_task(task, run_id, ctx, seed)
         except BackendError as exc:
             log.warning("task %s failed: %s", task.id, exc)
             return TaskReport(task_id=task.id, solved=False, answer=None, n=0, n_correct=0,
                               recalled=[], cost=self.ledger.take(), error=str(exc))
 
-    def _attempt_task(self, task: Task, run_id: str, ctx: AgentContext) -> TaskReport:
+    def _attempt_task(self, task: Task, run_id: str, ctx: AgentContext,
+                      seed: int | None) -> TaskReport:
         config = {"configurable": {"thread_id": self.thread_id(run_id, task.id)}}
         state: dict[str, Any] | None = None
         resumed = False
@@ -338,7 +357,7 @@ class Agent:
                                               ctx, replay=frozenset(snap.next)))
         if state is None:
             state = self.graph.invoke({"mode": "learn", "task": task.to_dict(),
-                                       "run_id": run_id}, config, context=ctx,
+                                       "run_id": run_id, "seed": seed}, config, context=ctx,
                                       durability="sync")
         report = _report(state, resumed)
         report.cost = self.ledger.take()

@@ -9,12 +9,15 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
+from crps_agent.admission_policy import admit_candidates
+from crps_agent.anchors import AnchorStore, recall_notes
 from crps_agent.contrast import cross_contrasts, history_contrasts, pair_contrasts
+from crps_agent.credit_policy import credit_search, search_with_dropout
 from crps_agent.errors import NotFoundError
 from crps_agent.graph.replay import applied, changed_ids, snapshot
 from crps_agent.graph.state import AgentContext, AgentState
 from crps_agent.ledger import phase
-from crps_agent.memory.admission import check_candidates, settle
+from crps_agent.memory.admission import settle
 from crps_agent.memory.credit import should_ablate
 from crps_agent.reflect.analyst import analyst_backend
 from crps_agent.reflect.reflector import reflect
@@ -37,6 +40,12 @@ def _run_key(state: AgentState, runtime: Runtime[AgentContext]) -> str:
     return (info.thread_id if info is not None else None) or ""
 
 
+def _seed(state: AgentState, ctx: AgentContext) -> int:
+    """This attempt's sampling seed: learn gives each draw its own (crps_agent/sampler.py)."""
+    seed = state.get("seed")
+    return ctx.settings.seed if seed is None else int(seed)
+
+
 def recall_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
     """Recall the most useful insights for the task into `notes`. In learn mode a share of
     tasks (`memory.ablation_share`, drawn per run and task) is *ablated*: it runs without
@@ -49,8 +58,8 @@ def recall_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, 
             and _verifiable(ctx, task)  # an unverified verdict is no baseline sample
             and should_ablate(mem.ablation_share, str(ctx.settings.seed), thread, task.id)):
         return {"notes": [], "recalled_ids": [], "ablated": True}
-    recalled = ctx.memory.recall(task.prompt, namespace=task.namespace, domain=task.domain,
-                                 k=mem.recall_k, token_budget=mem.token_budget)
+    recalled = recall_notes(ctx.memory, task.prompt, namespace=task.namespace,
+                            domain=task.domain, k=mem.recall_k, token_budget=mem.token_budget)
     return {"notes": [r.insight.text for r in recalled],
             "recalled_ids": [r.insight.id for r in recalled], "ablated": False}
 
@@ -69,12 +78,19 @@ def search_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, 
             from crps_agent.search.mcts import mcts
 
             result = mcts(task, domain, ctx.backend, messages=messages,
-                          settings=ctx.settings.search, seed=ctx.settings.seed,
+                          settings=ctx.settings.search, seed=_seed(state, ctx),
                           insight_ids=state.get("recalled_ids", []),
                           mode=state.get("mode", "learn"), search_id=sid)
+        elif (state.get("mode", "learn") == "learn" and state.get("recalled_ids")
+              and ctx.settings.learn.dropout > 0):
+            # Note dropout: some samples run without one note (counterfactual credit).
+            result = search_with_dropout(
+                task, domain, ctx.backend, notes=state.get("notes", []),
+                note_ids=state.get("recalled_ids", []), settings=ctx.settings.search,
+                seed=_seed(state, ctx), share=ctx.settings.learn.dropout, search_id=sid)
         else:
             result = best_of_n(task, domain, ctx.backend, messages=messages,
-                               settings=ctx.settings.search, seed=ctx.settings.seed,
+                               settings=ctx.settings.search, seed=_seed(state, ctx),
                                insight_ids=state.get("recalled_ids", []), search_id=sid)
     return {"result": result.to_dict(), "llm_calls": result.stats.llm_calls}
 
@@ -104,7 +120,7 @@ def reflect_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str,
     with phase("reflect"):
         outcome = reflect(contrasts, {task.id: task},
                           analyst_backend(ctx.backend, ctx.settings, "reflect"), cfg,
-                          related={task.id: related}, seed=ctx.settings.seed,
+                          related={task.id: related}, seed=_seed(state, ctx),
                           domains={task.domain: ctx.domain(task.domain)})
     analyses = {c.id: analysis_of(r) for c, r in outcome.reflections}
     return {"contrasts": [{**c.to_dict(), "analysis": analyses.get(c.id)} for c in contrasts],
@@ -201,17 +217,32 @@ def credit_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, 
     elif state.get("ablated"):
         ctx.memory.record_baseline(task.namespace, task.domain, result.solved)
     else:
-        changed = ctx.memory.record(recalled, result.solved)
-    return {"retired": [i.id for i in changed if i.status == "retired"],
-            "promoted": [i.id for i in changed if i.promoted]}
+        # The baseline report: each note gets the verdict of the samples that had it
+        # (note dropout leaves some samples without one).
+        solved_with: dict[bool, list[str]] = {True: [], False: []}
+        for nid in recalled:
+            had = [t for t in result.trajectories if nid in t.insight_ids]
+            if had:
+                solved_with[any(t.verdict.correct for t in had)].append(nid)
+        changed = [*ctx.memory.record(solved_with[True], True),
+                   *ctx.memory.record(solved_with[False], False)]
+        if state.get("mode", "learn") == "learn":
+            cf_retired, cf_promoted = credit_search(ctx.memory, result, recalled,
+                                                    ctx.settings.memory)
+            extra = [ctx.memory.insights.get(i) for i in dict.fromkeys(
+                [*cf_retired, *cf_promoted]) if i not in {c.id for c in changed}]
+            changed += extra
+    retired = [i.id for i in changed if i.status == "retired"]
+    promoted = [i.id for i in changed if i.promoted and i.id not in retired]
+    return {"retired": retired, "promoted": promoted}
 
 
 def admit_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
-    """Admission (memory/admission.py): check rollouts on the task without and with each
-    candidate insight; admitted ones become active, the others are retired."""
+    """Admission (crps_agent/admission_policy.py): the search's samples are the without
+    arm, check rollouts with each candidate the with arm; a candidate that helps and harms
+    no similar failing task becomes active, the others are retired."""
     ctx = runtime.context
     task = Task.from_dict(state["task"])
-    mem = ctx.settings.memory
     candidates = []
     for insight_id in state.get("candidates", []):
         try:
@@ -223,18 +254,21 @@ def admit_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, A
         return {"admission": [{"insight_id": c.id, "task_id": task.id,
                                "admitted": c.status == "active"} for c in candidates]}
     with phase("admit"):
-        checks = check_candidates(
-            task, ctx.domain(task.domain), ctx.backend, notes=state.get("notes", []),
+        checks = admit_candidates(
+            task, SearchResult.from_dict(state["result"]), notes=state.get("notes", []),
             candidates=[c for c in candidates if c.status == "candidate"],
-            search=ctx.settings.search,
-            rollouts=mem.admission_rollouts or ctx.settings.search.n,
-            tolerance=mem.admission_tolerance, seed=ctx.settings.seed)
+            memory=ctx.memory, backend=ctx.backend, domains=ctx.domains,
+            settings=ctx.settings, seed=_seed(state, ctx))
     settle(ctx.memory.insights, {c.insight_id: c.admitted for c in checks})
+    # An admitted note is anchored on the task it was learned on (crps_agent/anchors.py).
+    AnchorStore(ctx.memory).add(task.namespace, {c.insight_id: [task.id] for c in checks
+                                                 if c.admitted})
     for c in checks:
-        log.info("admission on task %s: insight %s %s (success %.2f with it, %.2f without)",
+        log.info("admission on task %s: insight %s %s (%s, P(helps) %.2f, %d rollouts)",
                  task.id, c.insight_id, "admitted" if c.admitted else "rejected",
-                 c.with_rate, c.without_rate)
-    return {"admission": [c.to_dict() for c in checks], "llm_calls": 1 if checks else 0}
+                 c.reason, c.p_help, c.rollouts)
+    return {"admission": [c.to_dict() for c in checks],
+            "llm_calls": (1 if checks else 0) + (1 if any(c.neighbours for c in checks) else 0)}
 
 
 def crps_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:

@@ -28,6 +28,7 @@ class AgentState(TypedDict, total=False):
     mode: Literal["learn", "solve"]
     run_id: str  # the learn run (with the task id, it derives the search id)
     task: dict[str, Any]
+    seed: int  # sampling seed of this attempt (learn: one per draw; else settings.seed)
     notes: list[str]
     recalled_ids: list[str]
     result: dict[str, Any]

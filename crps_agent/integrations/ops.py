@@ -12,7 +12,6 @@ POST /v1/insights, PATCH) goes through the same validator as a learned insight
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -157,9 +156,8 @@ def recall(memory: Memory, query: str, *, k: int = 5, namespace: str | None = No
 
 def record(memory: Memory, insight_ids: list[str], success: bool, *,
            event_id: str | None = None) -> dict[str, Any]:
-    """Credit a verdict. `event_id` makes a retried report count once where the memory
-    supports it (`Memory.record(..., event_id=)`); without that support it is refused
-    rather than silently ignored."""
+    """Credit a verdict. `event_id` makes a retried report count once
+    (`Memory.record(..., event_id=)`)."""
     if not isinstance(insight_ids, list) or not all(isinstance(i, str) and i
                                                     for i in insight_ids):
         raise InvalidRequestError("'insight_ids' must be a list of insight id strings")
@@ -167,13 +165,7 @@ def record(memory: Memory, insight_ids: list[str], success: bool, *,
         raise InvalidRequestError(f"'insight_ids' has more than {MAX_IDS} ids")
     if not isinstance(success, bool):
         raise InvalidRequestError("'success' must be true or false")
-    if event_id is None:
-        changed = memory.record(insight_ids, success)
-    elif "event_id" in inspect.signature(memory.record).parameters:
-        changed = memory.record(insight_ids, success, event_id=event_id)  # type: ignore[call-arg]
-    else:
-        raise InvalidRequestError("'event_id' is not supported by this version of the "
-                                  "memory: send the outcome without it")
+    changed = memory.record(insight_ids, success, event_id=event_id)
     return {"recorded": len(dict.fromkeys(insight_ids)), "success": success,
             "changed": [{"id": c.id, "status": c.status, "promoted": c.promoted}
                         for c in changed]}

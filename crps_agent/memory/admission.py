@@ -1,15 +1,11 @@
-"""Admission: a new insight enters as a "candidate" and becomes "active" only after check
-rollouts on its source task with it do no worse than without it (DESIGN.md §4).
+"""Admission mechanics: a new insight enters as a "candidate" and becomes "active" only
+after check rollouts; the policy (which rollouts, what counts as evidence) is in
+crps_agent/admission_policy.py.
 
-One batched backend call per task: the "without" arm is the prompt the search used (the
-recalled notes, none on an ablated task), each "with" arm adds one candidate to those notes;
-`MemorySettings.admission_rollouts` samples per arm (default: `search.n`, as many as a
-best-of-n search), the same sampling settings and seed as
-the search (common random numbers where the backend honours seeds), each verified by the
-domain. A candidate is admitted when its success rate is at least the "without" rate minus
-`admission_tolerance` (ties pass); otherwise it is retired with the flag
-"admission:rejected" (kept: a later rediscovery makes it a candidate again). With the
-scripted backend the checks cost nothing. Tasks that cannot be verified admit at once.
+`admission_request` is a check request with the search's sampling settings and token limit;
+`check_candidates` measures success rates without and with each candidate on one task (one
+batched call); `settle` makes admitted candidates active and retires rejected ones with the
+flag "admission:rejected" (kept: a later rediscovery makes it a candidate again).
 """
 
 from __future__ import annotations
@@ -47,7 +43,7 @@ class AdmissionCheck:
         return asdict(self)
 
 
-def _request(task: Task, domain: Domain, notes: list[str], search: SearchSettings,
+def admission_request(task: Task, domain: Domain, notes: list[str], search: SearchSettings,
              rollouts: int, seed: int | None, arm: str) -> GenerationRequest:
     return GenerationRequest(
         messages=domain.render_prompt(task, notes), n=rollouts,
@@ -68,8 +64,8 @@ def check_candidates(task: Task, domain: Domain, backend: Backend, *,
     if not verified:
         return [AdmissionCheck(c.id, task.id, 0.0, 0.0, 0, True) for c in candidates]
     base = list(notes)
-    requests = [_request(task, domain, base, search, rollouts, seed, "without")]
-    requests += [_request(task, domain, [*base, c.text], search, rollouts, seed, c.id)
+    requests = [admission_request(task, domain, base, search, rollouts, seed, "without")]
+    requests += [admission_request(task, domain, [*base, c.text], search, rollouts, seed, c.id)
                  for c in candidates]
     replies = backend.generate(requests)
 

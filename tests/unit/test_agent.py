@@ -20,10 +20,12 @@ def settings(tmp_path, monkeypatch):
     monkeypatch.delenv("CRPS_CONFIG", raising=False)
     # The hash embedder gives no meaningful similarity between an insight and a problem:
     # recall the top k whatever their similarity. No ablation: every learn task recalls
-    # (ablated tasks, drawn at random per run, run without notes).
+    # (ablated tasks, drawn at random per run, run without notes). No admission: the
+    # scripted model does not react to notes, so admission (evidence of help) would
+    # retire every insight it learned.
     return load_settings(store=str(tmp_path / "store"),
                          memory={"embedder": "hash", "min_similarity": -1.0,
-                                 "ablation_share": 0.0},
+                                 "ablation_share": 0.0, "admission": False},
                          search={"n": 4}, domain="math")
 
 

@@ -56,7 +56,10 @@ def test_learn_json_then_insights_commands(env):
         "no insights")
 
 
-def test_solve_json(env):
+def test_solve_json(env, monkeypatch):
+    # The scripted model does not react to notes: admission, which admits only on
+    # evidence of help, would retire every insight it learned.
+    monkeypatch.setenv("CRPS_MEMORY__ADMISSION", "0")
     run(["learn", str(EXAMPLES / "tasks.jsonl"), "--backend", "scripted", "--script",
          str(EXAMPLES / "script.yaml"), *env])
     res = run(["solve", "A robe takes 2 bolts of blue fiber and half that much white fiber.  "

@@ -29,8 +29,11 @@ EXAMPLES = Path(__file__).parents[2] / "examples" / "offline"
 def settings(tmp_path, monkeypatch):
     monkeypatch.delenv("CRPS_CONFIG", raising=False)
     return load_settings(store=str(tmp_path / "store"),
+                         # no admission: the scripted model ignores notes, so none
+                         # of its insights could show help
                          memory={"embedder": "hash", "min_similarity": -1.0,
-                                 "ablation_share": 0.0, "exploration": 5.0},
+                                 "ablation_share": 0.0, "exploration": 5.0,
+                                 "admission": False},
                          search={"n": 4}, domain="math")
 
 

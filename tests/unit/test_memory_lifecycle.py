@@ -273,9 +273,10 @@ def test_admission_accepts_a_helpful_and_rejects_a_harmful_candidate(
     assert by_text[harmful].flags == [ADMISSION_REJECTED]
     admission_calls = [req for req, _ in agent.backend.calls  # type: ignore[attr-defined]
                        if "admission" in req.meta]
+    # the search's samples are the without arm: only the with arms are sampled
     assert [r.meta["admission"] for r in admission_calls] == [
-        "without", by_text[helpful].id, by_text[harmful].id]
-    assert all(r.n == settings.search.n for r in admission_calls)  # the default
+        by_text[helpful].id, by_text[harmful].id]
+    assert all(r.n == settings.memory.admission_rollouts == 8 for r in admission_calls)
     # a rediscovery of the rejected insight makes it a candidate again (and re-checked)
     again = agent.memory.remember([ins(harmful, status="candidate", evidence=["c2"],
                                        domain="math")])

@@ -33,9 +33,10 @@ def _write(path, rows):
 
 def test_agent_learns_over_sim_tasks_end_to_end(tmp_path, monkeypatch):
     monkeypatch.delenv("CRPS_CONFIG", raising=False)
+    # No note dropout: every learn prompt of the second pass carries the recalled notes.
     settings = load_settings(store=str(tmp_path / "store"), backend="sim",
                              memory={"embedder": "hash", "min_similarity": -1.0,
-                                     "ablation_share": 0.0},
+                                     "ablation_share": 0.0}, learn={"dropout": 0.0},
                              search={"n": 4}, sim={"reflect_mix": {"malformed": 0.3}})
     backend = Recording(SimBackend.from_settings(settings))
     agent = Agent(settings, backend=backend)
@@ -57,7 +58,8 @@ def test_agent_learns_over_sim_tasks_end_to_end(tmp_path, monkeypatch):
     agent2 = Agent(settings, backend=backend)
     more = task_rows(settings.sim, 10)[6:]
     agent2.learn(load_tasks(_write(tmp_path / "more.jsonl", more)))
-    solves = [r for r in backend.requests if r.purpose == "solve"]
+    solves = [r for r in backend.requests if r.purpose == "solve"
+              and "admission" not in r.meta]
     assert solves and all("<notes>" in r.messages[1]["content"] for r in solves)
     agent2.close()
 

@@ -1,0 +1,182 @@
+"""Retrieval that transfers: a note is recalled through the problems it was learned on.
+
+A note's own text is often far from a new problem's text (a lesson about "cuts versus
+pieces" against a word problem about ropes), while the problems it helped on are close to
+it. CORE retrieves through neighbouring problems; so does `recall_notes`:
+
+- a note's **anchors** are the training tasks it was learned and credited on: its source
+  task when admission admits it, and each learn task on which its samples with it did at
+  least as well as those without it (and won at least once). They are kept per note in the
+  store's `crps_meta` collection (records of kind "note-anchors", at most `MAX_ANCHORS`
+  task ids, the latest kept);
+- for a query, the `NEAR_TASKS` logged tasks nearest by prompt (the trajectory log's search
+  records carry the prompt's embedding), those at least `ANCHOR_MIN_SIMILARITY` close, give
+  each anchored note an anchor similarity, the best similarity of the query to one of its
+  anchors;
+- a note's relevance is max(similarity to its text, anchor similarity); candidates are the
+  notes nearest by text plus the anchored notes of the near tasks, ranked and selected as
+  in memory/recall.py (utility, exploration bonus, promotion, token budget; no MMR term).
+
+Without anchors (a store that never ran admission or credit) this is `Memory.recall`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from crps_agent.memory.facade import Memory
+    from crps_agent.memory.recall import RecalledInsight
+
+ANCHOR_KIND = "note-anchors"
+MAX_ANCHORS = 32
+NEAR_TASKS = 8
+# A logged problem counts as a neighbour of the query only when it is about as close as two
+# problems of one family are (MiniLM: roughly 0.6-0.9 between siblings of one template,
+# 0.1-0.4 across families); a far problem's notes are not its lessons.
+ANCHOR_MIN_SIMILARITY = 0.5
+
+
+class AnchorStore:
+    """Per note, the ids of the tasks it was learned and credited on (`crps_meta`)."""
+
+    def __init__(self, memory: Memory) -> None:
+        self.memory = memory
+
+    def _collection(self) -> Any:
+        from crps_agent.memory.chroma import open_meta_collection
+
+        return open_meta_collection(self.memory.client)
+
+    def _existing(self) -> Any:
+        """The `crps_meta` collection for reading, None when the store has none (reads
+        never create it: a frozen evaluation leaves the store as it was)."""
+        from crps_agent.memory.chroma import META_COLLECTION
+
+        try:
+            return self.memory.client.get_collection(META_COLLECTION, embedding_function=None)
+        except Exception:  # not found
+            return None
+
+    def add(self, namespace: str, anchors: dict[str, Sequence[str]]) -> None:
+        """Add task ids to notes' anchors ({insight id: task ids})."""
+        from crps_agent.memory.chroma import META_VECTOR, write_lock
+
+        anchors = {i: list(t) for i, t in anchors.items() if t}
+        if not anchors:
+            return
+        with write_lock(self.memory.client):
+            old = self.get(list(anchors))
+            merged = {i: list(dict.fromkeys([*old.get(i, []), *t]))[-MAX_ANCHORS:]
+                      for i, t in anchors.items()}
+            self._collection().upsert(
+                ids=["anchors:" + i for i in merged],
+                embeddings=[META_VECTOR] * len(merged),
+                metadatas=[{"kind": ANCHOR_KIND, "insight_id": i, "namespace": namespace,
+                            "tasks": json.dumps(t), "updated_at": round(time.time(), 3)}
+                           for i, t in merged.items()])
+
+    def get(self, insight_ids: Sequence[str]) -> dict[str, list[str]]:
+        collection = self._existing()
+        if not insight_ids or collection is None:
+            return {}
+        res = collection.get(ids=["anchors:" + i for i in insight_ids],
+                                     include=["metadatas"])
+        return {str(m.get("insight_id")): [str(t) for t in json.loads(str(m.get("tasks")))]
+                for m in (res["metadatas"] or []) if m}
+
+    def by_task(self, namespaces: Sequence[str]) -> dict[str, list[str]]:
+        """{task id: ids of the notes anchored on it} over `namespaces`."""
+        from crps_agent.memory.chroma import where_clause
+
+        collection = self._existing()
+        if collection is None:
+            return {}
+        ns: Any = namespaces[0] if len(namespaces) == 1 else {"$in": list(namespaces)}
+        res = collection.get(where=where_clause(kind=ANCHOR_KIND, namespace=ns),
+                                     include=["metadatas"])
+        out: dict[str, list[str]] = {}
+        for m in res["metadatas"] or []:
+            if not m:
+                continue
+            for t in json.loads(str(m.get("tasks"))):
+                out.setdefault(str(t), []).append(str(m.get("insight_id")))
+        return out
+
+
+def near_tasks(memory: Memory, query: str, *, namespaces: Sequence[str], domain: str | None,
+               n: int = NEAR_TASKS, min_similarity: float = ANCHOR_MIN_SIMILARITY
+               ) -> dict[str, float]:
+    """{task id: similarity} of the n logged tasks nearest to `query` by prompt, those at
+    least `min_similarity` close."""
+    from crps_agent.memory.chroma import where_clause
+    from crps_agent.memory.query import query_where
+    from crps_agent.memory.trajectories import SEARCH
+
+    ns: Any = namespaces[0] if len(namespaces) == 1 else {"$in": list(namespaces)}
+    embedding = memory.embedder.embed([query])[0]
+    res = query_where(memory.trajectories.collection, query_embeddings=[embedding],
+                      n_results=4 * n, where=where_clause(kind=SEARCH, namespace=ns,
+                                                          domain=domain),
+                      include=["metadatas", "distances"])
+    out: dict[str, float] = {}
+    for meta, dist in zip((res["metadatas"] or [[]])[0], (res["distances"] or [[]])[0],
+                          strict=True):
+        tid = str((meta or {}).get("task_id", ""))
+        if tid not in out and 1.0 - float(dist) >= min_similarity:
+            out[tid] = 1.0 - float(dist)
+        if len(out) >= n:
+            break
+    return out
+
+
+def recall_notes(memory: Memory, query: str, *, namespace: str, domain: str | None,
+                 k: int | None = None, token_budget: int | None = None,
+                 exploration: float | None = None) -> list[RecalledInsight]:
+    """The notes for `query`, relevance counting the notes' anchors (see the module doc)."""
+    import dataclasses
+
+    from crps_agent.errors import NotFoundError
+    from crps_agent.memory.recall import RecalledInsight, rank, select
+
+    s = memory.settings
+    k = s.recall_k if k is None else k
+    budget = s.token_budget if token_budget is None else token_budget
+    if k <= 0 or budget <= 0:
+        return []
+    spaces = [namespace, *s.shared_namespaces]
+    anchored = AnchorStore(memory).by_task(spaces)
+    near = near_tasks(memory, query, namespaces=spaces, domain=domain) if anchored else {}
+    via: dict[str, float] = {}
+    for tid, sim in near.items():
+        for iid in anchored.get(tid, []):
+            via[iid] = max(via.get(iid, -1.0), sim)
+    if not via:
+        return memory.recall(query, namespace=namespace, domain=domain, k=k,
+                             token_budget=budget, exploration=exploration)
+    by_text = {r.insight.id: r for r in memory.insights.search(
+        query, namespace=None if s.shared_namespaces else namespace, domain=domain,
+        k=memory.insights.candidate_factor * k, status="active")
+        if r.insight.namespace in spaces}
+    pairs = []
+    for iid in dict.fromkeys([*by_text, *via]):
+        if iid in by_text:
+            ins, sim = by_text[iid].insight, by_text[iid].similarity
+        else:
+            try:
+                ins, sim = memory.insights.get(iid), -1.0
+            except NotFoundError:
+                continue  # deleted since it was anchored
+            if ins.status != "active" or (domain is not None and ins.domain != domain):
+                continue
+        relevance = max(sim, via.get(iid, -1.0))
+        if relevance >= s.min_similarity:
+            pairs.append((ins, relevance))
+    params = memory.insights.rank_params
+    if exploration is not None:
+        params = dataclasses.replace(params, exploration=exploration)
+    chosen = select(rank(pairs, params), None, k=k, token_budget=budget, params=params)
+    return [RecalledInsight(r.insight, r.similarity, r.score) for r in chosen]

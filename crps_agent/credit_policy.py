@@ -1,0 +1,227 @@
+"""Counterfactual credit: what a note changes, measured on the same task, per sample.
+
+A learn task's best-of-n samples are split by note dropout (`learn.dropout`): each sample
+independently, with that probability, runs without one of the recalled notes (drawn
+uniformly, seeded by the attempt's seed and the sample's index). Every trajectory records
+the notes its prompt held (`Trajectory.insight_ids`), so after the search each recalled
+note has, on this task, samples with it and samples without it. Those outcomes are the
+note's credit events: counters with_wins / with_n / without_wins / without_n per note,
+kept in the store's `crps_meta` collection (records of kind "cf-credit").
+
+A note's utility is the estimate of p(with) - p(without): the difference of the Beta(a, b)
+posterior means of the two pooled success rates, with the standard deviation of that
+difference as its uncertainty. Once the note has `memory.credit_min_uses` samples without
+it, it is retired (flag "retired:counterfactual") when P(p_with < p_without) >=
+`memory.credit_confidence`, and promoted when P(p_with > p_without) >= the same (a
+restored note is never retired automatically again). The namespace baseline of ablated
+tasks (memory/credit.py) is still kept and reported.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any
+
+from crps_agent.admission_policy import prob_greater
+from crps_agent.memory.credit import RESTORED, beta_mean, beta_var
+from crps_agent.sampler import derive_seed
+
+if TYPE_CHECKING:
+    from crps_agent.backends.base import Backend
+    from crps_agent.config import MemorySettings, SearchSettings
+    from crps_agent.domains import Domain
+    from crps_agent.memory.facade import Memory
+    from crps_agent.types import Insight, SearchResult, Task
+
+CF_KIND = "cf-credit"
+RETIRED_COUNTERFACTUAL = "retired:counterfactual"
+
+
+@dataclass
+class NoteCredit:
+    """A note's pooled with/without outcomes (samples of the tasks that recalled it)."""
+
+    insight_id: str
+    with_wins: int = 0
+    with_n: int = 0
+    without_wins: int = 0
+    without_n: int = 0
+
+    def utility(self, a: float = 1.0, b: float = 1.0) -> tuple[float, float]:
+        """(estimate of p_with - p_without, its posterior standard deviation)."""
+        lw, lo = self.with_n - self.with_wins, self.without_n - self.without_wins
+        est = beta_mean(self.with_wins, lw, a, b) - beta_mean(self.without_wins, lo, a, b)
+        sd = math.sqrt(beta_var(self.with_wins, lw, a, b) + beta_var(self.without_wins, lo, a, b))
+        return est, sd
+
+    def to_dict(self, a: float = 1.0, b: float = 1.0) -> dict[str, Any]:
+        est, sd = self.utility(a, b)
+        return {"estimate": round(est, 4), "sd": round(sd, 4),
+                "with": [self.with_wins, self.with_n],
+                "without": [self.without_wins, self.without_n]}
+
+
+def dropout_plan(note_ids: Sequence[str], n: int, share: float, seed: int) -> list[str | None]:
+    """Per sample, the id of the note it runs without (None: all notes)."""
+    if not note_ids or share <= 0.0:
+        return [None] * n
+    rng = random.Random(derive_seed(seed, "dropout"))
+    return [rng.choice(list(note_ids)) if rng.random() < share else None for _ in range(n)]
+
+
+def search_with_dropout(task: Task, domain: Domain, backend: Backend, *, notes: Sequence[str],
+                        note_ids: Sequence[str], settings: SearchSettings, seed: int,
+                        share: float, search_id: str | None = None) -> SearchResult:
+    """Best-of-n where some samples run without one note (see the module doc): one search
+    per group of samples with the same prompt, merged into one result."""
+    import uuid
+
+    from crps_agent.search.best_of_n import _pick_best, best_of_n
+    from crps_agent.types import SearchResult as Result
+    from crps_agent.types import SearchStats
+
+    plan = dropout_plan(note_ids, settings.n, share, seed)
+    groups: dict[str | None, int] = {}
+    for dropped in plan:
+        groups[dropped] = groups.get(dropped, 0) + 1
+    sid = search_id or uuid.uuid4().hex[:12]
+    parts = []
+    for dropped, count in groups.items():
+        keep = [(t, i) for t, i in zip(notes, note_ids, strict=True) if i != dropped]
+        parts.append(best_of_n(
+            task, domain, backend, messages=domain.render_prompt(task, [t for t, _ in keep]),
+            settings=settings.model_copy(update={"n": count}),
+            seed=seed if dropped is None else derive_seed(seed, "without", dropped),
+            insight_ids=[i for _, i in keep], search_id=sid))
+    trajectories = [t for p in parts for t in p.trajectories]
+    stats = SearchStats()
+    for f in fields(SearchStats):
+        setattr(stats, f.name, sum(getattr(p.stats, f.name) for p in parts))
+    stats.wall_s = max(p.stats.wall_s for p in parts)
+    verified = bool((task.reference or "").strip()) or not domain.requires_reference
+    return Result(task=task, trajectories=trajectories,
+                  best=_pick_best(trajectories, verified), search_id=sid, stats=stats)
+
+
+def outcomes(result: SearchResult, note_ids: Sequence[str]) -> dict[str, NoteCredit]:
+    """Per recalled note, this search's samples with and without it."""
+    out = {i: NoteCredit(i) for i in dict.fromkeys(note_ids)}
+    for traj in result.trajectories:
+        correct = int(bool(traj.verdict.correct))
+        present = set(traj.insight_ids)
+        for nid, credit in out.items():
+            if nid in present:
+                credit.with_wins += correct
+                credit.with_n += 1
+            else:
+                credit.without_wins += correct
+                credit.without_n += 1
+    return out
+
+
+class CreditEvents:
+    """The pooled with/without counters of every note, in the store's `crps_meta`
+    (`prefix` and `kind` keep other counters of the same shape apart, e.g. admission's)."""
+
+    def __init__(self, memory: Memory, *, prefix: str = "cf:", kind: str = CF_KIND) -> None:
+        self.memory = memory
+        self.prefix = prefix
+        self.kind = kind
+
+    def _collection(self) -> Any:
+        from crps_agent.memory.chroma import open_meta_collection
+
+        return open_meta_collection(self.memory.client)
+
+    def _id(self, insight_id: str) -> str:
+        return self.prefix + insight_id
+
+    def get_many(self, insight_ids: Sequence[str]) -> dict[str, NoteCredit]:
+        ids = list(dict.fromkeys(insight_ids))
+        out = {i: NoteCredit(i) for i in ids}
+        if not ids:
+            return out
+        res = self._collection().get(ids=[self._id(i) for i in ids], include=["metadatas"])
+        for meta in res["metadatas"] or []:
+            m: dict[str, Any] = dict(meta or {})
+            iid = str(m.get("insight_id", ""))
+            if iid in out:
+                out[iid] = NoteCredit(iid, int(m.get("with_wins", 0)), int(m.get("with_n", 0)),
+                                      int(m.get("without_wins", 0)),
+                                      int(m.get("without_n", 0)))
+        return out
+
+    def add(self, events: dict[str, NoteCredit]) -> dict[str, NoteCredit]:
+        """Add this search's outcomes to the counters; returns the new totals."""
+        from crps_agent.memory.chroma import META_VECTOR, write_lock
+
+        if not events:
+            return {}
+        with write_lock(self.memory.client):
+            totals = self.get_many(list(events))
+            for iid, e in events.items():
+                t = totals[iid]
+                t.with_wins += e.with_wins
+                t.with_n += e.with_n
+                t.without_wins += e.without_wins
+                t.without_n += e.without_n
+            self._collection().upsert(
+                ids=[self._id(i) for i in totals],
+                embeddings=[META_VECTOR] * len(totals),
+                metadatas=[{"kind": self.kind, "insight_id": i, "with_wins": t.with_wins,
+                            "with_n": t.with_n, "without_wins": t.without_wins,
+                            "without_n": t.without_n, "updated_at": round(time.time(), 3)}
+                           for i, t in totals.items()])
+        return totals
+
+
+def judge_counterfactual(insight: Insight, credit: NoteCredit, settings: MemorySettings
+                         ) -> str:
+    """"retire", "promote", "demote" (drop a promotion) or "keep" (see the module doc)."""
+    if insight.status != "active" or min(credit.with_n, credit.without_n) \
+            < settings.credit_min_uses:
+        return "keep"
+    a, b = settings.prior_a, settings.prior_b
+    p_help = prob_greater(credit.with_wins, credit.with_n, credit.without_wins,
+                          credit.without_n, a, b)
+    if 1.0 - p_help >= settings.credit_confidence and RESTORED not in insight.flags:
+        return "retire"
+    if p_help >= settings.credit_confidence:
+        return "keep" if insight.promoted else "promote"
+    return "demote" if insight.promoted else "keep"
+
+
+def credit_search(memory: Memory, result: SearchResult, note_ids: Sequence[str],
+                  settings: MemorySettings) -> tuple[list[str], list[str]]:
+    """Record a learn search's per-sample outcomes for its recalled notes and retire or
+    promote them; returns (retired ids, promoted ids)."""
+    from crps_agent.anchors import AnchorStore
+    from crps_agent.errors import NotFoundError
+
+    events = {i: e for i, e in outcomes(result, note_ids).items() if e.without_n or e.with_n}
+    totals = CreditEvents(memory).add(events)
+    # Anchor a note on the tasks it did not hurt and helped win (crps_agent/anchors.py).
+    AnchorStore(memory).add(result.task.namespace, {
+        i: [result.task.id] for i, e in events.items()
+        if e.with_wins and (not e.without_n
+                            or e.with_wins / e.with_n >= e.without_wins / e.without_n)})
+    retired, promoted = [], []
+    for iid, credit in totals.items():
+        try:
+            ins = memory.insights.get(iid)
+        except NotFoundError:
+            continue  # deleted since it was recalled
+        action = judge_counterfactual(ins, credit, settings)
+        if action == "retire":
+            memory.insights.set_status(iid, "retired", flag=RETIRED_COUNTERFACTUAL)
+            retired.append(iid)
+        elif action in ("promote", "demote"):
+            ins.promoted = action == "promote"
+            memory.insights.update(ins)
+            if ins.promoted:
+                promoted.append(iid)
+    return retired, promoted

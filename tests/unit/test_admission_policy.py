@@ -1,0 +1,135 @@
+"""Admission that tests (crps_agent/admission_policy.py): the search's samples are the
+without arm, a strict improvement admits, ties and never-flipped unsolved tasks do not, and
+a candidate that harms a similar failing task is rejected. Scripted backend, real embedded
+Chroma, the hash embedder, the real graph."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from crps_agent.admission_policy import prob_greater
+from crps_agent.backends.base import GenerationRequest
+from crps_agent.backends.scripted import ScriptedBackend
+from crps_agent.config import load_settings
+from crps_agent.graph.agent import Agent
+from crps_agent.types import Task
+
+NOTE = "Write down every quantity with its unit before combining quantities."
+
+
+def fenced(obj: dict[str, object]) -> str:
+    return f"```json\n{json.dumps(obj)}\n```"
+
+
+def _reflection(*texts: str) -> str:
+    return fenced({"divergence_step": 1, "critique": "c", "success_pattern": "s",
+                   "failure_mode": "f", "insights": [{"text": t, "kind": "strategy"}
+                                                     for t in texts]})
+
+
+def test_prob_greater_matches_closed_forms_and_monte_carlo() -> None:
+    assert prob_greater(0, 0, 0, 0) == pytest.approx(0.5, abs=1e-3)
+    # X ~ Beta(2, 1), Y ~ Beta(1, 2): P(X > Y) = 5/6
+    assert prob_greater(1, 1, 0, 1) == pytest.approx(5 / 6, abs=1e-3)
+    rng = random.Random(0)
+    draws = 40_000
+    hits = sum(rng.betavariate(7, 3) > rng.betavariate(3, 3) for _ in range(draws))
+    assert prob_greater(6, 8, 2, 4) == pytest.approx(hits / draws, abs=0.01)
+    assert prob_greater(2, 4, 6, 8) == pytest.approx(1 - hits / draws, abs=0.01)
+
+
+def _agent(tmp_path: Path, respond, **memory) -> Agent:  # type: ignore[no-untyped-def]
+    settings = load_settings(store=str(tmp_path / "store"), search={"n": 4}, domain="math",
+                             memory={"embedder": "hash", "ablation_share": 0.0,
+                                     "min_similarity": -1.0, **memory})
+    return Agent(settings, backend=ScriptedBackend().respond(respond))
+
+
+def test_a_tie_is_no_evidence_and_a_never_solved_task_needs_a_flip(tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    monkeypatch.delenv("CRPS_CONFIG", raising=False)
+    half = Task(prompt="A rope of 14 m is cut in two; how long is each piece?",
+                domain="math", reference="7", id="half")
+    never = Task(prompt="A rope of 21 m is cut in three; how long is each piece?",
+                 domain="math", reference="7", id="never")
+
+    def respond(req: GenerationRequest) -> str | list[str] | None:
+        if req.purpose == "reflect":
+            return _reflection(NOTE)
+        if "14 m" in req.text():
+            return ["\\boxed{7}", "\\boxed{5}"] * (req.n // 2)  # 50% with and without
+        return "\\boxed{5}"  # never solved, with or without the note
+
+    agent = _agent(tmp_path, respond)
+    report = agent.learn([half, never])
+    assert [t.admitted for t in report.tasks] == [0, 0]
+    assert [t.admission_rejected for t in report.tasks] == [1, 1]
+    assert [i.status for i in agent.memory.insights.list()] == ["retired"]
+    agent.close()
+
+
+def test_a_candidate_that_helps_its_task_but_harms_a_similar_one_is_rejected(
+        tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("CRPS_CONFIG", raising=False)
+    victim = Task(prompt="A rope of 14 m is cut in two equal pieces; how long is each?",
+                  domain="math", reference="7", id="victim")
+    source = Task(prompt="A rope of 21 m is cut in three equal pieces; how long is each?",
+                  domain="math", reference="7", id="source")
+    helper_only = "Divide the length by the number of pieces, never by the cuts."
+
+    def respond(req: GenerationRequest) -> str | list[str] | None:
+        text = req.text()
+        if req.purpose == "reflect":
+            return _reflection(NOTE) if "21 m" in text else _reflection()
+        if "21 m" in text:
+            if NOTE in text or helper_only in text:
+                return "\\boxed{7}"
+            return ["\\boxed{7}", "\\boxed{5}", "\\boxed{5}", "\\boxed{5}"] * (req.n // 4 or 1)
+        if NOTE in text:  # the note misleads the similar task
+            return "\\boxed{5}"
+        return ["\\boxed{7}", "\\boxed{5}"] * (req.n // 2)
+
+    agent = _agent(tmp_path, respond)
+    report = agent.learn([victim, source])
+    row = report.tasks[1]
+    assert (row.admitted, row.admission_rejected) == (0, 1)
+    stored = agent.memory.insights.list()
+    assert [i.text for i in stored] == [NOTE] and stored[0].status == "retired"
+    cost = report.totals()["cost"]
+    # with arm on the source (8) + the victim without (4) and with (4): all in the ledger
+    assert cost["admit"]["sequences"] == 16
+    agent.close()
+
+    # the same note admitted when the neighbour check is off: it helps its own task
+    agent = _agent(tmp_path / "b", respond, admission_neighbours=0)
+    report = agent.learn([victim, source])
+    assert (report.tasks[1].admitted, report.tasks[1].admission_rejected) == (1, 0)
+    assert [i.status for i in agent.memory.insights.list()] == ["active"]
+    assert report.totals()["cost"]["admit"]["sequences"] == 8
+    agent.close()
+
+
+def test_evidence_accumulates_over_a_rediscovered_candidates_tests(tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    monkeypatch.delenv("CRPS_CONFIG", raising=False)
+    tasks = [Task(prompt=f"A rope of {7 * k} m is cut into {k} pieces; how long is each?",
+                  domain="math", reference="7", id=f"rope{k}") for k in (2, 3)]
+
+    def respond(req: GenerationRequest) -> str | list[str] | None:
+        if req.purpose == "reflect":
+            return _reflection(NOTE)
+        if NOTE in req.text():  # 5 of 8 with the note
+            return (["\\boxed{7}"] * 5 + ["\\boxed{5}"] * 3) * (req.n // 8)
+        return ["\\boxed{7}", "\\boxed{5}", "\\boxed{5}", "\\boxed{5}"] * (req.n // 4)
+
+    agent = _agent(tmp_path, respond, admission_neighbours=0)
+    report = agent.learn(tasks, run_id="pool")
+    # 5/8 against 1/4 is not enough on its own (P ~ 0.88); pooled with the second test's
+    # samples (10/16 against 2/8) it is
+    assert [(t.admitted, t.admission_rejected) for t in report.tasks] == [(0, 1), (1, 0)]
+    assert [i.status for i in agent.memory.insights.list()] == ["active"]
+    agent.close()
