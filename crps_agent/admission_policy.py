@@ -30,7 +30,7 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from crps_agent.memory.admission import admission_request
 from crps_agent.sampler import derive_seed
@@ -113,7 +113,6 @@ def failing_neighbours(memory: Memory, task: Task, k: int) -> list[Task]:
     if k <= 0:
         return []
     from crps_agent.memory.chroma import where_clause
-    from crps_agent.memory.query import query_where
     from crps_agent.memory.trajectories import SEARCH
 
     where = where_clause(kind=SEARCH, namespace=task.namespace, domain=task.domain,
@@ -121,8 +120,9 @@ def failing_neighbours(memory: Memory, task: Task, k: int) -> list[Task]:
     embedding = memory.embedder.embed([task.prompt])[0]
     n = 16 * k
     while True:
-        res = query_where(memory.trajectories.collection, query_embeddings=[embedding],
-                          n_results=n, where=where, include=["documents", "metadatas"])
+        res = memory.trajectories.collection.query(
+            query_embeddings=cast(Any, [embedding]), n_results=n, where=where,
+            include=["documents", "metadatas"])
         docs = (res["documents"] or [[]])[0]
         metas = (res["metadatas"] or [[]])[0]
         order: list[str] = []

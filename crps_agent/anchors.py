@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     from crps_agent.memory.facade import Memory
@@ -113,15 +113,14 @@ def near_tasks(memory: Memory, query: str, *, namespaces: Sequence[str], domain:
     """{task id: similarity} of the n logged tasks nearest to `query` by prompt, those at
     least `min_similarity` close."""
     from crps_agent.memory.chroma import where_clause
-    from crps_agent.memory.query import query_where
     from crps_agent.memory.trajectories import SEARCH
 
     ns: Any = namespaces[0] if len(namespaces) == 1 else {"$in": list(namespaces)}
     embedding = memory.embedder.embed([query])[0]
-    res = query_where(memory.trajectories.collection, query_embeddings=[embedding],
-                      n_results=4 * n, where=where_clause(kind=SEARCH, namespace=ns,
-                                                          domain=domain),
-                      include=["metadatas", "distances"])
+    res = memory.trajectories.collection.query(
+        query_embeddings=cast(Any, [embedding]), n_results=4 * n,
+        where=where_clause(kind=SEARCH, namespace=ns, domain=domain),
+        include=["metadatas", "distances"])
     out: dict[str, float] = {}
     for meta, dist in zip((res["metadatas"] or [[]])[0], (res["distances"] or [[]])[0],
                           strict=True):
