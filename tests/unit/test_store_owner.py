@@ -239,6 +239,8 @@ def test_cli_json_utility_honours_the_configured_prior(tmp_path: Path,
         res = CliRunner().invoke(cli, ["insights", "show", insight_id, "--store", str(path),
                                        "--json"], catch_exceptions=False)
         row = json.loads(res.stdout)
-        assert row["utility"] == round((1 + 3) / (1 + 3 + 1), 4)  # not Beta(1, 1)'s 2/3
+        # the Beta posterior mean of the verdicts, with the configured prior (not Beta(1, 1)'s
+        # 2/3); `utility` is the counterfactual estimate (crps_agent/credit_policy.py)
+        assert row["success_rate"] == round((1 + 3) / (1 + 3 + 1), 4)
     finally:
         release_ownership(path)
