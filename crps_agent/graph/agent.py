@@ -356,9 +356,11 @@ class Agent:
                                           context=dataclasses.replace(
                                               ctx, replay=frozenset(snap.next)))
         if state is None:
+            # "sync" only with a checkpointer: without one LangGraph has no checkpoint
+            # to wait for (and fails looking for it)
             state = self.graph.invoke({"mode": "learn", "task": task.to_dict(),
                                        "run_id": run_id, "seed": seed}, config, context=ctx,
-                                      durability="sync")
+                                      durability="sync" if self._checkpoint else None)
         report = _report(state, resumed)
         report.cost = self.ledger.take()
         return report
