@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from openai_wire import OpenAIServer
 
 from crps_agent.cli import cli
 from crps_agent.config import load_settings
@@ -19,7 +20,6 @@ from crps_agent.reflect.analyst import clear_cache
 from crps_agent.sim.backend import SimBackend
 from crps_agent.sim.generate import task_rows
 from crps_agent.tasks import load_tasks
-from crps_agent.testing.openai_server import OpenAIServer
 
 pytestmark = pytest.mark.integration
 

@@ -188,7 +188,8 @@ def test_serve_command_with_api_key(tmp_path: Path) -> None:
         with pytest.raises(StoreError, match="API key"):
             MemoryClient(url, api_key="wrong").stats()
         client = MemoryClient(url, api_key="k3y")
-        added = client.add("Write the rate equation with units before solving for time.", domain="math")
+        added = client.add("Write the rate equation with units before solving for time.",
+                           domain="math")
         assert added.insight.status == "active"
         hits = client.recall("write the equation", domain="math")
         assert [h.insight.id for h in hits] == [added.insight.id]
