@@ -22,6 +22,7 @@ from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
 from crps_agent.memory import Memory
+from crps_agent.memory.chroma import release_ownership
 from crps_agent.types import Insight
 
 pytestmark = [pytest.mark.integration, pytest.mark.server]
@@ -42,6 +43,7 @@ def _env() -> dict[str, str]:
 def _seed(store: Path) -> list[str]:
     memory = Memory(store, embedder="hash")
     out = memory.remember([Insight(text=t, domain="math") for t in SEED])
+    release_ownership(store)  # the server process is the store's writer from here on
     return [o.insight.id for o in out]
 
 
