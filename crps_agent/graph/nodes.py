@@ -208,6 +208,10 @@ def credit_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, 
     before = state.get("credit_before") if "credit" in ctx.replay else None
     done, now = applied(before, ctx.memory, task.namespace, task.domain)
     changed: list[Insight] = []
+    # Deterministic event ids: a replayed credit counts once, and a resumed run's events
+    # are the same records as an uninterrupted run's.
+    key = _run_key(state, runtime)
+    ev = (lambda part: f"{key}:{part}") if key else (lambda part: None)
     if done and before is not None and now is not None:
         old = before.get("insights", {})
         for insight_id in changed_ids(before, now):
@@ -215,7 +219,8 @@ def credit_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, 
             if was is not None and (row[4], row[5]) != (was[4], was[5]):  # status, promoted
                 changed.append(ctx.memory.insights.get(insight_id))
     elif state.get("ablated"):
-        ctx.memory.record_baseline(task.namespace, task.domain, result.solved)
+        ctx.memory.record_baseline(task.namespace, task.domain, result.solved,
+                                   event_id=ev("baseline"))
     else:
         # The baseline report: each note gets the verdict of the samples that had it
         # (note dropout leaves some samples without one).
@@ -224,8 +229,8 @@ def credit_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, 
             had = [t for t in result.trajectories if nid in t.insight_ids]
             if had:
                 solved_with[any(t.verdict.correct for t in had)].append(nid)
-        changed = [*ctx.memory.record(solved_with[True], True),
-                   *ctx.memory.record(solved_with[False], False)]
+        changed = [*ctx.memory.record(solved_with[True], True, event_id=ev("win")),
+                   *ctx.memory.record(solved_with[False], False, event_id=ev("loss"))]
         if state.get("mode", "learn") == "learn":
             cf_retired, cf_promoted = credit_search(ctx.memory, result, recalled,
                                                     ctx.settings.memory)
