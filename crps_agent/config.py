@@ -384,7 +384,9 @@ class Settings(BaseSettings):
 
 
 # CRPS_* variables that are not settings (CRPS_TEST_* are test hooks).
-_NOT_SETTINGS = ("CRPS_CONFIG", "CRPS_DEBUG")
+# Variables of crps-agent that are not settings: the config file, debug output, the solve
+# transcript, and the test harness (`make test` sets CRPS_REQUIRE_VLLM; CRPS_TEST_* hooks).
+_NOT_SETTINGS = ("CRPS_CONFIG", "CRPS_DEBUG", "CRPS_TRANSCRIPT", "CRPS_REQUIRE_VLLM")
 
 
 def _warn_unknown_env(settings_cls: type[BaseModel]) -> None:
