@@ -383,7 +383,6 @@ class Settings(BaseSettings):
         return tuple(sources)
 
 
-# CRPS_* variables that are not settings (CRPS_TEST_* are test hooks).
 # Variables of crps-agent that are not settings: the config file, debug output, the solve
 # transcript, and the test harness (`make test` sets CRPS_REQUIRE_VLLM; CRPS_TEST_* hooks).
 _NOT_SETTINGS = ("CRPS_CONFIG", "CRPS_DEBUG", "CRPS_TRANSCRIPT", "CRPS_REQUIRE_VLLM")
