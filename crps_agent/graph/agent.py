@@ -392,8 +392,18 @@ class Agent:
 
         return export_store(self.memory, method or self.settings.crps.method, out,
                             self.registry.domains, self.settings,
-                            backend=self.counted_backend if synthesize else None,
+                            backend=self._synthesizer() if synthesize else None,
                             namespace=namespace)
+
+    def _synthesizer(self) -> LedgerBackend:
+        """The backend that writes CRPS chains, counted in the ledger: a `[crps]` model of
+        its own is built without loading the learner, which export would not use."""
+        if not self.settings.crps.separate:
+            return self.counted_backend
+        from crps_agent.reflect.analyst import build_analyst, label_of
+
+        return LedgerBackend(build_analyst(self.settings, "crps"), self.ledger,
+                             label=label_of(self.settings, "crps"))
 
     def close(self) -> None:
         if self._conn is not None:
