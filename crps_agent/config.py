@@ -339,19 +339,11 @@ class Settings(BaseSettings):
         `[backend.vllm]` its knobs (also reachable as `openai.*`, `vllm.*`)."""
         if not isinstance(data, dict) or not isinstance(data.get("backend"), dict):
             return data
-        data = dict(data)
-        table = dict(data.pop("backend"))
-        if "name" in table:
-            data["backend"] = table.pop("name")
-        for key in ("openai", "vllm"):
-            if key in table:
-                merged = dict(data.get(key) or {})
-                _deep_update(merged, dict(table.pop(key)))
-                data[key] = merged
-        if table:
-            raise ValueError(f"unknown key(s) in [backend]: {', '.join(sorted(table))} "
+        unknown = set(data["backend"]) - {"name", *_BACKEND_KNOBS}
+        if unknown:
+            raise ValueError(f"unknown key(s) in [backend]: {', '.join(sorted(unknown))} "
                              "(known: name, openai, vllm)")
-        return data
+        return _flatten_backend(data)
 
     @field_validator("namespace")
     @classmethod
@@ -379,11 +371,41 @@ class Settings(BaseSettings):
             import tomllib
 
             try:
-                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+                sources.append(_TomlSource(settings_cls, toml_file=path))
             except tomllib.TOMLDecodeError as exc:
                 raise ConfigError(f"{path}: not valid TOML ({exc})") from None
         _warn_unknown_env(settings_cls)
         return tuple(sources)
+
+
+_BACKEND_KNOBS = ("openai", "vllm")
+
+
+def _flatten_backend(data: dict[str, Any]) -> dict[str, Any]:
+    """`{"backend": {"name": n, "openai": {...}}}` as `{"backend": n, "openai": {...}}`."""
+    data = dict(data)
+    table = dict(data.pop("backend"))
+    if "name" in table:
+        data["backend"] = table.pop("name")
+    for key in _BACKEND_KNOBS:
+        if key in table:
+            merged = dict(data.get(key) or {})
+            _deep_update(merged, dict(table.pop(key)))
+            data[key] = merged
+    return data
+
+
+class _TomlSource(TomlConfigSettingsSource):
+    """The config file with its `[backend]` table flattened before the sources merge, so
+    `CRPS_BACKEND=vllm` replaces the backend's name, not the file's `[backend.openai]`
+    knobs with it."""
+
+    def __call__(self) -> dict[str, Any]:
+        data = super().__call__()
+        if isinstance(data.get("backend"), dict) and \
+                set(data["backend"]) <= {"name", *_BACKEND_KNOBS}:
+            return _flatten_backend(data)
+        return data  # unknown keys: the validator says which
 
 
 # Variables of crps-agent that are not settings: the config file, debug output, the solve
