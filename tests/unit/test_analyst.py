@@ -126,3 +126,23 @@ def test_export_with_a_separate_synthesizer_builds_no_learner(
     assert exporter.ledger.to_dict()["synthesize@big"]["calls"] >= 1
     exporter.close()
     clear_cache()
+
+
+def test_clear_cache_closes_the_built_analysts(monkeypatch: pytest.MonkeyPatch) -> None:
+    from crps_agent.reflect import analyst
+
+    closed: list[str] = []
+
+    class Closable:
+        def close(self) -> None:
+            closed.append("x")
+
+    clear_cache()
+    settings = load_settings(backend="sim", crps={"backend": "sim", "model": "big"})
+    built = analyst.build_analyst(settings, "crps")
+    assert analyst.build_analyst(settings, "crps") is built  # built once
+    monkeypatch.setattr(built, "close", Closable().close, raising=False)
+    clear_cache()
+    assert closed == ["x"]
+    assert analyst.build_analyst(settings, "crps") is not built
+    clear_cache()
