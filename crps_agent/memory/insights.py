@@ -128,7 +128,7 @@ class InsightStore:
                 if isinstance(self.index, LocalIndex):
                     self.index = mirror_of
                 self._mirrors = builtins.list(dict.fromkeys([self.index, mirror_of]))
-        self.baselines = BaselineStore(client, self.events)
+        self.baselines = BaselineStore(self.events)
         self._queries: OrderedDict[str, builtins.list[float]] = OrderedDict()
         self._queries_lock = threading.Lock()
 
