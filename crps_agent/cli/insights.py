@@ -387,6 +387,22 @@ def reindex(embedder: str, store: str | None, as_json: bool) -> None:
 
 
 @insights.command()
+@store_options
+def compact(as_json: bool, **flags: Any) -> None:
+    """Fold the counter events (credits, merges, baselines, counterfactual outcomes) into
+    one snapshot record per insight, then delete them; every counter reads the same. One
+    compaction at a time per store (on a server, run it from one place)."""
+    with open_memory(make_settings(**flags)) as memory:
+        done = memory.compact()
+    if as_json:
+        emit_jsonl([{"action": "compact", "events": done.events,
+                     "snapshots": done.snapshots, "deleted": done.deleted}])
+        return
+    console().print(f"folded {done.events} counter events into {done.snapshots} snapshot "
+                    f"records ({done.deleted} event records deleted)")
+
+
+@insights.command()
 @click.option("--judge", is_flag=True, help="First re-judge every active insight against "
               "the current baselines (retires or promotes; stored).")
 @click.option("--domain", default=None, help="Only this domain.")

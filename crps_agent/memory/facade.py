@@ -7,7 +7,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from crps_agent.config import MemorySettings
-from crps_agent.memory.chroma import built_with, local_store_path, open_client, ownership
+from crps_agent.memory.chroma import (
+    built_with,
+    close_client,
+    local_store_path,
+    open_client,
+    ownership,
+)
 from crps_agent.memory.embedders import Embedder, get_embedder
 from crps_agent.memory.insights import AddOutcome, InsightStore, RecalledInsight
 from crps_agent.memory.trajectories import TrajectoryLog
@@ -16,6 +22,7 @@ from crps_agent.namespaces import Namespace, validate_namespace
 if TYPE_CHECKING:
     from crps_agent.backends.base import Backend
     from crps_agent.config import Settings
+    from crps_agent.memory.events import Compaction
     from crps_agent.types import Insight
 
 
@@ -42,6 +49,15 @@ class Memory:
         self.local_path: Path | None = local_store_path(self.store)
         self.read_only = read_only
         self.client = open_client(self.store, read_only=read_only)
+        self._closed = False
+        try:
+            self._open(embedder, settings)
+        except BaseException:
+            self.close()  # a writer that fails to open holds the store no longer
+            raise
+
+    def _open(self, embedder: str | Embedder | None, settings: MemorySettings | None) -> None:
+        read_only = self.read_only
         if embedder is None:  # as told, else what the store was built with, else MiniLM
             embedder = (settings.embedder if settings is not None else None) \
                 or built_with(self.client) or "minilm"
@@ -56,7 +72,7 @@ class Memory:
         self.insights = InsightStore(
             self.client, self.embedder, settings=settings, local=local, read_only=read_only,
             reopen=(lambda: open_client(self.store, read_only=True)) if read_only and local
-            else None, share=None if owner is None else f"{self.local_path}:{owner}")
+            else None, share=owner)
         self.trajectories = TrajectoryLog(self.client, self.embedder, read_only=read_only)
 
     @classmethod
@@ -136,6 +152,26 @@ class Memory:
 
         return consolidation_clusters(self.insights, validate_namespace(namespace),
                                       domain=domain, threshold=threshold)
+
+    def compact(self) -> Compaction:
+        """Fold the counter events into one snapshot record per insight (and baseline), then
+        delete them; counts read the same before and after (see memory/events.py). Run one
+        compaction at a time per store."""
+        return self.insights.events.compact()
+
+    def close(self) -> None:
+        """Release the store: Chroma's client and, for a writer of a directory, its share
+        of the owner lock (the next writer may open the store once every `Memory` of this
+        process on it is closed). Idempotent; the object is not usable afterwards."""
+        if not self._closed:
+            self._closed = True
+            close_client(self.client, self.store, read_only=self.read_only)
+
+    def __enter__(self) -> Memory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def __repr__(self) -> str:
         return f"Memory(store={self.store!r}, embedder={self.embedder.name!r})"

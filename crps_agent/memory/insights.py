@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from chromadb.api import ClientAPI
 
     from crps_agent.backends.base import Backend
+    from crps_agent.memory.chroma import Owner
     from crps_agent.memory.embedders import Embedder
 
 __all__ = ["AddOutcome", "InsightStore", "RecalledInsight", "normalise_text", "utility"]
@@ -55,9 +56,6 @@ __all__ = ["AddOutcome", "InsightStore", "RecalledInsight", "normalise_text", "u
 _MIN_PREFIX = 4
 _QUERY_CACHE = 256  # query embeddings kept: a task's prompt is recalled more than once
 _COUNTERS = ("uses", "wins", "losses", "support")
-# (owner of an embedded store, collection) -> the index and events its store objects share
-_SHARED: dict[tuple[str, str], tuple[LocalIndex | None, EventLog]] = {}
-_SHARED_LOCK = threading.Lock()
 
 
 def utility(insight: Insight, a: float = 1.0, b: float = 1.0) -> float:
@@ -82,15 +80,15 @@ class InsightStore:
     says that this process is the store's only writer (an embedded store), so its records
     and events may be kept in memory; `read_only` writes nothing; `reopen` gives a fresh
     read-only client when a snapshot could not be read (see `chroma.open_client`); store
-    objects of one `share` key (the owner of an embedded store) share one index and event
-    log, so each sees the others' writes."""
+    objects of one `share` (this process's ownership of an embedded store) share one index
+    and event log, so each sees the others' writes."""
 
     def __init__(self, client: ClientAPI, embedder: Embedder, *,
                  dedup_threshold: float | None = None, collection: str = "insights",
                  settings: MemorySettings | None = None, local: bool = False,
                  read_only: bool = False,
                  reopen: Callable[[], ClientAPI] | None = None,
-                 share: str | None = None) -> None:
+                 share: Owner | None = None) -> None:
         self.client = client
         self.embedder = embedder
         self.settings = settings or MemorySettings()
@@ -117,12 +115,12 @@ class InsightStore:
         # log, and tell the mirror of their writes, so each sees the others' writes.
         self._mirrors: builtins.list[LocalIndex | RemoteIndex] = [self.index]
         if share is not None:
-            key = (share, self.collection.name)
-            with _SHARED_LOCK:
-                mirror_of, events = _SHARED.get(key, (None, self.events))
+            key = "insights:" + self.collection.name
+            with share.guard:
+                mirror_of, events = share.shared.get(key, (None, self.events))
                 if mirror_of is None and isinstance(self.index, LocalIndex):
                     mirror_of = self.index
-                _SHARED[key] = (mirror_of, events)
+                share.shared[key] = (mirror_of, events)
             self.events = events
             if mirror_of is not None:
                 if isinstance(self.index, LocalIndex):

@@ -163,3 +163,37 @@ def test_counters_of_a_store_made_before_events_are_carried_over(tmp_path: Path)
     left = writer.client.get_collection(META_COLLECTION).get()["ids"]
     assert "other" in left and "cf:a" not in left and "baseline:ns:math" not in left
     assert EventLog(writer.client, local=False).pairs(CF_KIND, ["a"]) == want_cf
+
+
+def test_insights_compact_cli_keeps_what_list_prints(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from crps_agent.cli import cli
+
+    monkeypatch.delenv("CRPS_CONFIG", raising=False)
+    path = str(tmp_path / "s")
+    with Memory(path, embedder="hash") as memory:
+        ids = [o.insight.id for o in memory.remember(
+            [Insight(text=t, domain="math") for t in ("check the units", "draw a figure")])]
+        for n in range(6):
+            memory.record(ids[: 1 + n % 2], n % 3 == 0, event_id=f"task-{n}")
+        CreditEvents(memory).add({ids[0]: NoteCredit(ids[0], 2, 3, 1, 2)}, key="s1")
+    args = ["--store", path, "--embedder", "hash", "--json"]
+
+    def listed() -> list[dict[str, object]]:
+        res = CliRunner().invoke(cli, ["insights", "list", *args], catch_exceptions=False)
+        return sorted((json.loads(line) for line in res.stdout.splitlines()),
+                      key=lambda r: str(r["id"]))
+
+    before = listed()
+    assert before[0]["uses"] or before[1]["uses"]
+    res = CliRunner().invoke(cli, ["insights", "compact", *args], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    done = json.loads(res.stdout)
+    assert done["action"] == "compact" and done["events"] == 10 and done["snapshots"] == 3
+    assert listed() == before
+    again = json.loads(CliRunner().invoke(cli, ["insights", "compact", *args]).stdout)
+    assert again["events"] == 0 and again["deleted"] == 0
