@@ -496,15 +496,13 @@ def _space(collection: Collection) -> str | None:
 def where_clause(**conditions: Any) -> dict[str, Any] | None:
     """A Chroma `where` filter from equality conditions; None values are left out.
 
-    A value may also be an operator dict (`{"$ne": x}`). More than one condition is
-    joined with `$and`, as Chroma requires.
+    A value may also be a list, tuple or set (any of them: `$in`) or an operator dict
+    (`{"$ne": x}`). More than one condition is joined with `$and`, as Chroma requires.
     """
-    parts = [{key: value} for key, value in conditions.items() if value is not None]
+    parts = [{key: {"$in": list(value)} if isinstance(value, list | tuple | set | frozenset)
+              else value} for key, value in conditions.items() if value is not None]
     if not parts:
         return None
     if len(parts) == 1:
         return parts[0]
     return {"$and": parts}
-
-
-# ------------------------------------------------------------------ filtered nearest neighbours

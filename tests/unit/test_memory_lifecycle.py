@@ -14,12 +14,11 @@ import pytest
 
 from crps_agent.backends.base import GenerationRequest
 from crps_agent.backends.scripted import ScriptedBackend
-from crps_agent.config import MemorySettings, SearchSettings, load_settings
+from crps_agent.config import MemorySettings, load_settings
 from crps_agent.domains import render_notes
 from crps_agent.errors import ConfigError
 from crps_agent.graph.agent import Agent
 from crps_agent.memory import InsightStore, Memory, get_embedder
-from crps_agent.memory.admission import check_candidates
 from crps_agent.memory.chroma import open_client
 from crps_agent.memory.credit import (
     ADMISSION_REJECTED,
@@ -304,20 +303,6 @@ def test_admission_off_makes_insights_active_at_once(tmp_path: Path,
     assert [i.status for i in agent.memory.insights.list()] == ["active"]
     assert not any("admission" in req.meta for req, _ in backend.calls)
     agent.close()
-
-
-def test_check_candidates_directly() -> None:
-    domain = get_registry().domain("math")
-    task = Task(prompt="p", domain="math", reference="7")
-    backend = ScriptedBackend().respond(
-        lambda req: "\\boxed{7}" if "good idea" in req.text() else "\\boxed{1}")
-    checks = check_candidates(task, domain, backend, notes=["good idea"],
-                              candidates=[ins("another thought")],
-                              search=SearchSettings(), rollouts=2)
-    assert [(c.with_rate, c.without_rate, c.admitted) for c in checks] == [(1.0, 1.0, True)]
-    unverified = Task(prompt="p", domain="math")
-    assert check_candidates(unverified, domain, backend, notes=[], candidates=[ins("x")],
-                            search=SearchSettings())[0].admitted
 
 
 # ------------------------------------------------------------------------------ dedup
