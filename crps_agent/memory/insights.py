@@ -522,18 +522,6 @@ class InsightStore:
                 else self.collection.count()
         return len(self.index.where(self._filters(namespace, None, None)))
 
-    def stats(self, namespace: Namespace | None = None) -> dict[str, Any]:
-        """Totals by status, kind and domain, counter totals, and the top 3 by utility
-        among insights used at least once (`curation.stats` without the distribution)."""
-        from crps_agent.memory.curation import stats
-
-        data = stats(self, namespace, top=3)
-        top = data.pop("best")
-        for key in ("worst", "utility"):
-            data.pop(key)
-        return {**data, "top": [{k: v for k, v in row.items() if k != "status"}
-                                for row in top]}
-
 
 def _credit_id(event: str | None, insight_id: str) -> str:
     return fresh_id() if event is None else event_id("credit", event, insight_id)

@@ -19,6 +19,7 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from crps_agent.curation import export_insights
 from crps_agent.errors import DamagedStoreError, StoreBusyError, StoreError
 from crps_agent.memory import Memory
 from crps_agent.memory.chroma import (
@@ -26,8 +27,8 @@ from crps_agent.memory.chroma import (
     Pointers,
     read_pointers,
 )
-from crps_agent.memory.curation import export_insights, reindex
 from crps_agent.memory.embedders import get_embedder
+from crps_agent.memory.reindex import reindex
 from crps_agent.types import Insight
 
 TEXT = "Check the units of every quantity before answering the question."
