@@ -470,7 +470,10 @@ def consolidate(dry_run: bool, threshold: float | None, no_llm: bool, as_json: b
 def _consolidate(memory: Memory, backend: Backend | None, namespace: str,
                  domain: str | None, threshold: float | None, dry_run: bool, as_json: bool,
                  max_words: int, seed: int) -> None:
-    plan = memory.consolidation_clusters(namespace, domain=domain, threshold=threshold)
+    from crps_agent.consolidation import consolidate, consolidation_clusters
+
+    plan = consolidation_clusters(memory.insights, namespace, domain=domain,
+                                  threshold=threshold)
     if dry_run:
         if as_json:
             emit_jsonl({"action": "cluster", "size": len(c), "domain": c[0].domain,
@@ -486,8 +489,8 @@ def _consolidate(memory: Memory, backend: Backend | None, namespace: str,
                 con.print(f"  {m.id[:8]} (support {m.support}) {m.text}")
         con.print(f"{len(plan)} clusters would be merged (nothing was changed)")
         return
-    merged = memory.consolidate(namespace, domain=domain, backend=backend, clusters=plan,
-                                max_words=max_words, seed=seed)
+    merged = consolidate(memory.insights, namespace, domain=domain, backend=backend,
+                         clusters=plan, max_words=max_words, seed=seed)
     if as_json:
         emit_jsonl(insight_json(ins, action="consolidate", members=[m.id for m in c])
                    for ins, c in zip(merged, plan, strict=True))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -130,28 +129,6 @@ class Memory:
         """Add insights, merging duplicates and flagging likely contradictions (confirmed
         by `backend` when given and the setting `contradiction_llm` is on)."""
         return self.insights.add_many(insights, backend=backend)
-
-    def consolidate(self, namespace: Namespace = "default", *, domain: str | None = None,
-                    backend: Backend | None = None, threshold: float | None = None,
-                    max_words: int = 40, seed: int | None = None,
-                    clusters: Sequence[Sequence[Insight]] | None = None) -> list[Insight]:
-        """Merge clusters of related insights (LLM-rewritten with a backend), those of
-        `consolidation_clusters` unless `clusters` are given; see
-        `crps_agent.memory.dedup.consolidate`."""
-        from crps_agent.memory.dedup import consolidate
-
-        return consolidate(self.insights, validate_namespace(namespace), domain=domain,
-                           backend=backend, threshold=threshold, max_words=max_words,
-                           seed=seed, clusters=clusters)
-
-    def consolidation_clusters(self, namespace: Namespace = "default", *,
-                               domain: str | None = None, threshold: float | None = None
-                               ) -> list[list[Insight]]:
-        """The clusters `consolidate` would merge (nothing is changed)."""
-        from crps_agent.memory.dedup import consolidation_clusters
-
-        return consolidation_clusters(self.insights, validate_namespace(namespace),
-                                      domain=domain, threshold=threshold)
 
     def compact(self) -> Compaction:
         """Fold the counter events into one snapshot record per insight (and baseline), then

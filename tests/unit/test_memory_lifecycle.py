@@ -15,6 +15,7 @@ import pytest
 from crps_agent.backends.base import GenerationRequest
 from crps_agent.backends.scripted import ScriptedBackend
 from crps_agent.config import MemorySettings, load_settings
+from crps_agent.consolidation import consolidate, find_clusters, merge_cluster
 from crps_agent.domains import render_notes
 from crps_agent.errors import ConfigError
 from crps_agent.graph.agent import Agent
@@ -30,13 +31,7 @@ from crps_agent.memory.credit import (
     should_ablate,
     utility,
 )
-from crps_agent.memory.dedup import (
-    CONTRADICTION,
-    find_clusters,
-    likely_contradiction,
-    merge_cluster,
-    text_hash,
-)
+from crps_agent.memory.dedup import CONTRADICTION, likely_contradiction, text_hash
 from crps_agent.memory.recall import RankParams, exploration_bonus, rank, select
 from crps_agent.namespaces import decode_namespace, encode_namespace, validate_namespace
 from crps_agent.plugins import get_registry
@@ -362,7 +357,7 @@ def test_llm_merge_of_a_cluster(tmp_path: Path) -> None:
     backend = ScriptedBackend().respond(
         lambda req: fenced({"text": merged_text, "kind": "check"})
         if req.purpose == "merge" else None)
-    out = mem.consolidate("default", backend=backend)
+    out = consolidate(mem.insights, "default", backend=backend)
     assert len(out) == 1 and store.count() == 2
     one = out[0]
     assert one.id == members[2].id  # the most supported member keeps its id
