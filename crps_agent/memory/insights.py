@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
-import threading
+import functools
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -127,8 +126,10 @@ class InsightStore:
                     self.index = mirror_of
                 self._mirrors = builtins.list(dict.fromkeys([self.index, mirror_of]))
         self.baselines = BaselineStore(self.events)
-        self._queries: OrderedDict[str, builtins.list[float]] = OrderedDict()
-        self._queries_lock = threading.Lock()
+        # Query embeddings, cached: the agent recalls a task's prompt before the search
+        # and again when it reflects on it.
+        self._embed_query = functools.lru_cache(maxsize=_QUERY_CACHE)(
+            lambda query: embedder.embed([query])[0])
 
     @property
     def candidate_factor(self) -> int:
@@ -274,21 +275,6 @@ class InsightStore:
         vectors = self.index.embeddings([i.id for i in items])
         rows = [(i, vectors[i.id]) for i in items if i.id in vectors]
         return sorted(rows, key=lambda r: (r[0].created_at, r[0].id))
-
-    def _embed_query(self, query: str) -> builtins.list[float]:
-        """A query's embedding, cached (LRU): the agent recalls a task's prompt before the
-        search and again when it reflects on it."""
-        with self._queries_lock:
-            cached = self._queries.get(query)
-            if cached is not None:
-                self._queries.move_to_end(query)
-                return cached
-        embedding = self.embedder.embed([query])[0]
-        with self._queries_lock:
-            self._queries[query] = embedding
-            if len(self._queries) > _QUERY_CACHE:
-                self._queries.popitem(last=False)
-        return embedding
 
     def _query(self, query: str, n: int, filters: Filters, embeddings: bool = False,
                min_similarity: float | None = None) -> builtins.list[tuple[Insight, Hit]]:
