@@ -129,7 +129,7 @@ class InsightStore:
         # Query embeddings, cached: the agent recalls a task's prompt before the search
         # and again when it reflects on it.
         self._embed_query = functools.lru_cache(maxsize=_QUERY_CACHE)(
-            lambda query: embedder.embed([query])[0])
+            lambda query: self.embedder.embed([query])[0])
 
     @property
     def candidate_factor(self) -> int:

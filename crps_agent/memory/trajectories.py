@@ -53,7 +53,7 @@ class TrajectoryLog:
         # Task prompts' embeddings, cached: a task is logged once per search and then
         # looked up for similar successes, with the same prompt each time.
         self._embed_prompt = functools.lru_cache(maxsize=_PROMPT_CACHE_SIZE)(
-            lambda prompt: embedder.embed([prompt])[0])
+            lambda prompt: self.embedder.embed([prompt])[0])
 
 
     # ------------------------------------------------------------------ searches
