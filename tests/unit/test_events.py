@@ -197,3 +197,42 @@ def test_insights_compact_cli_keeps_what_list_prints(tmp_path: Path,
     assert listed() == before
     again = json.loads(CliRunner().invoke(cli, ["insights", "compact", *args]).stdout)
     assert again["events"] == 0 and again["deleted"] == 0
+
+
+def test_learn_compacts_the_events_at_its_end_and_nothing_changes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    import crps_agent.cli.run as run
+    from crps_agent.cli import cli
+
+    monkeypatch.delenv("CRPS_CONFIG", raising=False)
+    monkeypatch.setenv("CRPS_MEMORY__EMBEDDER", "hash")
+    monkeypatch.setenv("CRPS_SIM__SEED", "11")
+    tasks = tmp_path / "train.jsonl"
+    runner = CliRunner()
+    assert runner.invoke(cli, ["sim", "tasks", "--n", "4", "--out", str(tasks)],
+                         catch_exceptions=False).exit_code == 0
+
+    def learn(store: Path, compact_after: int) -> list[dict[str, object]]:
+        monkeypatch.setattr(run, "COMPACT_AFTER", compact_after)
+        res = runner.invoke(cli, ["learn", str(tasks), "--backend", "sim", "--budget", "4",
+                                  "--store", str(store), "--run-id", "r1", "--epochs", "2",
+                                  "--json"],
+                            catch_exceptions=False)
+        assert res.exit_code == 0, res.output
+        res = runner.invoke(cli, ["insights", "list", "--store", str(store), "--json"],
+                            catch_exceptions=False)
+        rows = [json.loads(line) for line in res.stdout.splitlines()]
+        return sorted(({k: v for k, v in r.items() if k not in ("created_at", "updated_at")}
+                       for r in rows), key=lambda r: str(r["id"]))
+
+    plain = learn(tmp_path / "plain", 10**9)
+    compacted = learn(tmp_path / "compacted", 1)
+    assert plain == compacted
+    assert any(r["uses"] for r in plain) and any(r["support"] > 1 for r in plain)
+    kinds = {str(m["kind"]) for m in _client(tmp_path / "compacted").get_collection(
+        CREDIT_COLLECTION).get(include=["metadatas"])["metadatas"] or []}
+    assert kinds and all(k.startswith("snap:") for k in kinds)
