@@ -9,7 +9,8 @@ opening it with another one is an `EmbedderMismatchError`.
 One owner per embedded store: Chroma's local mode keeps every HNSW index in the memory of
 the process that loaded it and never notices another process's writes (two writers corrupt
 a store), so a process that opens a directory to write takes `<store>/.owner.lock`
-(`filelock`, released when the process ends, even by SIGKILL) and a second writer gets a
+(`filelock`; released when its last client is closed, `close_client` / `Memory.close`, or
+when the process ends, even by SIGKILL) and a second writer gets a
 `StoreBusyError` naming the ways to share a store: a Chroma server or the memory service.
 Read-only opens (`read_only=True`) take no lock and write nothing; a read-only directory
 is read from a private copy. Within the owner process `write_lock(client)` groups the

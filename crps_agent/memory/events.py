@@ -284,21 +284,13 @@ class EventLog:
         if self._seen is None:
             self._totals, self._seen = _fold(self._records())
 
-    def _query(self, groups: dict[str, Any], keys: Iterable[Key]) -> dict[Key, Tally]:
-        """The folded totals of `keys` (server mode): `groups` maps a group to the extra
-        condition that selects its records."""
-        wanted = list(dict.fromkeys(keys))
-        out = {k: NOTHING for k in wanted}
-        records: list[Event | Snapshot] = []
-        for group, cond in groups.items():
-            kinds = ["credit", "support"] if group == COUNTER else [group]
-            records += self._records({"$and": [{"kind": {"$in": [*kinds, _SNAP + group]}},
-                                               cond]} if cond else
-                                     {"kind": {"$in": [*kinds, _SNAP + group]}})
-        totals, _ = _fold(records)
-        for key in wanted:
-            out[key] = totals.get(key, NOTHING)
-        return out
+    def _query(self, group: str, cond: Any, keys: Iterable[Key]) -> dict[Key, Tally]:
+        """The folded totals of `keys` of one group, read from Chroma (server mode);
+        `cond` narrows the records read."""
+        kinds = [*(["credit", "support"] if group == COUNTER else [group]), _SNAP + group]
+        where: Any = {"kind": {"$in": kinds}}
+        totals, _ = _fold(self._records({"$and": [where, cond]} if cond else where))
+        return {key: totals.get(key, NOTHING) for key in keys}
 
     # ------------------------------------------------------------------ the public API
 
@@ -346,7 +338,7 @@ class EventLog:
         out: dict[str, Tally] = {}
         for start in range(0, len(wanted), _PAGE):
             chunk = wanted[start:start + _PAGE]
-            got = self._query({group: {"insight": {"$in": chunk}}},
+            got = self._query(group, {"insight": {"$in": chunk}},
                               [(group, i, "") for i in chunk])
             out.update({k[1]: t for k, t in got.items() if t is not NOTHING})
         return out
@@ -379,7 +371,7 @@ class EventLog:
             return {}
         cond = None if len(wanted) > 8 else {
             "namespace": {"$in": sorted({k[0] for k in wanted})}}
-        got = self._query({"baseline": cond}, full)
+        got = self._query("baseline", cond, full)
         self._recent.update({k: (now, v) for k, v in got.items()})
         return {(k[1], k[2]): v for k, v in got.items()}
 

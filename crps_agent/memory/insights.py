@@ -32,9 +32,9 @@ from crps_agent.memory.credit import (
     BaselineStore,
     apply_judgement,
     judge,
+    utility,
 )
-from crps_agent.memory.credit import utility as _utility
-from crps_agent.memory.dedup import combine, normalise_text
+from crps_agent.memory.dedup import combine
 from crps_agent.memory.events import NOTHING, Event, EventLog, Tally, event_id, fresh_id
 from crps_agent.memory.index import Filters, Hit, LocalIndex, Record, RemoteIndex, clone
 from crps_agent.memory.ingest import AddOutcome, add_locked, plan_pairs
@@ -50,16 +50,11 @@ if TYPE_CHECKING:
     from crps_agent.memory.chroma import Owner
     from crps_agent.memory.embedders import Embedder
 
-__all__ = ["AddOutcome", "InsightStore", "RecalledInsight", "normalise_text", "utility"]
+__all__ = ["AddOutcome", "InsightStore", "RecalledInsight"]
 
 _MIN_PREFIX = 4
 _QUERY_CACHE = 256  # query embeddings kept: a task's prompt is recalled more than once
 _COUNTERS = ("uses", "wins", "losses", "support")
-
-
-def utility(insight: Insight, a: float = 1.0, b: float = 1.0) -> float:
-    """Posterior mean of the success rate under a Beta(a, b) prior (Beta(1, 1) by default)."""
-    return _utility(insight, a, b)
 
 
 def _with(insight: Insight, tally: Tally) -> Insight:
@@ -421,11 +416,6 @@ class InsightStore:
             changed = self._judge(builtins.list(found.values()))
             self.persist(changed)
         return changed
-
-    def credit(self, insight_id: str, correct: bool, *, event_id: str | None = None
-               ) -> builtins.list[Insight]:
-        """`record_outcome` for one insight."""
-        return self.record_outcome([insight_id], correct, event_id=event_id)
 
     def _judge(self, insights: builtins.list[Insight]) -> builtins.list[Insight]:
         ready = [i for i in insights if i.uses >= self.settings.credit_min_uses]
