@@ -216,7 +216,7 @@ def test_learn_compacts_the_events_at_its_end_and_nothing_changes(
     assert runner.invoke(cli, ["sim", "tasks", "--n", "4", "--out", str(tasks)],
                          catch_exceptions=False).exit_code == 0
 
-    def learn(store: Path, compact_after: int) -> list[dict[str, object]]:
+    def learn(store: Path, compact_after: int) -> list[dict[str, Any]]:
         monkeypatch.setattr(run, "COMPACT_AFTER", compact_after)
         res = runner.invoke(cli, ["learn", str(tasks), "--backend", "sim", "--budget", "4",
                                   "--store", str(store), "--run-id", "r1", "--epochs", "2",
