@@ -207,6 +207,7 @@ class Agent:
         self.registry = get_registry()
         self._backend = backend
         self._memory = memory
+        self._owns_memory = memory is None  # a memory given by the caller is theirs to close
         self._checkpoint = checkpoint
         self._graph: Any = None
         self._conn: sqlite3.Connection | None = None
@@ -406,10 +407,21 @@ class Agent:
                              label=label_of(self.settings, "crps"))
 
     def close(self) -> None:
+        """Close the checkpoints and the memory this agent opened (releasing the store for
+        the next writer); a memory given to the constructor stays open."""
         if self._conn is not None:
             self._conn.close()
             self._conn = None
             self._graph = None
+        if self._owns_memory and self._memory is not None:
+            self._memory.close()
+            self._memory = None
+
+    def __enter__(self) -> Agent:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 @dataclass
