@@ -6,10 +6,20 @@ For the candidates a learn task produced (DESIGN.md §4, issue 12.3):
    so the check adds no rollouts for it.
 2. **With arm**: `memory.admission_rollouts` (default 8) samples of the same prompt with the
    candidate added, with a seed of its own (not a replay of the search's samples).
-3. **Help**: P(p_with > p_without) >= `memory.admission_confidence` (0.9) under independent
-   Beta(prior_a, prior_b) posteriors of the two success rates, i.e. a strict improvement
-   (a tie is no evidence). A candidate met again (a rediscovery after a rejection) is
-   judged on the samples of all its tests so far (kept in `crps_meta`, kind
+3. **Help, tested sequentially**: P(p_with > p_without) under independent Beta(prior_a,
+   prior_b) posteriors of the two success rates. The test admits as soon as it reaches
+   `memory.admission_confidence` (0.93), i.e. a strict improvement (a tie is no evidence),
+   and rejects as soon as it falls below `memory.admission_futility` (0.4: no sign of
+   help). In between the evidence is inconclusive, and the test draws another stage:
+   `admission_rollouts` more samples with the candidate and as many without it (one
+   without arm shared by the task's undecided candidates), until the with arm holds
+   `memory.admission_max_rollouts` (32) samples; still undecided then, it rejects. One
+   fixed shot of 8 against the search's 4 samples admits a note worth +1.5 logits only
+   about half the time and one worth +1.0 about a quarter; stages reach ~0.8 and ~0.7
+   for ~2.5x the rollouts, and the higher bar keeps a useless note's admission near
+   10-15% despite the repeated looks (the binomial figures are in
+   tests/unit/test_admission_policy.py). A candidate met again (a rediscovery after a
+   rejection) is judged on the samples of all its tests so far (kept in `crps_meta`, kind
    "admission-evidence"), so evidence accumulates across tests. A candidate from a task
    never solved (no correct attempt in the whole log) must in addition flip at least one
    sample.
@@ -37,7 +47,7 @@ from crps_agent.sampler import derive_seed
 
 if TYPE_CHECKING:
     from crps_agent.backends.base import Backend
-    from crps_agent.config import Settings
+    from crps_agent.config import MemorySettings, Settings
     from crps_agent.domains import Domain
     from crps_agent.memory.facade import Memory
     from crps_agent.types import Insight, SearchResult, Task
@@ -152,54 +162,112 @@ def never_solved(memory: Memory, task: Task, result: SearchResult) -> bool:
         task.id, namespace=task.namespace))
 
 
+def decide(p_help: float, with_n: int, mem: MemorySettings) -> str:
+    """A stage's verdict on a candidate whose with arm holds `with_n` samples of this test:
+    "admit", "reject" or "continue" (see the module doc)."""
+    if p_help >= mem.admission_confidence:
+        return "admit"
+    if (p_help < mem.admission_futility
+            or with_n + mem.admission_rollouts > mem.admission_max_rollouts):
+        return "reject"
+    return "continue"
+
+
 def admit_candidates(task: Task, result: SearchResult, *, notes: Sequence[str],
                      candidates: Sequence[Insight], memory: Memory, backend: Backend,
                      domains: dict[str, Domain] | Any, settings: Settings,
                      seed: int) -> list[AdmissionDecision]:
-    """Test each candidate (see the module doc); one batched backend call for the with
-    arms on the task, one for the neighbour checks of the candidates that help."""
+    """Test each candidate (see the module doc); one batched backend call per stage of the
+    sequential test, one for the neighbour checks of the candidates that help."""
     if not candidates:
         return []
     domain = domains[task.domain]
-    mem, search = settings.memory, settings.search
+    mem = settings.memory
     if not _verified(task, domain):
         return [AdmissionDecision(c.id, task.id, Arm(), Arm(), 0.0, True, "unverified")
                 for c in candidates]
     from crps_agent.credit_policy import CreditEvents, NoteCredit
 
-    without = _arm(task, domain, result.trajectories)
-    rollouts = mem.admission_rollouts
-    requests = [admission_request(task, domain, [*notes, c.text], search, rollouts,
-                                  derive_seed(seed, "admit", c.id), c.id)
-                for c in candidates]
-    replies = backend.generate(requests)
     unsolved = never_solved(memory, task, result)
     evidence = CreditEvents(memory, prefix="adm:", kind=ADMISSION_KIND)
     earlier = evidence.get_many([c.id for c in candidates])
-    decisions: list[AdmissionDecision] = []
-    now: dict[str, NoteCredit] = {}
-    for c, reply in zip(candidates, replies, strict=True):
-        with_arm = _arm(task, domain, reply)
-        now[c.id] = NoteCredit(c.id, with_arm.wins, with_arm.n, without.wins, without.n)
-        # A candidate rediscovered after a test without evidence is tested on the pooled
-        # samples of every test so far: evidence accumulates, a rerun is not a fresh coin.
-        e = earlier[c.id]
-        pooled_with = Arm(with_arm.wins + e.with_wins, with_arm.n + e.with_n)
-        pooled_without = Arm(without.wins + e.without_wins, without.n + e.without_n)
-        p_help = prob_greater(pooled_with.wins, pooled_with.n, pooled_without.wins,
-                              pooled_without.n, mem.prior_a, mem.prior_b)
-        helps = p_help >= mem.admission_confidence
-        reason = "helps" if helps else "no-evidence"
-        if helps and unsolved and with_arm.wins == 0:
-            helps, reason = False, "no-flip"
-        decisions.append(AdmissionDecision(c.id, task.id, pooled_with, pooled_without, p_help,
-                                           helps, reason, rollouts=with_arm.n))
-    evidence.add(now)
+    tests = {c.id: _Test(c, without=_arm(task, domain, result.trajectories))
+             for c in candidates}
+    undecided = list(tests.values())
+    stage = 0
+    while undecided:
+        _sample_stage(task, domain, undecided, notes=notes, backend=backend,
+                      settings=settings, seed=seed, stage=stage)
+        still = []
+        for t in undecided:
+            e = earlier[t.candidate.id]
+            pooled_with = Arm(t.with_arm.wins + e.with_wins, t.with_arm.n + e.with_n)
+            pooled_without = Arm(t.without.wins + e.without_wins, t.without.n + e.without_n)
+            t.p_help = prob_greater(pooled_with.wins, pooled_with.n, pooled_without.wins,
+                                    pooled_without.n, mem.prior_a, mem.prior_b)
+            t.pooled = (pooled_with, pooled_without)
+            verdict = decide(t.p_help, t.with_arm.n, mem)
+            if verdict == "admit":
+                t.admitted, t.reason = True, "helps"
+                if unsolved and t.with_arm.wins == 0:
+                    t.admitted, t.reason = False, "no-flip"
+            elif verdict == "reject":
+                t.reason = "no-evidence"
+            else:
+                still.append(t)
+        undecided = still
+        stage += 1
+    evidence.add({i: NoteCredit(i, t.with_arm.wins, t.with_arm.n, t.without.wins, t.without.n)
+                  for i, t in tests.items()})
+    decisions = [AdmissionDecision(c.id, task.id, *tests[c.id].pooled, tests[c.id].p_help,
+                                   tests[c.id].admitted, tests[c.id].reason,
+                                   rollouts=tests[c.id].rollouts)
+                 for c in candidates]
     passing = [(c, d) for c, d in zip(candidates, decisions, strict=True) if d.admitted]
     if passing and mem.admission_neighbours > 0:
         _check_neighbours(task, passing, memory=memory, backend=backend, domains=domains,
                           settings=settings, seed=seed)
     return decisions
+
+
+@dataclass
+class _Test:
+    """One candidate's test on its task while it runs: this test's own samples."""
+
+    candidate: Insight
+    without: Arm
+    with_arm: Arm = field(default_factory=Arm)
+    pooled: tuple[Arm, Arm] = field(default_factory=lambda: (Arm(), Arm()))
+    p_help: float = 0.0
+    admitted: bool = False
+    reason: str = "no-evidence"
+    rollouts: int = 0  # samples drawn for this test (a shared without sample counts here)
+
+
+def _sample_stage(task: Task, domain: Domain, tests: Sequence[_Test], *,
+                  notes: Sequence[str], backend: Backend, settings: Settings, seed: int,
+                  stage: int) -> None:
+    """One stage of the undecided tests, in one batched call: `admission_rollouts` samples
+    with each candidate and, after the first stage (whose without arm is the search's own
+    samples), as many without any candidate, shared by every test still running."""
+    k, search = settings.memory.admission_rollouts, settings.search
+    requests = [admission_request(task, domain, [*notes, t.candidate.text], search, k,
+                                  derive_seed(seed, "admit", t.candidate.id)
+                                  if stage == 0 else
+                                  derive_seed(seed, "admit", t.candidate.id, stage),
+                                  t.candidate.id)
+                for t in tests]
+    if stage > 0:
+        requests.append(admission_request(task, domain, list(notes), search, k,
+                                          derive_seed(seed, "admit-without", stage),
+                                          "without"))
+    replies = backend.generate(requests)
+    extra = _arm(task, domain, replies[-1]) if stage > 0 else Arm()
+    for t, reply in zip(tests, replies, strict=False):
+        arm = _arm(task, domain, reply)
+        t.with_arm.add(arm)
+        t.without.add(extra)
+        t.rollouts += arm.n + extra.n
 
 
 def _check_neighbours(task: Task, passing: list[tuple[Insight, AdmissionDecision]], *,

@@ -191,8 +191,16 @@ class MemorySettings(BaseModel):
     admission: bool = Field(True, description="check new insights before they become active")
     admission_rollouts: int = Field(8, ge=1, le=256, description="samples with the candidate "
                                     "on its source task (without it: the search's own)")
-    admission_confidence: float = Field(0.9, gt=0.5, lt=1.0, description="posterior "
-                                        "P(p_with > p_without) that admits a candidate")
+    admission_confidence: float = Field(0.93, gt=0.5, lt=1.0, description="posterior "
+                                        "P(p_with > p_without) that admits a candidate (at "
+                                        "any stage of its sequential test)")
+    admission_max_rollouts: int = Field(32, ge=1, le=1024, description="most samples with "
+                                        "the candidate in one test: while the evidence is "
+                                        "inconclusive the test adds `admission_rollouts` "
+                                        "with and as many without, up to this")
+    admission_futility: float = Field(0.4, ge=0.0, lt=1.0, description="P(p_with > "
+                                      "p_without) below which a test stops early and "
+                                      "rejects (no sign of help)")
     admission_neighbours: int = Field(3, ge=0, le=10, description="most similar other tasks "
                                       "with failures a helpful candidate is checked on for "
                                       "harm (0: off)")
