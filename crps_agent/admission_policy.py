@@ -13,7 +13,9 @@ For the candidates a learn task produced (DESIGN.md §4, issue 12.3):
    help). In between the evidence is inconclusive, and the test draws another stage:
    `admission_rollouts` more samples with the candidate and as many without it (one
    without arm shared by the task's undecided candidates), until the with arm holds
-   `memory.admission_max_rollouts` (32) samples; still undecided then, it rejects. One
+   `memory.admission_max_rollouts` (32) samples; still undecided then, it rejects. The
+   cap counts the samples of earlier tests too, so a rediscovered candidate whose earlier
+   tests already reached it gets one stage, not another full test. One
    fixed shot of 8 against the search's 4 samples admits a note worth +1.5 logits only
    about half the time and one worth +1.0 about a quarter; stages reach ~0.8 and ~0.7
    for ~2.5x the rollouts, and the higher bar keeps a useless note's admission near
@@ -28,6 +30,9 @@ For the candidates a learn task produced (DESIGN.md §4, issue 12.3):
    and with the candidate (the neighbour's own recalled notes, plus the candidate); the
    candidate is rejected when the pooled P(p_with < p_without) >=
    `memory.admission_harm_confidence` (0.8). Only candidates that passed 3 are checked here.
+   The neighbours on which it did clearly better with than without (by the bar of
+   `credit_policy.clearly_helps`) are kept (`helped`): an
+   admitted note is anchored on them as well as on its own task (crps_agent/anchors.py).
 
 Every check rollout is a backend call under the cost ledger's "admit" phase (the caller
 wraps it). A rejected candidate is retired with the flag "admission:rejected"
@@ -103,6 +108,9 @@ class AdmissionDecision:
     neighbour_without: Arm = field(default_factory=Arm)
     p_harm: float | None = None
     rollouts: int = 0
+    # Neighbours on which the samples with the candidate clearly beat those without: evidence
+    # that it transfers (the caller anchors an admitted note on them too).
+    helped: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -163,8 +171,8 @@ def never_solved(memory: Memory, task: Task, result: SearchResult) -> bool:
 
 
 def decide(p_help: float, with_n: int, mem: MemorySettings) -> str:
-    """A stage's verdict on a candidate whose with arm holds `with_n` samples of this test:
-    "admit", "reject" or "continue" (see the module doc)."""
+    """A stage's verdict on a candidate whose with arm holds `with_n` samples (all its
+    tests pooled): "admit", "reject" or "continue" (see the module doc)."""
     if p_help >= mem.admission_confidence:
         return "admit"
     if (p_help < mem.admission_futility
@@ -206,7 +214,7 @@ def admit_candidates(task: Task, result: SearchResult, *, notes: Sequence[str],
             t.p_help = prob_greater(pooled_with.wins, pooled_with.n, pooled_without.wins,
                                     pooled_without.n, mem.prior_a, mem.prior_b)
             t.pooled = (pooled_with, pooled_without)
-            verdict = decide(t.p_help, t.with_arm.n, mem)
+            verdict = decide(t.p_help, pooled_with.n, mem)
             if verdict == "admit":
                 t.admitted, t.reason = True, "helps"
                 if unsolved and t.with_arm.wins == 0:
@@ -278,6 +286,8 @@ def _check_neighbours(task: Task, passing: list[tuple[Insight, AdmissionDecision
               if t.domain in domains and _verified(t, domains[t.domain])]
     if not others:
         return
+    from crps_agent.credit_policy import clearly_helps
+
     k = mem.admission_neighbour_rollouts
     requests = []
     plan: list[tuple[int | None, Task]] = []  # (candidate index or None: without, neighbour)
@@ -294,8 +304,14 @@ def _check_neighbours(task: Task, passing: list[tuple[Insight, AdmissionDecision
                 derive_seed(s, cand.id), cand.id))
             plan.append((j, other))
     replies = backend.generate(requests)
+    baseline: dict[str, Arm] = {}
     for (i, other), reply in zip(plan, replies, strict=True):
         arm = _arm(other, domains[other.domain], reply)
+        if i is None:
+            baseline[other.id] = arm
+        elif clearly_helps(arm.wins, arm.n, baseline[other.id].wins, baseline[other.id].n,
+                           settings.memory):
+            passing[i][1].helped.append(other.id)
         targets = [passing[i][1]] if i is not None else [d for _, d in passing]
         for decision in targets:
             (decision.neighbour_with if i is not None else decision.neighbour_without).add(arm)

@@ -5,10 +5,11 @@ pieces" against a word problem about ropes), while the problems it helped on are
 it. CORE retrieves through neighbouring problems; so does `recall_notes`:
 
 - a note's **anchors** are the training tasks it was learned and credited on: its source
-  task when admission admits it, and each learn task on which its samples with it did at
-  least as well as those without it (and won at least once). They are kept per note in the
-  store's `crps_meta` collection (records of kind "note-anchors", at most `MAX_ANCHORS`
-  task ids, the latest kept);
+  task when admission admits it, the similar tasks of admission's harm check on which its
+  samples with it clearly beat those without it, and each learn task on which note dropout
+  showed the same (`credit_policy.clearly_helps`: the bar that admits a candidate). They
+  are kept per note in the store's `crps_meta` collection (records of kind
+  "note-anchors", at most `MAX_ANCHORS` task ids, the latest kept);
 - for a query, the `NEAR_TASKS` logged tasks nearest by prompt (the trajectory log's search
   records carry the prompt's embedding), those at least `ANCHOR_MIN_SIMILARITY` close, give
   each anchored note an anchor similarity, the best similarity of the query to one of its

@@ -266,8 +266,8 @@ def admit_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, A
             settings=ctx.settings, seed=_seed(state, ctx))
     settle(ctx.memory.insights, {c.insight_id: c.admitted for c in checks})
     # An admitted note is anchored on the task it was learned on (crps_agent/anchors.py).
-    AnchorStore(ctx.memory).add(task.namespace, {c.insight_id: [task.id] for c in checks
-                                                 if c.admitted})
+    AnchorStore(ctx.memory).add(task.namespace, {c.insight_id: [task.id, *c.helped]
+                                                 for c in checks if c.admitted})
     for c in checks:
         log.info("admission on task %s: insight %s %s (%s, P(helps) %.2f, %d rollouts)",
                  task.id, c.insight_id, "admitted" if c.admitted else "rejected",
