@@ -145,8 +145,10 @@ class MemorySettings(BaseModel):
     embedder: str | None = Field(None, description="'minilm' (real) or 'hash' (fast, for "
                                  "tests); unset: the one the store was built with, else "
                                  "'minilm'")
-    recall_k: int = Field(5, ge=0)
-    token_budget: int = Field(300, ge=0, description="tokens of recalled notes in a prompt")
+    recall_k: int = Field(3, ge=0, description="most notes in a prompt: each note that does "
+                          "not apply to the problem distracts a small model a little")
+    token_budget: int = Field(120, ge=0, description="tokens of recalled notes in a prompt "
+                              "(a few one- or two-sentence notes)")
     min_similarity: float = Field(0.1, ge=-1.0, le=1.0, description="general insights score "
                                   "only 0.1-0.35 against a problem text with MiniLM")
     dedup_threshold: float = Field(0.85, ge=0.0, le=1.0)
