@@ -14,10 +14,11 @@ every `eval_every` training tasks, and at the end. JSON Lines:
   per arm and checkpoint; `cost` is the cost ledger of training so far (every phase:
   search, reflect, repair, admit, merge, synthesize, gate), `rollouts` its sequences;
 - with the simulator, per checkpoint `{"bench": "learning-memory", "candidates", "proposed",
-  "active", "retired", "candidate"}`: the simulator's catalogue of notes by class (helpful,
-  platitude, harmful), the store's insights in any status (every one was proposed by
-  reflection) and by status, classified by the simulator's truth (`unclassified`: no
-  catalogue note);
+  "active", "retired", "candidate", "lessons"}`: the simulator's catalogue of notes by
+  class (helpful, platitude, harmful), the store's insights in any status (every one was
+  proposed by reflection) and by status, classified by the simulator's truth
+  (`unclassified`: no catalogue note), and the pitfalls with a helpful note proposed /
+  active (paraphrases of one lesson counted once);
 - last, `{"bench": "learning-summary", "pass1": {arm: final}, "gain_vs_none": {arm: [gain,
   lo, hi]}, "added_prompt_tokens": {arm: tokens}, "added_tokens_vs_episodic": {arm: ratio},
   "rollouts": total, ...}`: the gains are paired bootstrap intervals over the held-out
@@ -71,16 +72,26 @@ def _memory_row(truth: Any, memory: Memory, checkpoint: int, seen: int) -> dict[
                            "train_tasks_seen": seen,
                            "candidates": {c: len(catalogue.get(c, [])) for c in CLASSES}}
     proposed = dict.fromkeys((*CLASSES, "unclassified"), 0)
+    lessons: dict[str, set[str]] = {"proposed": set(), "active": set()}
     for status in ("active", "retired", "candidate"):
         counts = dict.fromkeys((*CLASSES, "unclassified"), 0)
         for ins in memory.insights.list(status=status):
-            counts[truth.classify(ins.text) or "unclassified"] += 1
+            kind = truth.classify(ins.text)
+            counts[kind or "unclassified"] += 1
+            if kind == "helpful":
+                pitfall = truth.pitfall_of(ins.text) or ""
+                lessons["proposed"].add(pitfall)
+                if status == "active":
+                    lessons["active"].add(pitfall)
         row[status] = counts
         for k, v in counts.items():
             proposed[k] += v
     # Every insight the store holds was proposed by reflection and met admission: the
-    # share of these that is active is what admission and credit decided.
+    # share of these that is active is what admission and credit decided. Paraphrases of
+    # one lesson are separate insights, and a second note on a pitfall adds nothing, so
+    # `lessons` also counts the pitfalls with a helpful note proposed / active.
     row["proposed"] = proposed
+    row["lessons"] = {k: len(v) for k, v in lessons.items()}
     return row
 
 
