@@ -15,8 +15,9 @@ it. CORE retrieves through neighbouring problems; so does `recall_notes`:
   each anchored note an anchor similarity, the best similarity of the query to one of its
   anchors;
 - a note's relevance is max(similarity to its text, anchor similarity); candidates are the
-  notes nearest by text plus the anchored notes of the near tasks, ranked and selected as
-  in memory/recall.py (utility, exploration bonus, promotion, token budget; no MMR term).
+  notes nearest by text plus the anchored notes of the near tasks, those at least
+  `ANCHOR_MIN_SIMILARITY` relevant, ranked and selected as in memory/recall.py (utility,
+  exploration bonus, promotion, token budget; no MMR term).
 
 Without anchors (a store that never ran admission or credit) this is `Memory.recall`.
 """
@@ -161,6 +162,11 @@ def recall_notes(memory: Memory, query: str, *, namespace: str, domain: str | No
         query, namespace=None if s.shared_namespaces else namespace, domain=domain,
         k=memory.insights.candidate_factor * k, status="active")
         if r.insight.namespace in spaces}
+    # The query has neighbours whose lessons are known: a note must be as relevant as a
+    # neighbour is close. A note's text scores only 0.1-0.35 against a problem (MiniLM), so
+    # a note that is merely on a similar topic does not take one of the few places from
+    # the lessons learned on problems like this one (each such note distracts a little).
+    floor = max(s.min_similarity, ANCHOR_MIN_SIMILARITY)
     pairs = []
     for iid in dict.fromkeys([*by_text, *via]):
         if iid in by_text:
@@ -173,7 +179,7 @@ def recall_notes(memory: Memory, query: str, *, namespace: str, domain: str | No
             if ins.status != "active" or (domain is not None and ins.domain != domain):
                 continue
         relevance = max(sim, via.get(iid, -1.0))
-        if relevance >= s.min_similarity:
+        if relevance >= floor:
             pairs.append((ins, relevance))
     params = memory.insights.rank_params
     if exploration is not None:
