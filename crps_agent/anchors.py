@@ -5,11 +5,13 @@ pieces" against a word problem about ropes), while the problems it helped on are
 it. CORE retrieves through neighbouring problems; so does `recall_notes`:
 
 - a note's **anchors** are the training tasks it was learned and credited on: its source
-  task when admission admits it, the similar tasks of admission's harm check on which its
-  samples with it clearly beat those without it, and each learn task on which note dropout
-  showed the same (`credit_policy.clearly_helps`: the bar that admits a candidate). They
-  are kept per note in the store's `crps_meta` collection (records of kind
-  "note-anchors", at most `MAX_ANCHORS` task ids, the latest kept);
+  task when admission admits it, each later task whose reflection finds the active note
+  again (a merge into it: the lesson of that task's contrast too), the similar tasks of
+  admission's harm check on which its samples with it clearly beat those without it, and
+  each learn task on which note dropout showed the same (`credit_policy.clearly_helps`:
+  the bar that admits a candidate). They are kept per note in the store's `crps_meta`
+  collection (records of kind "note-anchors", at most `MAX_ANCHORS` task ids, the latest
+  kept);
 - for a query, the `NEAR_TASKS` logged tasks nearest by prompt (the trajectory log's search
   records carry the prompt's embedding), those at least `ANCHOR_MIN_SIMILARITY` close, give
   each anchored note an anchor similarity, the best similarity of the query to one of its
@@ -107,6 +109,15 @@ class AnchorStore:
             for t in json.loads(str(m.get("tasks"))):
                 out.setdefault(str(t), []).append(str(m.get("insight_id")))
         return out
+
+
+def anchor_rediscoveries(memory: Memory, task_id: str, namespace: str,
+                         outcomes: Sequence[Any]) -> None:
+    """Anchor each active note that this task's reflection found again (`outcomes` of
+    `Memory.remember`: `merged` into an existing insight) on the task. A candidate or a
+    retired note is not anchored: only tested lessons are recalled."""
+    AnchorStore(memory).add(namespace, {o.insight.id: [task_id] for o in outcomes
+                                        if o.merged and o.insight.status == "active"})
 
 
 def near_tasks(memory: Memory, query: str, *, namespaces: Sequence[str], domain: str | None,

@@ -88,3 +88,19 @@ def test_credit_counts_paired_samples_and_anchors_only_on_clear_evidence(
     assert (counters.with_wins, counters.with_n, counters.without_wins,
             counters.without_n) == (5, 6, 0, 2)
     assert AnchorStore(memory).get([note.id]) == {note.id: ["rope4"]}
+
+
+def test_a_rediscovered_active_note_is_anchored_on_the_task_that_found_it(
+        tmp_path: Path) -> None:
+    from crps_agent.anchors import anchor_rediscoveries
+
+    memory = _memory(tmp_path)
+    active = memory.remember([Insight(text=NOTE, domain="math")])[0].insight
+    other = "Write the unit next to every number before combining them."
+    memory.remember([Insight(text=other, domain="math", status="candidate")])
+    again = memory.remember([Insight(text=NOTE, domain="math", evidence=["c2"]),
+                             Insight(text=other, domain="math", status="candidate")])
+    assert all(o.merged for o in again)
+    anchor_rediscoveries(memory, "rope2", "default", again)
+    # the tested (active) lesson is anchored on the task; the untested candidate is not
+    assert AnchorStore(memory).get([active.id, again[1].insight.id]) == {active.id: ["rope2"]}
