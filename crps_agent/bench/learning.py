@@ -196,7 +196,9 @@ def run_learning_bench(
 
     try:
         evaluate(0)
-        agent.learn(train, on_task=on_task, **learn_kwargs)
+        # The run id seeds every draw (crps_agent/sampler.py): derived from the seed, so a
+        # benchmark run is reproducible and `--seed` gives another training run.
+        agent.learn(train, on_task=on_task, run_id=f"bench-{settings.seed}", **learn_kwargs)
         if len(reports) % eval_every:
             evaluate(len(reports))
         if methods:
