@@ -9,7 +9,10 @@ It answers from the prompt text alone, like a real model:
   correct with probability sigmoid(logit(base) + helpful_effect x pitfalls addressed +
   harmful_effect x harmful notes + distraction x irrelevant notes); a wrong sample makes one
   of the task's pitfalls (an unaddressed one first) and boxes its typical wrong number.
-  A `prefix` (MCTS) is continued: a prefix past a pitfall's step keeps its outcome;
+  A solution is as long as a real instruct model's (an opening that restates the question,
+  each step explained, a summing-up: ~160-260 tokens), so completion costs and episodic
+  RAG's examples are realistic. A `prefix` (MCTS) is continued: a prefix past a pitfall's
+  step keeps its outcome;
 - reflection prompts: JSON in the reflection schema with insights drawn by `reflect_mix`
   (helpful paraphrases for the contrasted task's pitfalls, platitudes, harmful rules) or a
   malformed reply (truncated JSON, unescaped LaTeX); repair prompts get the same content
