@@ -8,23 +8,25 @@ For the candidates a learn task produced (DESIGN.md §4, issue 12.3):
    candidate added, with a seed of its own (not a replay of the search's samples).
 3. **Help, tested sequentially**: P(p_with > p_without) under independent Beta(prior_a,
    prior_b) posteriors of the two success rates. The test admits as soon as it reaches
-   `memory.admission_confidence` (0.93), i.e. a strict improvement (a tie is no evidence),
-   and rejects as soon as it falls below `memory.admission_futility` (0.4: no sign of
-   help). In between the evidence is inconclusive, and the test draws another stage:
-   `admission_rollouts` more samples with the candidate and as many without it (one
-   without arm shared by the task's undecided candidates), until the with arm holds
-   `memory.admission_max_rollouts` (32) samples; still undecided then, it rejects. The
-   cap counts the samples of earlier tests too, so a rediscovered candidate whose earlier
-   tests already reached it gets one stage, not another full test. One
-   fixed shot of 8 against the search's 4 samples admits a note worth +1.5 logits only
-   about half the time and one worth +1.0 about a quarter; stages reach ~0.8 and ~0.7
-   for ~2.5x the rollouts, and the higher bar keeps a useless note's admission near
-   10-15% despite the repeated looks (the binomial figures are in
-   tests/unit/test_admission_policy.py). A candidate met again (a rediscovery after a
-   rejection) is judged on the samples of all its tests so far (kept in `crps_meta`, kind
-   "admission-evidence"), so evidence accumulates across tests. A candidate from a task
-   never solved (no correct attempt in the whole log) must in addition flip at least one
-   sample.
+   the bar of its look (`admit_bar`: from 0.9825 at the first look of 8 samples to
+   `memory.admission_confidence`, 0.93, at the last of 32), i.e. a strict improvement (a
+   tie is no evidence), and rejects as soon as it falls below `memory.admission_futility`
+   (0.4: no sign of help). In between the evidence is inconclusive, and the test draws
+   another stage: `admission_rollouts` more samples with the candidate and as many
+   without it (one without arm shared by the task's undecided candidates), until the
+   with arm holds `memory.admission_max_rollouts` (32) samples; still undecided then, it
+   rejects. One fixed shot of 8 against the search's 4 samples admits a note worth +1.5
+   logits only about half the time and one worth +1.0 about a quarter; the stages reach
+   ~0.8 and ~0.6 for ~2.5x the rollouts, and the strict early bars keep a useless note's
+   admission near 10% despite the repeated looks (the binomial figures are in
+   tests/unit/test_admission_policy.py). The cap counts the samples of earlier tests
+   too: a candidate met again (a rediscovery after a rejection) is judged on the samples
+   of all its tests so far (kept in `crps_meta`, kind "admission-evidence") and tested on
+   until its tests together reach the cap, then no more (reason "settled"). Without
+   that, a platitude the reflector proposes again and again got a new look each time and
+   was eventually admitted by chance (3 of 5 platitudes in the default world). A
+   candidate from a task never solved (no correct attempt in the whole log) must in
+   addition flip at least one sample.
 4. **No harm**: on the `memory.admission_neighbours` (3) most similar *other* tasks of the
    log that have failures, `memory.admission_neighbour_rollouts` (4) samples each without
    and with the candidate (the neighbour's own recalled notes, plus the candidate); the
@@ -102,7 +104,7 @@ class AdmissionDecision:
     without_arm: Arm
     p_help: float
     admitted: bool
-    reason: str  # "helps", "no-evidence", "no-flip", "harms-neighbours", "unverified"
+    reason: str  # "helps", "no-evidence", "settled", "no-flip", "harms-neighbours", "unverified"
     neighbours: list[str] = field(default_factory=list)
     neighbour_with: Arm = field(default_factory=Arm)
     neighbour_without: Arm = field(default_factory=Arm)
@@ -170,10 +172,20 @@ def never_solved(memory: Memory, task: Task, result: SearchResult) -> bool:
         task.id, namespace=task.namespace))
 
 
+def admit_bar(with_n: int, mem: MemorySettings) -> float:
+    """The P(help) that admits at a look with `with_n` samples with the candidate: strict
+    at the first look, `admission_confidence` at the last (the error allowed is spent in
+    proportion to the samples, as in a group-sequential trial), so looking several times
+    does not multiply the chance of admitting a note that does nothing."""
+    looks = max(1, -(-mem.admission_max_rollouts // mem.admission_rollouts))
+    look = min(looks, max(1, -(-with_n // mem.admission_rollouts)))
+    return 1.0 - (1.0 - mem.admission_confidence) * look / looks
+
+
 def decide(p_help: float, with_n: int, mem: MemorySettings) -> str:
     """A stage's verdict on a candidate whose with arm holds `with_n` samples (all its
     tests pooled): "admit", "reject" or "continue" (see the module doc)."""
-    if p_help >= mem.admission_confidence:
+    if p_help >= admit_bar(with_n, mem):
         return "admit"
     if (p_help < mem.admission_futility
             or with_n + mem.admission_rollouts > mem.admission_max_rollouts):
@@ -201,7 +213,18 @@ def admit_candidates(task: Task, result: SearchResult, *, notes: Sequence[str],
     earlier = evidence.get_many([c.id for c in candidates])
     tests = {c.id: _Test(c, without=_arm(task, domain, result.trajectories))
              for c in candidates}
-    undecided = list(tests.values())
+    # A candidate whose tests already drew the most samples a test may is settled: found
+    # again, it is not tested again (every new look would be another chance for noise).
+    undecided = [t for i, t in tests.items()
+                 if earlier[i].with_n + mem.admission_rollouts <= mem.admission_max_rollouts]
+    running = {id(t) for t in undecided}
+    for i, t in tests.items():
+        if id(t) not in running:
+            e = earlier[i]
+            t.pooled = (Arm(e.with_wins, e.with_n), Arm(e.without_wins, e.without_n))
+            t.p_help = prob_greater(e.with_wins, e.with_n, e.without_wins, e.without_n,
+                                    mem.prior_a, mem.prior_b)
+            t.reason = "settled"
     stage = 0
     while undecided:
         _sample_stage(task, domain, undecided, notes=notes, backend=backend,
@@ -226,7 +249,7 @@ def admit_candidates(task: Task, result: SearchResult, *, notes: Sequence[str],
         undecided = still
         stage += 1
     evidence.add({i: NoteCredit(i, t.with_arm.wins, t.with_arm.n, t.without.wins, t.without.n)
-                  for i, t in tests.items()})
+                  for i, t in tests.items() if t.with_arm.n})
     decisions = [AdmissionDecision(c.id, task.id, *tests[c.id].pooled, tests[c.id].p_help,
                                    tests[c.id].admitted, tests[c.id].reason,
                                    rollouts=tests[c.id].rollouts)

@@ -117,22 +117,39 @@ def test_a_candidate_that_helps_its_task_but_harms_a_similar_one_is_rejected(
 def test_evidence_accumulates_over_a_rediscovered_candidates_tests(tmp_path: Path,
                                                                   monkeypatch) -> None:
     monkeypatch.delenv("CRPS_CONFIG", raising=False)
+    from crps_agent.admission_policy import ADMISSION_KIND
+    from crps_agent.credit_policy import CreditEvents
+
     tasks = [Task(prompt=f"A rope of {7 * k} m is cut into {k} pieces; how long is each?",
                   domain="math", reference="7", id=f"rope{k}") for k in (2, 3)]
 
     def respond(req: GenerationRequest) -> str | list[str] | None:
         if req.purpose == "reflect":
             return _reflection(NOTE)
-        if NOTE in req.text():  # 5 of 8 with the note
-            return (["\\boxed{7}"] * 5 + ["\\boxed{5}"] * 3) * (req.n // 8)
+        if NOTE in req.text():  # no help on the first rope, every sample on the second
+            good = 1 if "14 m" in req.text() else 8
+            return (["\\boxed{7}"] * good + ["\\boxed{5}"] * (8 - good)) * (req.n // 8)
         return ["\\boxed{7}", "\\boxed{5}", "\\boxed{5}", "\\boxed{5}"] * (req.n // 4)
 
-    # one stage per test: 5/8 against 1/4 is not enough on its own (P ~ 0.88); pooled
-    # with the second test's samples (10/16 against 2/8) it is
-    agent = _agent(tmp_path, respond, admission_neighbours=0, admission_max_rollouts=8)
+    # the first test stops early (1/8 against 1/4: no sign of help); found again on the
+    # second rope it is tested on, its earlier 8 samples pooled with the new ones
+    agent = _agent(tmp_path, respond, admission_neighbours=0)
     report = agent.learn(tasks, run_id="pool")
     assert [(t.admitted, t.admission_rejected) for t in report.tasks] == [(0, 1), (1, 0)]
     assert [i.status for i in agent.memory.insights.list()] == ["active"]
+    note = agent.memory.insights.list()[0]
+    pooled = CreditEvents(agent.memory, prefix="adm:", kind=ADMISSION_KIND).get_many(
+        [note.id])[note.id]
+    assert pooled.with_n == report.totals()["cost"]["admit"]["sequences"] - (
+        pooled.without_n - 8) and pooled.with_n > 8
+    agent.close()
+
+    # with a cap of 8 samples the first test settles the candidate: found again, it is
+    # not tested again
+    agent = _agent(tmp_path / "b", respond, admission_neighbours=0, admission_max_rollouts=8)
+    report = agent.learn(tasks, run_id="settled")
+    assert [(t.admitted, t.admission_rejected) for t in report.tasks] == [(0, 1), (0, 1)]
+    assert report.totals()["cost"]["admit"]["sequences"] == 8
     agent.close()
 
 
@@ -195,7 +212,7 @@ def test_the_sequential_test_admits_real_effects_and_few_useless_notes() -> None
         runs = [_simulated_admission(effect, settings, rng) for _ in range(trials)]
         rates[effect] = sum(a for a, _ in runs) / trials
     assert rates[1.5] >= 0.7 and rates[1.0] >= 0.55
-    assert rates[0.0] <= 0.2 and rates[-1.0] <= 0.05
+    assert rates[0.0] <= 0.15 and rates[-1.0] <= 0.05
     # one fixed shot (the test cut to one stage) admits far fewer real effects
     one_shot = settings.model_copy(update={"admission_max_rollouts": 8})
     assert sum(_simulated_admission(1.5, one_shot, rng)[0]
