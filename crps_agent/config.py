@@ -208,9 +208,10 @@ class MemorySettings(BaseModel):
                                       "harm (0: off)")
     admission_neighbour_rollouts: int = Field(4, ge=1, le=64, description="samples per "
                                               "neighbour and arm (with / without)")
-    admission_harm_confidence: float = Field(0.8, gt=0.5, lt=1.0, description="pooled "
+    admission_harm_confidence: float = Field(0.85, gt=0.5, lt=1.0, description="pooled "
                                              "P(p_with < p_without) on the neighbours that "
-                                             "rejects a candidate")
+                                             "rejects a candidate (on a first stage and "
+                                             "again after a confirming second)")
 
     @field_validator("shared_namespaces")
     @classmethod

@@ -101,8 +101,9 @@ def test_a_candidate_that_helps_its_task_but_harms_a_similar_one_is_rejected(
     stored = agent.memory.insights.list()
     assert [i.text for i in stored] == [NOTE] and stored[0].status == "retired"
     cost = report.totals()["cost"]
-    # with arm on the source (8) + the victim without (4) and with (4): all in the ledger
-    assert cost["admit"]["sequences"] == 16
+    # with arm on the source (8) + the victim without (4) and with (4), and the same again
+    # to confirm the harm before rejecting: all in the ledger
+    assert cost["admit"]["sequences"] == 24
     agent.close()
 
     # the same note admitted when the neighbour check is off: it helps its own task
