@@ -50,8 +50,8 @@ def _agent(tmp_path: Path, respond, **memory) -> Agent:  # type: ignore[no-untyp
     return Agent(settings, backend=ScriptedBackend().respond(respond))
 
 
-def test_a_tie_is_no_evidence_and_a_never_solved_task_needs_a_flip(tmp_path: Path,
-                                                                  monkeypatch) -> None:
+def test_a_tie_is_no_evidence_and_a_never_solved_task_needs_a_flip(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CRPS_CONFIG", raising=False)
     half = Task(prompt="A rope of 14 m is cut in two; how long is each piece?",
                 domain="math", reference="7", id="half")
@@ -74,7 +74,7 @@ def test_a_tie_is_no_evidence_and_a_never_solved_task_needs_a_flip(tmp_path: Pat
 
 
 def test_a_candidate_that_helps_its_task_but_harms_a_similar_one_is_rejected(
-        tmp_path: Path, monkeypatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CRPS_CONFIG", raising=False)
     victim = Task(prompt="A rope of 14 m is cut in two equal pieces; how long is each?",
                   domain="math", reference="7", id="victim")
@@ -115,8 +115,8 @@ def test_a_candidate_that_helps_its_task_but_harms_a_similar_one_is_rejected(
     agent.close()
 
 
-def test_evidence_accumulates_over_a_rediscovered_candidates_tests(tmp_path: Path,
-                                                                  monkeypatch) -> None:
+def test_evidence_accumulates_over_a_rediscovered_candidates_tests(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CRPS_CONFIG", raising=False)
     from crps_agent.admission_policy import ADMISSION_KIND
     from crps_agent.credit_policy import CreditEvents
@@ -154,8 +154,8 @@ def test_evidence_accumulates_over_a_rediscovered_candidates_tests(tmp_path: Pat
     agent.close()
 
 
-def test_an_inconclusive_test_draws_another_stage_with_both_arms(tmp_path: Path,
-                                                                 monkeypatch) -> None:
+def test_an_inconclusive_test_draws_another_stage_with_both_arms(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CRPS_CONFIG", raising=False)
     task = Task(prompt="A rope of 14 m is cut into 2 pieces; how long is each?",
                 domain="math", reference="7", id="rope")
