@@ -6,18 +6,38 @@ For the candidates a learn task produced (DESIGN.md §4, issue 12.3):
    so the check adds no rollouts for it.
 2. **With arm**: `memory.admission_rollouts` (default 8) samples of the same prompt with the
    candidate added, with a seed of its own (not a replay of the search's samples).
-3. **Help**: P(p_with > p_without) >= `memory.admission_confidence` (0.9) under independent
-   Beta(prior_a, prior_b) posteriors of the two success rates, i.e. a strict improvement
-   (a tie is no evidence). A candidate met again (a rediscovery after a rejection) is
-   judged on the samples of all its tests so far (kept in `crps_meta`, kind
-   "admission-evidence"), so evidence accumulates across tests. A candidate from a task
-   never solved (no correct attempt in the whole log) must in addition flip at least one
-   sample.
+3. **Help, tested sequentially**: P(p_with > p_without) under independent Beta(prior_a,
+   prior_b) posteriors of the two success rates. The test admits as soon as it reaches
+   the bar of its look (`admit_bar`: from 0.9825 at the first look of 8 samples to
+   `memory.admission_confidence`, 0.93, at the last of 32), i.e. a strict improvement (a
+   tie is no evidence), and rejects as soon as it falls below `memory.admission_futility`
+   (0.4: no sign of help). In between the evidence is inconclusive, and the test draws
+   another stage: `admission_rollouts` more samples with the candidate and as many
+   without it (one without arm shared by the task's undecided candidates), until the
+   with arm holds `memory.admission_max_rollouts` (32) samples; still undecided then, it
+   rejects. One fixed shot of 8 against the search's 4 samples admits a note worth +1.5
+   logits only about half the time and one worth +1.0 about a quarter; the stages reach
+   ~0.8 and ~0.6 for ~2.5x the rollouts, and the strict early bars keep a useless note's
+   admission near 10% despite the repeated looks (the binomial figures are in
+   tests/unit/test_admission_policy.py). The cap counts the samples of earlier tests
+   too: a candidate met again (a rediscovery after a rejection) is judged on the samples
+   of all its tests so far (kept in `crps_meta`, kind "admission-evidence") and tested on
+   until its tests together reach the cap, then no more (reason "settled"). Without
+   that, a platitude the reflector proposes again and again got a new look each time and
+   was eventually admitted by chance (3 of 5 platitudes in the default world). A
+   candidate from a task never solved (no correct attempt in the whole log) must in
+   addition flip at least one sample.
 4. **No harm**: on the `memory.admission_neighbours` (3) most similar *other* tasks of the
    log that have failures, `memory.admission_neighbour_rollouts` (4) samples each without
    and with the candidate (the neighbour's own recalled notes, plus the candidate); the
    candidate is rejected when the pooled P(p_with < p_without) >=
-   `memory.admission_harm_confidence` (0.8). Only candidates that passed 3 are checked here.
+   `memory.admission_harm_confidence` (0.85) on a first stage and again, pooled, after a
+   second stage of as many samples (one stage at 0.8 rejected ~20% of the notes that do
+   nothing on those tasks, e.g. a helpful note for a pitfall the neighbour does not have;
+   confirmed at 0.85, ~8%). Only candidates that passed 3 are checked here.
+   The neighbours on which it did clearly better with than without (by the bar of
+   `credit_policy.clearly_helps`) are kept (`helped`): an
+   admitted note is anchored on them as well as on its own task (crps_agent/anchors.py).
 
 Every check rollout is a backend call under the cost ledger's "admit" phase (the caller
 wraps it). A rejected candidate is retired with the flag "admission:rejected"
@@ -37,7 +57,7 @@ from crps_agent.sampler import derive_seed
 
 if TYPE_CHECKING:
     from crps_agent.backends.base import Backend
-    from crps_agent.config import Settings
+    from crps_agent.config import MemorySettings, Settings
     from crps_agent.domains import Domain
     from crps_agent.memory.facade import Memory
     from crps_agent.types import Insight, SearchResult, Task
@@ -87,12 +107,15 @@ class AdmissionDecision:
     without_arm: Arm
     p_help: float
     admitted: bool
-    reason: str  # "helps", "no-evidence", "no-flip", "harms-neighbours", "unverified"
+    reason: str  # "helps", "no-evidence", "settled", "no-flip", "harms-neighbours", "unverified"
     neighbours: list[str] = field(default_factory=list)
     neighbour_with: Arm = field(default_factory=Arm)
     neighbour_without: Arm = field(default_factory=Arm)
     p_harm: float | None = None
     rollouts: int = 0
+    # Neighbours on which the samples with the candidate clearly beat those without: evidence
+    # that it transfers (the caller anchors an admitted note on them too).
+    helped: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -152,49 +175,88 @@ def never_solved(memory: Memory, task: Task, result: SearchResult) -> bool:
         task.id, namespace=task.namespace))
 
 
+def admit_bar(with_n: int, mem: MemorySettings) -> float:
+    """The P(help) that admits at a look with `with_n` samples with the candidate: strict
+    at the first look, `admission_confidence` at the last (the error allowed is spent in
+    proportion to the samples, as in a group-sequential trial), so looking several times
+    does not multiply the chance of admitting a note that does nothing."""
+    looks = max(1, -(-mem.admission_max_rollouts // mem.admission_rollouts))
+    look = min(looks, max(1, -(-with_n // mem.admission_rollouts)))
+    return 1.0 - (1.0 - mem.admission_confidence) * look / looks
+
+
+def decide(p_help: float, with_n: int, mem: MemorySettings) -> str:
+    """A stage's verdict on a candidate whose with arm holds `with_n` samples (all its
+    tests pooled): "admit", "reject" or "continue" (see the module doc)."""
+    if p_help >= admit_bar(with_n, mem):
+        return "admit"
+    if (p_help < mem.admission_futility
+            or with_n + mem.admission_rollouts > mem.admission_max_rollouts):
+        return "reject"
+    return "continue"
+
+
 def admit_candidates(task: Task, result: SearchResult, *, notes: Sequence[str],
                      candidates: Sequence[Insight], memory: Memory, backend: Backend,
                      domains: dict[str, Domain] | Any, settings: Settings,
                      seed: int) -> list[AdmissionDecision]:
-    """Test each candidate (see the module doc); one batched backend call for the with
-    arms on the task, one for the neighbour checks of the candidates that help."""
+    """Test each candidate (see the module doc); one batched backend call per stage of the
+    sequential test, one for the neighbour checks of the candidates that help."""
     if not candidates:
         return []
     domain = domains[task.domain]
-    mem, search = settings.memory, settings.search
+    mem = settings.memory
     if not _verified(task, domain):
         return [AdmissionDecision(c.id, task.id, Arm(), Arm(), 0.0, True, "unverified")
                 for c in candidates]
     from crps_agent.credit_policy import CreditEvents, NoteCredit
 
-    without = _arm(task, domain, result.trajectories)
-    rollouts = mem.admission_rollouts
-    requests = [admission_request(task, domain, [*notes, c.text], search, rollouts,
-                                  derive_seed(seed, "admit", c.id), c.id)
-                for c in candidates]
-    replies = backend.generate(requests)
     unsolved = never_solved(memory, task, result)
     evidence = CreditEvents(memory, prefix="adm:", kind=ADMISSION_KIND)
     earlier = evidence.get_many([c.id for c in candidates])
-    decisions: list[AdmissionDecision] = []
-    now: dict[str, NoteCredit] = {}
-    for c, reply in zip(candidates, replies, strict=True):
-        with_arm = _arm(task, domain, reply)
-        now[c.id] = NoteCredit(c.id, with_arm.wins, with_arm.n, without.wins, without.n)
-        # A candidate rediscovered after a test without evidence is tested on the pooled
-        # samples of every test so far: evidence accumulates, a rerun is not a fresh coin.
-        e = earlier[c.id]
-        pooled_with = Arm(with_arm.wins + e.with_wins, with_arm.n + e.with_n)
-        pooled_without = Arm(without.wins + e.without_wins, without.n + e.without_n)
-        p_help = prob_greater(pooled_with.wins, pooled_with.n, pooled_without.wins,
-                              pooled_without.n, mem.prior_a, mem.prior_b)
-        helps = p_help >= mem.admission_confidence
-        reason = "helps" if helps else "no-evidence"
-        if helps and unsolved and with_arm.wins == 0:
-            helps, reason = False, "no-flip"
-        decisions.append(AdmissionDecision(c.id, task.id, pooled_with, pooled_without, p_help,
-                                           helps, reason, rollouts=with_arm.n))
-    evidence.add(now, key=result.search_id)
+    tests = {c.id: _Test(c, without=_arm(task, domain, result.trajectories))
+             for c in candidates}
+    # A candidate whose tests already drew the most samples a test may is settled: found
+    # again, it is not tested again (every new look would be another chance for noise).
+    undecided = [t for i, t in tests.items()
+                 if earlier[i].with_n + mem.admission_rollouts <= mem.admission_max_rollouts]
+    running = {id(t) for t in undecided}
+    for i, t in tests.items():
+        if id(t) not in running:
+            e = earlier[i]
+            t.pooled = (Arm(e.with_wins, e.with_n), Arm(e.without_wins, e.without_n))
+            t.p_help = prob_greater(e.with_wins, e.with_n, e.without_wins, e.without_n,
+                                    mem.prior_a, mem.prior_b)
+            t.reason = "settled"
+    stage = 0
+    while undecided:
+        _sample_stage(task, domain, undecided, notes=notes, backend=backend,
+                      settings=settings, seed=seed, stage=stage)
+        still = []
+        for t in undecided:
+            e = earlier[t.candidate.id]
+            pooled_with = Arm(t.with_arm.wins + e.with_wins, t.with_arm.n + e.with_n)
+            pooled_without = Arm(t.without.wins + e.without_wins, t.without.n + e.without_n)
+            t.p_help = prob_greater(pooled_with.wins, pooled_with.n, pooled_without.wins,
+                                    pooled_without.n, mem.prior_a, mem.prior_b)
+            t.pooled = (pooled_with, pooled_without)
+            verdict = decide(t.p_help, pooled_with.n, mem)
+            if verdict == "admit":
+                t.admitted, t.reason = True, "helps"
+                if unsolved and t.with_arm.wins == 0:
+                    t.admitted, t.reason = False, "no-flip"
+            elif verdict == "reject":
+                t.reason = "no-evidence"
+            else:
+                still.append(t)
+        undecided = still
+        stage += 1
+    evidence.add({i: NoteCredit(i, t.with_arm.wins, t.with_arm.n, t.without.wins, t.without.n)
+                  for i, t in tests.items() if t.with_arm.n}, key=result.search_id)
+    decisions = [AdmissionDecision(c.id, task.id, *tests[c.id].pooled, tests[c.id].p_help,
+                                   tests[c.id].admitted, tests[c.id].reason,
+                                   rollouts=tests[c.id].rollouts)
+                 for c in candidates]
     passing = [(c, d) for c, d in zip(candidates, decisions, strict=True) if d.admitted]
     if passing and mem.admission_neighbours > 0:
         _check_neighbours(task, passing, memory=memory, backend=backend, domains=domains,
@@ -202,32 +264,106 @@ def admit_candidates(task: Task, result: SearchResult, *, notes: Sequence[str],
     return decisions
 
 
+@dataclass
+class _Test:
+    """One candidate's test on its task while it runs: this test's own samples."""
+
+    candidate: Insight
+    without: Arm
+    with_arm: Arm = field(default_factory=Arm)
+    pooled: tuple[Arm, Arm] = field(default_factory=lambda: (Arm(), Arm()))
+    p_help: float = 0.0
+    admitted: bool = False
+    reason: str = "no-evidence"
+    rollouts: int = 0  # samples drawn for this test (a shared without sample counts here)
+
+
+def _sample_stage(task: Task, domain: Domain, tests: Sequence[_Test], *,
+                  notes: Sequence[str], backend: Backend, settings: Settings, seed: int,
+                  stage: int) -> None:
+    """One stage of the undecided tests, in one batched call: `admission_rollouts` samples
+    with each candidate and, after the first stage (whose without arm is the search's own
+    samples), as many without any candidate, shared by every test still running."""
+    k, search = settings.memory.admission_rollouts, settings.search
+    requests = [admission_request(task, domain, [*notes, t.candidate.text], search, k,
+                                  derive_seed(seed, "admit", t.candidate.id)
+                                  if stage == 0 else
+                                  derive_seed(seed, "admit", t.candidate.id, stage),
+                                  t.candidate.id)
+                for t in tests]
+    if stage > 0:
+        requests.append(admission_request(task, domain, list(notes), search, k,
+                                          derive_seed(seed, "admit-without", stage),
+                                          "without"))
+    replies = backend.generate(requests)
+    extra = _arm(task, domain, replies[-1]) if stage > 0 else Arm()
+    for t, reply in zip(tests, replies, strict=False):
+        arm = _arm(task, domain, reply)
+        t.with_arm.add(arm)
+        t.without.add(extra)
+        t.rollouts += arm.n + extra.n
+
+
 def _check_neighbours(task: Task, passing: list[tuple[Insight, AdmissionDecision]], *,
                       memory: Memory, backend: Backend, domains: Any, settings: Settings,
                       seed: int) -> None:
-    mem, search = settings.memory, settings.search
+    mem = settings.memory
     others = [t for t in failing_neighbours(memory, task, mem.admission_neighbours)
               if t.domain in domains and _verified(t, domains[t.domain])]
     if not others:
         return
-    k = mem.admission_neighbour_rollouts
+    notes = {other.id: [r.insight.text for r in memory.recall(
+        other.prompt, namespace=other.namespace, domain=other.domain, exploration=0.0)]
+        for other in others}
+    pending = passing
+    for stage in range(2):
+        _neighbour_stage(others, pending, notes=notes, backend=backend, domains=domains,
+                         settings=settings, seed=seed, stage=stage)
+        for _, d in pending:
+            d.p_harm = prob_greater(d.neighbour_without.wins, d.neighbour_without.n,
+                                    d.neighbour_with.wins, d.neighbour_with.n,
+                                    mem.prior_a, mem.prior_b)
+        # Harm seen on the first stage is confirmed on a second before it rejects.
+        pending = [(c, d) for c, d in pending if d.p_harm is not None
+                   and d.p_harm >= mem.admission_harm_confidence]
+        if not pending:
+            return
+    for _, d in pending:
+        d.admitted, d.reason = False, "harms-neighbours"
+
+
+def _neighbour_stage(others: Sequence[Task], passing: list[tuple[Insight, AdmissionDecision]],
+                     *, notes: dict[str, list[str]], backend: Backend, domains: Any,
+                     settings: Settings, seed: int, stage: int) -> None:
+    """One stage of the harm check: `admission_neighbour_rollouts` samples per neighbour
+    without the candidates and with each (one batched call)."""
+    from crps_agent.credit_policy import clearly_helps
+
+    k, search = settings.memory.admission_neighbour_rollouts, settings.search
     requests = []
     plan: list[tuple[int | None, Task]] = []  # (candidate index or None: without, neighbour)
     for other in others:
-        notes = [r.insight.text for r in memory.recall(
-            other.prompt, namespace=other.namespace, domain=other.domain, exploration=0.0)]
         dom = domains[other.domain]
         s = derive_seed(seed, "admit-neighbour", other.id)
-        requests.append(admission_request(other, dom, notes, search, k, s, "without"))
+        if stage:
+            s = derive_seed(s, "confirm", stage)
+        own = notes[other.id]
+        requests.append(admission_request(other, dom, own, search, k, s, "without"))
         plan.append((None, other))
         for j, (cand, _) in enumerate(passing):
             requests.append(admission_request(
-                other, dom, [*(n for n in notes if n != cand.text), cand.text], search, k,
+                other, dom, [*(n for n in own if n != cand.text), cand.text], search, k,
                 derive_seed(s, cand.id), cand.id))
             plan.append((j, other))
     replies = backend.generate(requests)
+    baseline: dict[str, Arm] = {}
     for (i, other), reply in zip(plan, replies, strict=True):
         arm = _arm(other, domains[other.domain], reply)
+        if i is None:
+            baseline[other.id] = arm
+        elif clearly_helps(arm.wins, arm.n, baseline[other.id].wins, baseline[other.id].n,
+                           settings.memory) and other.id not in passing[i][1].helped:
+            passing[i][1].helped.append(other.id)
         targets = [passing[i][1]] if i is not None else [d for _, d in passing]
         for decision in targets:
             (decision.neighbour_with if i is not None else decision.neighbour_without).add(arm)
@@ -235,9 +371,3 @@ def _check_neighbours(task: Task, passing: list[tuple[Insight, AdmissionDecision
                 decision.neighbours.append(other.id)
         if i is not None:
             passing[i][1].rollouts += arm.n
-    for _, d in passing:
-        d.p_harm = prob_greater(d.neighbour_without.wins, d.neighbour_without.n,
-                                d.neighbour_with.wins, d.neighbour_with.n,
-                                mem.prior_a, mem.prior_b)
-        if d.p_harm >= mem.admission_harm_confidence:
-            d.admitted, d.reason = False, "harms-neighbours"

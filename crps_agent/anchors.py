@@ -5,17 +5,21 @@ pieces" against a word problem about ropes), while the problems it helped on are
 it. CORE retrieves through neighbouring problems; so does `recall_notes`:
 
 - a note's **anchors** are the training tasks it was learned and credited on: its source
-  task when admission admits it, and each learn task on which its samples with it did at
-  least as well as those without it (and won at least once). They are kept per note in the
-  store's `crps_meta` collection (records of kind "note-anchors", at most `MAX_ANCHORS`
-  task ids, the latest kept);
+  task when admission admits it, each later task whose reflection finds the active note
+  again (a merge into it: the lesson of that task's contrast too), the similar tasks of
+  admission's harm check on which its samples with it clearly beat those without it, and
+  each learn task on which note dropout showed the same (`credit_policy.clearly_helps`:
+  the bar that admits a candidate). They are kept per note in the store's `crps_meta`
+  collection (records of kind "note-anchors", at most `MAX_ANCHORS` task ids, the latest
+  kept);
 - for a query, the `NEAR_TASKS` logged tasks nearest by prompt (the trajectory log's search
   records carry the prompt's embedding), those at least `ANCHOR_MIN_SIMILARITY` close, give
   each anchored note an anchor similarity, the best similarity of the query to one of its
   anchors;
 - a note's relevance is max(similarity to its text, anchor similarity); candidates are the
-  notes nearest by text plus the anchored notes of the near tasks, ranked and selected as
-  in memory/recall.py (utility, exploration bonus, promotion, token budget; no MMR term).
+  notes nearest by text plus the anchored notes of the near tasks, those at least
+  `ANCHOR_MIN_SIMILARITY` relevant, ranked and selected as in memory/recall.py (utility,
+  exploration bonus, promotion, token budget; no MMR term).
 
 Without anchors (a store that never ran admission or credit) this is `Memory.recall`.
 """
@@ -107,6 +111,15 @@ class AnchorStore:
         return out
 
 
+def anchor_rediscoveries(memory: Memory, task_id: str, namespace: str,
+                         outcomes: Sequence[Any]) -> None:
+    """Anchor each active note that this task's reflection found again (`outcomes` of
+    `Memory.remember`: `merged` into an existing insight) on the task. A candidate or a
+    retired note is not anchored: only tested lessons are recalled."""
+    AnchorStore(memory).add(namespace, {o.insight.id: [task_id] for o in outcomes
+                                        if o.merged and o.insight.status == "active"})
+
+
 def near_tasks(memory: Memory, query: str, *, namespaces: Sequence[str], domain: str | None,
                n: int = NEAR_TASKS, min_similarity: float = ANCHOR_MIN_SIMILARITY
                ) -> dict[str, float]:
@@ -160,6 +173,11 @@ def recall_notes(memory: Memory, query: str, *, namespace: str, domain: str | No
         query, namespace=None if s.shared_namespaces else namespace, domain=domain,
         k=memory.insights.candidate_factor * k, status="active")
         if r.insight.namespace in spaces}
+    # The query has neighbours whose lessons are known: a note must be as relevant as a
+    # neighbour is close. A note's text scores only 0.1-0.35 against a problem (MiniLM), so
+    # a note that is merely on a similar topic does not take one of the few places from
+    # the lessons learned on problems like this one (each such note distracts a little).
+    floor = max(s.min_similarity, ANCHOR_MIN_SIMILARITY)
     pairs = []
     for iid in dict.fromkeys([*by_text, *via]):
         if iid in by_text:
@@ -172,7 +190,7 @@ def recall_notes(memory: Memory, query: str, *, namespace: str, domain: str | No
             if ins.status != "active" or (domain is not None and ins.domain != domain):
                 continue
         relevance = max(sim, via.get(iid, -1.0))
-        if relevance >= s.min_similarity:
+        if relevance >= floor:
             pairs.append((ins, relevance))
     params = memory.insights.rank_params
     if exploration is not None:

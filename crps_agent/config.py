@@ -148,8 +148,10 @@ class MemorySettings(BaseModel):
     embedder: str | None = Field(None, description="'minilm' (real) or 'hash' (fast, for "
                                  "tests); unset: the one the store was built with, else "
                                  "'minilm'")
-    recall_k: int = Field(5, ge=0)
-    token_budget: int = Field(300, ge=0, description="tokens of recalled notes in a prompt")
+    recall_k: int = Field(3, ge=0, description="most notes in a prompt: each note that does "
+                          "not apply to the problem distracts a small model a little")
+    token_budget: int = Field(120, ge=0, description="tokens of recalled notes in a prompt "
+                              "(a few one- or two-sentence notes)")
     min_similarity: float = Field(0.1, ge=-1.0, le=1.0, description="general insights score "
                                   "only 0.1-0.35 against a problem text with MiniLM")
     dedup_threshold: float = Field(0.85, ge=0.0, le=1.0)
@@ -194,16 +196,25 @@ class MemorySettings(BaseModel):
     admission: bool = Field(True, description="check new insights before they become active")
     admission_rollouts: int = Field(8, ge=1, le=256, description="samples with the candidate "
                                     "on its source task (without it: the search's own)")
-    admission_confidence: float = Field(0.9, gt=0.5, lt=1.0, description="posterior "
-                                        "P(p_with > p_without) that admits a candidate")
+    admission_confidence: float = Field(0.93, gt=0.5, lt=1.0, description="posterior "
+                                        "P(p_with > p_without) that admits a candidate (at "
+                                        "any stage of its sequential test)")
+    admission_max_rollouts: int = Field(32, ge=1, le=1024, description="most samples with "
+                                        "the candidate in one test: while the evidence is "
+                                        "inconclusive the test adds `admission_rollouts` "
+                                        "with and as many without, up to this")
+    admission_futility: float = Field(0.4, ge=0.0, lt=1.0, description="P(p_with > "
+                                      "p_without) below which a test stops early and "
+                                      "rejects (no sign of help)")
     admission_neighbours: int = Field(3, ge=0, le=10, description="most similar other tasks "
                                       "with failures a helpful candidate is checked on for "
                                       "harm (0: off)")
     admission_neighbour_rollouts: int = Field(4, ge=1, le=64, description="samples per "
                                               "neighbour and arm (with / without)")
-    admission_harm_confidence: float = Field(0.8, gt=0.5, lt=1.0, description="pooled "
+    admission_harm_confidence: float = Field(0.85, gt=0.5, lt=1.0, description="pooled "
                                              "P(p_with < p_without) on the neighbours that "
-                                             "rejects a candidate")
+                                             "rejects a candidate (on a first stage and "
+                                             "again after a confirming second)")
 
     @field_validator("shared_namespaces")
     @classmethod

@@ -7,7 +7,11 @@ the notes its prompt held (`Trajectory.insight_ids`), so after the search each r
 note has, on this task, samples with it and samples without it. Those outcomes are the
 note's credit events: with_wins / with_n / without_wins / without_n, one append-only event
 per note and search in the store's event log (kind "cf-credit", memory/events.py), under
-an id derived from the search, so a replayed search counts once.
+an id derived from the search, so a replayed search counts once. Only searches in
+which the note had both arms count: a note recalled on many tasks is dropped on a few, so
+pooling every sample with it (all its tasks) against the few without it (a handful of
+tasks) compares different tasks, not the note (in the simulator a helpful note was retired
+at 85/202 with against 8/10 without, the without samples all from easier tasks).
 
 A note's utility is the estimate of p(with) - p(without): the difference of the Beta(a, b)
 posterior means of the two pooled success rates, with the standard deviation of that
@@ -158,6 +162,15 @@ class CreditEvents:
         return self.get_many(list(events))
 
 
+def clearly_helps(with_wins: int, with_n: int, without_wins: int, without_n: int,
+                  settings: MemorySettings) -> bool:
+    """Whether one task's samples are evidence that a note helps there, by the bar that
+    admits a candidate (P(p_with > p_without) >= `admission_confidence`; with 4 samples:
+    3/3 against 0/1, 2/2 against 0/2, 3/4 against 0/4)."""
+    return prob_greater(with_wins, with_n, without_wins, without_n, settings.prior_a,
+                        settings.prior_b) >= settings.admission_confidence
+
+
 def judge_counterfactual(insight: Insight, credit: NoteCredit, settings: MemorySettings
                          ) -> str:
     """"retire", "promote", "demote" (drop a promotion) or "keep" (see the module doc)."""
@@ -181,13 +194,17 @@ def credit_search(memory: Memory, result: SearchResult, note_ids: Sequence[str],
     from crps_agent.anchors import AnchorStore
     from crps_agent.errors import NotFoundError
 
-    events = {i: e for i, e in outcomes(result, note_ids).items() if e.without_n or e.with_n}
+    # Paired samples only: this search's with and without arms of one note (module doc).
+    events = {i: e for i, e in outcomes(result, note_ids).items() if e.without_n and e.with_n}
     totals = CreditEvents(memory).add(events, key=result.search_id)
-    # Anchor a note on the tasks it did not hurt and helped win (crps_agent/anchors.py).
+    # Anchor a note on a task where its samples with it clearly beat those without it
+    # (crps_agent/anchors.py). Winning with it alone is no evidence: a note recalled
+    # everywhere would be anchored on every task that was ever solved, and then recalled
+    # everywhere because of those anchors; a bare majority of 4 samples is no better
+    # (a note that does nothing wins it a third of the time).
     AnchorStore(memory).add(result.task.namespace, {
         i: [result.task.id] for i, e in events.items()
-        if e.with_wins and (not e.without_n
-                            or e.with_wins / e.with_n >= e.without_wins / e.without_n)})
+        if clearly_helps(e.with_wins, e.with_n, e.without_wins, e.without_n, settings)})
     retired, promoted = [], []
     for iid, credit in totals.items():
         try:

@@ -13,13 +13,17 @@ every `eval_every` training tasks, and at the end. JSON Lines:
   "heldout_pass1", "ci95", "maj", "prompt_tokens_per_solve", "notes_tokens_per_solve"}`
   per arm and checkpoint; `cost` is the cost ledger of training so far (every phase:
   search, reflect, repair, admit, merge, synthesize, gate), `rollouts` its sequences;
-- with the simulator, per checkpoint `{"bench": "learning-memory", "candidates", "active",
-  "retired", "candidate"}`: the simulator's catalogue of notes by class (helpful,
-  platitude, harmful) and the store's insights by status, classified by the simulator's
-  truth (`unclassified`: no catalogue note);
+- with the simulator, per checkpoint `{"bench": "learning-memory", "candidates", "proposed",
+  "active", "retired", "candidate", "lessons"}`: the simulator's catalogue of notes by
+  class (helpful, platitude, harmful), the store's insights in any status (every one was
+  proposed by reflection) and by status, classified by the simulator's truth
+  (`unclassified`: no catalogue note), and the pitfalls with a helpful note proposed /
+  active (paraphrases of one lesson counted once);
 - last, `{"bench": "learning-summary", "pass1": {arm: final}, "gain_vs_none": {arm: [gain,
-  lo, hi]}, "rollouts": total, ...}`: the gains are paired bootstrap intervals over the
-  held-out tasks at the last checkpoint (the baseline measured in the same run).
+  lo, hi]}, "added_prompt_tokens": {arm: tokens}, "added_tokens_vs_episodic": {arm: ratio},
+  "rollouts": total, ...}`: the gains are paired bootstrap intervals over the held-out
+  tasks at the last checkpoint (the baseline measured in the same run); the added tokens
+  are the notes (or examples) section of a solve prompt, per solve.
 
 `out/learning.jsonl` holds the same rows and `out/learning.png` the curve: held-out pass@1
 against cumulative training rollouts, one line per arm with its 95% band.
@@ -67,11 +71,27 @@ def _memory_row(truth: Any, memory: Memory, checkpoint: int, seen: int) -> dict[
     row: dict[str, Any] = {"bench": "learning-memory", "checkpoint": checkpoint,
                            "train_tasks_seen": seen,
                            "candidates": {c: len(catalogue.get(c, [])) for c in CLASSES}}
+    proposed = dict.fromkeys((*CLASSES, "unclassified"), 0)
+    lessons: dict[str, set[str]] = {"proposed": set(), "active": set()}
     for status in ("active", "retired", "candidate"):
         counts = dict.fromkeys((*CLASSES, "unclassified"), 0)
         for ins in memory.insights.list(status=status):
-            counts[truth.classify(ins.text) or "unclassified"] += 1
+            kind = truth.classify(ins.text)
+            counts[kind or "unclassified"] += 1
+            if kind == "helpful":
+                pitfall = truth.pitfall_of(ins.text) or ""
+                lessons["proposed"].add(pitfall)
+                if status == "active":
+                    lessons["active"].add(pitfall)
         row[status] = counts
+        for k, v in counts.items():
+            proposed[k] += v
+    # Every insight the store holds was proposed by reflection and met admission: the
+    # share of these that is active is what admission and credit decided. Paraphrases of
+    # one lesson are separate insights, and a second note on a pitfall adds nothing, so
+    # `lessons` also counts the pitfalls with a helpful note proposed / active.
+    row["proposed"] = proposed
+    row["lessons"] = {k: len(v) for k, v in lessons.items()}
     return row
 
 
@@ -176,7 +196,9 @@ def run_learning_bench(
 
     try:
         evaluate(0)
-        agent.learn(train, on_task=on_task, **learn_kwargs)
+        # The run id seeds every draw (crps_agent/sampler.py): derived from the seed, so a
+        # benchmark run is reproducible and `--seed` gives another training run.
+        agent.learn(train, on_task=on_task, run_id=f"bench-{settings.seed}", **learn_kwargs)
         if len(reports) % eval_every:
             evaluate(len(reports))
         if methods:
@@ -231,9 +253,16 @@ def _summary(results: Sequence[ArmResult], reports: Sequence[TaskReport],
         for b in adapters[i + 1:]:
             g, lo, hi = gain(b, a, seed=settings.seed)
             versus[f"{a.arm} - {b.arm}"] = [round(g, 6), round(lo, 6), round(hi, 6)]
+    added = {r.arm: round(r.notes_tokens_per_solve, 2) for r in results}
+    episodic = added.get("episodic")
     return {"bench": "learning-summary", "pass1": {r.arm: round(r.pass1, 6) for r in results},
             "ci95": {r.arm: [round(x, 6) for x in r.ci95] for r in results},
             "gain_vs_none": gains, "adapter_vs": versus,
+            # what each arm adds to a solve prompt (notes or examples), and that against
+            # episodic RAG's
+            "added_prompt_tokens": added,
+            "added_tokens_vs_episodic": ({a: round(v / episodic, 4) for a, v in added.items()}
+                                         if episodic else {}),
             "rollouts": cost["total"]["sequences"], "cost": cost,
             "train_tasks": len(reports), "heldout_tasks": heldout, "epochs": epochs,
             "arms": [a.label for a in arms], "backend": settings.backend,

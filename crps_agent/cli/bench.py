@@ -181,3 +181,8 @@ def learning(train_file: str, heldout_file: str, fmt: str, train_limit: int | No
               f"{total.get('prompt_tokens', 0)} prompt + "
               f"{total.get('completion_tokens', 0)} completion tokens; "
               f"{summary['wall_s']} s; curve in {out}/learning.png")
+    ratios = summary.get("added_tokens_vs_episodic") or {}
+    if ratios:
+        con.print("added prompt tokens per solve vs episodic: " + ", ".join(
+            f"{arm} {summary['added_prompt_tokens'][arm]:.0f} ({r:.2f}x)"
+            for arm, r in ratios.items() if arm != "episodic"))

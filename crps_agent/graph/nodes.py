@@ -10,7 +10,7 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 from crps_agent.admission_policy import admit_candidates
-from crps_agent.anchors import AnchorStore, recall_notes
+from crps_agent.anchors import AnchorStore, anchor_rediscoveries, recall_notes
 from crps_agent.contrast import cross_contrasts, history_contrasts, pair_contrasts
 from crps_agent.credit_policy import credit_search, search_with_dropout
 from crps_agent.errors import NotFoundError
@@ -19,6 +19,7 @@ from crps_agent.graph.state import AgentContext, AgentState
 from crps_agent.ledger import phase
 from crps_agent.memory.admission import settle
 from crps_agent.memory.credit import should_ablate
+from crps_agent.memory.ingest import AddOutcome
 from crps_agent.reflect.analyst import analyst_backend
 from crps_agent.reflect.reflector import reflect
 from crps_agent.reflect.schema import analysis_of
@@ -177,12 +178,16 @@ def store_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, A
         stored = [ctx.memory.insights.get(i) for i in changed_ids(before, now)]
         known = set(before.get("insights", {}))
         added = sum(1 for i in stored if i.id not in known)
+        # Anchors are a set: a replay re-anchors what the interrupted run may not have.
+        anchor_rediscoveries(ctx.memory, task.id, task.namespace,
+                             [AddOutcome(i, merged=True) for i in stored if i.id in known])
         update = {"added": added, "merged": len(new) - added,
                   "insights": [i.to_dict() for i in stored],
                   "candidates": [i.id for i in stored if i.status == "candidate"]}
     else:
         with phase("merge"):  # merge and contradiction checks of the new insights
             outcomes = ctx.memory.remember(new, backend=ctx.backend)
+        anchor_rediscoveries(ctx.memory, task.id, task.namespace, outcomes)
         update = {"added": sum(1 for o in outcomes if not o.merged),
                   "merged": sum(1 for o in outcomes if o.merged),
                   "insights": [o.insight.to_dict() for o in outcomes],
@@ -266,8 +271,8 @@ def admit_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, A
             settings=ctx.settings, seed=_seed(state, ctx))
     settle(ctx.memory.insights, {c.insight_id: c.admitted for c in checks})
     # An admitted note is anchored on the task it was learned on (crps_agent/anchors.py).
-    AnchorStore(ctx.memory).add(task.namespace, {c.insight_id: [task.id] for c in checks
-                                                 if c.admitted})
+    AnchorStore(ctx.memory).add(task.namespace, {c.insight_id: [task.id, *c.helped]
+                                                 for c in checks if c.admitted})
     for c in checks:
         log.info("admission on task %s: insight %s %s (%s, P(helps) %.2f, %d rollouts)",
                  task.id, c.insight_id, "admitted" if c.admitted else "rejected",

@@ -9,7 +9,10 @@ It answers from the prompt text alone, like a real model:
   correct with probability sigmoid(logit(base) + helpful_effect x pitfalls addressed +
   harmful_effect x harmful notes + distraction x irrelevant notes); a wrong sample makes one
   of the task's pitfalls (an unaddressed one first) and boxes its typical wrong number.
-  A `prefix` (MCTS) is continued: a prefix past a pitfall's step keeps its outcome;
+  A solution is as long as a real instruct model's (an opening that restates the question,
+  each step explained, a summing-up: ~160-260 tokens), so completion costs and episodic
+  RAG's examples are realistic. A `prefix` (MCTS) is continued: a prefix past a pitfall's
+  step keeps its outcome;
 - reflection prompts: JSON in the reflection schema with insights drawn by `reflect_mix`
   (helpful paraphrases for the contrasted task's pitfalls, platitudes, harmful rules) or a
   malformed reply (truncated JSON, unescaped LaTeX); repair prompts get the same content
@@ -63,9 +66,68 @@ def parse_notes(text: str) -> list[str]:
             if line.startswith("- ") and line[2:].strip()]
 
 
-def render_solution(steps: list[str], answer: float, final: str = _FINALS[0]) -> str:
-    body = "\n".join(f"Step {k}: {s}" for k, s in enumerate(steps, 1))
-    return f"{body}\n\n{final} \\boxed{{{fmt(answer)}}}."
+# A real 1.5B-7B instruct model does not answer a GSM8K-style problem in three terse lines:
+# it restates the question, explains each step and sums up, 150-400 tokens in all. The
+# simulated solver writes solutions of that length, so what an attempt costs (completion
+# tokens) and what episodic RAG adds to a prompt (whole worked solutions) are realistic.
+# The filler depends only on the text it follows, so two attempts that agree up to a step
+# still share that prefix word for word (MCTS and the contrasts rely on it).
+_INTROS = (
+    "To solve this problem, we need to answer the question: {q} Let's break it down step "
+    "by step and keep track of every quantity and its unit as we go, so that each "
+    "intermediate result can be checked before we use it.",
+    "The question is: {q} I will go through the information given one piece at a time, "
+    "write down each intermediate value, and only combine the numbers once it is clear "
+    "what each of them means.",
+    "Let's read the problem carefully. We are asked: {q} To answer it, we set up the "
+    "calculation in small steps, stating at every step which quantity we are computing "
+    "and why.",
+)
+_ELABORATIONS = (
+    "This is the value we will carry into the next step of the calculation.",
+    "Writing this intermediate result down explicitly makes the rest of the work easier "
+    "to follow and to check.",
+    "It is worth pausing here to make sure this number matches the information given in "
+    "the problem statement.",
+    "Keeping the units attached to this quantity keeps the different kinds of values "
+    "apart later on.",
+    "With this piece in place, we have everything we need to move on to the next part of "
+    "the problem.",
+    "Let's double-check the arithmetic: the numbers above are combined exactly as the "
+    "problem describes.",
+    "This step follows directly from the quantities stated in the problem, so no extra "
+    "assumptions are needed.",
+    "Notice that this result will be used again below, so it is important to get it "
+    "right now.",
+)
+_CLOSINGS = (
+    "Putting all of these steps together, we have accounted for every quantity in the "
+    "problem, and the calculation gives the result below.",
+    "So, after working through each part of the problem in order and checking the "
+    "intermediate values, we arrive at the final result.",
+)
+_QUESTION = re.compile(r"[^.?!]*\?\s*$")
+
+
+def _pick(options: tuple[str, ...], *key: object) -> str:
+    return options[int(seeded("style", *key).random() * len(options))]
+
+
+def render_solution(steps: list[str], answer: float, final: str = _FINALS[0],
+                    problem: str = "") -> str:
+    """A worked solution as a real instruct model writes it: an opening that restates the
+    question (when `problem` is given), every step explained, a summing-up, the boxed
+    answer."""
+    question = _QUESTION.search(problem) if problem else None
+    intro = ""
+    if problem:
+        q = question.group(0).strip() if question else "what does the problem ask for?"
+        intro = _pick(_INTROS, problem).format(q=q) + "\n\n"
+    body = "\n".join(
+        f"Step {k}: {s} {_pick(_ELABORATIONS, s, k)}" if problem else f"Step {k}: {s}"
+        for k, s in enumerate(steps, 1))
+    closing = (_pick(_CLOSINGS, problem, answer) + " ") if problem else ""
+    return f"{intro}{body}\n\n{closing}{final} \\boxed{{{fmt(answer)}}}."
 
 
 def _number(text: str) -> float | None:
@@ -143,7 +205,8 @@ class SimBackend:
         mistake = rng.choice(unaddressed or list(task.pitfalls))
         if prefix:
             # Keep to what the prefix already says: past a pitfall's step, its outcome holds.
-            fits = {m: render_solution(*self.world.steps(task, m), final=final).startswith(prefix)
+            fits = {m: render_solution(*self.world.steps(task, m), final=final,
+                                       problem=task.prompt).startswith(prefix)
                     for m in (None, *task.pitfalls)}
             wrong_fits = [m for m in task.pitfalls if fits[m]]
             if fits[None] or wrong_fits:
@@ -151,15 +214,17 @@ class SimBackend:
                 if not correct and mistake not in wrong_fits:
                     mistake = rng.choice(wrong_fits)
         steps, answer = self.world.steps(task, None if correct else mistake)
-        full = render_solution(steps, answer, final)
+        full = render_solution(steps, answer, final, problem=task.prompt)
         if not prefix:
             return full
         if full.startswith(prefix):
             return full[len(prefix):]
         # A prefix written otherwise (edited, another model's): go on from its step count.
         done = len(_STEP_LINE.findall(prefix))
-        tail = full.split("\n")[done:]
-        return ("" if prefix.endswith("\n") else "\n") + "\n".join(tail)
+        lines = full.split("\n")
+        at = [i for i, line in enumerate(lines) if _STEP_LINE.match(line)]
+        start = at[done] if done < len(at) else (at[-1] + 1 if at else 0)
+        return ("" if prefix.endswith("\n") else "\n") + "\n".join(lines[start:])
 
     def _synthesize(self, task: SimTask | None, guidance: str) -> str:
         """A correct chain. When the guidance names one of the task's pitfalls, its key step
@@ -173,7 +238,7 @@ class SimBackend:
             k = self.world.key_step(task, pid)
             steps[k] = (f"{steps[k]} This avoids a common mistake: a solution that "
                         f"{PITFALLS[pid].mistake} gets this step wrong.")
-        return render_solution(steps, answer)
+        return render_solution(steps, answer, problem=task.prompt)
 
     # --- reflection -------------------------------------------------------------------------
 

@@ -6,15 +6,16 @@ Chroma, the hash embedder, the real graph."""
 from __future__ import annotations
 
 import json
+import math
 import random
 from pathlib import Path
 
 import pytest
 
-from crps_agent.admission_policy import prob_greater
+from crps_agent.admission_policy import decide, prob_greater
 from crps_agent.backends.base import GenerationRequest
 from crps_agent.backends.scripted import ScriptedBackend
-from crps_agent.config import load_settings
+from crps_agent.config import MemorySettings, load_settings
 from crps_agent.graph.agent import Agent
 from crps_agent.types import Task
 
@@ -49,8 +50,8 @@ def _agent(tmp_path: Path, respond, **memory) -> Agent:  # type: ignore[no-untyp
     return Agent(settings, backend=ScriptedBackend().respond(respond))
 
 
-def test_a_tie_is_no_evidence_and_a_never_solved_task_needs_a_flip(tmp_path: Path,
-                                                                  monkeypatch) -> None:
+def test_a_tie_is_no_evidence_and_a_never_solved_task_needs_a_flip(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CRPS_CONFIG", raising=False)
     half = Task(prompt="A rope of 14 m is cut in two; how long is each piece?",
                 domain="math", reference="7", id="half")
@@ -73,7 +74,7 @@ def test_a_tie_is_no_evidence_and_a_never_solved_task_needs_a_flip(tmp_path: Pat
 
 
 def test_a_candidate_that_helps_its_task_but_harms_a_similar_one_is_rejected(
-        tmp_path: Path, monkeypatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CRPS_CONFIG", raising=False)
     victim = Task(prompt="A rope of 14 m is cut in two equal pieces; how long is each?",
                   domain="math", reference="7", id="victim")
@@ -100,8 +101,9 @@ def test_a_candidate_that_helps_its_task_but_harms_a_similar_one_is_rejected(
     stored = agent.memory.insights.list()
     assert [i.text for i in stored] == [NOTE] and stored[0].status == "retired"
     cost = report.totals()["cost"]
-    # with arm on the source (8) + the victim without (4) and with (4): all in the ledger
-    assert cost["admit"]["sequences"] == 16
+    # with arm on the source (8) + the victim without (4) and with (4), and the same again
+    # to confirm the harm before rejecting: all in the ledger
+    assert cost["admit"]["sequences"] == 24
     agent.close()
 
     # the same note admitted when the neighbour check is off: it helps its own task
@@ -113,11 +115,50 @@ def test_a_candidate_that_helps_its_task_but_harms_a_similar_one_is_rejected(
     agent.close()
 
 
-def test_evidence_accumulates_over_a_rediscovered_candidates_tests(tmp_path: Path,
-                                                                  monkeypatch) -> None:
+def test_evidence_accumulates_over_a_rediscovered_candidates_tests(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CRPS_CONFIG", raising=False)
+    from crps_agent.admission_policy import ADMISSION_KIND
+    from crps_agent.credit_policy import CreditEvents
+
     tasks = [Task(prompt=f"A rope of {7 * k} m is cut into {k} pieces; how long is each?",
                   domain="math", reference="7", id=f"rope{k}") for k in (2, 3)]
+
+    def respond(req: GenerationRequest) -> str | list[str] | None:
+        if req.purpose == "reflect":
+            return _reflection(NOTE)
+        if NOTE in req.text():  # no help on the first rope, every sample on the second
+            good = 1 if "14 m" in req.text() else 8
+            return (["\\boxed{7}"] * good + ["\\boxed{5}"] * (8 - good)) * (req.n // 8)
+        return ["\\boxed{7}", "\\boxed{5}", "\\boxed{5}", "\\boxed{5}"] * (req.n // 4)
+
+    # the first test stops early (1/8 against 1/4: no sign of help); found again on the
+    # second rope it is tested on, its earlier 8 samples pooled with the new ones
+    agent = _agent(tmp_path, respond, admission_neighbours=0)
+    report = agent.learn(tasks, run_id="pool")
+    assert [(t.admitted, t.admission_rejected) for t in report.tasks] == [(0, 1), (1, 0)]
+    assert [i.status for i in agent.memory.insights.list()] == ["active"]
+    note = agent.memory.insights.list()[0]
+    pooled = CreditEvents(agent.memory, prefix="adm:", kind=ADMISSION_KIND).get_many(
+        [note.id])[note.id]
+    assert pooled.with_n == report.totals()["cost"]["admit"]["sequences"] - (
+        pooled.without_n - 8) and pooled.with_n > 8
+    agent.close()
+
+    # with a cap of 8 samples the first test settles the candidate: found again, it is
+    # not tested again
+    agent = _agent(tmp_path / "b", respond, admission_neighbours=0, admission_max_rollouts=8)
+    report = agent.learn(tasks, run_id="settled")
+    assert [(t.admitted, t.admission_rejected) for t in report.tasks] == [(0, 1), (0, 1)]
+    assert report.totals()["cost"]["admit"]["sequences"] == 8
+    agent.close()
+
+
+def test_an_inconclusive_test_draws_another_stage_with_both_arms(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CRPS_CONFIG", raising=False)
+    task = Task(prompt="A rope of 14 m is cut into 2 pieces; how long is each?",
+                domain="math", reference="7", id="rope")
 
     def respond(req: GenerationRequest) -> str | list[str] | None:
         if req.purpose == "reflect":
@@ -127,9 +168,53 @@ def test_evidence_accumulates_over_a_rediscovered_candidates_tests(tmp_path: Pat
         return ["\\boxed{7}", "\\boxed{5}", "\\boxed{5}", "\\boxed{5}"] * (req.n // 4)
 
     agent = _agent(tmp_path, respond, admission_neighbours=0)
-    report = agent.learn(tasks, run_id="pool")
-    # 5/8 against 1/4 is not enough on its own (P ~ 0.88); pooled with the second test's
-    # samples (10/16 against 2/8) it is
-    assert [(t.admitted, t.admission_rejected) for t in report.tasks] == [(0, 1), (1, 0)]
-    assert [i.status for i in agent.memory.insights.list()] == ["active"]
+    report = agent.learn([task])
+    # stage 1: 5/8 against the search's 1/4 is inconclusive (P ~ 0.88); stage 2 adds 8
+    # with (10/16) and 8 without (3/12): admitted on the same draw
+    assert (report.tasks[0].admitted, report.tasks[0].admission_rejected) == (1, 0)
+    admits = [req for req, _ in agent.backend.calls  # type: ignore[attr-defined]
+              if "admission" in req.meta]
+    assert sorted(r.meta["admission"] for r in admits).count("without") == 1
+    assert report.totals()["cost"]["admit"]["sequences"] == 24
     agent.close()
+
+
+def _simulated_admission(effect: float, settings: MemorySettings, rng: random.Random
+                         ) -> tuple[bool, int]:
+    """The sequential test of admit_candidates on binomial arms: the task's base rate drawn
+    as the simulator draws it, the note shifting it by `effect` logits."""
+    base = rng.uniform(0.15, 0.6)
+    p_with = 1.0 / (1.0 + math.exp(-(math.log(base / (1.0 - base)) + effect)))
+    k = settings.admission_rollouts
+    w = n_w = 0
+    wo, n_wo = sum(rng.random() < base for _ in range(4)), 4  # the search's 4 samples
+    cost = 0
+    while True:
+        w += sum(rng.random() < p_with for _ in range(k))
+        n_w += k
+        cost += k
+        if n_w > k:
+            wo += sum(rng.random() < base for _ in range(k))
+            n_wo += k
+            cost += k
+        verdict = decide(prob_greater(w, n_w, wo, n_wo), n_w, settings)
+        if verdict != "continue":
+            return verdict == "admit", cost
+
+
+def test_the_sequential_test_admits_real_effects_and_few_useless_notes() -> None:
+    """Operating characteristics of the default test (the figures of the module doc):
+    helpful notes mostly admitted, useless ones seldom, harmful ones almost never."""
+    settings = MemorySettings()
+    rng = random.Random(0)
+    trials = 300
+    rates = {}
+    for effect in (1.5, 1.0, 0.0, -1.0):
+        runs = [_simulated_admission(effect, settings, rng) for _ in range(trials)]
+        rates[effect] = sum(a for a, _ in runs) / trials
+    assert rates[1.5] >= 0.7 and rates[1.0] >= 0.55
+    assert rates[0.0] <= 0.15 and rates[-1.0] <= 0.05
+    # one fixed shot (the test cut to one stage) admits far fewer real effects
+    one_shot = settings.model_copy(update={"admission_max_rollouts": 8})
+    assert sum(_simulated_admission(1.5, one_shot, rng)[0]
+               for _ in range(trials)) / trials < rates[1.5] - 0.2

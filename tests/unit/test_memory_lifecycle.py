@@ -267,9 +267,12 @@ def test_admission_accepts_a_helpful_and_rejects_a_harmful_candidate(
     assert by_text[harmful].flags == [ADMISSION_REJECTED]
     admission_calls = [req for req, _ in agent.backend.calls  # type: ignore[attr-defined]
                        if "admission" in req.meta]
-    # the search's samples are the without arm: only the with arms are sampled
+    # the search's samples are the without arm of the first look: only the with arms are
+    # sampled; the harmful note (0/8 against 2/4) is rejected there, the helpful one (8/8
+    # against 2/4, P ~ 0.97) is under the first look's bar (0.9825) and gets a second look
+    # with 8 more samples with it and 8 fresh ones without
     assert [r.meta["admission"] for r in admission_calls] == [
-        by_text[helpful].id, by_text[harmful].id]
+        by_text[helpful].id, by_text[harmful].id, by_text[helpful].id, "without"]
     assert all(r.n == settings.memory.admission_rollouts == 8 for r in admission_calls)
     # a rediscovery of the rejected insight makes it a candidate again (and re-checked)
     again = agent.memory.remember([ins(harmful, status="candidate", evidence=["c2"],

@@ -128,13 +128,19 @@ def test_max_tokens_stop_and_prefix_continuation():
     good = next(c.text for c in full if MATH.verify(task, c.text).correct)
     bad = next(c.text for c in full if not MATH.verify(task, c.text).correct)
     key = backend.world.key_step(sim_task, sim_task.pitfalls[0])
+    def upto(text: str, steps: int) -> str:
+        """The text through its first `steps` steps (the opening paragraph included)."""
+        lines = text.split("\n")
+        at = [i for i, line in enumerate(lines) if line.startswith("Step ")]
+        return "\n".join(lines[: at[steps - 1] + 1]) + "\n" if steps else ""
+
     for text, correct in ((good, True), (bad, False)):
         # a prefix that already took the pitfall's step keeps its outcome
-        prefix = "\n".join(text.split("\n")[: key + 1]) + "\n"
+        prefix = upto(text, key + 1)
         conts = _solve(backend, task, [], 20, prefix=prefix)
         assert all(MATH.verify(task, prefix + c.text).correct == correct for c in conts)
         assert all(not c.text.startswith("Step 1:") for c in conts)
-    shared = "\n".join(good.split("\n")[:key]) + "\n" if key else ""
+    shared = upto(good, key)
     if shared:  # before the pitfall's step, both outcomes remain possible
         conts = _solve(backend, task, [], 60, prefix=shared)
         outcomes = {MATH.verify(task, shared + c.text).correct for c in conts}
