@@ -43,7 +43,31 @@ from crps_agent.backends.base import Backend, Capabilities, Completion, Generati
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_WAIT = 0.05  # seconds; a model call takes far longer, so it is noise there
+DEFAULT_MAX_WAIT = 0.1  # seconds (learn.batch_wait); a model call takes far longer
+
+
+# Draws in flight when `learn.concurrency` is not set, by backend name: a local engine wants
+# many sequences per call; the scripted backend and the simulator answer at once (and a
+# script's rules cycle in call order, so one task at a time keeps a script's story).
+BACKEND_CONCURRENCY: dict[str, int] = {"vllm": 32, "hf": 8, "scripted": 1, "sim": 1}
+
+
+def default_concurrency(backend: Backend) -> int:
+    """Draws a learn run keeps in flight on `backend` by default: its own
+    `learn_concurrency` attribute, else `BACKEND_CONCURRENCY[name]`, else its `concurrency`
+    (an OpenAI-wire client's requests in flight), else 1."""
+    from crps_agent.ledger import unwrap
+
+    inner = unwrap(backend)
+    while isinstance(inner, Coalescer):
+        inner = unwrap(inner.inner)
+    own = getattr(inner, "learn_concurrency", None)
+    if isinstance(own, int) and own >= 1:
+        return own
+    if inner.name in BACKEND_CONCURRENCY:
+        return BACKEND_CONCURRENCY[inner.name]
+    wire = getattr(inner, "concurrency", None)
+    return wire if isinstance(wire, int) and wire >= 1 else 1
 
 
 def sampling_key(request: GenerationRequest) -> tuple[Any, ...]:
