@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import sqlite3
@@ -38,7 +39,7 @@ from crps_agent.graph.nodes import (
     search_node,
     store_node,
 )
-from crps_agent.graph.replay import kill_point
+from crps_agent.graph.replay import kill_point, node_running
 from crps_agent.graph.state import AgentContext, AgentState
 from crps_agent.ledger import CostLedger, LedgerBackend, sum_costs
 from crps_agent.plugins import default_domain, get_registry
@@ -137,11 +138,8 @@ def _killable(name: str, node: Callable[..., dict[str, Any]]) -> Callable[..., d
         shared = runtime.context.inflight
         lock = (None if shared is None else shared.serial if name in SERIAL_NODES
                 else shared.crps if name == "crps" else None)
-        if lock is None:
+        with node_running(), lock or contextlib.nullcontext():
             update = node(state, runtime)
-        else:
-            with lock:
-                update = node(state, runtime)
         kill_point(f"{name}.end")
         return update
 
