@@ -179,6 +179,8 @@ def store_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, A
         now = snapshot(ctx.memory, task.namespace, task.domain)
         touched = gained(before, now, marks)
         done = bool(touched)
+        log.info("replayed store of task %s: %d of its %d drafts' contrasts already in the "
+                 "store (%s)", task.id, len(touched), len(new), "done" if done else "writing")
     else:
         done, now = applied(before, ctx.memory, task.namespace, task.domain)
         touched = changed_ids(before, now) if done and before and now else []
