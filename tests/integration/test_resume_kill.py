@@ -169,9 +169,7 @@ def test_four_tasks_in_flight_killed_mid_flight_resume_to_the_sequential_store(
     assert expected["insights"] and expected["crps_credit"]
     differ = [name for name in expected if actual[name] != expected[name]]
     if differ:
-        # Seen in about half the campaigns: a record a resumed process read (a merge,
-        # admission evidence) is gone in a later one, after several SIGKILLs of a process
-        # whose threads had just written; one task at a time (the campaign above) does
-        # not show it. Suspected: Chroma's local mode losing or rolling back writes at
-        # SIGKILL (chroma-core/chroma#6975, #7678); not explained yet (README, issue 15).
+        # Seen in every such campaign so far: a merge a resumed process read back, and its
+        # admission evidence, are gone at the end; single kills and one task at a time
+        # do not show it. Not explained yet (docs/architecture.md, "Tasks in flight").
         pytest.xfail(f"collections {differ} differ after kills at {kills}")
