@@ -38,7 +38,7 @@ import random
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -134,6 +134,16 @@ class VLLMStats:
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "prefix_cache_share": self.prefix_cache_share}
+
+
+@dataclass
+class EngineInputs:
+    """The sequences of one `generate` call as `LLM.generate` takes them."""
+
+    prompts: list[dict[str, Any]] = field(default_factory=list)  # {"prompt_token_ids": [...]}
+    params: list[Any] = field(default_factory=list)  # one SamplingParams per sequence
+    loras: list[Any] = field(default_factory=list)  # LoRARequest or None per sequence
+    owner: list[int] = field(default_factory=list)  # index of the request of each sequence
 
 
 @contextmanager
@@ -345,28 +355,35 @@ class VLLMBackend:
 
     # -- generation ----------------------------------------------------------------------
 
-    def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
-        if not requests:
-            return []
+    def engine_inputs(self, requests: Sequence[GenerationRequest]) -> EngineInputs:
+        """What `generate` hands `LLM.generate` for `requests`: one prompt and one seeded
+        `SamplingParams` per sampled sequence (a request's n samples seeded `seed, seed + 1,
+        ...`; greedy requests once). A request without a seed draws one from the backend's
+        RNG. Public so that a benchmark can replay recorded requests through the raw engine
+        exactly as this backend sends them."""
         with self._lock:
-            llm = self.llm
-            prompts: list[dict[str, Any]] = []
-            params: list[Any] = []
-            loras: list[Any] = []
-            owner: list[int] = []
+            inputs = EngineInputs()
             for i, r in enumerate(requests):
                 ids = self.prompt_ids(r)
                 lora = self._lora(r.adapter if r.adapter is not None else self.adapter)
                 base = r.seed if r.seed is not None else self._rng.randrange(2**31)
                 for j in range(1 if r.temperature <= 0 else r.n):
-                    prompts.append({"prompt_token_ids": ids})
-                    params.append(self._sampling(r, base + j))
-                    loras.append(lora)
-                    owner.append(i)
-            outputs = self._run(llm, prompts, params, loras)
+                    inputs.prompts.append({"prompt_token_ids": ids})
+                    inputs.params.append(self._sampling(r, base + j))
+                    inputs.loras.append(lora)
+                    inputs.owner.append(i)
+            return inputs
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
+        if not requests:
+            return []
+        with self._lock:
+            llm = self.llm
+            inputs = self.engine_inputs(requests)
+            outputs = self._run(llm, inputs.prompts, inputs.params, inputs.loras)
             out: list[list[Completion]] = [[] for _ in requests]
             self.stats.requests += len(requests)
-            for i, res in zip(owner, outputs, strict=True):
+            for i, res in zip(inputs.owner, outputs, strict=True):
                 out[i].append(self._completion(res, requests[i]))
             for i, r in enumerate(requests):
                 if r.temperature <= 0 and r.n > 1:
