@@ -227,6 +227,13 @@ class LearnSettings(BaseModel):
                            "best-of-n samples run without one of the recalled notes (seeded), "
                            "so each note gets with/without outcomes on the same task "
                            "(crps_agent/credit_policy.py); 0: off")
+    concurrency: int | None = Field(None, ge=1, le=4096, description="draws of an epoch in "
+                                    "flight at once, their LLM calls merged into batched "
+                                    "calls (none: the backend's choice: vllm 32, openai its "
+                                    "concurrency, hf 8, others 1)")
+    batch_wait: float = Field(0.1, ge=0.0, le=60.0, description="seconds a merged LLM call "
+                              "of the tasks in flight waits for tasks still busy elsewhere "
+                              "(recall, memory writes) before it is sent without them")
 
 
 class FinetuneSettings(BaseModel):

@@ -138,16 +138,21 @@ def _measure(requests: Sequence[GenerationRequest], replies: Sequence[Sequence[C
 
 class CostLedger:
     """Costs per phase, thread-safe. `take()` returns what was spent since the previous
-    `take()` (a learn run's per-task cost); `to_dict()` everything so far."""
+    `take()`; `to_dict()` everything so far. A ledger with a `parent` records into it too:
+    a learn run gives each task in flight its own ledger under the agent's, so tasks that
+    run at the same time each report their own cost."""
 
-    def __init__(self) -> None:
+    def __init__(self, parent: CostLedger | None = None) -> None:
         self._lock = threading.Lock()
         self._costs: dict[str, PhaseCost] = {}
         self._mark: dict[str, PhaseCost] = {}
+        self.parent = parent
 
     def record(self, name: str, cost: PhaseCost) -> None:
         with self._lock:
             self._costs.setdefault(_check(name), PhaseCost()).add(cost)
+        if self.parent is not None:
+            self.parent.record(name, cost)
 
     def snapshot(self) -> dict[str, PhaseCost]:
         with self._lock:

@@ -178,6 +178,16 @@ def draws(tasks: Sequence[Task], *, memory: Memory, settings: LearnSettings, see
     """The draws of a learn run, epoch by epoch. A later epoch's plan is made when the
     epoch starts (from the log as it stands then, i.e. after the previous epoch's attempts),
     or read back from `plans` when this run already made it."""
+    for epoch in epoch_draws(tasks, memory=memory, settings=settings, seed=seed,
+                             run_id=run_id, prior=prior, plans=plans):
+        yield from epoch
+
+
+def epoch_draws(tasks: Sequence[Task], *, memory: Memory, settings: LearnSettings, seed: int,
+                run_id: str, prior: tuple[float, float] = (1.0, 1.0),
+                plans: PlanStore | None = None) -> Iterator[list[Draw]]:
+    """`draws`, one list per epoch: the next epoch is planned only when the caller asks
+    for it, so a caller running an epoch's draws concurrently asks after they finished."""
     by_id = {t.id: i for i, t in enumerate(tasks)}
     if len(by_id) < len(tasks) and settings.epochs > 1:
         raise ConfigError("learn with epochs needs distinct task ids: the task file lists "
@@ -196,7 +206,6 @@ def draws(tasks: Sequence[Task], *, memory: Memory, settings: LearnSettings, see
         if epoch > 0:
             _log.info("learn run %s epoch %d: %d draws over %d tasks", run_id, epoch,
                       len(plan), len(set(plan)))
-        for i, k in enumerate(plan):
-            task = tasks[k]
-            yield Draw(epoch, i, task, thread_id(run_id, epoch, i, task.id),
-                       derive_seed(seed, run_id, epoch, i, task.id))
+        yield [Draw(epoch, i, tasks[k], thread_id(run_id, epoch, i, tasks[k].id),
+                    derive_seed(seed, run_id, epoch, i, tasks[k].id))
+               for i, k in enumerate(plan)]

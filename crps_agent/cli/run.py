@@ -32,6 +32,10 @@ from crps_agent.cli.common import (
 @click.option("--sampler", type=click.Choice(["uniform", "failure-biased"]), default=None,
               help="Draws after the first epoch (learn.sampler, default failure-biased): a "
               "shuffled pass, or weighted by each task's estimated failure rate.")
+@click.option("--concurrency", type=click.IntRange(min=1), default=None,
+              help="Draws of an epoch in flight at once, their LLM calls merged into batched "
+              "calls (learn.concurrency; default: the backend's choice, vllm 32, openai its "
+              "concurrency, hf 8, scripted and sim 1).")
 @click.option("--export-every", type=click.IntRange(min=0), default=None,
               help="Export CRPS training data after every N new contrasts (crps.export_every).")
 @click.option("--max-failures", type=click.IntRange(min=1), default=None,
@@ -42,7 +46,8 @@ from crps_agent.cli.common import (
 @backend_options
 @store_options
 def learn(tasks: str, fmt: str, limit: int | None, offset: int, run_id: str | None,
-          epochs: int | None, sampler: str | None, export_every: int | None,
+          epochs: int | None, sampler: str | None, concurrency: int | None,
+          export_every: int | None,
           max_failures: int | None, verbose: bool, as_json: bool, **flags: Any) -> None:
     """Attempt TASKS, contrast successes with failures, and remember the insights.
 
@@ -55,7 +60,8 @@ def learn(tasks: str, fmt: str, limit: int | None, offset: int, run_id: str | No
 
     show_logs(verbose)
     settings = make_settings(crps={"export_every": export_every},
-                             learn={"epochs": epochs, "sampler": sampler}, **flags)
+                             learn={"epochs": epochs, "sampler": sampler,
+                                    "concurrency": concurrency}, **flags)
     # The task file is read and validated before any backend or model is loaded.
     task_list = load_tasks(tasks, format=fmt, domain=flags.get("domain") or None,
                            namespace=settings.namespace, limit=limit, offset=offset)

@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 from langgraph.graph import END, START, StateGraph
 
 from crps_agent.config import Settings, load_settings, with_overrides
-from crps_agent.errors import BackendError
+from crps_agent.errors import ConfigError, CrpsError
+from crps_agent.graph.inflight import SERIAL_NODES, InFlight, run_jobs
 from crps_agent.graph.nodes import (
     admit_node,
     credit_node,
@@ -129,9 +130,18 @@ class LearnReport:
 
 
 def _killable(name: str, node: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+    """The node with its kill points (graph/replay.py) and, with tasks in flight, its lock
+    (graph/inflight.py)."""
     def run(state: AgentState, runtime: Any) -> dict[str, Any]:
         kill_point(name)
-        update = node(state, runtime)
+        shared = runtime.context.inflight
+        lock = (None if shared is None else shared.serial if name in SERIAL_NODES
+                else shared.crps if name == "crps" else None)
+        if lock is None:
+            update = node(state, runtime)
+        else:
+            with lock:
+                update = node(state, runtime)
         kill_point(f"{name}.end")
         return update
 
@@ -214,6 +224,7 @@ class Agent:
         self.ledger = CostLedger()
         self._counted: LedgerBackend | None = None
         self._store_key: str | None = None
+        self._inflight = InFlight()  # locks of the task graphs run at the same time
 
     @property
     def backend(self) -> Backend:
@@ -261,7 +272,25 @@ class Agent:
 
     def context(self) -> AgentContext:
         return AgentContext(settings=self.settings, backend=self.counted_backend,
-                            memory=self.memory, domains=self.registry.domains)
+                            memory=self.memory, domains=self.registry.domains,
+                            inflight=self._inflight)
+
+    def concurrency(self, concurrency: int | None = None) -> int:
+        """Tasks in flight: `concurrency`, else `learn.concurrency`, else the backend's
+        choice (crps_agent/backends/coalesce.py: `default_concurrency`)."""
+        from crps_agent.backends.coalesce import default_concurrency
+
+        chosen = concurrency or self.settings.learn.concurrency
+        if chosen is not None and chosen < 1:
+            raise ConfigError(f"concurrency must be >= 1, got {chosen}")
+        return chosen or default_concurrency(self.backend)
+
+    def _task_context(self, ctx: AgentContext, backend: Backend) -> tuple[AgentContext,
+                                                                          CostLedger]:
+        """`ctx` for one task: its calls go to `backend` (the shared coalescer, or the
+        backend itself) and are counted in a ledger of its own under the agent's."""
+        own = CostLedger(parent=self.ledger)
+        return dataclasses.replace(ctx, backend=LedgerBackend(backend, own)), own
 
     def validate(self, tasks: Iterable[Task]) -> list[Task]:
         """Check every task's domain and reference before any model is loaded."""
@@ -273,45 +302,66 @@ class Agent:
     def learn(self, tasks: Iterable[Task], *, run_id: str | None = None,
               on_task: Callable[[TaskReport], None] | None = None,
               max_failures: int | None = None, epochs: int | None = None,
-              sampler: str | None = None) -> LearnReport:
+              sampler: str | None = None, concurrency: int | None = None) -> LearnReport:
         """Attempt the tasks, reflect on the contrasts, remember the insights: epoch 0
         attempts each task once, later epochs (`epochs`, default `learn.epochs`) draw tasks
         by `sampler` (default `learn.sampler`; crps_agent/sampler.py), each draw with its
         own seed.
 
+        `concurrency` (default `learn.concurrency`, else the backend's choice) draws of an
+        epoch run at once, their LLM calls merged into batched backend calls
+        (graph/inflight.py); epochs run one after the other, since an epoch's draws are
+        planned from the log as the previous epoch left it. `on_task` sees reports as
+        tasks finish; the returned report lists them in draw order.
+
         With the same `run_id` a rerun resumes: draws whose graph already finished in that
-        run are reported from their checkpoint, an interrupted one continues where it
-        stopped. A task whose backend calls fail (after the backend's retries) is reported
-        with its `error` and the run goes on; after `max_failures` failures in a row the
-        backend is taken for dead and the run stops (`LearnReport.stopped`).
+        run are reported from their checkpoint, interrupted ones continue where they
+        stopped. A task whose graph fails (a backend error after the backend's retries, or
+        any other error in a node) is reported with its `error` and the run goes on; after
+        `max_failures` failures in a row (in finishing order) the backend is taken for dead
+        and the run stops (`LearnReport.stopped`).
         """
-        from crps_agent.sampler import PlanStore, draws
+        from crps_agent.sampler import Draw, PlanStore, epoch_draws
 
         todo = self.validate(tasks)
         rid = run_id or uuid.uuid4().hex[:12]
         cfg = self.settings.learn.model_copy(update={
             k: v for k, v in {"epochs": epochs, "sampler": sampler}.items() if v is not None})
         cfg = type(cfg).model_validate(cfg.model_dump())  # the overrides checked too
+        width = self.concurrency(concurrency)
         started = time.perf_counter()
-        reports = []
+        reports: list[TaskReport] = []
         ctx = self.context()
-        self.ledger.take()  # each task's report carries the cost spent since the last one
-        stopped, streak = None, 0
+        stopped: str | None = None
+        streak = 0
         mem = self.settings.memory
-        for draw in draws(todo, memory=self.memory, settings=cfg, seed=self.settings.seed,
-                          run_id=rid, prior=(mem.prior_a, mem.prior_b),
-                          plans=PlanStore(self.memory) if self._checkpoint else None):
-            # A draw's key: the run for epoch 0 (as a single pass), else run + epoch + index,
-            # so every draw has its own checkpoint thread and deterministic record ids.
+
+        def run(draw: Draw, backend: Backend) -> TaskReport:
+            # A draw's key: the run for epoch 0 (as a single pass), else run + epoch +
+            # index, so every draw has its own checkpoint thread and deterministic ids.
             key = rid if draw.epoch == 0 else f"{rid}:e{draw.epoch}:{draw.index}"
-            report = self._run_task(draw.task, key, ctx, seed=draw.seed)
+            report = self._run_task(draw.task, key, ctx, seed=draw.seed, backend=backend)
             report.epoch = draw.epoch
-            reports.append(report)
+            return report
+
+        def finished(_: Draw, report: TaskReport) -> bool:
+            nonlocal streak, stopped
             if on_task:
                 on_task(report)
             streak = streak + 1 if report.error is not None else 0
             if max_failures and streak >= max_failures:
                 stopped = f"{streak} tasks in a row failed: the backend looks down"
+                return False
+            return True
+
+        for epoch in epoch_draws(todo, memory=self.memory, settings=cfg,
+                                 seed=self.settings.seed, run_id=rid,
+                                 prior=(mem.prior_a, mem.prior_b),
+                                 plans=PlanStore(self.memory) if self._checkpoint else None):
+            done = run_jobs(epoch, run, backend=self.backend, concurrency=width,
+                            done=finished, max_wait=self.settings.learn.batch_wait)
+            reports += [r for r in done if r is not None]
+            if stopped:
                 break
         return LearnReport(run_id=rid, tasks=reports, wall_s=time.perf_counter() - started,
                            stopped=stopped)
@@ -326,18 +376,25 @@ class Agent:
         return f"{run_id}:{task_id}@{self._store_key}"
 
     def _run_task(self, task: Task, run_id: str, ctx: AgentContext, *,
-                  seed: int | None = None) -> TaskReport:
+                  seed: int | None = None, backend: Backend | None = None) -> TaskReport:
         """One learn task of run `run_id`, resumed from its checkpoint when that run already
         started it: a finished task is reported from its checkpoint, an interrupted one
         continues at the node it was in (`invoke(None, ...)`), replayed without writing twice
         (graph/replay.py). Checkpoints are written before each next node starts
         (durability "sync"), so no finished node is lost to a crash."""
+        ctx, own = self._task_context(ctx, self.backend if backend is None else backend)
         try:
-            return self._attempt_task(task, run_id, ctx, seed)
-        except BackendError as exc:
-            log.warning("task %s failed: %s", task.id, exc)
-            return TaskReport(task_id=task.id, solved=False, answer=None, n=0, n_correct=0,
-                              recalled=[], cost=self.ledger.take(), error=str(exc))
+            report = self._attempt_task(task, run_id, ctx, seed)
+        except Exception as exc:
+            # One task's failure is its report's, not the run's (a rerun with the run id
+            # tries it again); a failure that is not ours (a bug) keeps its traceback.
+            log.warning("task %s failed: %s", task.id, exc,
+                        exc_info=not isinstance(exc, CrpsError))
+            error = str(exc) if isinstance(exc, CrpsError) else f"{type(exc).__name__}: {exc}"
+            report = TaskReport(task_id=task.id, solved=False, answer=None, n=0, n_correct=0,
+                                recalled=[], error=error)
+        report.cost = own.to_dict()
+        return report
 
     def _attempt_task(self, task: Task, run_id: str, ctx: AgentContext,
                       seed: int | None) -> TaskReport:
@@ -361,9 +418,7 @@ class Agent:
             state = self.graph.invoke({"mode": "learn", "task": task.to_dict(),
                                        "run_id": run_id, "seed": seed}, config, context=ctx,
                                       durability="sync" if self._checkpoint else None)
-        report = _report(state, resumed)
-        report.cost = self.ledger.take()
-        return report
+        return _report(state, resumed)
 
     def solve(self, task: Task | str, *, reference: str | None = None,
               domain: str | None = None) -> SolveResult:
@@ -372,12 +427,30 @@ class Agent:
         if isinstance(task, str):
             task = Task(prompt=task, domain=default_domain(domain or self.settings.domain),
                         reference=reference, namespace=self.settings.namespace)
+        return self._solve_one(self._checked(task), self.context())
+
+    def solve_many(self, tasks: Iterable[Task], *, concurrency: int | None = None
+                   ) -> list[SolveResult]:
+        """`solve` for each task, `concurrency` at a time (default as `learn`), their LLM
+        calls merged: K tasks' searches go to the backend as one batched call. Results in
+        task order; the first failure is raised once the running tasks finished."""
+        todo = [self._checked(t) for t in tasks]
+        ctx = self.context()
+        out = run_jobs(todo, lambda t, backend: self._solve_one(
+            t, self._task_context(ctx, backend)[0]), backend=self.backend,
+            concurrency=self.concurrency(concurrency), max_wait=self.settings.learn.batch_wait)
+        return [r for r in out if r is not None]
+
+    def _checked(self, task: Task) -> Task:
         dom = self.registry.domain(task.domain)
         if task.reference:
             dom.check_task(task)
+        return task
+
+    def _solve_one(self, task: Task, ctx: AgentContext) -> SolveResult:
         config = {"configurable": {"thread_id": f"solve:{uuid.uuid4().hex[:12]}"}}
         state = self.graph.invoke({"mode": "solve", "task": task.to_dict()}, config,
-                                  context=self.context())
+                                  context=ctx)
         result = SearchResult.from_dict(state["result"])
         return SolveResult(task=task, answer=result.best.answer if result.best else None,
                            result=result, notes=list(state.get("notes", [])),

@@ -14,7 +14,7 @@ from crps_agent.anchors import AnchorStore, recall_notes
 from crps_agent.contrast import cross_contrasts, history_contrasts, pair_contrasts
 from crps_agent.credit_policy import credit_search, search_with_dropout
 from crps_agent.errors import NotFoundError
-from crps_agent.graph.replay import applied, changed_ids, snapshot
+from crps_agent.graph.replay import applied, changed_ids, gained, restrict, snapshot
 from crps_agent.graph.state import AgentContext, AgentState
 from crps_agent.ledger import phase
 from crps_agent.memory.admission import settle
@@ -171,10 +171,20 @@ def store_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, A
     new = [dataclasses.replace(Insight.from_dict(i), status=status)
            for i in state.get("drafts", [])]
     before = state.get("store_before") if "store" in ctx.replay else None
-    done, now = applied(before, ctx.memory, task.namespace, task.domain)
+    # The drafts' evidence (their contrasts' ids, derived from the draw) marks this task's
+    # own write, whatever other tasks in flight wrote beside it.
+    marks = {e for i in new for e in i.evidence}
+    now: dict[str, Any] | None
+    if before is not None and marks:
+        now = snapshot(ctx.memory, task.namespace, task.domain)
+        touched = gained(before, now, marks)
+        done = bool(touched)
+    else:
+        done, now = applied(before, ctx.memory, task.namespace, task.domain)
+        touched = changed_ids(before, now) if done and before and now else []
     update: dict[str, Any]
     if done and before is not None and now is not None:
-        stored = [ctx.memory.insights.get(i) for i in changed_ids(before, now)]
+        stored = [ctx.memory.insights.get(i) for i in touched]
         known = set(before.get("insights", {}))
         added = sum(1 for i in stored if i.id not in known)
         update = {"added": added, "merged": len(new) - added,
@@ -206,29 +216,34 @@ def credit_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, 
     if not verified or not (state.get("ablated") or recalled):
         return {"retired": [], "promoted": []}
     before = state.get("credit_before") if "credit" in ctx.replay else None
-    done, now = applied(before, ctx.memory, task.namespace, task.domain)
+    done, now = applied(before, ctx.memory, task.namespace, task.domain, only=set(recalled))
     changed: list[Insight] = []
     # Deterministic event ids: a replayed credit counts once, and a resumed run's events
     # are the same records as an uninterrupted run's.
     key = _run_key(state, runtime)
     ev = (lambda part: f"{key}:{part}") if key else (lambda part: None)
+    # The baseline report: each note gets the verdict of the samples that had it (note
+    # dropout leaves some samples without one).
+    solved_with: dict[bool, list[str]] = {True: [], False: []}
+    for nid in recalled:
+        had = [t for t in result.trajectories if nid in t.insight_ids]
+        if had:
+            solved_with[any(t.verdict.correct for t in had)].append(nid)
+    if state.get("ablated") and (not done or key):
+        # Once per event id: a replay adds nothing, and one misled by another task's
+        # write (graph/replay.py) still counts this verdict.
+        ctx.memory.record_baseline(task.namespace, task.domain, result.solved,
+                                   event_id=ev("baseline"))
+    elif done and before is not None and now is not None and key:
+        ctx.memory.record(solved_with[True], True, event_id=ev("win"))
+        ctx.memory.record(solved_with[False], False, event_id=ev("loss"))
     if done and before is not None and now is not None:
         old = before.get("insights", {})
-        for insight_id in changed_ids(before, now):
+        for insight_id in changed_ids(restrict(before, recalled), restrict(now, recalled)):
             row, was = now["insights"][insight_id], old.get(insight_id)
             if was is not None and (row[4], row[5]) != (was[4], was[5]):  # status, promoted
                 changed.append(ctx.memory.insights.get(insight_id))
-    elif state.get("ablated"):
-        ctx.memory.record_baseline(task.namespace, task.domain, result.solved,
-                                   event_id=ev("baseline"))
-    else:
-        # The baseline report: each note gets the verdict of the samples that had it
-        # (note dropout leaves some samples without one).
-        solved_with: dict[bool, list[str]] = {True: [], False: []}
-        for nid in recalled:
-            had = [t for t in result.trajectories if nid in t.insight_ids]
-            if had:
-                solved_with[any(t.verdict.correct for t in had)].append(nid)
+    elif not state.get("ablated"):
         changed = [*ctx.memory.record(solved_with[True], True, event_id=ev("win")),
                    *ctx.memory.record(solved_with[False], False, event_id=ev("loss"))]
         if state.get("mode", "learn") == "learn":

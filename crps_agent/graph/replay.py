@@ -9,8 +9,18 @@ writes are not idempotent: storing drafts (a second time would merge each into i
 crediting the recalled insights (uses += 1). Before each, the graph checkpoints a pre-image
 of what it changes; the writing node compares the store with it and skips a write that its
 first run already made. Only the node a resumed task was interrupted in compares (the
-graph's context names it), so a first run always writes; the comparison is exact for a
-namespace with one writer while the task resumes, and reads only its namespace and domain.
+graph's context names it), so a first run always writes, and it reads only its namespace
+and domain.
+
+Other tasks in flight (`learn --concurrency`) write the same namespace between a task's
+pre-image and its write, so the comparison looks only at what the write itself changes:
+`store` at the insights whose evidence gained the ids of the task's own contrasts
+(`gained`), `credit` at the recalled insights and the baseline (`applied(only=...)`). The
+credit's verdict events carry ids derived from the draw, so a replayed credit records them
+again in any case (a repeat counts nothing); only its counterfactual counters (note
+dropout, credit_policy.py) depend on the comparison: if another task in flight credited
+the same notes between this task's pre-image and its crash, the resumed task leaves its
+own with/without outcomes of that one search uncounted.
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ import logging
 import os
 import signal
 from collections import Counter
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -63,14 +74,37 @@ def changed_ids(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
     return sorted(i for i, row in after.get("insights", {}).items() if old.get(i) != row)
 
 
+def restrict(snap: dict[str, Any], ids: Collection[str]) -> dict[str, Any]:
+    """A snapshot with only the insights in `ids` (and the baseline)."""
+    return {**snap, "insights": {i: r for i, r in snap.get("insights", {}).items()
+                                 if i in ids}}
+
+
 def applied(before: dict[str, Any] | None, memory: Memory, namespace: str,
-            domain: str) -> tuple[bool, dict[str, Any] | None]:
+            domain: str, *, only: Collection[str] | None = None
+            ) -> tuple[bool, dict[str, Any] | None]:
     """(whether the store moved on from `before`, the store's snapshot now). Without a
-    pre-image (not a replay, or a checkpoint of an older version) the write is to be made."""
+    pre-image (not a replay, or a checkpoint of an older version) the write is to be made.
+    With `only`, just those insights (and the baseline) are compared: the ones the write
+    changes, so other tasks' writes elsewhere in the namespace do not count."""
     if before is None:
         return False, None
     now = snapshot(memory, namespace, domain)
-    done = now != before
+    done = (now != before if only is None
+            else restrict(now, only) != restrict(before, only))
     if done:
         log.info("replay: the write after this checkpoint was already made; not repeating it")
     return done, now
+
+
+def gained(before: dict[str, Any], now: dict[str, Any], marks: Collection[str]) -> list[str]:
+    """Insights (in id order) whose evidence gained one of `marks` between two snapshots:
+    a task's drafts carry the ids of its own contrasts, so these are the insights its
+    store wrote, whatever other tasks wrote beside it."""
+    old = before.get("insights", {})
+    out = []
+    for insight_id, row in now.get("insights", {}).items():
+        was = set(old[insight_id][7]) if insight_id in old else set()
+        if (set(row[7]) - was) & set(marks):
+            out.append(insight_id)
+    return sorted(out)

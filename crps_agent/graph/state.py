@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from crps_agent.backends.base import Backend
     from crps_agent.config import Settings
     from crps_agent.domains import Domain
+    from crps_agent.graph.inflight import InFlight
     from crps_agent.memory.facade import Memory
 
 
@@ -63,6 +64,9 @@ class AgentContext:
     # store with their pre-image. A first run always writes, so another writer of the
     # namespace (a server shared by processes) can never make it skip a write.
     replay: frozenset[str] = frozenset()
+    # The locks shared by the task graphs an agent runs at the same time (graph/inflight.py);
+    # None: a graph run alone (the nodes take no lock).
+    inflight: InFlight | None = None
 
     def domain(self, name: str) -> Domain:
         from crps_agent.errors import UnknownDomainError

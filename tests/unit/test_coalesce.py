@@ -1,0 +1,159 @@
+"""The coalescer merges concurrent generate calls of worker threads into batched calls."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from crps_agent.backends.base import Capabilities, Completion, GenerationRequest
+from crps_agent.backends.coalesce import Coalescer
+from crps_agent.errors import BackendError
+
+
+class Recorder:
+    """Echoes each prompt; keeps the prompts of every call it got."""
+
+    name = "recorder"
+    capabilities = Capabilities()
+
+    def __init__(self, fail_on: str | None = None, always_fail: bool = False) -> None:
+        self.calls: list[list[str]] = []
+        self.fail_on = fail_on
+        self.always_fail = always_fail
+        self._lock = threading.Lock()
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
+        prompts = [r.prompt or "" for r in requests]
+        with self._lock:
+            self.calls.append(prompts)
+        if self.always_fail:
+            raise BackendError("server down")
+        if self.fail_on is not None and self.fail_on in prompts:
+            raise BackendError(f"bad prompt {self.fail_on}")
+        return [[Completion(text=f"re:{p}")] * r.n for p, r in zip(prompts, requests,
+                                                                    strict=True)]
+
+
+def _run_workers(co: Coalescer, jobs: list[list[GenerationRequest]],
+                 before: float = 0.0) -> list[object]:
+    """Each job in its own registered worker thread; returns replies or raised errors."""
+    ready = threading.Barrier(len(jobs))
+
+    def work(i: int) -> object:
+        with co.worker():
+            ready.wait(10)  # all registered before the first call
+            time.sleep(before * i)
+            try:
+                return co.generate(jobs[i])
+            except BackendError as exc:
+                return exc
+
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        return list(pool.map(work, range(len(jobs))))
+
+
+def test_n_workers_make_one_call_with_all_prompts() -> None:
+    inner = Recorder()
+    co = Coalescer(inner, max_wait=5.0)  # only "everyone waits" can fire early
+    jobs = [[GenerationRequest(prompt=f"p{i}", n=2)] for i in range(6)]
+    out = _run_workers(co, jobs, before=0.01)
+    assert len(inner.calls) == 1
+    assert sorted(inner.calls[0]) == [f"p{i}" for i in range(6)]
+    for i, replies in enumerate(out):
+        assert isinstance(replies, list)
+        assert [c.text for c in replies[0]] == [f"re:p{i}"] * 2
+
+
+def test_mixed_settings_make_one_call_per_group() -> None:
+    inner = Recorder()
+    co = Coalescer(inner, max_wait=5.0)
+    jobs = [[GenerationRequest(prompt=f"p{i}", max_tokens=64 if i % 2 else 128,
+                               seed=i)] for i in range(6)]
+    out = _run_workers(co, jobs)
+    assert sorted(sorted(c) for c in inner.calls) == [["p0", "p2", "p4"], ["p1", "p3", "p5"]]
+    assert [r[0][0].text for r in out] == [f"re:p{i}" for i in range(6)]  # type: ignore[index]
+
+
+def test_a_bad_request_fails_only_its_caller() -> None:
+    inner = Recorder(fail_on="p2")
+    co = Coalescer(inner, max_wait=5.0)
+    out = _run_workers(co, [[GenerationRequest(prompt=f"p{i}")] for i in range(4)])
+    assert isinstance(out[2], BackendError) and "p2" in str(out[2])
+    assert [r[0][0].text for i, r in enumerate(out) if i != 2] == [  # type: ignore[index]
+        "re:p0", "re:p1", "re:p3"]
+    assert len(inner.calls) == 1 + 4  # the merged call, then each caller alone
+    assert co.stats.split == 1
+
+
+def test_a_failing_backend_gives_every_caller_the_error_without_many_retries() -> None:
+    inner = Recorder(always_fail=True)
+    co = Coalescer(inner, max_wait=5.0)
+    out = _run_workers(co, [[GenerationRequest(prompt=f"p{i}")] for i in range(6)])
+    assert all(isinstance(o, BackendError) and "server down" in str(o) for o in out)
+    assert len(inner.calls) == 1 + 2  # two alike failures alone: the backend is down
+
+
+def test_a_worker_that_leaves_or_dies_does_not_hold_the_others() -> None:
+    inner = Recorder()
+    co = Coalescer(inner, max_wait=60.0)  # a hang would show as a timeout
+    gate = threading.Event()
+
+    def dies() -> None:
+        with co.worker():
+            gate.wait(5)
+            raise RuntimeError("task graph failed")
+
+    def waits(i: int) -> list[list[Completion]]:
+        with co.worker():
+            gate.set()
+            return co.generate([GenerationRequest(prompt=f"p{i}")])
+
+    with ThreadPoolExecutor(3) as pool:
+        dead = pool.submit(dies)
+        live = [pool.submit(waits, i) for i in range(2)]
+        with pytest.raises(RuntimeError):
+            dead.result(timeout=10)
+        assert [f.result(timeout=10)[0][0].text for f in live] == ["re:p0", "re:p1"]
+    assert len(inner.calls) == 1
+
+
+def test_max_wait_sends_without_a_busy_worker() -> None:
+    inner = Recorder()
+    co = Coalescer(inner, max_wait=0.05)
+    release = threading.Event()
+
+    def busy() -> None:
+        with co.worker():
+            release.wait(10)
+
+    with ThreadPoolExecutor(2) as pool:
+        hold = pool.submit(busy)
+        with co.worker():
+            started = time.monotonic()
+            replies = co.generate([GenerationRequest(prompt="alone")])
+            waited = time.monotonic() - started
+        release.set()
+        hold.result(timeout=10)
+    assert replies[0][0].text == "re:alone"
+    assert 0.04 <= waited < 5
+
+
+def test_unregistered_caller_is_sent_at_once_and_empty_is_empty() -> None:
+    inner = Recorder()
+    co = Coalescer(inner, max_wait=60.0)
+    assert co.generate([]) == []
+    assert co.generate([GenerationRequest(prompt="x")])[0][0].text == "re:x"
+    assert inner.calls == [["x"]]
+    assert co.name == "recorder" and co.fail_on is None  # inner attributes pass through
+
+
+def test_nested_worker_blocks_count_once() -> None:
+    inner = Recorder()
+    co = Coalescer(inner, max_wait=60.0)
+    with co.worker(), co.worker():
+        assert co.generate([GenerationRequest(prompt="x")])[0][0].text == "re:x"
+    assert co._workers == 0
