@@ -8,6 +8,7 @@
     rec.records            # one RecordedRequest per request, in the order they were served
     rec.sequences          # sampled sequences (a greedy request counts once, as vLLM runs it)
     rec.completion_tokens  # tokens generated over those sequences
+    rec.busy_s             # wall time spent inside the inner backend's calls
 
 The learn-throughput benchmark (crps_agent/bench/learn_throughput.py) puts it between the
 coalescer and the engine, then replays `records` through the raw engine at the same sampling
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -61,13 +63,17 @@ class RecordingBackend:
         self.capabilities = inner.capabilities
         self.records: list[RecordedRequest] = []
         self.calls = 0
+        self.call_seconds: list[float] = []  # wall time of each call, in call order
         self._lock = threading.Lock()
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
+        t0 = time.perf_counter()
         out = self.inner.generate(requests)
+        took = time.perf_counter() - t0
         with self._lock:
             call = self.calls
             self.calls += 1
+            self.call_seconds.append(took)
             for r, comps in zip(requests, out, strict=True):
                 self.records.append(RecordedRequest(
                     copy.deepcopy(r), [c.completion_tokens for c in comps], call))
@@ -88,9 +94,16 @@ class RecordingBackend:
         with self._lock:
             return sum(rec.generated_tokens for rec in self.records)
 
+    @property
+    def busy_s(self) -> float:
+        """Seconds spent inside the inner backend (calls overlap only if callers do)."""
+        with self._lock:
+            return sum(self.call_seconds)
+
     def reset(self) -> None:
         with self._lock:
             self.records.clear()
+            self.call_seconds.clear()
             self.calls = 0
 
     def __getattr__(self, name: str) -> Any:

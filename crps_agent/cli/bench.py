@@ -190,7 +190,7 @@ def learning(train_file: str, heldout_file: str, fmt: str, train_limit: int | No
               help="Tasks in flight in the concurrent run (the other runs one at a time).")
 @click.option("--samples", type=click.IntRange(min=1), default=4, show_default=True,
               help="Best-of-n samples per task.")
-@click.option("--max-tokens", type=click.IntRange(min=1), default=32, show_default=True,
+@click.option("--max-tokens", type=click.IntRange(min=1), default=64, show_default=True,
               help="Tokens per sample (kept small: the whole bench takes minutes on CPU).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
 @click.option("--no-openai", is_flag=True, help="Skip the line through `vllm serve`.")

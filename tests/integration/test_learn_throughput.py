@@ -24,7 +24,7 @@ def test_bench_learn_lines_at_a_tiny_size() -> None:
         pytest.skip(f"vLLM cannot be imported here: {reason}")
     from crps_agent.bench.learn_throughput import run
 
-    lines = run(tasks=4, concurrency=4, samples=4, max_tokens=16, seed=0, openai=True,
+    lines = run(tasks=4, concurrency=4, samples=4, max_tokens=48, seed=0, openai=True,
                 progress=print)
     print(lines)
     assert [line["backend"] for line in lines] == ["vllm", "openai"]

@@ -47,6 +47,7 @@ def test_recording_keeps_every_request_and_its_tokens() -> None:
                                      + greedy.completion_tokens[0]
                                      + last.completion_tokens[0])
     assert [r.prompt for r in rec.requests] == ["alpha beta", "gamma", "delta"]
+    assert len(rec.call_seconds) == 2 and rec.busy_s == sum(rec.call_seconds) > 0
     reqs[0].seed = 99  # the record is a copy: later changes to the request do not leak in
     assert rec.records[0].request.seed == 5
 
