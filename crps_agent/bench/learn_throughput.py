@@ -288,6 +288,9 @@ def _line(backend: str, tasks: int, concurrency: int, seq: dict[str, Any],
             # tokens per second while the engine works: the batching, without the graph
             "engine_tok_s": round(conc["tokens"] / conc["busy_s"], 1) if conc["busy_s"] else None,
             "requests": conc["requests"], "sequential_requests": seq["requests"],
+            # sequences per engine call: what the coalescer merged (the raw replay: all)
+            "sequences_per_call": round(conc["sequences"] / conc["calls"], 1)
+            if conc["calls"] else None,
             "failed_tasks": len(conc["failed"]) + len(seq["failed"]),
             "peak_rss_mb": conc["peak_rss_mb"], "work": conc["work"],
             "phase_sequences": conc["phases"]}
