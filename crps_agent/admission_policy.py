@@ -194,7 +194,7 @@ def admit_candidates(task: Task, result: SearchResult, *, notes: Sequence[str],
             helps, reason = False, "no-flip"
         decisions.append(AdmissionDecision(c.id, task.id, pooled_with, pooled_without, p_help,
                                            helps, reason, rollouts=with_arm.n))
-    evidence.add(now)
+    evidence.add(now, key=result.search_id)
     passing = [(c, d) for c, d in zip(candidates, decisions, strict=True) if d.admitted]
     if passing and mem.admission_neighbours > 0:
         _check_neighbours(task, passing, memory=memory, backend=backend, domains=domains,

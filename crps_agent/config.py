@@ -111,13 +111,15 @@ PAIR_PROFILES: dict[str, tuple[int, float | None]] = {"insights": (3, None),
 class ReflectSettings(AnalystSettings):
     profile: Literal["insights", "crps"] = Field("insights", description="pairing profile: "
                                                   "insights (K=3, hard first) or crps (K=10, "
-                                                  "0.7 hard); fills max_pairs and hard_ratio "
-                                                  "left at the insights defaults")
-    max_pairs: int = Field(3, ge=0, description="contrasts reflected on per task (K)")
+                                                  "0.7 hard); the defaults of max_pairs and "
+                                                  "hard_ratio")
+    max_pairs: int | None = Field(None, ge=0, description="contrasts reflected on per task "
+                                  "(K); unset: the profile's")
     hard_ratio: float | None = Field(None, ge=0.0, le=1.0, description="share of the K pairs "
                                      "that are hard (failure vs success, sampled in "
-                                     "proportion to visits), the rest soft (sampled); none: "
-                                     "hard first, soft only as filler")
+                                     "proportion to visits), the rest soft (sampled); unset: "
+                                     "the profile's (insights: hard first, soft only as "
+                                     "filler)")
     cross_task: int = Field(1, ge=0, description="a task with failures only: pair up to this "
                             "many of them with a success at the most similar solved task "
                             "(0: off)")
@@ -128,17 +130,18 @@ class ReflectSettings(AnalystSettings):
     soft_ratio: float = Field(1.5, gt=1.0, description="a correct attempt this many times "
                               "longer than the shortest correct one makes a soft contrast")
 
-    @model_validator(mode="after")
-    def _profile(self) -> ReflectSettings:
-        # Settings are re-validated from a full dump (load_settings), where "not given" and
-        # "given as the default" look alike: the profile fills values still at the
-        # insights defaults.
-        k, ratio = PAIR_PROFILES[self.profile]
-        if self.max_pairs == PAIR_PROFILES["insights"][0]:
-            self.max_pairs = k
-        if self.hard_ratio is None:
-            self.hard_ratio = ratio
-        return self
+    # Properties, not a validator filling the fields: settings are re-validated from a full
+    # dump (load_settings, with_overrides), where a filled-in value would look given and a
+    # later change of profile would not reach it.
+    @property
+    def pair_limit(self) -> int:
+        """K: `max_pairs` if given, else the profile's."""
+        return PAIR_PROFILES[self.profile][0] if self.max_pairs is None else self.max_pairs
+
+    @property
+    def hard_share(self) -> float | None:
+        """`hard_ratio` if given, else the profile's."""
+        return PAIR_PROFILES[self.profile][1] if self.hard_ratio is None else self.hard_ratio
 
 
 class MemorySettings(BaseModel):
@@ -343,19 +346,11 @@ class Settings(BaseSettings):
         `[backend.vllm]` its knobs (also reachable as `openai.*`, `vllm.*`)."""
         if not isinstance(data, dict) or not isinstance(data.get("backend"), dict):
             return data
-        data = dict(data)
-        table = dict(data.pop("backend"))
-        if "name" in table:
-            data["backend"] = table.pop("name")
-        for key in ("openai", "vllm"):
-            if key in table:
-                merged = dict(data.get(key) or {})
-                _deep_update(merged, dict(table.pop(key)))
-                data[key] = merged
-        if table:
-            raise ValueError(f"unknown key(s) in [backend]: {', '.join(sorted(table))} "
+        unknown = set(data["backend"]) - {"name", *_BACKEND_KNOBS}
+        if unknown:
+            raise ValueError(f"unknown key(s) in [backend]: {', '.join(sorted(unknown))} "
                              "(known: name, openai, vllm)")
-        return data
+        return _flatten_backend(data)
 
     @field_validator("namespace")
     @classmethod
@@ -383,11 +378,41 @@ class Settings(BaseSettings):
             import tomllib
 
             try:
-                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+                sources.append(_TomlSource(settings_cls, toml_file=path))
             except tomllib.TOMLDecodeError as exc:
                 raise ConfigError(f"{path}: not valid TOML ({exc})") from None
         _warn_unknown_env(settings_cls)
         return tuple(sources)
+
+
+_BACKEND_KNOBS = ("openai", "vllm")
+
+
+def _flatten_backend(data: dict[str, Any]) -> dict[str, Any]:
+    """`{"backend": {"name": n, "openai": {...}}}` as `{"backend": n, "openai": {...}}`."""
+    data = dict(data)
+    table = dict(data.pop("backend"))
+    if "name" in table:
+        data["backend"] = table.pop("name")
+    for key in _BACKEND_KNOBS:
+        if key in table:
+            merged = dict(data.get(key) or {})
+            _deep_update(merged, dict(table.pop(key)))
+            data[key] = merged
+    return data
+
+
+class _TomlSource(TomlConfigSettingsSource):
+    """The config file with its `[backend]` table flattened before the sources merge, so
+    `CRPS_BACKEND=vllm` replaces the backend's name, not the file's `[backend.openai]`
+    knobs with it."""
+
+    def __call__(self) -> dict[str, Any]:
+        data = super().__call__()
+        if isinstance(data.get("backend"), dict) and \
+                set(data["backend"]) <= {"name", *_BACKEND_KNOBS}:
+            return _flatten_backend(data)
+        return data  # unknown keys: the validator says which
 
 
 # Variables of crps-agent that are not settings: the config file, debug output, the solve

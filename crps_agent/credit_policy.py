@@ -5,8 +5,9 @@ independently, with that probability, runs without one of the recalled notes (dr
 uniformly, seeded by the attempt's seed and the sample's index). Every trajectory records
 the notes its prompt held (`Trajectory.insight_ids`), so after the search each recalled
 note has, on this task, samples with it and samples without it. Those outcomes are the
-note's credit events: counters with_wins / with_n / without_wins / without_n per note,
-kept in the store's `crps_meta` collection (records of kind "cf-credit").
+note's credit events: with_wins / with_n / without_wins / without_n, one append-only event
+per note and search in the store's event log (kind "cf-credit", memory/events.py), under
+an id derived from the search, so a replayed search counts once.
 
 A note's utility is the estimate of p(with) - p(without): the difference of the Beta(a, b)
 posterior means of the two pooled success rates, with the standard deviation of that
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import math
 import random
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
@@ -124,59 +124,38 @@ def outcomes(result: SearchResult, note_ids: Sequence[str]) -> dict[str, NoteCre
 
 
 class CreditEvents:
-    """The pooled with/without counters of every note, in the store's `crps_meta`
-    (`prefix` and `kind` keep other counters of the same shape apart, e.g. admission's)."""
+    """The pooled with/without outcomes of every note: append-only events of `kind` in the
+    store's event log (crps_agent/memory/events.py), folded on read, so processes that
+    credit the same note at once lose nothing. `prefix` and `kind` keep other outcomes of
+    the same shape apart (admission's evidence)."""
 
     def __init__(self, memory: Memory, *, prefix: str = "cf:", kind: str = CF_KIND) -> None:
         self.memory = memory
         self.prefix = prefix
         self.kind = kind
 
-    def _collection(self) -> Any:
-        from crps_agent.memory.chroma import open_meta_collection
-
-        return open_meta_collection(self.memory.client)
-
-    def _id(self, insight_id: str) -> str:
-        return self.prefix + insight_id
-
     def get_many(self, insight_ids: Sequence[str]) -> dict[str, NoteCredit]:
         ids = list(dict.fromkeys(insight_ids))
+        found = self.memory.insights.events.pairs(self.kind, ids)
         out = {i: NoteCredit(i) for i in ids}
-        if not ids:
-            return out
-        res = self._collection().get(ids=[self._id(i) for i in ids], include=["metadatas"])
-        for meta in res["metadatas"] or []:
-            m: dict[str, Any] = dict(meta or {})
-            iid = str(m.get("insight_id", ""))
-            if iid in out:
-                out[iid] = NoteCredit(iid, int(m.get("with_wins", 0)), int(m.get("with_n", 0)),
-                                      int(m.get("without_wins", 0)),
-                                      int(m.get("without_n", 0)))
+        for iid, t in found.items():
+            out[iid] = NoteCredit(iid, t.with_wins, t.with_n, t.without_wins, t.without_n)
         return out
 
-    def add(self, events: dict[str, NoteCredit]) -> dict[str, NoteCredit]:
-        """Add this search's outcomes to the counters; returns the new totals."""
-        from crps_agent.memory.chroma import META_VECTOR, write_lock
+    def add(self, events: dict[str, NoteCredit], *, key: str | None = None
+            ) -> dict[str, NoteCredit]:
+        """Add this search's outcomes; returns the new totals. With `key` (what identifies
+        the search, e.g. its deterministic id) a repeated call adds nothing more."""
+        from crps_agent.memory.events import Event, Tally, event_id, fresh_id
 
         if not events:
             return {}
-        with write_lock(self.memory.client):
-            totals = self.get_many(list(events))
-            for iid, e in events.items():
-                t = totals[iid]
-                t.with_wins += e.with_wins
-                t.with_n += e.with_n
-                t.without_wins += e.without_wins
-                t.without_n += e.without_n
-            self._collection().upsert(
-                ids=[self._id(i) for i in totals],
-                embeddings=[META_VECTOR] * len(totals),
-                metadatas=[{"kind": self.kind, "insight_id": i, "with_wins": t.with_wins,
-                            "with_n": t.with_n, "without_wins": t.without_wins,
-                            "without_n": t.without_n, "updated_at": round(time.time(), 3)}
-                           for i, t in totals.items()])
-        return totals
+        self.memory.insights.events.add(
+            Event(event_id(self.prefix, key, iid) if key else fresh_id(), self.kind, iid,
+                  counts=Tally(with_wins=e.with_wins, with_n=e.with_n,
+                               without_wins=e.without_wins, without_n=e.without_n))
+            for iid, e in events.items())
+        return self.get_many(list(events))
 
 
 def judge_counterfactual(insight: Insight, credit: NoteCredit, settings: MemorySettings
@@ -203,7 +182,7 @@ def credit_search(memory: Memory, result: SearchResult, note_ids: Sequence[str],
     from crps_agent.errors import NotFoundError
 
     events = {i: e for i, e in outcomes(result, note_ids).items() if e.without_n or e.with_n}
-    totals = CreditEvents(memory).add(events)
+    totals = CreditEvents(memory).add(events, key=result.search_id)
     # Anchor a note on the tasks it did not hurt and helped win (crps_agent/anchors.py).
     AnchorStore(memory).add(result.task.namespace, {
         i: [result.task.id] for i, e in events.items()

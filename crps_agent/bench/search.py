@@ -197,7 +197,7 @@ def divergence_bench(*, rollouts: int = 32, steps: int = 12,
     task = Task(prompt="Simplify the expression.", domain="bench-last-line", reference="1",
                 id="bench-div")
     messages = [{"role": "user", "content": task.prompt}]
-    max_pairs = ReflectSettings().max_pairs
+    max_pairs = ReflectSettings().pair_limit
     arms = ("mcts", "puct", "best_of_n")
     top: dict[str, list[int]] = {a: [] for a in arms}
     every: dict[str, list[int]] = {a: [] for a in arms}

@@ -1,5 +1,5 @@
 """`crps-agent insights`: inspect and curate what was learned (logic in
-`crps_agent.memory.curation`; these commands parse flags and print)."""
+`crps_agent.curation`; these commands parse flags and print)."""
 
 from __future__ import annotations
 
@@ -159,7 +159,7 @@ def show(insight_id: str, as_json: bool, **flags: Any) -> None:
 @store_options
 def stats(as_json: bool, **flags: Any) -> None:
     """Counts by status, kind and domain; utility distribution; best and worst."""
-    from crps_agent.memory.curation import stats as curation_stats
+    from crps_agent.curation import stats as curation_stats
 
     settings = make_settings(**flags)
     memory = open_memory(settings, read_only=True)
@@ -203,8 +203,8 @@ def _changed(ins: Insight, action: str, changed: bool, as_json: bool) -> None:
 def edit(insight_id: str, text: str, as_json: bool, **flags: Any) -> None:
     """Replace the text of an insight (an id or a unique prefix). The text passes the same
     checks as learned notes (no role markers, instructions, code, links or secrets)."""
+    from crps_agent.curation import edit as curation_edit
     from crps_agent.errors import CrpsError
-    from crps_agent.memory.curation import edit as curation_edit
     from crps_agent.trust import validate
 
     screening = validate(text, learned=False)
@@ -220,7 +220,7 @@ def edit(insight_id: str, text: str, as_json: bool, **flags: Any) -> None:
 @store_options
 def retire(insight_id: str, as_json: bool, **flags: Any) -> None:
     """Retire an insight: kept, no longer recalled, restorable."""
-    from crps_agent.memory.curation import retire as curation_retire
+    from crps_agent.curation import retire as curation_retire
 
     ins, changed = curation_retire(open_memory(make_settings(**flags)).insights, insight_id)
     _changed(ins, "retire", changed, as_json)
@@ -231,7 +231,7 @@ def retire(insight_id: str, as_json: bool, **flags: Any) -> None:
 @store_options
 def restore(insight_id: str, as_json: bool, **flags: Any) -> None:
     """Make a retired (or candidate) insight active again."""
-    from crps_agent.memory.curation import restore as curation_restore
+    from crps_agent.curation import restore as curation_restore
 
     ins, changed = curation_restore(open_memory(make_settings(**flags)).insights, insight_id)
     _changed(ins, "restore", changed, as_json)
@@ -243,8 +243,8 @@ def restore(insight_id: str, as_json: bool, **flags: Any) -> None:
 @store_options
 def delete(insight_id: str, yes: bool, as_json: bool, **flags: Any) -> None:
     """Delete an insight for good (`retire` keeps it)."""
+    from crps_agent.curation import delete as curation_delete
     from crps_agent.errors import CrpsError
-    from crps_agent.memory.curation import delete as curation_delete
 
     store = open_memory(make_settings(**flags)).insights
     if not yes:
@@ -286,7 +286,7 @@ def _progress(show: bool) -> Iterator[Callable[[str, int, int], None] | None]:
 @store_options
 def export_(file: str, as_json: bool, **flags: Any) -> None:
     """Write the insights (of --namespace, else all) to FILE as JSON Lines ("-": stdout)."""
-    from crps_agent.memory.curation import export_insights
+    from crps_agent.curation import export_insights
 
     store = open_memory(make_settings(**flags), read_only=True).insights
     n = export_insights(store, file, namespace=flags.get("namespace"))
@@ -309,7 +309,7 @@ def import_(file: str, keep_namespaces: bool, as_json: bool, **flags: Any) -> No
     nothing; known ids take the file's fields). Every insight goes into --namespace (or the
     configured one) unless --keep-namespaces; insights that fail the trust checks (role
     markers, instructions, code, links, secrets) are not written, and counted."""
-    from crps_agent.memory.curation import import_insights
+    from crps_agent.curation import import_insights
 
     settings = make_settings(**flags)
     admit, rejections = _import_gate(settings.namespace, flags.get("namespace"),
@@ -368,8 +368,8 @@ def reindex(embedder: str, store: str | None, as_json: bool) -> None:
     """Re-embed every insight, trajectory and contrast with another embedder into new
     collections, then switch the store to them at once."""
     from crps_agent.memory.chroma import open_client
-    from crps_agent.memory.curation import reindex as curation_reindex
     from crps_agent.memory.embedders import get_embedder
+    from crps_agent.memory.reindex import reindex as curation_reindex
 
     settings = make_settings(store=store)
     new = get_embedder(embedder)
@@ -387,6 +387,22 @@ def reindex(embedder: str, store: str | None, as_json: bool) -> None:
 
 
 @insights.command()
+@store_options
+def compact(as_json: bool, **flags: Any) -> None:
+    """Fold the counter events (credits, merges, baselines, counterfactual outcomes) into
+    one snapshot record per insight, then delete them; every counter reads the same. One
+    compaction at a time per store (on a server, run it from one place)."""
+    with open_memory(make_settings(**flags)) as memory:
+        done = memory.compact()
+    if as_json:
+        emit_jsonl([{"action": "compact", "events": done.events,
+                     "snapshots": done.snapshots, "deleted": done.deleted}])
+        return
+    console().print(f"folded {done.events} counter events into {done.snapshots} snapshot "
+                    f"records ({done.deleted} event records deleted)")
+
+
+@insights.command()
 @click.option("--judge", is_flag=True, help="First re-judge every active insight against "
               "the current baselines (retires or promotes; stored).")
 @click.option("--domain", default=None, help="Only this domain.")
@@ -394,7 +410,7 @@ def reindex(embedder: str, store: str | None, as_json: bool) -> None:
 def review(judge: bool, domain: str | None, as_json: bool, **flags: Any) -> None:
     """Insights that need a look: likely contradictions, retired by credit or by hand,
     rejected by admission. `insights restore ID` brings a retired one back."""
-    from crps_agent.memory.review import review as review_store
+    from crps_agent.review import review as review_store
 
     store = open_memory(make_settings(**flags)).insights
     result = review_store(store, namespace=flags.get("namespace"), domain=domain, judge=judge)
@@ -454,7 +470,10 @@ def consolidate(dry_run: bool, threshold: float | None, no_llm: bool, as_json: b
 def _consolidate(memory: Memory, backend: Backend | None, namespace: str,
                  domain: str | None, threshold: float | None, dry_run: bool, as_json: bool,
                  max_words: int, seed: int) -> None:
-    plan = memory.consolidation_clusters(namespace, domain=domain, threshold=threshold)
+    from crps_agent.consolidation import consolidate, consolidation_clusters
+
+    plan = consolidation_clusters(memory.insights, namespace, domain=domain,
+                                  threshold=threshold)
     if dry_run:
         if as_json:
             emit_jsonl({"action": "cluster", "size": len(c), "domain": c[0].domain,
@@ -470,8 +489,8 @@ def _consolidate(memory: Memory, backend: Backend | None, namespace: str,
                 con.print(f"  {m.id[:8]} (support {m.support}) {m.text}")
         con.print(f"{len(plan)} clusters would be merged (nothing was changed)")
         return
-    merged = memory.consolidate(namespace, domain=domain, backend=backend, clusters=plan,
-                                max_words=max_words, seed=seed)
+    merged = consolidate(memory.insights, namespace, domain=domain, backend=backend,
+                         clusters=plan, max_words=max_words, seed=seed)
     if as_json:
         emit_jsonl(insight_json(ins, action="consolidate", members=[m.id for m in c])
                    for ins, c in zip(merged, plan, strict=True))

@@ -98,6 +98,7 @@ def learn(tasks: str, fmt: str, limit: int | None, offset: int, run_id: str | No
             bar = progress.add_task("learn", total=total, solved=0)
             result = agent.learn(task_list, run_id=rid, on_task=on_task,
                                  max_failures=max_failures)
+        _compact(agent.memory)
     except BaseException:
         # Whatever stopped the run (Ctrl-C, a store error), its finished tasks are kept.
         click.echo(f"run {rid} stopped; {resume}", err=True)
@@ -115,6 +116,18 @@ def learn(tasks: str, fmt: str, limit: int | None, offset: int, run_id: str | No
         _print_summary(totals, resume)
     if totals["failed"] or totals["stopped"]:
         raise SystemExit(1)
+
+
+COMPACT_AFTER = 20_000  # counter event records that make `learn` compact them at its end
+
+
+def _compact(memory: Any) -> None:
+    """Fold the counter events into snapshots when they have piled up (an embedded store
+    only: this process is its one writer, so no other compaction runs at the same time)."""
+    if memory.local_path is not None and memory.insights.events.pending() >= COMPACT_AFTER:
+        done = memory.compact()
+        logging.getLogger("crps_agent").info(
+            "compacted %d counter events into %d snapshots", done.events, done.snapshots)
 
 
 def _resume_command(tasks: str, run_id: str) -> str:

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import sqlite3
@@ -38,7 +39,7 @@ from crps_agent.graph.nodes import (
     search_node,
     store_node,
 )
-from crps_agent.graph.replay import kill_point
+from crps_agent.graph.replay import kill_point, node_running
 from crps_agent.graph.state import AgentContext, AgentState
 from crps_agent.ledger import CostLedger, LedgerBackend, sum_costs
 from crps_agent.plugins import default_domain, get_registry
@@ -137,11 +138,8 @@ def _killable(name: str, node: Callable[..., dict[str, Any]]) -> Callable[..., d
         shared = runtime.context.inflight
         lock = (None if shared is None else shared.serial if name in SERIAL_NODES
                 else shared.crps if name == "crps" else None)
-        if lock is None:
+        with node_running(), lock or contextlib.nullcontext():
             update = node(state, runtime)
-        else:
-            with lock:
-                update = node(state, runtime)
         kill_point(f"{name}.end")
         return update
 
@@ -217,6 +215,7 @@ class Agent:
         self.registry = get_registry()
         self._backend = backend
         self._memory = memory
+        self._owns_memory = memory is None  # a memory given by the caller is theirs to close
         self._checkpoint = checkpoint
         self._graph: Any = None
         self._conn: sqlite3.Connection | None = None
@@ -465,14 +464,35 @@ class Agent:
 
         return export_store(self.memory, method or self.settings.crps.method, out,
                             self.registry.domains, self.settings,
-                            backend=self.counted_backend if synthesize else None,
+                            backend=self._synthesizer() if synthesize else None,
                             namespace=namespace)
 
+    def _synthesizer(self) -> LedgerBackend:
+        """The backend that writes CRPS chains, counted in the ledger: a `[crps]` model of
+        its own is built without loading the learner, which export would not use."""
+        if not self.settings.crps.separate:
+            return self.counted_backend
+        from crps_agent.reflect.analyst import build_analyst, label_of
+
+        return LedgerBackend(build_analyst(self.settings, "crps"), self.ledger,
+                             label=label_of(self.settings, "crps"))
+
     def close(self) -> None:
+        """Close the checkpoints and the memory this agent opened (releasing the store for
+        the next writer); a memory given to the constructor stays open."""
         if self._conn is not None:
             self._conn.close()
             self._conn = None
             self._graph = None
+        if self._owns_memory and self._memory is not None:
+            self._memory.close()
+            self._memory = None
+
+    def __enter__(self) -> Agent:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 @dataclass

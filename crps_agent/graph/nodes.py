@@ -100,15 +100,15 @@ def reflect_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str,
     ctx = runtime.context
     result = SearchResult.from_dict(state["result"])
     cfg = ctx.settings.reflect
-    contrasts = pair_contrasts(result, max_pairs=cfg.max_pairs, soft_ratio=cfg.soft_ratio,
-                               hard_ratio=cfg.hard_ratio)
+    contrasts = pair_contrasts(result, max_pairs=cfg.pair_limit, soft_ratio=cfg.soft_ratio,
+                               hard_ratio=cfg.hard_share)
     if (result.trajectories and _verifiable(ctx, result.task)
             and not any(c.kind == "hard" for c in contrasts)):
         # One-sided search: the task's own earlier attempts first, another task last.
         earlier = ctx.memory.trajectories.for_task(result.task.id,
                                                    namespace=result.task.namespace)
-        contrasts = [*history_contrasts(result, earlier, max_pairs=cfg.max_pairs),
-                     *contrasts][:cfg.max_pairs]
+        contrasts = [*history_contrasts(result, earlier, max_pairs=cfg.pair_limit),
+                     *contrasts][:cfg.pair_limit]
         contrasts = contrasts or _cross_task(ctx, result)
     if not contrasts:
         return {"contrasts": [], "drafts": [], "rejected": {}, "reflections": 0}
@@ -133,7 +133,7 @@ def reflect_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str,
 def _cross_task(ctx: AgentContext, result: SearchResult) -> list[Contrast]:
     """Failures only: pair them with a success at the most similar solved task (DESIGN §4)."""
     cfg = ctx.settings.reflect
-    if cfg.cross_task <= 0 or cfg.max_pairs <= 0:
+    if cfg.cross_task <= 0 or cfg.pair_limit <= 0:
         return []
     task = result.task
     similar = ctx.memory.trajectories.similar_solved(
@@ -142,7 +142,7 @@ def _cross_task(ctx: AgentContext, result: SearchResult) -> list[Contrast]:
         return []
     other, success = similar[0]
     return cross_contrasts(result, success, other.prompt,
-                           max_pairs=min(cfg.cross_task, cfg.max_pairs))
+                           max_pairs=min(cfg.cross_task, cfg.pair_limit))
 
 
 def log_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
@@ -179,6 +179,8 @@ def store_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, A
         now = snapshot(ctx.memory, task.namespace, task.domain)
         touched = gained(before, now, marks)
         done = bool(touched)
+        log.info("replayed store of task %s: %d of its %d drafts' contrasts already in the "
+                 "store (%s)", task.id, len(touched), len(new), "done" if done else "writing")
     else:
         done, now = applied(before, ctx.memory, task.namespace, task.domain)
         touched = changed_ids(before, now) if done and before and now else []

@@ -236,4 +236,6 @@ def delete(memory: Memory, insight_id: str) -> dict[str, Any]:
 
 
 def stats(memory: Memory, namespace: str | None = None) -> dict[str, Any]:
-    return memory.insights.stats(namespace=namespace_of(memory, namespace))
+    from crps_agent.curation import summary
+
+    return summary(memory.insights, namespace=namespace_of(memory, namespace))

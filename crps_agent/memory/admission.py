@@ -3,16 +3,13 @@ after check rollouts; the policy (which rollouts, what counts as evidence) is in
 crps_agent/admission_policy.py.
 
 `admission_request` is a check request with the search's sampling settings and token limit;
-`check_candidates` measures success rates without and with each candidate on one task (one
-batched call); `settle` makes admitted candidates active and retires rejected ones with the
+`settle` makes admitted candidates active and retires rejected ones with the
 flag "admission:rejected" (kept: a later rediscovery makes it a candidate again).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from crps_agent.backends.base import GenerationRequest
 from crps_agent.errors import NotFoundError
@@ -21,26 +18,10 @@ from crps_agent.memory.credit import ADMISSION_REJECTED
 from crps_agent.search.budget import token_budget
 
 if TYPE_CHECKING:
-    from crps_agent.backends.base import Backend
     from crps_agent.config import SearchSettings
     from crps_agent.domains import Domain
     from crps_agent.memory.insights import InsightStore
     from crps_agent.types import Insight, Task
-
-
-@dataclass
-class AdmissionCheck:
-    """The check of one candidate on one task: success rates with and without it."""
-
-    insight_id: str
-    task_id: str
-    with_rate: float
-    without_rate: float
-    rollouts: int
-    admitted: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def admission_request(task: Task, domain: Domain, notes: list[str], search: SearchSettings,
@@ -51,33 +32,6 @@ def admission_request(task: Task, domain: Domain, notes: list[str], search: Sear
         max_tokens=token_budget(search, domain),  # the search's limit: one budget per task
         stop=list(search.stop), seed=seed, purpose="solve",
         meta={"task_id": task.id, "admission": arm})
-
-
-def check_candidates(task: Task, domain: Domain, backend: Backend, *,
-                     notes: Sequence[str], candidates: Sequence[Insight],
-                     search: SearchSettings, rollouts: int = 4, tolerance: float = 0.0,
-                     seed: int | None = None) -> list[AdmissionCheck]:
-    """Check rollouts on `task` without and with each candidate (one batched call)."""
-    if not candidates:
-        return []
-    verified = bool((task.reference or "").strip()) or not domain.requires_reference
-    if not verified:
-        return [AdmissionCheck(c.id, task.id, 0.0, 0.0, 0, True) for c in candidates]
-    base = list(notes)
-    requests = [admission_request(task, domain, base, search, rollouts, seed, "without")]
-    requests += [admission_request(task, domain, [*base, c.text], search, rollouts, seed, c.id)
-                 for c in candidates]
-    replies = backend.generate(requests)
-
-    def rate(completions: Sequence[Any]) -> float:
-        if not completions:
-            return 0.0
-        return sum(domain.verify(task, c.text).correct for c in completions) / len(completions)
-
-    without = rate(replies[0])
-    return [AdmissionCheck(c.id, task.id, with_rate, without, rollouts,
-                           with_rate >= without - tolerance - 1e-9)
-            for c, with_rate in zip(candidates, (rate(r) for r in replies[1:]), strict=True)]
 
 
 def settle(store: InsightStore, decisions: dict[str, bool]) -> list[Insight]:

@@ -9,7 +9,8 @@ opening it with another one is an `EmbedderMismatchError`.
 One owner per embedded store: Chroma's local mode keeps every HNSW index in the memory of
 the process that loaded it and never notices another process's writes (two writers corrupt
 a store), so a process that opens a directory to write takes `<store>/.owner.lock`
-(`filelock`, released when the process ends, even by SIGKILL) and a second writer gets a
+(`filelock`; released when its last client is closed, `close_client` / `Memory.close`, or
+when the process ends, even by SIGKILL) and a second writer gets a
 `StoreBusyError` naming the ways to share a store: a Chroma server or the memory service.
 Read-only opens (`read_only=True`) take no lock and write nothing; a read-only directory
 is read from a private copy. Within the owner process `write_lock(client)` groups the
@@ -49,7 +50,9 @@ __all__ = [
     "EMBEDDED_COLLECTIONS",
     "META_COLLECTION",
     "OWNER_LOCK",
+    "Owner",
     "Pointers",
+    "close_client",
     "is_server_url",
     "local_store_path",
     "open_client",
@@ -77,7 +80,7 @@ META_VECTOR = [1.0]  # meta records need an embedding: Chroma would embed docume
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _UUID_DIR = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
-_OWNED: dict[Path, Any] = {}  # store directory -> the FileLock this process holds
+_OWNED: dict[Path, Owner] = {}  # store directory -> this process's ownership of it
 _OWNED_LOCK = threading.Lock()
 _LOCKS: dict[int, threading.RLock] = {}  # id(client) -> its in-process write lock
 _COPIES: list[Path] = []  # private copies of read-only stores, removed at exit
@@ -117,40 +120,72 @@ def _busy(path: Path) -> StoreBusyError:
         "beside the writer")
 
 
-def take_ownership(path: Path) -> None:
-    """Hold the owner lock of an embedded store for the rest of this process (re-entrant:
-    every client of this process shares it). Raises `StoreBusyError` when another process
-    holds it."""
+@dataclass
+class Owner:
+    """This process's ownership of an embedded store: its file lock, how many open clients
+    use it, and what the store objects of this owner share (insights.py), which ends with
+    the ownership."""
+
+    lock: Any
+    users: int = 0
+    shared: dict[str, Any] = field(default_factory=dict)
+    guard: threading.Lock = field(default_factory=threading.Lock)
+
+
+def take_ownership(path: Path) -> Owner:
+    """Hold the owner lock of an embedded store until every client that took it is closed
+    (`release_ownership`), or the process ends. Re-entrant: the clients of this process
+    share it. Raises `StoreBusyError` when another process holds it."""
     from filelock import FileLock, Timeout
 
     key = path.resolve()
     with _OWNED_LOCK:
-        if key in _OWNED:
-            return
-        lock = FileLock(str(key / OWNER_LOCK), thread_local=False)
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            raise _busy(path) from None
-        except OSError as exc:
-            raise StoreError(f"cannot take the owner lock of the store {str(path)!r}: "
-                             f"{exc.strerror or exc}") from None
-        _OWNED[key] = lock
+        owner = _OWNED.get(key)
+        if owner is None:
+            lock = FileLock(str(key / OWNER_LOCK), thread_local=False)
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                raise _busy(path) from None
+            except OSError as exc:
+                raise StoreError(f"cannot take the owner lock of the store {str(path)!r}: "
+                                 f"{exc.strerror or exc}") from None
+            owner = _OWNED[key] = Owner(lock)
+        owner.users += 1
+        return owner
 
 
-def ownership(path: Path) -> int | None:
-    """An id of this process's current ownership of a store (None if it does not own it):
-    what it keeps in memory about the store is valid while this id stays the same."""
-    lock = _OWNED.get(path.resolve())
-    return None if lock is None else id(lock)
+def ownership(path: Path) -> Owner | None:
+    """This process's current ownership of a store (None if it does not own it): what it
+    keeps in memory about the store is valid while it lasts."""
+    return _OWNED.get(path.resolve())
 
 
 def release_ownership(path: Path) -> None:
-    """Give up this process's ownership of a store (the next writer may open it)."""
+    """One client of this process is done writing the store; with the last one, the next
+    writer (another process) may open it."""
     with _OWNED_LOCK:
-        lock = _OWNED.pop(path.resolve(), None)
-    if lock is not None:
-        lock.release(force=True)
+        owner = _OWNED.get(path.resolve())
+        if owner is None:
+            return
+        owner.users -= 1
+        if owner.users > 0:
+            return
+        del _OWNED[path.resolve()]
+    owner.lock.release(force=True)
+
+
+def close_client(client: ClientAPI, store: str, *, read_only: bool = False) -> None:
+    """Close a client from `open_client(store, read_only=...)`: Chroma's resources and,
+    for a writer of a directory, its share of the owner lock."""
+    with _OWNED_LOCK:
+        _LOCKS.pop(id(client), None)
+    try:
+        client.close()  # type: ignore[attr-defined]
+    finally:
+        path = local_store_path(store)
+        if path is not None and not read_only:
+            release_ownership(path)
 
 
 def check_database(path: Path) -> None:
@@ -462,15 +497,13 @@ def _space(collection: Collection) -> str | None:
 def where_clause(**conditions: Any) -> dict[str, Any] | None:
     """A Chroma `where` filter from equality conditions; None values are left out.
 
-    A value may also be an operator dict (`{"$ne": x}`). More than one condition is
-    joined with `$and`, as Chroma requires.
+    A value may also be a list, tuple or set (any of them: `$in`) or an operator dict
+    (`{"$ne": x}`). More than one condition is joined with `$and`, as Chroma requires.
     """
-    parts = [{key: value} for key, value in conditions.items() if value is not None]
+    parts = [{key: {"$in": list(value)} if isinstance(value, list | tuple | set | frozenset)
+              else value} for key, value in conditions.items() if value is not None]
     if not parts:
         return None
     if len(parts) == 1:
         return parts[0]
     return {"$and": parts}
-
-
-# ------------------------------------------------------------------ filtered nearest neighbours

@@ -5,8 +5,8 @@
 - Utility is the posterior mean of the insight's success rate under a Beta(a, b) prior
   (`MemorySettings.prior_a`, `prior_b`; Beta(1, 1) by default): (wins + a) / (uses + a + b).
 - Ablation: a share of learn tasks (`MemorySettings.ablation_share`) runs *without*
-  insights; their verdicts are the baseline of the (namespace, domain), kept in the
-  `crps_meta` collection (`BaselineStore`). The assignment is random per task and run, so
+  insights; their verdicts are the baseline of the (namespace, domain), kept as events
+  (`BaselineStore`, events.py). The assignment is random per task and run, so
   the baseline is an unbiased estimate of the success rate without memory.
 - Decision (`judge`), with p ~ Beta(a + wins, b + losses) for the insight and p0 likewise for
   the baseline, and P(p < p0) from the normal approximation of the difference of the two
@@ -23,14 +23,11 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from crps_agent.errors import StoreError
 from crps_agent.memory.events import Event, EventLog, Tally, fresh_id
 
 if TYPE_CHECKING:
-    from chromadb.api import ClientAPI
-
     from crps_agent.config import MemorySettings
     from crps_agent.types import Insight
 
@@ -128,39 +125,14 @@ def should_ablate(share: float, *key: str) -> bool:
 
 class BaselineStore:
     """Baselines per (namespace, domain): verdict events in the store's event log
-    (`crps_agent.memory.events`, embedder-independent, so they survive a reindex), on top
-    of the counter record a store made before events (kind "baseline" in `crps_meta`)."""
+    (`crps_agent.memory.events`, embedder-independent, so they survive a reindex)."""
 
-    def __init__(self, client: ClientAPI, events: EventLog) -> None:
-        self.client = client
+    def __init__(self, events: EventLog) -> None:
         self.events = events
-        self._legacy: dict[tuple[str, str], tuple[int, int]] | None = None
 
-    def _old(self) -> dict[tuple[str, str], tuple[int, int]]:
-        if self._legacy is None:
-            from crps_agent.memory.chroma import META_COLLECTION, is_not_found
-
-            legacy: dict[tuple[str, str], tuple[int, int]] = {}
-            res: Any = None
-            try:
-                res = self.client.get_collection(META_COLLECTION, embedding_function=None
-                                                 ).get(where={"kind": "baseline"},
-                                                       include=["metadatas"])
-            except Exception as exc:
-                if not is_not_found(exc):
-                    raise StoreError(f"cannot read the baselines of the store: {exc}"
-                                     ) from None
-                res = None
-            for m in (res["metadatas"] or []) if res is not None else []:
-                if m:
-                    legacy[(str(m.get("namespace", "")), str(m.get("domain", "")))] = (
-                        int(m.get("wins", 0)), int(m.get("losses", 0)))
-            self._legacy = legacy
-        return self._legacy
-
-    def _make(self, key: tuple[str, str], tally: Tally) -> Baseline:
-        wins, losses = self._old().get(key, (0, 0))
-        return Baseline(key[0], key[1], wins + tally.wins, losses + tally.losses)
+    @staticmethod
+    def _make(key: tuple[str, str], tally: Tally) -> Baseline:
+        return Baseline(key[0], key[1], tally.wins, tally.losses)
 
     def get(self, namespace: str, domain: str) -> Baseline:
         return self.get_many([(namespace, domain)])[(namespace, domain)]
@@ -176,6 +148,4 @@ class BaselineStore:
                                namespace=namespace, domain=domain)])
 
     def all(self) -> list[Baseline]:
-        tallies = self.events.all_baselines()
-        keys = list(dict.fromkeys([*self._old(), *tallies]))
-        return [self._make(k, tallies.get(k, Tally())) for k in keys]
+        return [self._make(k, t) for k, t in self.events.all_baselines().items()]

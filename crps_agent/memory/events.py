@@ -1,19 +1,36 @@
-"""Counters as append-only events: credits, merges (support) and ablation baselines.
+"""Counters as append-only events, folded on read and compacted into snapshots.
 
 Why events: a counter that is read, incremented and written back loses increments when two
 processes do it at once (measured before: two processes crediting one insight 50 times each
 left `uses` at 71), and a lock that spans processes stalls everyone when its holder dies.
-So nothing is ever read-modified-written: each credit is one record of the `crps_credit`
-collection, added under a deterministic event id when the caller has one (a replayed task
-credits under the same id, and Chroma ignores an `add` of an id it has, so a replay counts
-once), and an insight's counters are its record's base counters plus the sum of its events,
-folded on read. A Chroma server applies each `add` atomically, so any number of processes
-can credit the same insights; a writer killed mid-way loses only what it was not told was
+So nothing is ever read-modified-written: each counted thing is one record of the
+`crps_credit` collection, added under a deterministic event id when the caller has one (a
+replayed task writes the same id, and Chroma ignores an `add` of an id it has, so a replay
+counts once). A Chroma server applies each `add` atomically, so any number of processes can
+count into the same insights; a writer killed mid-way loses only what it was not told was
 stored.
 
+Kinds of event and what they fold into (their *group*, per insight or per namespace):
+- `credit` (a verdict: uses + 1, wins or losses + 1) and `support` (a merge): the insight's
+  counters, added to its record's base counters (insights.py);
+- `baseline`: the verdicts of ablated tasks of a (namespace, domain) (credit.py);
+- any other kind, e.g. the counterfactual with/without outcomes of note dropout
+  ("cf-credit") and admission's evidence ("admission-evidence"): that kind's own
+  with_wins / with_n / without_wins / without_n of the insight (credit_policy.py).
+
+Compaction (`compact`): the events of a group are folded into one snapshot record per
+target (`snap:<group>` kind) that also lists every event id it covers (its document), and
+only then are those events deleted. The fold on read is snapshot + the events it does not
+cover, so a crash between the two steps, or in the middle of the deletes, neither loses nor
+double-counts; and a replay of an event that was compacted away is covered, so it still
+counts once. One compaction at a time per store (an embedded store's owner; on a server,
+run it from one place): two at once could each overwrite the other's snapshot.
+
 An embedded store has one writer (chroma.py), so there the log is read once and folded in
-memory (`local`); on a server every read folds the events of the insights it reads (the
+memory (`local`); on a server every read folds the records of the targets it reads (the
 baselines, which only steer retire/promote decisions, are re-read every few seconds).
+Stores made before events kept these counters as records in `crps_meta`; a writer turns
+them into events once (`_migrate`), a read-only open folds them in as they are.
 """
 
 from __future__ import annotations
@@ -21,12 +38,12 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from crps_agent.errors import StoreError
-from crps_agent.memory.chroma import META_VECTOR, is_not_found
+from crps_agent.memory.chroma import META_COLLECTION, META_VECTOR, is_not_found
 from crps_agent.types import stable_id
 
 if TYPE_CHECKING:
@@ -35,47 +52,106 @@ if TYPE_CHECKING:
 
 CREDIT_COLLECTION = "crps_credit"
 BASELINE_TTL_S = 5.0  # a server's baselines are re-read after this (they move slowly)
+COUNTER = "counter"  # the group of `credit` and `support` events
+_SNAP = "snap:"  # kind prefix of snapshot records
 _PAGE = 5000
+# Counter records a store made before events (read-modify-written in `crps_meta`).
+_LEGACY_KINDS = ("baseline", "cf-credit", "admission-evidence")
+_LEGACY: Any = {"kind": {"$in": list(_LEGACY_KINDS)}}
+
+Key = tuple[str, str, str]  # (group, insight or namespace, "" or domain)
 
 
 @dataclass(frozen=True)
 class Tally:
-    """What an insight's events add to its record's counters."""
+    """What events add up to: an insight's counters, a baseline's verdicts, or a paired
+    kind's with/without outcomes (each group uses its own fields; the rest stay 0)."""
 
     uses: int = 0
     wins: int = 0
     losses: int = 0
     support: int = 0
+    with_wins: int = 0
+    with_n: int = 0
+    without_wins: int = 0
+    without_n: int = 0
 
     def __add__(self, other: Tally) -> Tally:
-        return Tally(self.uses + other.uses, self.wins + other.wins,
-                     self.losses + other.losses, self.support + other.support)
+        return Tally(*(getattr(self, f) + getattr(other, f) for f in _FIELDS))
+
+    def meta(self) -> dict[str, int]:
+        return {f: getattr(self, f) for f in _FIELDS if getattr(self, f)}
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> Tally | None:
+        if not any(f in meta for f in _FIELDS):
+            return None
+        return cls(*(int(meta.get(f, 0) or 0) for f in _FIELDS))
 
 
+_FIELDS = tuple(f.name for f in fields(Tally))
 NOTHING = Tally()
 
 
 @dataclass(frozen=True)
 class Event:
-    """One counter event: a credit (win or loss), a merge (support) or a baseline verdict."""
+    """One counted thing: a credit (win or loss), a merge (support), a baseline verdict,
+    or (any other kind) with/without outcomes in `counts`."""
 
     id: str
-    kind: str  # "credit" | "support" | "baseline"
+    kind: str
     insight: str = ""
     win: bool = False
     namespace: str = ""
     domain: str = ""
+    counts: Tally | None = None  # explicit counts (paired kinds, migrated records)
+
+    @property
+    def key(self) -> Key:
+        if self.kind == "baseline":
+            return ("baseline", self.namespace, self.domain)
+        return (COUNTER if self.kind in ("credit", "support") else self.kind, self.insight, "")
 
     def meta(self) -> dict[str, Any]:
-        if self.kind == "baseline":
-            return {"kind": self.kind, "namespace": self.namespace, "domain": self.domain,
-                    "win": int(self.win)}
-        return {"kind": self.kind, "insight": self.insight, "win": int(self.win)}
+        where = ({"namespace": self.namespace, "domain": self.domain}
+                 if self.kind == "baseline" else {"insight": self.insight})
+        if self.counts is not None:
+            return {"kind": self.kind, **where, **self.counts.meta()}
+        return {"kind": self.kind, **where, "win": int(self.win)}
 
     def tally(self) -> Tally:
+        if self.counts is not None:
+            return self.counts
         if self.kind == "support":
             return Tally(support=1)
         return Tally(uses=1, wins=int(self.win), losses=int(not self.win))
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The folded events of one target, and the ids of every event folded into it."""
+
+    key: Key
+    counts: Tally
+    covered: frozenset[str]
+
+    @property
+    def id(self) -> str:
+        return "snap:" + stable_id(*self.key)
+
+    def meta(self) -> dict[str, Any]:
+        group, a, b = self.key
+        where = {"namespace": a, "domain": b} if group == "baseline" else {"insight": a}
+        return {"kind": _SNAP + group, **where, **self.counts.meta()}
+
+
+@dataclass(frozen=True)
+class Compaction:
+    """What `EventLog.compact` did."""
+
+    events: int  # events folded into snapshots now
+    snapshots: int  # snapshot records written
+    deleted: int  # event records deleted (including ones folded by an interrupted run)
 
 
 def event_id(*parts: str) -> str:
@@ -87,10 +163,35 @@ def fresh_id() -> str:
     return "ev:" + uuid.uuid4().hex
 
 
-def _event(rid: str, meta: Any) -> Event:
-    m = dict(meta or {})
-    return Event(rid, str(m.get("kind", "")), str(m.get("insight", "")), bool(m.get("win")),
-                 str(m.get("namespace", "")), str(m.get("domain", "")))
+def _parse(rid: str, meta: Any, doc: Any) -> Event | Snapshot:
+    m: dict[str, Any] = dict(meta or {})
+    kind = str(m.get("kind", ""))
+    if kind.startswith(_SNAP):
+        group = kind[len(_SNAP):]
+        key: Key = ((group, str(m.get("namespace", "")), str(m.get("domain", "")))
+                    if group == "baseline" else (group, str(m.get("insight", "")), ""))
+        covered = frozenset(str(doc or "").split())
+        return Snapshot(key, Tally.from_meta(m) or NOTHING, covered)
+    return Event(rid, kind, str(m.get("insight", "")), bool(m.get("win")),
+                 str(m.get("namespace", "")), str(m.get("domain", "")), Tally.from_meta(m))
+
+
+def _fold(records: Iterable[Event | Snapshot]) -> tuple[dict[Key, Tally], set[str]]:
+    """Snapshots plus the events they do not cover, per target; and every id counted."""
+    events: list[Event] = []
+    totals: dict[Key, Tally] = {}
+    covered: set[str] = set()
+    for rec in records:
+        if isinstance(rec, Snapshot):
+            totals[rec.key] = totals.get(rec.key, NOTHING) + rec.counts
+            covered |= rec.covered
+        else:
+            events.append(rec)
+    for ev in events:
+        if ev.id not in covered:
+            covered.add(ev.id)
+            totals[ev.key] = totals.get(ev.key, NOTHING) + ev.tally()
+    return totals, covered
 
 
 class EventLog:
@@ -103,10 +204,12 @@ class EventLog:
         self.read_only = read_only
         self._collection: Collection | None = None
         self._lock = threading.RLock()
-        self._seen: set[str] | None = None  # local: every event id in the log
-        self._tallies: dict[str, Tally] = {}
-        self._baselines: dict[tuple[str, str], Tally] = {}
-        self._recent: dict[tuple[str, str], tuple[float, Tally]] = {}  # server baselines
+        self._seen: set[str] | None = None  # local: every event id counted
+        self._totals: dict[Key, Tally] = {}  # local: the fold
+        self._legacy: list[Event] | None = None  # read-only: records made before events
+        self._recent: dict[Key, tuple[float, Tally]] = {}  # server baselines
+
+    # ------------------------------------------------------------------ reading records
 
     def _open(self) -> Collection | None:
         if self._collection is None:
@@ -123,35 +226,77 @@ class EventLog:
                     return None
                 raise StoreError(f"cannot open collection {CREDIT_COLLECTION!r}: {exc}"
                                  ) from None
+            if not self.read_only:
+                self._migrate()
         return self._collection
 
-    def _load(self) -> None:
-        """Read the whole log into memory (local mode, once)."""
-        if self._seen is not None:
-            return
-        seen: set[str] = set()
+    def _records(self, where: Any = None) -> Iterator[Event | Snapshot]:
         collection = self._open()
         offset = 0
         while collection is not None:
-            res = collection.get(include=["metadatas"], limit=_PAGE, offset=offset)
-            for rid, meta in zip(res["ids"], res["metadatas"] or [], strict=True):
-                seen.add(rid)
-                self._fold(_event(rid, meta))
+            try:
+                res = collection.get(where=where, include=["metadatas", "documents"],
+                                     limit=_PAGE, offset=offset)
+            except Exception as exc:
+                raise StoreError(f"cannot read the counter events: {exc}") from None
+            yield from (_parse(rid, meta, doc) for rid, meta, doc in zip(
+                res["ids"], res["metadatas"] or [], res["documents"] or [], strict=True))
             if len(res["ids"]) < _PAGE:
                 break
             offset += _PAGE
-        self._seen = seen
+        if self.read_only:
+            yield from self._old_records()
 
-    def _fold(self, ev: Event) -> None:
-        if ev.kind == "baseline":
-            key = (ev.namespace, ev.domain)
-            self._baselines[key] = self._baselines.get(key, NOTHING) + ev.tally()
-        elif ev.insight:
-            self._tallies[ev.insight] = self._tallies.get(ev.insight, NOTHING) + ev.tally()
+    def _old_records(self) -> list[Event]:
+        """Counter records of a store made before events (`crps_meta`), as events."""
+        if self._legacy is None:
+            try:
+                res: Any = self.client.get_collection(
+                    META_COLLECTION, embedding_function=None).get(
+                    where=_LEGACY, include=["metadatas"])
+            except Exception as exc:
+                if not is_not_found(exc):
+                    raise StoreError(f"cannot read the counters of the store: {exc}"
+                                     ) from None
+                res = {"ids": [], "metadatas": []}
+            self._legacy = [_legacy_event(rid, dict(m or {})) for rid, m in
+                            zip(res["ids"], res["metadatas"] or [], strict=True)]
+        return self._legacy
+
+    def _migrate(self) -> None:
+        """Turn the counter records of a store made before events into events (ids derived
+        from the records, so a migration interrupted before its deletes adds nothing
+        twice), then delete the records."""
+        self._legacy = None
+        old = self._old_records()
+        self._legacy = []
+        if not old:
+            return
+        assert self._collection is not None
+        self._collection.add(ids=[e.id for e in old],
+                             embeddings=[META_VECTOR] * len(old),  # type: ignore[arg-type]
+                             metadatas=[e.meta() for e in old])
+        meta = self.client.get_collection(META_COLLECTION, embedding_function=None)
+        meta.delete(where=_LEGACY)
+
+    def _load(self) -> None:
+        """Read the whole log into memory (local mode, once)."""
+        if self._seen is None:
+            self._totals, self._seen = _fold(self._records())
+
+    def _query(self, group: str, cond: Any, keys: Iterable[Key]) -> dict[Key, Tally]:
+        """The folded totals of `keys` of one group, read from Chroma (server mode);
+        `cond` narrows the records read."""
+        kinds = [*(["credit", "support"] if group == COUNTER else [group]), _SNAP + group]
+        where: Any = {"kind": {"$in": kinds}}
+        totals, _ = _fold(self._records({"$and": [where, cond]} if cond else where))
+        return {key: totals.get(key, NOTHING) for key in keys}
+
+    # ------------------------------------------------------------------ the public API
 
     def add(self, events: Iterable[Event]) -> set[str]:
-        """Append events (an id the log has is ignored: idempotent). Returns the ids that
-        were new (local mode; on a server, all of them: Chroma does not say)."""
+        """Append events (an id the log has counted is ignored: idempotent). Returns the
+        ids that were new (local mode; on a server, all of them: Chroma does not say)."""
         batch = list({ev.id: ev for ev in events}.values())
         if not batch:
             return set()
@@ -171,36 +316,44 @@ class EventLog:
                                embeddings=[META_VECTOR] * len(batch),  # type: ignore[arg-type]
                                metadatas=[ev.meta() for ev in batch])
             except Exception as exc:
-                raise StoreError(f"cannot record {len(batch)} credit event(s): {exc}"
+                raise StoreError(f"cannot record {len(batch)} counter event(s): {exc}"
                                  ) from None
             if self.local:
                 assert self._seen is not None
                 for ev in batch:
                     self._seen.add(ev.id)
-                    self._fold(ev)
+                    self._totals[ev.key] = self._totals.get(ev.key, NOTHING) + ev.tally()
             self._recent = {}  # a baseline may have changed
         return {ev.id for ev in batch}
 
-    def tallies(self, ids: Iterable[str]) -> dict[str, Tally]:
-        """What the events add to each insight of `ids` (only those that have events)."""
+    def _totals_of(self, group: str, ids: Iterable[str]) -> dict[str, Tally]:
         wanted = list(dict.fromkeys(ids))
         if not wanted:
             return {}
         with self._lock:
             if self.local:
                 self._load()
-                return {i: self._tallies[i] for i in wanted if i in self._tallies}
-        collection = self._open()
-        if collection is None:
-            return {}
+                found = {i: self._totals.get((group, i, "")) for i in wanted}
+                return {i: t for i, t in found.items() if t is not None}
         out: dict[str, Tally] = {}
         for start in range(0, len(wanted), _PAGE):
-            where: Any = {"insight": {"$in": wanted[start:start + _PAGE]}}
-            res = collection.get(where=where, include=["metadatas"])
-            for rid, meta in zip(res["ids"], res["metadatas"] or [], strict=True):
-                ev = _event(rid, meta)
-                out[ev.insight] = out.get(ev.insight, NOTHING) + ev.tally()
+            chunk = wanted[start:start + _PAGE]
+            got = self._query(group, {"insight": {"$in": chunk}},
+                              [(group, i, "") for i in chunk])
+            out.update({k[1]: t for k, t in got.items() if t is not NOTHING})
         return out
+
+    def tallies(self, ids: Iterable[str]) -> dict[str, Tally]:
+        """What the credit and support events add to each insight of `ids` (only those
+        that have events)."""
+        return self._totals_of(COUNTER, ids)
+
+    def pairs(self, kind: str, ids: Iterable[str]) -> dict[str, Tally]:
+        """The with/without outcomes of events of `kind` per insight of `ids` (only those
+        that have events)."""
+        if kind in ("credit", "support", "baseline") or kind.startswith(_SNAP):
+            raise ValueError(f"{kind!r} is not a kind of with/without outcome events")
+        return self._totals_of(kind, ids)
 
     def baselines(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Tally]:
         """The baseline verdicts (uses/wins/losses) recorded per (namespace, domain)."""
@@ -208,38 +361,85 @@ class EventLog:
         with self._lock:
             if self.local:
                 self._load()
-                return {k: self._baselines.get(k, NOTHING) for k in wanted}
+                return {k: self._totals.get(("baseline", *k), NOTHING) for k in wanted}
         now = time.monotonic()
+        full: list[Key] = [("baseline", *k) for k in wanted]
         if wanted and all(k in self._recent and now - self._recent[k][0] < BASELINE_TTL_S
-                          for k in wanted):
-            return {k: self._recent[k][1] for k in wanted}
-        collection = self._open()
-        out = {k: NOTHING for k in wanted}
-        if collection is None or not wanted:
-            return out
-        where: Any = {"kind": "baseline"} if len(wanted) > 8 else {"$and": [
-            {"kind": "baseline"}, {"namespace": {"$in": sorted({k[0] for k in wanted})}}]}
-        res = collection.get(where=where, include=["metadatas"])
-        for rid, meta in zip(res["ids"], res["metadatas"] or [], strict=True):
-            ev = _event(rid, meta)
-            key = (ev.namespace, ev.domain)
-            if key in out:
-                out[key] = out[key] + ev.tally()
-        self._recent.update({k: (now, v) for k, v in out.items()})
-        return out
+                          for k in full):
+            return {(k[1], k[2]): self._recent[k][1] for k in full}
+        if not wanted:
+            return {}
+        cond = None if len(wanted) > 8 else {
+            "namespace": {"$in": sorted({k[0] for k in wanted})}}
+        got = self._query("baseline", cond, full)
+        self._recent.update({k: (now, v) for k, v in got.items()})
+        return {(k[1], k[2]): v for k, v in got.items()}
 
     def all_baselines(self) -> dict[tuple[str, str], Tally]:
         with self._lock:
             if self.local:
                 self._load()
-                return dict(self._baselines)
+                totals = dict(self._totals)
+            else:
+                totals, _ = _fold(self._records({"kind": {"$in": ["baseline",
+                                                                   _SNAP + "baseline"]}}))
+        return {(k[1], k[2]): t for k, t in totals.items() if k[0] == "baseline"}
+
+    def pending(self) -> int:
+        """How many records the log holds (events not yet compacted, and snapshots)."""
         collection = self._open()
-        out: dict[tuple[str, str], Tally] = {}
-        if collection is None:
-            return out
-        res = collection.get(where={"kind": "baseline"}, include=["metadatas"])
-        for rid, meta in zip(res["ids"], res["metadatas"] or [], strict=True):
-            ev = _event(rid, meta)
-            key = (ev.namespace, ev.domain)
-            out[key] = out.get(key, NOTHING) + ev.tally()
-        return out
+        return 0 if collection is None else collection.count()
+
+    def compact(self) -> Compaction:
+        """Fold every event into its target's snapshot, then delete the folded events (see
+        the module doc: a crash at any point neither loses nor double-counts)."""
+        if self.read_only:
+            raise StoreError("the store was opened read-only")
+        collection = self._open()
+        assert collection is not None
+        with self._lock:
+            snaps: dict[Key, Snapshot] = {}
+            events: dict[Key, list[Event]] = {}
+            for rec in self._records():
+                if isinstance(rec, Snapshot):
+                    snaps[rec.key] = rec  # one per target: its id is derived from the key
+                else:
+                    events.setdefault(rec.key, []).append(rec)
+            written: list[Snapshot] = []
+            folded = 0
+            for key, evs in events.items():
+                snap = snaps.get(key) or Snapshot(key, NOTHING, frozenset())
+                fresh = {ev.id: ev for ev in evs if ev.id not in snap.covered}
+                if fresh:
+                    counts = snap.counts
+                    for ev in fresh.values():
+                        counts = counts + ev.tally()
+                    written.append(Snapshot(key, counts, snap.covered | set(fresh)))
+                    folded += len(fresh)
+            for start in range(0, len(written), _PAGE // 10):
+                part = written[start:start + _PAGE // 10]
+                collection.upsert(ids=[s.id for s in part],
+                                  embeddings=[META_VECTOR] * len(part),  # type: ignore[arg-type]
+                                  metadatas=[s.meta() for s in part],
+                                  documents=["\n".join(sorted(s.covered)) for s in part])
+            # Only now: every event deleted below is covered by a stored snapshot.
+            done = [ev.id for evs in events.values() for ev in evs]
+            for start in range(0, len(done), _PAGE):
+                collection.delete(ids=done[start:start + _PAGE])
+            self._recent = {}
+        return Compaction(folded, len(written), len(done))
+
+
+def _legacy_event(rid: str, meta: dict[str, Any]) -> Event:
+    """A counter record of a store made before events, as one event with its counts."""
+    kind = str(meta.get("kind", ""))
+    eid = event_id("legacy", rid)
+    if kind == "baseline":
+        wins, losses = int(meta.get("wins", 0) or 0), int(meta.get("losses", 0) or 0)
+        return Event(eid, kind, namespace=str(meta.get("namespace", "")),
+                     domain=str(meta.get("domain", "")),
+                     counts=Tally(uses=wins + losses, wins=wins, losses=losses))
+    return Event(eid, kind, str(meta.get("insight_id", "")), counts=Tally(
+        with_wins=int(meta.get("with_wins", 0) or 0), with_n=int(meta.get("with_n", 0) or 0),
+        without_wins=int(meta.get("without_wins", 0) or 0),
+        without_n=int(meta.get("without_n", 0) or 0)))

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from crps_agent.config import MemorySettings
-from crps_agent.memory.chroma import built_with, local_store_path, open_client, ownership
+from crps_agent.memory.chroma import (
+    built_with,
+    close_client,
+    local_store_path,
+    open_client,
+    ownership,
+)
 from crps_agent.memory.embedders import Embedder, get_embedder
 from crps_agent.memory.insights import AddOutcome, InsightStore, RecalledInsight
 from crps_agent.memory.trajectories import TrajectoryLog
@@ -16,6 +21,7 @@ from crps_agent.namespaces import Namespace, validate_namespace
 if TYPE_CHECKING:
     from crps_agent.backends.base import Backend
     from crps_agent.config import Settings
+    from crps_agent.memory.events import Compaction
     from crps_agent.types import Insight
 
 
@@ -42,6 +48,15 @@ class Memory:
         self.local_path: Path | None = local_store_path(self.store)
         self.read_only = read_only
         self.client = open_client(self.store, read_only=read_only)
+        self._closed = False
+        try:
+            self._open(embedder, settings)
+        except BaseException:
+            self.close()  # a writer that fails to open holds the store no longer
+            raise
+
+    def _open(self, embedder: str | Embedder | None, settings: MemorySettings | None) -> None:
+        read_only = self.read_only
         if embedder is None:  # as told, else what the store was built with, else MiniLM
             embedder = (settings.embedder if settings is not None else None) \
                 or built_with(self.client) or "minilm"
@@ -56,7 +71,7 @@ class Memory:
         self.insights = InsightStore(
             self.client, self.embedder, settings=settings, local=local, read_only=read_only,
             reopen=(lambda: open_client(self.store, read_only=True)) if read_only and local
-            else None, share=None if owner is None else f"{self.local_path}:{owner}")
+            else None, share=owner)
         self.trajectories = TrajectoryLog(self.client, self.embedder, read_only=read_only)
 
     @classmethod
@@ -115,27 +130,25 @@ class Memory:
         by `backend` when given and the setting `contradiction_llm` is on)."""
         return self.insights.add_many(insights, backend=backend)
 
-    def consolidate(self, namespace: Namespace = "default", *, domain: str | None = None,
-                    backend: Backend | None = None, threshold: float | None = None,
-                    max_words: int = 40, seed: int | None = None,
-                    clusters: Sequence[Sequence[Insight]] | None = None) -> list[Insight]:
-        """Merge clusters of related insights (LLM-rewritten with a backend), those of
-        `consolidation_clusters` unless `clusters` are given; see
-        `crps_agent.memory.dedup.consolidate`."""
-        from crps_agent.memory.dedup import consolidate
+    def compact(self) -> Compaction:
+        """Fold the counter events into one snapshot record per insight (and baseline), then
+        delete them; counts read the same before and after (see memory/events.py). Run one
+        compaction at a time per store."""
+        return self.insights.events.compact()
 
-        return consolidate(self.insights, validate_namespace(namespace), domain=domain,
-                           backend=backend, threshold=threshold, max_words=max_words,
-                           seed=seed, clusters=clusters)
+    def close(self) -> None:
+        """Release the store: Chroma's client and, for a writer of a directory, its share
+        of the owner lock (the next writer may open the store once every `Memory` of this
+        process on it is closed). Idempotent; the object is not usable afterwards."""
+        if not self._closed:
+            self._closed = True
+            close_client(self.client, self.store, read_only=self.read_only)
 
-    def consolidation_clusters(self, namespace: Namespace = "default", *,
-                               domain: str | None = None, threshold: float | None = None
-                               ) -> list[list[Insight]]:
-        """The clusters `consolidate` would merge (nothing is changed)."""
-        from crps_agent.memory.dedup import consolidation_clusters
+    def __enter__(self) -> Memory:
+        return self
 
-        return consolidation_clusters(self.insights, validate_namespace(namespace),
-                                      domain=domain, threshold=threshold)
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def __repr__(self) -> str:
         return f"Memory(store={self.store!r}, embedder={self.embedder.name!r})"

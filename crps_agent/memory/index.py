@@ -22,10 +22,12 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from crps_agent.errors import StoreError
+from crps_agent.memory.chroma import where_clause
 from crps_agent.memory.records import FILTER_KEYS, LIST_FIELDS, from_record
 
 if TYPE_CHECKING:
@@ -34,31 +36,33 @@ if TYPE_CHECKING:
 
     from crps_agent.types import Insight
 
-__all__ = ["Filters", "Hit", "LocalIndex", "Record", "RemoteIndex", "clone", "where_of"]
+__all__ = ["Filters", "Hit", "LocalIndex", "Record", "RemoteIndex", "clone"]
 
-Filters = Mapping[str, Any]  # key -> value, or a list/tuple/set of values (any of them)
+# key (one of records.FILTER_KEYS) -> value, or a list/tuple/set of values (any of them)
+Filters = Mapping[str, Any]
 _PAGE = 2000
 _LOAD_TRIES = 5
 log = logging.getLogger(__name__)
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True)
 class Record:
-    """A stored record: document, metadata (read-only) and, once needed, its base insight
-    (counters without events; shared, never handed out)."""
+    """A stored record: document, metadata (read-only) and its base insight (counters
+    without events; decoded once, shared, never handed out: `clone` copies it)."""
 
     id: str
     document: str
     meta: Mapping[str, Any]
-    decoded: Insight | None = None
+
+    @cached_property
+    def decoded(self) -> Insight:
+        return from_record(self.id, self.document, self.meta)
 
     def insight(self) -> Insight:
-        if self.decoded is None:
-            self.decoded = from_record(self.id, self.document, self.meta)
         return self.decoded
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Hit:
     record: Record
     similarity: float
@@ -75,36 +79,8 @@ def clone(insight: Insight) -> Insight:
     return new
 
 
-def where_of(filters: Filters) -> dict[str, Any] | None:
-    """The Chroma `where` clause of `filters` (None values left out)."""
-    parts: list[dict[str, Any]] = []
-    for key, value in filters.items():
-        if value is None:
-            continue
-        if isinstance(value, (list, tuple, set, frozenset)):
-            parts.append({key: {"$in": list(value)}})
-        else:
-            parts.append({key: value})
-    if not parts:
-        return None
-    return parts[0] if len(parts) == 1 else {"$and": parts}
-
-
 def _record(rid: str, document: str | None, meta: Mapping[str, Any] | None) -> Record:
     return Record(rid, document or "", MappingProxyType(dict(meta or {})))
-
-
-def _matches(meta: Mapping[str, Any], filters: Filters) -> bool:
-    for key, value in filters.items():
-        if value is None:
-            continue
-        got = meta.get(key)
-        if isinstance(value, (list, tuple, set, frozenset)):
-            if got not in value:
-                return False
-        elif got != value:
-            return False
-    return True
 
 
 class RemoteIndex:
@@ -124,7 +100,7 @@ class RemoteIndex:
             res["ids"], res["documents"] or [], res["metadatas"] or [], strict=True)}
 
     def where(self, filters: Filters) -> list[Record]:
-        res = self.collection.get(where=where_of(filters),
+        res = self.collection.get(where=where_clause(**filters),
                                   include=["documents", "metadatas"])
         return [_record(i, d, m) for i, d, m in zip(
             res["ids"], res["documents"] or [], res["metadatas"] or [], strict=True)]
@@ -145,7 +121,7 @@ class RemoteIndex:
                         *(["embeddings"] if embeddings else [])]
         vectors: Any = [list(q) for q in queries]
         res: Any = self.collection.query(query_embeddings=vectors,
-                                         n_results=n, where=where_of(filters),
+                                         n_results=n, where=where_clause(**filters),
                                          include=include)
         out: list[list[Hit]] = []
         for r, ids in enumerate(res["ids"]):
@@ -397,11 +373,6 @@ class LocalIndex:
             mask[list(self._rows.values())] = True
         for key, value in filters.items():
             if value is None:
-                continue
-            if key not in self._codes:  # not a filter column: check each record
-                for r in mask.nonzero()[0].tolist():
-                    rec = self._records[r]
-                    mask[r] = rec is not None and _matches(rec.meta, {key: value})
                 continue
             values = value if isinstance(value, (list, tuple, set, frozenset)) else [value]
             vocab = self._vocab[key]

@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
-import threading
+import functools
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -33,9 +32,9 @@ from crps_agent.memory.credit import (
     BaselineStore,
     apply_judgement,
     judge,
+    utility,
 )
-from crps_agent.memory.credit import utility as _utility
-from crps_agent.memory.dedup import combine, normalise_text
+from crps_agent.memory.dedup import combine
 from crps_agent.memory.events import NOTHING, Event, EventLog, Tally, event_id, fresh_id
 from crps_agent.memory.index import Filters, Hit, LocalIndex, Record, RemoteIndex, clone
 from crps_agent.memory.ingest import AddOutcome, add_locked, plan_pairs
@@ -48,21 +47,14 @@ if TYPE_CHECKING:
     from chromadb.api import ClientAPI
 
     from crps_agent.backends.base import Backend
+    from crps_agent.memory.chroma import Owner
     from crps_agent.memory.embedders import Embedder
 
-__all__ = ["AddOutcome", "InsightStore", "RecalledInsight", "normalise_text", "utility"]
+__all__ = ["AddOutcome", "InsightStore", "RecalledInsight"]
 
 _MIN_PREFIX = 4
 _QUERY_CACHE = 256  # query embeddings kept: a task's prompt is recalled more than once
 _COUNTERS = ("uses", "wins", "losses", "support")
-# (owner of an embedded store, collection) -> the index and events its store objects share
-_SHARED: dict[tuple[str, str], tuple[LocalIndex | None, EventLog]] = {}
-_SHARED_LOCK = threading.Lock()
-
-
-def utility(insight: Insight, a: float = 1.0, b: float = 1.0) -> float:
-    """Posterior mean of the success rate under a Beta(a, b) prior (Beta(1, 1) by default)."""
-    return _utility(insight, a, b)
 
 
 def _with(insight: Insight, tally: Tally) -> Insight:
@@ -82,15 +74,15 @@ class InsightStore:
     says that this process is the store's only writer (an embedded store), so its records
     and events may be kept in memory; `read_only` writes nothing; `reopen` gives a fresh
     read-only client when a snapshot could not be read (see `chroma.open_client`); store
-    objects of one `share` key (the owner of an embedded store) share one index and event
-    log, so each sees the others' writes."""
+    objects of one `share` (this process's ownership of an embedded store) share one index
+    and event log, so each sees the others' writes."""
 
     def __init__(self, client: ClientAPI, embedder: Embedder, *,
                  dedup_threshold: float | None = None, collection: str = "insights",
                  settings: MemorySettings | None = None, local: bool = False,
                  read_only: bool = False,
                  reopen: Callable[[], ClientAPI] | None = None,
-                 share: str | None = None) -> None:
+                 share: Owner | None = None) -> None:
         self.client = client
         self.embedder = embedder
         self.settings = settings or MemorySettings()
@@ -117,20 +109,22 @@ class InsightStore:
         # log, and tell the mirror of their writes, so each sees the others' writes.
         self._mirrors: builtins.list[LocalIndex | RemoteIndex] = [self.index]
         if share is not None:
-            key = (share, self.collection.name)
-            with _SHARED_LOCK:
-                mirror_of, events = _SHARED.get(key, (None, self.events))
+            key = "insights:" + self.collection.name
+            with share.guard:
+                mirror_of, events = share.shared.get(key, (None, self.events))
                 if mirror_of is None and isinstance(self.index, LocalIndex):
                     mirror_of = self.index
-                _SHARED[key] = (mirror_of, events)
+                share.shared[key] = (mirror_of, events)
             self.events = events
             if mirror_of is not None:
                 if isinstance(self.index, LocalIndex):
                     self.index = mirror_of
                 self._mirrors = builtins.list(dict.fromkeys([self.index, mirror_of]))
-        self.baselines = BaselineStore(client, self.events)
-        self._queries: OrderedDict[str, builtins.list[float]] = OrderedDict()
-        self._queries_lock = threading.Lock()
+        self.baselines = BaselineStore(self.events)
+        # Query embeddings, cached: the agent recalls a task's prompt before the search
+        # and again when it reflects on it.
+        self._embed_query = functools.lru_cache(maxsize=_QUERY_CACHE)(
+            lambda query: self.embedder.embed([query])[0])
 
     @property
     def candidate_factor(self) -> int:
@@ -276,21 +270,6 @@ class InsightStore:
         vectors = self.index.embeddings([i.id for i in items])
         rows = [(i, vectors[i.id]) for i in items if i.id in vectors]
         return sorted(rows, key=lambda r: (r[0].created_at, r[0].id))
-
-    def _embed_query(self, query: str) -> builtins.list[float]:
-        """A query's embedding, cached (LRU): the agent recalls a task's prompt before the
-        search and again when it reflects on it."""
-        with self._queries_lock:
-            cached = self._queries.get(query)
-            if cached is not None:
-                self._queries.move_to_end(query)
-                return cached
-        embedding = self.embedder.embed([query])[0]
-        with self._queries_lock:
-            self._queries[query] = embedding
-            if len(self._queries) > _QUERY_CACHE:
-                self._queries.popitem(last=False)
-        return embedding
 
     def _query(self, query: str, n: int, filters: Filters, embeddings: bool = False,
                min_similarity: float | None = None) -> builtins.list[tuple[Insight, Hit]]:
@@ -438,11 +417,6 @@ class InsightStore:
             self.persist(changed)
         return changed
 
-    def credit(self, insight_id: str, correct: bool, *, event_id: str | None = None
-               ) -> builtins.list[Insight]:
-        """`record_outcome` for one insight."""
-        return self.record_outcome([insight_id], correct, event_id=event_id)
-
     def _judge(self, insights: builtins.list[Insight]) -> builtins.list[Insight]:
         ready = [i for i in insights if i.uses >= self.settings.credit_min_uses]
         if not ready:
@@ -523,18 +497,6 @@ class InsightStore:
             return len(self.index) if isinstance(self.index, LocalIndex) \
                 else self.collection.count()
         return len(self.index.where(self._filters(namespace, None, None)))
-
-    def stats(self, namespace: Namespace | None = None) -> dict[str, Any]:
-        """Totals by status, kind and domain, counter totals, and the top 3 by utility
-        among insights used at least once (`curation.stats` without the distribution)."""
-        from crps_agent.memory.curation import stats
-
-        data = stats(self, namespace, top=3)
-        top = data.pop("best")
-        for key in ("worst", "utility"):
-            data.pop(key)
-        return {**data, "top": [{k: v for k, v in row.items() if k != "status"}
-                                for row in top]}
 
 
 def _credit_id(event: str | None, insight_id: str) -> str:

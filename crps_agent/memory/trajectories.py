@@ -11,9 +11,9 @@ Collection `contrasts`: one record per contrast, embedding = the good trajectory
 
 from __future__ import annotations
 
+import functools
 import json
 import time
-from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from crps_agent.errors import NotFoundError
@@ -50,20 +50,11 @@ class TrajectoryLog:
                                           read_only=read_only)
         self.contrast_collection = open_collection(client, "contrasts", embedder,
                                                    read_only=read_only)
-        self._prompt_cache: OrderedDict[str, list[float]] = OrderedDict()
+        # Task prompts' embeddings, cached: a task is logged once per search and then
+        # looked up for similar successes, with the same prompt each time.
+        self._embed_prompt = functools.lru_cache(maxsize=_PROMPT_CACHE_SIZE)(
+            lambda prompt: self.embedder.embed([prompt])[0])
 
-    def _embed_prompt(self, prompt: str) -> list[float]:
-        """A task prompt's embedding, cached (LRU): a task is logged once per search and
-        then looked up for similar successes, with the same prompt each time."""
-        cached = self._prompt_cache.get(prompt)
-        if cached is not None:
-            self._prompt_cache.move_to_end(prompt)
-            return cached
-        embedding = self.embedder.embed([prompt])[0]
-        self._prompt_cache[prompt] = embedding
-        if len(self._prompt_cache) > _PROMPT_CACHE_SIZE:
-            self._prompt_cache.popitem(last=False)
-        return embedding
 
     # ------------------------------------------------------------------ searches
 

@@ -85,6 +85,12 @@ def analyst_backend(main: Backend, settings: Settings, section: Section) -> Back
 
 
 def clear_cache() -> None:
-    """Forget the built analysts (tests; a process that changes servers)."""
+    """Close and forget the built analysts (tests; a process that changes servers; the end
+    of a run that loaded a local analyst model and goes on without it)."""
     with _lock:
+        built = list(_built.values())
         _built.clear()
+    for backend in built:  # outside the lock: a close may wait on the engine
+        close = getattr(backend, "close", None)
+        if callable(close):
+            close()

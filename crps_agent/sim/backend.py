@@ -109,8 +109,8 @@ class SimBackend:
 
     def _reply(self, req: GenerationRequest, text: str, rng: random.Random,
                index: int) -> str:
+        from crps_agent.consolidation import MERGE_SYSTEM
         from crps_agent.crps.synthesis import SYNTH_SYSTEM
-        from crps_agent.memory.dedup import MERGE_SYSTEM
         from crps_agent.reflect.prompts import REFLECT_SYSTEM
 
         messages = req.messages or [{"role": "user", "content": req.prompt or ""}]

@@ -22,7 +22,6 @@ from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
 from crps_agent.memory import Memory
-from crps_agent.memory.chroma import release_ownership
 from crps_agent.types import Insight
 
 pytestmark = [pytest.mark.integration, pytest.mark.server]
@@ -41,9 +40,8 @@ def _env() -> dict[str, str]:
 
 
 def _seed(store: Path) -> list[str]:
-    memory = Memory(store, embedder="hash")
-    out = memory.remember([Insight(text=t, domain="math") for t in SEED])
-    release_ownership(store)  # the server process is the store's writer from here on
+    with Memory(store, embedder="hash") as memory:  # the server process writes it next
+        out = memory.remember([Insight(text=t, domain="math") for t in SEED])
     return [o.insight.id for o in out]
 
 

@@ -20,12 +20,13 @@ from click.testing import CliRunner
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+from crps_agent import curation as cur
 from crps_agent.cli import cli
 from crps_agent.errors import EmbedderMismatchError, StoreError
 from crps_agent.memory import Memory, get_embedder
-from crps_agent.memory import curation as cur
 from crps_agent.memory.chroma import open_client, read_pointers, write_lock
 from crps_agent.memory.index import RemoteIndex
+from crps_agent.memory.reindex import reindex
 from crps_agent.types import Insight
 
 pytestmark = [pytest.mark.integration, pytest.mark.server]
@@ -140,7 +141,7 @@ def test_reindex_on_a_server(fresh_server: ChromaServer) -> None:
     memory.remember([Insight(text=t, domain="math") for t in texts])
     memory.record([Insight(text=texts[0], domain="math").id], True)
     before = {i.id: i.to_dict() for i in memory.insights.list()}
-    report = cur.reindex(memory.client, get_embedder("hash-64"))
+    report = reindex(memory.client, get_embedder("hash-64"))
     assert report.generation == 1 and report.collections["insights"]["count"] == 3
     assert read_pointers(open_client(fresh_server.url)).physical("insights") == "insights.g1"
     with pytest.raises(EmbedderMismatchError):

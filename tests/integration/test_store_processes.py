@@ -20,7 +20,6 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 from crps_agent.memory import Memory
-from crps_agent.memory.chroma import release_ownership
 from crps_agent.types import Insight
 
 pytestmark = pytest.mark.integration
@@ -93,9 +92,8 @@ def _python(code: str, *args: str) -> subprocess.Popen[str]:
 def test_one_writer_readers_beside_it_and_a_refused_second_writer(tmp_path: Path) -> None:
     store = str(tmp_path / "store")
     n = 40
-    shared = Memory(store, embedder="hash").remember([Insight(text=SHARED,
-                                                              domain="math")])[0].insight
-    release_ownership(Path(store))  # the writer below is another process
+    with Memory(store, embedder="hash") as seeding:  # the writer below is another process
+        shared = seeding.remember([Insight(text=SHARED, domain="math")])[0].insight
     writer = _python(WRITER, store, "a", str(n), shared.id)
     assert writer.stdout is not None and writer.stdout.readline().strip() == "open"
     reader = _python(READER, store, "8")
@@ -118,4 +116,4 @@ def test_one_writer_readers_beside_it_and_a_refused_second_writer(tmp_path: Path
     again = Memory(store, embedder="hash")  # the writer is gone: this process may write
     assert again.insights.count() == n + 1
     assert again.insights.get(shared.id).uses == n
-    release_ownership(Path(store))
+    again.close()

@@ -150,3 +150,53 @@ def test_eight_writers_two_killed_lose_no_acknowledged_credit(tmp_path: Path) ->
         assert stall < 3.0, f"a survivor paused {stall:.2f} s after a kill"
     finally:
         server.stop()
+
+
+# Writer w records the counterfactual outcomes of searches 0..n-1 (the same searches in
+# every writer, as replays would) and of its own searches, each on 3 of the shared notes.
+CF_WRITER = textwrap.dedent('''
+    import sys
+    from crps_agent.credit_policy import CreditEvents, NoteCredit
+    from crps_agent.memory import Memory
+    url, w, n, ids = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4].split(",")
+    events = CreditEvents(Memory(url, embedder="hash"))
+    for i in range(n):
+        for key in (f"shared-{i}", f"own-{w}-{i}"):
+            notes = [ids[(i + j) % len(ids)] for j in range(3)]
+            events.add({nid: NoteCredit(nid, 1, 2, j % 2, 1) for j, nid in enumerate(notes)},
+                       key=key)
+    print("done", flush=True)
+''')
+
+
+def test_processes_adding_the_same_counterfactual_events_count_each_once(
+        tmp_path: Path) -> None:
+    from crps_agent.credit_policy import CreditEvents, NoteCredit
+
+    server = ChromaServer(tmp_path / "db")
+    writers, searches = 4, 15
+    try:
+        memory = Memory(server.url, embedder="hash")
+        notes = [Insight(text=f"note {k}: check case {k}", domain="math") for k in range(6)]
+        memory.remember(notes)
+        ids = [n.id for n in notes]
+        procs = [subprocess.Popen([sys.executable, "-c", CF_WRITER, server.url, str(w),
+                                   str(searches), ",".join(ids)], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+                 for w in range(writers)]
+        for proc in procs:
+            out, err = proc.communicate(timeout=600)
+            assert proc.returncode == 0 and "done" in out, err
+        want = {i: NoteCredit(i) for i in ids}
+        for key in [f"shared-{i}" for i in range(searches)] + [
+                f"own-{w}-{i}" for w in range(writers) for i in range(searches)]:
+            i = int(key.rsplit("-", 1)[1])
+            for j in range(3):
+                c = want[ids[(i + j) % len(ids)]]
+                c.with_wins, c.with_n = c.with_wins + 1, c.with_n + 2
+                c.without_wins, c.without_n = c.without_wins + j % 2, c.without_n + 1
+        assert CreditEvents(memory).get_many(ids) == want
+        memory.insights.events.compact()  # folded into snapshots: the same totals
+        assert CreditEvents(Memory(server.url, embedder="hash")).get_many(ids) == want
+    finally:
+        server.stop()

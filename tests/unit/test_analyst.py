@@ -107,3 +107,42 @@ def test_learn_and_export_with_a_separate_analyst(tmp_path: Path,
     assert chains and {c.model for c in chains} == {"big"}
     agent.close()
     clear_cache()
+
+
+def test_export_with_a_separate_synthesizer_builds_no_learner(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CRPS_CONFIG", raising=False)
+    clear_cache()
+    settings = load_settings(store=str(tmp_path / "store"), backend="sim", model="small",
+                             memory={"embedder": "hash", "min_similarity": -1.0,
+                                     "ablation_share": 0.0, "admission": False},
+                             search={"n": 4}, crps={"backend": "sim", "model": "big"})
+    learner = Agent(settings)
+    learner.learn(load_tasks(_write(tmp_path / "t.jsonl", task_rows(settings.sim, 6))))
+    learner.close()
+    exporter = Agent(settings)
+    exporter.export(tmp_path / "out", method="crps")
+    assert exporter._backend is None  # the learner was never built
+    assert exporter.ledger.to_dict()["synthesize@big"]["calls"] >= 1
+    exporter.close()
+    clear_cache()
+
+
+def test_clear_cache_closes_the_built_analysts(monkeypatch: pytest.MonkeyPatch) -> None:
+    from crps_agent.reflect import analyst
+
+    closed: list[str] = []
+
+    class Closable:
+        def close(self) -> None:
+            closed.append("x")
+
+    clear_cache()
+    settings = load_settings(backend="sim", crps={"backend": "sim", "model": "big"})
+    built = analyst.build_analyst(settings, "crps")
+    assert analyst.build_analyst(settings, "crps") is built  # built once
+    monkeypatch.setattr(built, "close", Closable().close, raising=False)
+    clear_cache()
+    assert closed == ["x"]
+    assert analyst.build_analyst(settings, "crps") is not built
+    clear_cache()

@@ -153,11 +153,17 @@ def test_hard_negatives_are_sampled_in_proportion_to_visits_in_the_crps_profile(
 
 
 def test_crps_profile_in_settings() -> None:
-    from crps_agent.config import load_settings
+    from crps_agent.config import load_settings, with_overrides
 
     crps = load_settings(reflect={"profile": "crps"}).reflect
-    assert (crps.max_pairs, crps.hard_ratio) == (10, 0.7)
+    assert (crps.pair_limit, crps.hard_share) == (10, 0.7)
     own = load_settings(reflect={"profile": "crps", "max_pairs": 6, "hard_ratio": 0.5}).reflect
-    assert (own.max_pairs, own.hard_ratio) == (6, 0.5)
+    assert (own.pair_limit, own.hard_share) == (6, 0.5)
     plain = load_settings().reflect
-    assert (plain.max_pairs, plain.hard_ratio) == (3, None)
+    assert (plain.pair_limit, plain.hard_share) == (3, None)
+    # a K equal to the insights default is still a K given, and a later change of profile
+    # reaches the values left unset
+    three = load_settings(reflect={"profile": "crps", "max_pairs": 3}).reflect
+    assert (three.pair_limit, three.hard_share) == (3, 0.7)
+    later = with_overrides(load_settings(), reflect={"profile": "crps"}).reflect
+    assert (later.pair_limit, later.hard_share) == (10, 0.7)

@@ -12,11 +12,12 @@ from click.testing import CliRunner
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from crps_agent import curation as cur
 from crps_agent.cli import cli, main
 from crps_agent.errors import CrpsError, EmbedderMismatchError, NotFoundError
 from crps_agent.memory import Memory, get_embedder
-from crps_agent.memory import curation as cur
 from crps_agent.memory.chroma import OWNER_LOCK, open_client, read_pointers, write_lock
+from crps_agent.memory.reindex import reindex
 from crps_agent.types import Contrast, Insight, SearchResult, Task, Trajectory, Verdict
 
 EXAMPLES = Path(__file__).parents[2] / "examples" / "offline"
@@ -195,7 +196,7 @@ def test_reindex_switches_every_collection_atomically(memory: Memory) -> None:
     _log_search(memory, "What is 3 + 1?", "s2")
     before = {i.id: i.to_dict() for i in memory.insights.list()}
     counts = (memory.trajectories.count(), memory.trajectories.count_contrasts())
-    report = cur.reindex(memory.client, get_embedder("hash-64"))
+    report = reindex(memory.client, get_embedder("hash-64"))
     assert report.generation == 1 and report.previous["insights"] == "hash-256"
     assert {k: v["count"] for k, v in report.collections.items()} == {
         "insights": 5, "trajectories": 6, "contrasts": 2}
@@ -219,7 +220,7 @@ def test_reindex_switches_every_collection_atomically(memory: Memory) -> None:
     assert similar and similar[0].verdict.correct
     assert fresh.trajectories.search_result("s2").search_id == "s2"
 
-    second = cur.reindex(fresh.client, get_embedder("hash"))  # and back, generation 2
+    second = reindex(fresh.client, get_embedder("hash"))  # and back, generation 2
     assert second.generation == 2
     back = Memory(memory.store, embedder="hash")
     assert back.insights.count() == 5
@@ -243,19 +244,19 @@ def test_a_failed_reindex_leaves_the_store_as_it_was(memory: Memory) -> None:
             return get_embedder("hash-32").embed(texts)
 
     with pytest.raises(RuntimeError, match="crashed"):
-        cur.reindex(memory.client, Broken())  # type: ignore[arg-type]
+        reindex(memory.client, Broken())  # type: ignore[arg-type]
     assert read_pointers(memory.client).generation == 0
     again = Memory(memory.store, embedder="hash")
     assert again.insights.count() == 5 and again.trajectories.count() == 2
     # the half-built generation is replaced by the next attempt
     assert "insights.g1" in {c.name for c in memory.client.list_collections()}
-    report = cur.reindex(memory.client, get_embedder("hash-32"))
+    report = reindex(memory.client, get_embedder("hash-32"))
     assert report.generation == 1 and report.collections["insights"]["count"] == 5
 
 
 def test_reindex_of_an_empty_store(tmp_path: Path) -> None:
     client = open_client(str(tmp_path / "new"))
-    report = cur.reindex(client, get_embedder("hash-64"))
+    report = reindex(client, get_embedder("hash-64"))
     assert report.generation == 1 and report.previous == dict.fromkeys(
         ("insights", "trajectories", "contrasts"))
     assert Memory(str(tmp_path / "new"), embedder="hash-64").insights.count() == 0

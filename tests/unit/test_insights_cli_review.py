@@ -15,7 +15,7 @@ from crps_agent.cli import cli
 from crps_agent.config import MemorySettings
 from crps_agent.memory import Memory
 from crps_agent.memory.admission import settle
-from crps_agent.memory.review import review
+from crps_agent.review import review
 from crps_agent.types import Insight
 
 LENGTHS = ["Convert every length to metres before adding the lengths together.",

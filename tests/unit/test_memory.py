@@ -13,11 +13,12 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from crps_agent.config import MemorySettings, Settings
+from crps_agent.curation import summary
 from crps_agent.errors import ConfigError, EmbedderMismatchError, NotFoundError, StoreError
 from crps_agent.memory import InsightStore, Memory, TrajectoryLog, get_embedder
 from crps_agent.memory.chroma import open_client, open_collection, where_clause
+from crps_agent.memory.credit import utility
 from crps_agent.memory.embedders import HashEmbedder
-from crps_agent.memory.insights import utility
 from crps_agent.types import Contrast, Insight, SearchResult, SearchStats, Task, Trajectory, Verdict
 
 UNITS = "Always check the units before answering."
@@ -270,14 +271,14 @@ def test_list_update_delete_and_stats(store: InsightStore) -> None:
         store.update(ins("never stored"))
 
     store.record_outcome([first.id], correct=True)
-    stats = store.stats()
+    stats = summary(store)
     assert stats["total"] == 3
     assert stats["by_status"] == {"active": 1, "retired": 2}
     assert stats["by_kind"] == {"check": 1, "strategy": 1, "pitfall": 1}
     assert stats["by_domain"] == {"math": 2, "puzzles": 1}
     assert (stats["uses"], stats["wins"], stats["losses"]) == (1, 1, 0)
     assert [t["id"] for t in stats["top"]] == [first.id]
-    assert store.stats(namespace="nobody")["total"] == 0
+    assert summary(store, namespace="nobody")["total"] == 0
 
     store.delete(third.id[:8])
     assert store.count() == 2

@@ -14,12 +14,12 @@ import pytest
 
 from crps_agent.backends.base import GenerationRequest
 from crps_agent.backends.scripted import ScriptedBackend
-from crps_agent.config import MemorySettings, SearchSettings, load_settings
+from crps_agent.config import MemorySettings, load_settings
+from crps_agent.consolidation import consolidate, find_clusters, merge_cluster
 from crps_agent.domains import render_notes
 from crps_agent.errors import ConfigError
 from crps_agent.graph.agent import Agent
 from crps_agent.memory import InsightStore, Memory, get_embedder
-from crps_agent.memory.admission import check_candidates
 from crps_agent.memory.chroma import open_client
 from crps_agent.memory.credit import (
     ADMISSION_REJECTED,
@@ -31,13 +31,7 @@ from crps_agent.memory.credit import (
     should_ablate,
     utility,
 )
-from crps_agent.memory.dedup import (
-    CONTRADICTION,
-    find_clusters,
-    likely_contradiction,
-    merge_cluster,
-    text_hash,
-)
+from crps_agent.memory.dedup import CONTRADICTION, likely_contradiction, text_hash
 from crps_agent.memory.recall import RankParams, exploration_bonus, rank, select
 from crps_agent.namespaces import decode_namespace, encode_namespace, validate_namespace
 from crps_agent.plugins import get_registry
@@ -306,20 +300,6 @@ def test_admission_off_makes_insights_active_at_once(tmp_path: Path,
     agent.close()
 
 
-def test_check_candidates_directly() -> None:
-    domain = get_registry().domain("math")
-    task = Task(prompt="p", domain="math", reference="7")
-    backend = ScriptedBackend().respond(
-        lambda req: "\\boxed{7}" if "good idea" in req.text() else "\\boxed{1}")
-    checks = check_candidates(task, domain, backend, notes=["good idea"],
-                              candidates=[ins("another thought")],
-                              search=SearchSettings(), rollouts=2)
-    assert [(c.with_rate, c.without_rate, c.admitted) for c in checks] == [(1.0, 1.0, True)]
-    unverified = Task(prompt="p", domain="math")
-    assert check_candidates(unverified, domain, backend, notes=[], candidates=[ins("x")],
-                            search=SearchSettings())[0].admitted
-
-
 # ------------------------------------------------------------------------------ dedup
 
 
@@ -377,7 +357,7 @@ def test_llm_merge_of_a_cluster(tmp_path: Path) -> None:
     backend = ScriptedBackend().respond(
         lambda req: fenced({"text": merged_text, "kind": "check"})
         if req.purpose == "merge" else None)
-    out = mem.consolidate("default", backend=backend)
+    out = consolidate(mem.insights, "default", backend=backend)
     assert len(out) == 1 and store.count() == 2
     one = out[0]
     assert one.id == members[2].id  # the most supported member keeps its id

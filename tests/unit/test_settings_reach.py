@@ -77,3 +77,19 @@ def test_the_backend_table_of_the_config_file(tmp_path: Path,
     cfg.write_text('[backend]\nname = "scripted"\nopenia = {timeout = 1}\n')
     with pytest.raises(ConfigError, match="openia"):
         load_settings()
+
+
+def test_the_environment_names_the_backend_and_keeps_the_file_s_knobs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[backend]\nname = "openai"\n[backend.openai]\ntimeout = 7\n'
+                   '[backend.vllm]\nenforce_eager = true\n')
+    monkeypatch.setenv("CRPS_CONFIG", str(cfg))
+    monkeypatch.setenv("CRPS_BACKEND", "vllm")
+    settings = load_settings()
+    assert settings.backend == "vllm"
+    assert settings.openai.timeout == 7 and settings.vllm.enforce_eager is True
+    monkeypatch.setenv("CRPS_VLLM__MAX_MODEL_LEN", "1024")  # the environment beats the file
+    settings = load_settings(backend="scripted")
+    assert settings.backend == "scripted" and settings.vllm.max_model_len == 1024
+    assert settings.vllm.enforce_eager is True

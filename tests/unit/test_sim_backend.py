@@ -8,9 +8,10 @@ import pytest
 
 from crps_agent.backends.base import Backend, GenerationRequest
 from crps_agent.config import load_settings
+from crps_agent.consolidation import merge_cluster
 from crps_agent.crps.synthesis import has_pitfall, meta_language, synthesis_messages
 from crps_agent.errors import ParseError
-from crps_agent.memory.dedup import confirm_contradictions, merge_cluster
+from crps_agent.memory.dedup import confirm_contradictions
 from crps_agent.plugins import get_registry
 from crps_agent.reflect.parse import parse_reflection
 from crps_agent.reflect.prompts import reflection_messages, repair_messages

@@ -19,16 +19,16 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from crps_agent.curation import export_insights
 from crps_agent.errors import DamagedStoreError, StoreBusyError, StoreError
 from crps_agent.memory import Memory
 from crps_agent.memory.chroma import (
     OWNER_LOCK,
     Pointers,
     read_pointers,
-    release_ownership,
 )
-from crps_agent.memory.curation import export_insights, reindex
 from crps_agent.memory.embedders import get_embedder
+from crps_agent.memory.reindex import reindex
 from crps_agent.types import Insight
 
 TEXT = "Check the units of every quantity before answering the question."
@@ -57,7 +57,7 @@ def owned(tmp_path: Path) -> Any:
     path = tmp_path / "s"
     memory = _store(path)
     yield path, memory
-    release_ownership(path)
+    memory.close()
 
 
 def test_a_second_writer_gets_one_clear_line_and_readers_work(owned: Any) -> None:
@@ -84,6 +84,28 @@ def test_a_second_writer_gets_one_clear_line_and_readers_work(owned: Any) -> Non
     assert json.loads(out.read_text())["id"] == insight_id
 
 
+def test_close_hands_the_store_to_the_next_writer(tmp_path: Path) -> None:
+    from crps_agent.config import load_settings
+    from crps_agent.graph.agent import Agent
+
+    path = tmp_path / "s"
+    first = _store(path)
+    second = Memory(str(path), embedder="hash")  # this process's other user of the store
+    insight_id = first.insights.list()[0].id
+    first.close()
+    first.close()  # idempotent
+    busy = _cli("insights", "retire", insight_id, "--store", str(path))
+    assert busy.returncode != 0 and "open for writing" in busy.stderr  # `second` still writes
+    second.close()
+    done = _cli("insights", "retire", insight_id, "--store", str(path), "--json")
+    assert done.returncode == 0, done.stderr
+    settings = load_settings(store=str(path), memory={"embedder": "hash"})
+    with Agent(settings) as agent:
+        assert agent.memory.insights.get(insight_id).status == "retired"
+        assert _cli("insights", "restore", insight_id, "--store", str(path)).returncode != 0
+    assert _cli("insights", "restore", insight_id, "--store", str(path)).returncode == 0
+
+
 def test_the_owner_lock_dies_with_its_process(tmp_path: Path) -> None:
     path = tmp_path / "s"
     code = ("import sys, time; from crps_agent.memory import Memory; "
@@ -99,18 +121,16 @@ def test_the_owner_lock_dies_with_its_process(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
         started = time.monotonic()
-        _store(path)  # at once: no lease to expire
+        _store(path).close()  # at once: no lease to expire
         assert time.monotonic() - started < 5
     finally:
         proc.kill()
-        release_ownership(path)
 
 
 @pytest.mark.parametrize("damage", ["empty", "missing", "garbage"])
 def test_a_damaged_store_is_refused(tmp_path: Path, damage: str) -> None:
     path = tmp_path / "s"
-    _store(path)
-    release_ownership(path)
+    _store(path).close()
     db = path / "chroma.sqlite3"
     if damage == "empty":
         db.write_bytes(b"")
@@ -136,8 +156,7 @@ def test_read_only_opens_need_a_store_and_write_nothing(tmp_path: Path) -> None:
         Memory(str(tmp_path / "none"), embedder="hash", read_only=True)
     assert not (tmp_path / "none").exists()
     path = tmp_path / "s"
-    _store(path)
-    release_ownership(path)
+    _store(path).close()
     before = sorted(p.name for p in path.iterdir())
     ro = Memory(str(path), embedder="hash", read_only=True)
     assert [i.text for i in ro.insights.list()] == [TEXT]
@@ -150,8 +169,8 @@ def test_read_only_opens_need_a_store_and_write_nothing(tmp_path: Path) -> None:
                     reason="needs a private mount namespace (root) for a read-only mount")
 def test_read_only_commands_work_on_a_read_only_store(tmp_path: Path) -> None:
     path = tmp_path / "s"
-    _store(path).record([Insight(text=TEXT, domain="math").id], correct=False)
-    release_ownership(path)
+    with _store(path) as memory:
+        memory.record([Insight(text=TEXT, domain="math").id], correct=False)
     ro = tmp_path / "ro"
     ro.mkdir()
     cli = " ".join(shlex.quote(a) for a in CLI)
@@ -170,16 +189,13 @@ def test_read_only_commands_work_on_a_read_only_store(tmp_path: Path) -> None:
 
 
 def test_exports_follow_the_umask(tmp_path: Path) -> None:
-    memory = _store(tmp_path / "s")
-    try:
+    with _store(tmp_path / "s") as memory:
         old = os.umask(0o022)
         try:
             export_insights(memory.insights, tmp_path / "out.jsonl")
         finally:
             os.umask(old)
         assert stat.S_IMODE((tmp_path / "out.jsonl").stat().st_mode) == 0o644
-    finally:
-        release_ownership(tmp_path / "s")
 
 
 class _Client:
@@ -206,13 +222,12 @@ def test_only_not_found_means_absent() -> None:
 
 def test_a_store_opens_with_the_embedder_it_was_built_with(tmp_path: Path) -> None:
     path = tmp_path / "s"
-    Memory(str(path), embedder="hash-64").remember([Insight(text=TEXT, domain="math")])
-    release_ownership(path)
-    again = Memory(str(path))  # not told: the store's own embedder, no model loaded
-    assert again.embedder.name == "hash-64" and again.insights.count() == 1
-    assert Memory(str(tmp_path / "new")).embedder.name == "all-MiniLM-L6-v2"  # new: MiniLM
-    release_ownership(path)
-    release_ownership(tmp_path / "new")
+    with Memory(str(path), embedder="hash-64") as memory:
+        memory.remember([Insight(text=TEXT, domain="math")])
+    with Memory(str(path)) as again:  # not told: the store's own embedder, no model loaded
+        assert again.embedder.name == "hash-64" and again.insights.count() == 1
+    with Memory(str(tmp_path / "new")) as new:
+        assert new.embedder.name == "all-MiniLM-L6-v2"  # a new store: MiniLM
     env = {k: v for k, v in ENV.items() if k not in ("CRPS_MEMORY__EMBEDDER", "CRPS_CONFIG")}
     out = tmp_path / "out.jsonl"
     res = subprocess.run([*CLI, "insights", "export", str(out), "--store", str(path)],
@@ -243,4 +258,4 @@ def test_cli_json_utility_honours_the_configured_prior(tmp_path: Path,
         # 2/3); `utility` is the counterfactual estimate (crps_agent/credit_policy.py)
         assert row["success_rate"] == round((1 + 3) / (1 + 3 + 1), 4)
     finally:
-        release_ownership(path)
+        memory.close()

@@ -15,7 +15,7 @@ from crps_agent.crps.export import Example, write_method
 from crps_agent.crps.gate import evaluate
 from crps_agent.domains import Domain
 from crps_agent.errors import ConfigError
-from crps_agent.memory.admission import check_candidates
+from crps_agent.memory.admission import admission_request
 from crps_agent.search.best_of_n import best_of_n
 from crps_agent.search.budget import token_budget
 from crps_agent.search.mcts import mcts
@@ -73,8 +73,9 @@ def test_every_phase_asks_for_the_same_limit(method: str, expected: int,
     else:
         best_of_n(task, domain, backends[0], messages=messages, settings=settings, seed=1)
         assert _limits(backends[0]) == {want}
-    check_candidates(task, domain, backends[1], notes=[], search=settings, rollouts=2,
-                     candidates=[Insight(text="Read the number aloud before answering.")])
+    note = Insight(text="Read the number aloud before answering.")
+    backends[1].generate([admission_request(task, domain, [note.text], settings, 2, 1,
+                                            note.id)])
     evaluate([task], backends[2], {domain.name: domain}, adapter=None, n=2, seed=0,
              settings=settings)
     assert _limits(backends[1]) == {want} and _limits(backends[2]) == {want}

@@ -1,0 +1,192 @@
+"""Reindex: re-embed every embedded collection (insights, trajectories, contrasts) into new
+collections of the next generation, check the counts, switch the store's pointer record in
+one write (see `crps_agent.memory.chroma`), and only then delete the old collections. An
+interrupted reindex leaves the store on the old generation. Counter events (`crps_credit`)
+are embedder-independent and stay as they are.
+"""
+
+from __future__ import annotations
+
+import builtins
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from crps_agent.errors import StoreError
+from crps_agent.memory.chroma import (
+    EMBEDDED_COLLECTIONS,
+    Pointers,
+    is_not_found,
+    is_server_client,
+    open_collection,
+    read_pointers,
+    write_lock,
+    write_pointers,
+)
+from crps_agent.memory.records import from_record, to_meta, upgrade_layout
+
+if TYPE_CHECKING:
+    from chromadb.api import ClientAPI
+    from chromadb.api.models.Collection import Collection
+
+    from crps_agent.memory.embedders import Embedder
+
+Progress = Callable[[str, int, int], None]  # (what, done, total)
+_BATCH = 256
+
+
+def _embedding_text(logical: str, document: str | None) -> str:
+    """The text a record of an embedded collection is embedded by: the insight's text, a
+    trajectory's (or search's) task prompt, a contrast's good trajectory."""
+    doc = document or ""
+    if logical == "insights":
+        return doc
+    try:
+        data = json.loads(doc)
+        if logical == "contrasts":
+            return str(data["good"]["text"])
+        return str(data["task"]["prompt"])
+    except (ValueError, KeyError, TypeError):
+        return doc
+
+
+@dataclass
+class ReindexReport:
+    embedder: str
+    dim: int
+    generation: int
+    previous: dict[str, str | None] = field(default_factory=dict)  # logical -> old embedder
+    collections: dict[str, dict[str, Any]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def _existing(client: ClientAPI, name: str) -> Collection | None:
+    """The collection `name`, None only if it does not exist (other errors raise)."""
+    try:
+        return client.get_collection(name, embedding_function=None)
+    except Exception as exc:
+        if is_not_found(exc):
+            return None
+        raise StoreError(f"cannot open collection {name!r}: {exc}") from None
+
+
+def _copy(old: Collection, new: Collection, logical: str, embedder: Embedder,
+          progress: Progress | None, batch: int, ids: builtins.list[str] | None = None) -> int:
+    """Copy `old` (or only `ids` of it) into `new`, re-embedded; returns records copied."""
+    total = old.count() if ids is None else len(ids)
+    done = 0
+    cache: dict[str, builtins.list[float]] = {}  # many trajectories share one task prompt
+    while done < total:
+        if ids is None:
+            res = old.get(limit=batch, offset=done, include=["documents", "metadatas"])
+        else:
+            res = old.get(ids=ids[done:done + batch], include=["documents", "metadatas"])
+        if not res["ids"]:
+            break
+        n = len(res["ids"])
+        docs: builtins.list[Any] = builtins.list(res["documents"] or []) or [None] * n
+        metas: builtins.list[dict[str, Any]] = [
+            dict(m or {}) for m in (res["metadatas"] or [])] or [{} for _ in range(n)]
+        texts = [_embedding_text(logical, d) for d in docs]
+        missing = builtins.list(dict.fromkeys(t for t in texts if t not in cache))
+        cache.update(zip(missing, embedder.embed(missing), strict=True))
+        if logical == "insights":  # repacked (any layout in, layout 2 out)
+            metas = [to_meta(dataclasses.replace(from_record(i, d, m), embedder=embedder.name))
+                     for i, d, m in zip(res["ids"], docs, metas, strict=True)]
+        new.upsert(ids=res["ids"], embeddings=[cache[t] for t in texts],  # type: ignore[arg-type]
+                   documents=docs, metadatas=metas if all(metas) else None)  # type: ignore[arg-type]
+        if len(cache) > 4 * batch:
+            cache.clear()
+        done += len(res["ids"])
+        if progress is not None:
+            progress(logical, done, total)
+    return done
+
+
+def _records(collection: Collection) -> dict[str, tuple[Any, dict[str, Any]]]:
+    res = collection.get(include=["documents", "metadatas"])
+    n = len(res["ids"])
+    docs: builtins.list[Any] = builtins.list(res["documents"] or []) or [None] * n
+    metas: builtins.list[Any] = builtins.list(res["metadatas"] or []) or [None] * n
+    return {i: (d, dict(m or {})) for i, d, m in zip(res["ids"], docs, metas, strict=True)}
+
+
+def _catch_up(old: Collection, new: Collection, logical: str, embedder: Embedder,
+              batch: int) -> int:
+    """Make `new` hold what `old` holds now (records added, changed or deleted during the
+    copy by other writers of a server); returns the records re-copied."""
+    source, target = _records(old), _records(new)
+    gone = sorted(set(target) - set(source))
+    if gone:
+        new.delete(ids=gone)
+
+    def content(i: str, doc: Any, meta: dict[str, Any]) -> Any:
+        if logical == "insights":  # the copy's embedder and layout differ by design
+            return dataclasses.replace(from_record(i, doc, meta), embedder="")
+        return doc, meta
+
+    stale = sorted(i for i, (doc, meta) in source.items()
+                   if i not in target or content(i, *target[i]) != content(i, doc, meta))
+    if stale:
+        _copy(old, new, logical, embedder, None, batch, ids=stale)
+    return len(stale)
+
+
+def reindex(client: ClientAPI, embedder: Embedder, *, batch: int = _BATCH,
+            progress: Progress | None = None) -> ReindexReport:
+    """Re-embed the store's insights, trajectories and contrasts with `embedder` into the
+    next generation of collections and switch to it atomically (see the module doc).
+
+    An embedded store has this process as its only writer. On a Chroma server the copy
+    runs while other agents keep writing; then whatever they added, changed or deleted
+    meanwhile is caught up, the pointer switched and the old collections deleted (a write
+    that lands between the catch-up and the switch is not carried over: reindex a server
+    while its agents are stopped). Agents that hold the old collections open must reopen
+    the store afterwards. Counter events (`crps_credit`) are embedder-independent and
+    stay as they are."""
+    started = time.perf_counter()
+    embedded = not is_server_client(client)
+    with write_lock(client):
+        current = read_pointers(client)
+        generation = current.generation + 1
+        new_names = {name: f"{name}.g{generation}" for name in EMBEDDED_COLLECTIONS}
+        report = ReindexReport(embedder.name, embedder.dim, generation)
+        pairs: builtins.list[tuple[str, Collection | None, Collection]] = []
+        for logical in EMBEDDED_COLLECTIONS:
+            old = _existing(client, current.physical(logical))
+            stored = None if old is None else (old.metadata or {}).get("embedder")
+            report.previous[logical] = None if stored is None else str(stored)
+            if _existing(client, new_names[logical]) is not None:  # left by a crashed run
+                client.delete_collection(new_names[logical])
+            new = open_collection(client, logical, embedder, physical=new_names[logical])
+            if logical == "insights":
+                upgrade_layout(client, new)  # empty: marks it; the copy writes layout 2
+            pairs.append((logical, old, new))
+        copied = {logical: 0 if old is None else
+                  _copy(old, new, logical, embedder, progress, batch)
+                  for logical, old, new in pairs}
+        if read_pointers(client).generation != current.generation:
+            raise StoreError("another reindex switched the store meanwhile; nothing "
+                             "was changed by this one")
+        for logical, old, new in pairs:
+            if old is not None and not embedded:
+                copied[logical] += _catch_up(old, new, logical, embedder, batch)
+            expected = 0 if old is None else old.count()
+            if new.count() != expected:
+                raise StoreError(
+                    f"reindex of {logical!r} copied {new.count()} of {expected} records; "
+                    "the store still uses the old collections (run the command again)")
+            report.collections[logical] = {
+                "from": None if old is None else old.name, "to": new.name,
+                "count": expected}
+        write_pointers(client, Pointers(generation, new_names),
+                       embedder=embedder.name, dim=embedder.dim,
+                       updated_at=round(time.time(), 3))
+        for _, old, new in pairs:
+            if old is not None and old.name != new.name:
+                client.delete_collection(old.name)
+    report.seconds = round(time.perf_counter() - started, 3)
+    return report
