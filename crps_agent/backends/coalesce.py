@@ -12,11 +12,13 @@ reflections, repairs, admission checks and syntheses call `generate` with a hand
 requests. A local engine (vLLM, an HF padded batch) is fast only with many sequences per
 call, so the coalescer holds a call until every registered worker is either blocked in
 `generate` or not running (unregistered), or until the oldest waiting call has waited
-`max_wait` seconds, and then sends everything pending in one call per group of requests
-with equal sampling settings (`sampling_key`: a backend can batch only requests that
-sample alike). One merged call is in flight at a time (vLLM's `LLM` and an HF model are
-not thread-safe; an OpenAI-wire backend already spreads one call over its configured
-concurrency); what arrives meanwhile is merged into the next call.
+`max_wait` seconds, and then sends everything pending in one call. Requests with other
+sampling settings go in the same call: every backend takes them mixed (vLLM and an
+OpenAI-wire client per request; the HF backend makes one padded batch per group of equal
+settings itself), so vLLM sees one engine call for all of them. One merged call is in
+flight at a time (vLLM's `LLM` and an HF model are not thread-safe; an OpenAI-wire backend
+already spreads one call over its configured concurrency); what arrives meanwhile is
+merged into the next call.
 
 Errors: when a merged call of several callers fails, each caller's requests are sent
 again alone, once, and each caller gets its own outcome, so one bad request (a prompt
@@ -30,7 +32,6 @@ that sends a call hands out results or errors in a `finally`.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -68,14 +69,6 @@ def default_concurrency(backend: Backend) -> int:
         return BACKEND_CONCURRENCY[inner.name]
     wire = getattr(inner, "concurrency", None)
     return wire if isinstance(wire, int) and wire >= 1 else 1
-
-
-def sampling_key(request: GenerationRequest) -> tuple[Any, ...]:
-    """The settings requests must share to go in one backend call (everything but the
-    prompt, `n`, `seed`, `prefix`, `purpose` and `meta`, which backends take per request)."""
-    schema = json.dumps(request.json_schema, sort_keys=True) if request.json_schema else None
-    return (request.temperature, request.top_p, request.max_tokens, tuple(request.stop),
-            schema, request.logprobs, request.adapter)
 
 
 @dataclass(eq=False)
@@ -175,20 +168,13 @@ class Coalescer:
         return oldest + self.max_wait - time.monotonic()
 
     def _send(self) -> None:
-        """Send everything pending, one backend call per sampling group. Called with the
-        lock held; releases it during the calls."""
+        """Send everything pending in one backend call. Called with the lock held;
+        releases it during the call."""
         batch, self._pending = self._pending, []
         self._sending = True
-        groups: dict[tuple[Any, ...], list[_Pending]] = {}
-        for p in batch:
-            keys = {sampling_key(r) for r in p.requests}
-            # A caller that mixes settings in one call was served so before: keep it alone.
-            key = keys.pop() if len(keys) == 1 else ("mixed", id(p))
-            groups.setdefault(key, []).append(p)
         self._cond.release()
         try:
-            for group in groups.values():
-                self._call(group)
+            self._call(batch)
         finally:
             self._cond.acquire()
             self._sending = False
