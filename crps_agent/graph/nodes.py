@@ -244,6 +244,8 @@ def credit_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, 
     elif done and before is not None and now is not None and key:
         ctx.memory.record(solved_with[True], True, event_id=ev("win"))
         ctx.memory.record(solved_with[False], False, event_id=ev("loss"))
+        if state.get("mode", "learn") == "learn":  # its events are keyed by the search too
+            credit_search(ctx.memory, result, recalled, ctx.settings.memory)
     if done and before is not None and now is not None:
         old = before.get("insights", {})
         for insight_id in changed_ids(restrict(before, recalled), restrict(now, recalled)):

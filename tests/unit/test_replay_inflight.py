@@ -75,3 +75,30 @@ def test_a_replayed_credit_counts_its_verdict_once_beside_other_tasks(tmp_path: 
     credit_node(state, _runtime(settings, memory, {"credit"}))  # type: ignore[arg-type]
     again = memory.insights.get(note.id)
     assert (again.uses, again.wins, again.losses) == (2, 1, 1)
+
+
+def test_a_replayed_credit_keeps_its_counterfactual_credit_beside_other_tasks(
+        tmp_path: Path) -> None:
+    from crps_agent.credit_policy import CreditEvents
+
+    settings, memory, task = _setup(tmp_path)
+    note = Insight(text="Add the two numbers, then check the sum.", domain="math")
+    memory.remember([note])
+
+    def attempt(i: int, with_note: bool, correct: bool) -> Trajectory:
+        return Trajectory(task_id=task.id, text=f"try {i}", steps=[f"try {i}"],
+                          answer="5" if correct else "6",
+                          verdict=Verdict(reward=float(correct), correct=correct),
+                          insight_ids=[note.id] if with_note else [], search_id="s-a")
+
+    tries = [attempt(0, True, True), attempt(1, True, True), attempt(2, False, False),
+             attempt(3, False, True)]
+    result = SearchResult(task=task, trajectories=tries, best=tries[0], search_id="s-a")
+    state: dict[str, Any] = {"task": task.to_dict(), "result": result.to_dict(),
+                             "recalled_ids": [note.id], "run_id": "r", "mode": "learn",
+                             "credit_before": snapshot(memory, "default", "math")}
+    memory.record([note.id], False, event_id="r:t-b:loss")  # task B, after A's pre-image
+    for _ in range(2):  # the replay, then a replay of the replay
+        credit_node(state, _runtime(settings, memory, {"credit"}))  # type: ignore[arg-type]
+        cf = CreditEvents(memory).get_many([note.id])[note.id]
+        assert (cf.with_wins, cf.with_n, cf.without_wins, cf.without_n) == (2, 2, 1, 2)
