@@ -51,7 +51,10 @@ def learn(server: OpenAIServer, store: Path, *extra: str) -> tuple[int, list[dic
                                                                     str]:
     res = CliRunner().invoke(cli, [
         "learn", str(EXAMPLES / "tasks.jsonl"), "--backend", "openai", "--base-url",
-        server.url, "--model", "scripted", "--budget", "4", "--store", str(store), *extra],
+        server.url, "--model", "scripted", "--budget", "4", "--store", str(store),
+        # one task at a time: a fault plan is a sequence of HTTP requests, and which task's
+        # request meets which fault must not depend on thread timing
+        "--concurrency", "1", *extra],
         catch_exceptions=False)
     rows = [json.loads(x) for x in res.stdout.splitlines() if x.startswith("{")]
     return res.exit_code, rows, res.output
@@ -112,6 +115,16 @@ def test_a_dead_backend_stops_the_run_cleanly(server: OpenAIServer, env: Path) -
     code, rows, _ = learn(server, env / "store-json", "--max-failures", "2", "--json")
     assert code == 1 and len([r for r in rows if r["type"] == "task"]) == 2
     assert rows[-1]["stopped"] and rows[-1]["failed"] == 2
+
+
+def test_a_dead_backend_fails_every_task_in_flight_without_a_hang(server: OpenAIServer,
+                                                                   env: Path) -> None:
+    server.reset(Faults(then="503"))
+    code, rows, _ = learn(server, env / "store", "--json", "--concurrency", "3")
+    tasks = [r for r in rows if r["type"] == "task"]
+    assert code == 1 and len(tasks) == 3
+    assert all("failed after 3 attempts" in t["error"] for t in tasks)
+    assert rows[-1]["failed"] == 3
 
 
 def test_all_empty_completions_are_warned_about(server: OpenAIServer, env: Path,
