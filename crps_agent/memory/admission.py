@@ -51,6 +51,8 @@ def settle(store: InsightStore, decisions: dict[str, bool]) -> list[Insight]:
             if ins.status != "candidate":
                 continue
             ins.status = "active" if admitted else "retired"
+            if admitted:  # admitted on a later test: no longer merged into another note
+                ins.flags = [f for f in ins.flags if not f.startswith(MERGED)]
             if not admitted and ADMISSION_REJECTED not in ins.flags:
                 ins.flags = [*ins.flags, ADMISSION_REJECTED]
             store.update(ins)

@@ -18,8 +18,9 @@ from crps_agent.backends.base import GenerationRequest
 from crps_agent.backends.scripted import ScriptedBackend
 from crps_agent.config import load_settings
 from crps_agent.graph.agent import Agent
-from crps_agent.memory.admission import absorb, merged_into
+from crps_agent.memory.admission import absorb, merged_into, settle
 from crps_agent.redundancy import judge_same, same_messages
+from crps_agent.review import needs_review, review
 from crps_agent.sim.backend import SimBackend
 from crps_agent.sim.config import SimConfig
 from crps_agent.types import Insight, Task
@@ -100,13 +101,24 @@ def test_absorb_is_idempotent_and_needs_an_active_note(tmp_path: Path) -> None:
     agent = _agent(tmp_path, _judge(True, True))
     store = agent.memory.insights
     note = store.list(status="active")[0]
-    cand = Insight(text=SAME, domain="math", evidence=["c1"])
+    cand = Insight(text=SAME, domain="math", evidence=["c1"], status="candidate")
     store.add(cand)
     assert absorb(store, cand.id, note.id) is not None
     assert absorb(store, cand.id, note.id) is not None
     got = store.get(note.id)
     assert got.support == 2 and got.evidence == ["c0", "c1"]
     assert store.get(cand.id).flags.count(f"merged:{note.id}") == 1
+    # the support a note took is no reason to review it; the candidate's rejection is
+    assert not needs_review(got) and not needs_review(store.get(cand.id))
+    assert [f.insight.id for f in review(store).flagged] == []
+    assert settle(store, {cand.id: False})[0].status == "retired"
+    assert [f.insight.id for f in review(store).flagged] == [cand.id]
+    # admitted on a later test (a rediscovery), it is no longer merged into the note
+    again = store.get(cand.id)
+    again.status = "candidate"
+    store.update(again)
+    assert settle(store, {cand.id: True})[0].status == "active"
+    assert merged_into(store.get(cand.id)) is None
     store.set_status(note.id, "retired")
     other = Insight(text="Convert minutes to hours before dividing.", domain="math")
     store.add(other)
