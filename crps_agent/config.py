@@ -148,7 +148,7 @@ class MemorySettings(BaseModel):
     embedder: str | None = Field(None, description="'minilm' (real) or 'hash' (fast, for "
                                  "tests); unset: the one the store was built with, else "
                                  "'minilm'")
-    recall_k: int = Field(3, ge=0, description="most notes in a prompt: each note that does "
+    recall_k: int = Field(2, ge=0, description="most notes in a prompt: each note that does "
                           "not apply to the problem distracts a small model a little")
     token_budget: int = Field(120, ge=0, description="tokens of recalled notes in a prompt "
                               "(a few one- or two-sentence notes)")
@@ -215,6 +215,13 @@ class MemorySettings(BaseModel):
                                              "P(p_with < p_without) on the neighbours that "
                                              "rejects a candidate (on a first stage and "
                                              "again after a confirming second)")
+    merge_redundant: bool = Field(True, description="ask the backend whether a candidate "
+                                  "rejected for no evidence restates a recalled active "
+                                  "note; if so merge it into that note as support "
+                                  "(crps_agent/redundancy.py)")
+    merge_confidence: float = Field(0.8, ge=0.0, le=1.0, description="confidence the "
+                                    "backend must give, in both orders, that a candidate "
+                                    "and a note give the same advice before they merge")
 
     @field_validator("shared_namespaces")
     @classmethod

@@ -33,6 +33,7 @@ from crps_agent.memory.chroma import write_lock
 from crps_agent.memory.records import to_meta
 from crps_agent.memory.reindex import Progress
 from crps_agent.namespaces import Namespace, validate_namespace
+from crps_agent.review import needs_review
 from crps_agent.types import INSIGHT_KINDS, Insight
 
 if TYPE_CHECKING:
@@ -132,7 +133,7 @@ def stats(store: InsightStore, namespace: Namespace | None = None, *, top: int =
         "wins": sum(i.wins for i in items),
         "losses": sum(i.losses for i in items),
         "promoted": sum(1 for i in items if i.promoted),
-        "flagged": sum(1 for i in items if i.flags),
+        "flagged": sum(1 for i in items if needs_review(i)),
         "utility": {
             "used": len(used),
             "unused": len(items) - len(used),

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from crps_agent.memory.admission import ABSORBED, MERGED
 from crps_agent.memory.credit import ADMISSION_REJECTED, RESTORED, RETIRED_BELOW_BASELINE
 from crps_agent.memory.dedup import CONTRADICTION
 from crps_agent.namespaces import Namespace
@@ -53,8 +54,16 @@ class Review:
 
 def _reasons(insight: Insight) -> list[str]:
     known = [r for r in REASONS if r in insight.flags]
-    other = [f for f in insight.flags if f not in REASONS and f != RESTORED]
+    # "absorbed:<id>" / "merged:<id>" record a redundant candidate merged into a note as
+    # support: no concern of their own (the candidate's rejection is one).
+    other = [f for f in insight.flags if f not in REASONS and f != RESTORED
+             and not f.startswith((ABSORBED, MERGED))]
     return known + other
+
+
+def needs_review(insight: Insight) -> bool:
+    """Whether an insight carries a flag a person should look at."""
+    return bool(_reasons(insight))
 
 
 def review(store: InsightStore, namespace: Namespace | None = None,

@@ -17,8 +17,9 @@ every `eval_every` training tasks, and at the end. JSON Lines:
   "active", "retired", "candidate", "lessons"}`: the simulator's catalogue of notes by
   class (helpful, platitude, harmful), the store's insights in any status (every one was
   proposed by reflection) and by status, classified by the simulator's truth
-  (`unclassified`: no catalogue note), and the pitfalls with a helpful note proposed /
-  active (paraphrases of one lesson counted once);
+  (`unclassified`: no catalogue note), `merged`: the retired candidates merged as support
+  into an active note (crps_agent/redundancy.py), `in_use`: active + merged, and the
+  pitfalls with a helpful note proposed / in use (paraphrases of one lesson counted once);
 - last, `{"bench": "learning-summary", "pass1": {arm: final}, "gain_vs_none": {arm: [gain,
   lo, hi]}, "added_prompt_tokens": {arm: tokens}, "added_tokens_vs_episodic": {arm: ratio},
   "rollouts": total, ...}`: the gains are paired bootstrap intervals over the held-out
@@ -67,30 +68,44 @@ def _supports_epochs() -> bool:
 
 
 def _memory_row(truth: Any, memory: Memory, checkpoint: int, seen: int) -> dict[str, Any]:
+    from crps_agent.memory.admission import merged_into
+
     catalogue = truth.candidates()
     row: dict[str, Any] = {"bench": "learning-memory", "checkpoint": checkpoint,
                            "train_tasks_seen": seen,
                            "candidates": {c: len(catalogue.get(c, [])) for c in CLASSES}}
     proposed = dict.fromkeys((*CLASSES, "unclassified"), 0)
+    merged = dict.fromkeys((*CLASSES, "unclassified"), 0)
     lessons: dict[str, set[str]] = {"proposed": set(), "active": set()}
-    for status in ("active", "retired", "candidate"):
+    by_status = {s: memory.insights.list(status=s) for s in ("active", "retired", "candidate")}
+    active_ids = {i.id for i in by_status["active"]}
+    for status, insights in by_status.items():
         counts = dict.fromkeys((*CLASSES, "unclassified"), 0)
-        for ins in memory.insights.list(status=status):
+        for ins in insights:
             kind = truth.classify(ins.text)
             counts[kind or "unclassified"] += 1
+            # A candidate merged into an active note as support (crps_agent/redundancy.py)
+            # is in use through that note: its text is active, not its own record.
+            absorbed = status == "retired" and merged_into(ins) in active_ids
+            if absorbed:
+                merged[kind or "unclassified"] += 1
             if kind == "helpful":
                 pitfall = truth.pitfall_of(ins.text) or ""
                 lessons["proposed"].add(pitfall)
-                if status == "active":
+                if status == "active" or absorbed:
                     lessons["active"].add(pitfall)
         row[status] = counts
         for k, v in counts.items():
             proposed[k] += v
     # Every insight the store holds was proposed by reflection and met admission: the
-    # share of these that is active is what admission and credit decided. Paraphrases of
-    # one lesson are separate insights, and a second note on a pitfall adds nothing, so
-    # `lessons` also counts the pitfalls with a helpful note proposed / active.
+    # share of these that is active is what admission and credit decided. `active` counts
+    # own records, `merged` the retired candidates merged as support into a note that is
+    # active (counted retired too); `in_use` is the sum. Paraphrases of one lesson are
+    # separate texts, so `lessons` also counts the pitfalls with a helpful note proposed /
+    # in use.
     row["proposed"] = proposed
+    row["merged"] = merged
+    row["in_use"] = {k: row["active"][k] + merged[k] for k in proposed}
     row["lessons"] = {k: len(v) for k, v in lessons.items()}
     return row
 

@@ -20,6 +20,7 @@ from crps_agent.ledger import phase
 from crps_agent.memory.admission import settle
 from crps_agent.memory.credit import should_ablate
 from crps_agent.memory.ingest import AddOutcome
+from crps_agent.redundancy import merge_redundant
 from crps_agent.reflect.analyst import analyst_backend
 from crps_agent.reflect.reflector import reflect
 from crps_agent.reflect.schema import analysis_of
@@ -288,6 +289,11 @@ def admit_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, A
             candidates=[c for c in candidates if c.status == "candidate"],
             memory=ctx.memory, backend=ctx.backend, domains=ctx.domains,
             settings=ctx.settings, seed=_seed(state, ctx))
+    with phase("merge"):  # a rejected candidate that restates a recalled note is support
+        merges, judged = merge_redundant(task.id, task.namespace, checks, candidates,
+                                 state.get("recalled_ids", []), memory=ctx.memory,
+                                 backend=ctx.backend, settings=ctx.settings,
+                                 seed=_seed(state, ctx))
     settle(ctx.memory.insights, {c.insight_id: c.admitted for c in checks})
     # An admitted note is anchored on the task it was learned on (crps_agent/anchors.py).
     AnchorStore(ctx.memory).add(task.namespace, {c.insight_id: [task.id, *c.helped]
@@ -296,8 +302,12 @@ def admit_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, A
         log.info("admission on task %s: insight %s %s (%s, P(helps) %.2f, %d rollouts)",
                  task.id, c.insight_id, "admitted" if c.admitted else "rejected",
                  c.reason, c.p_help, c.rollouts)
+    for m in merges:
+        log.info("admission on task %s: insight %s merged into %s as support", task.id,
+                 m.candidate_id, m.into)
     return {"admission": [c.to_dict() for c in checks],
-            "llm_calls": (1 if checks else 0) + (1 if any(c.neighbours for c in checks) else 0)}
+            "llm_calls": (1 if checks else 0) + (1 if any(c.neighbours for c in checks) else 0)
+            + judged}
 
 
 def crps_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:

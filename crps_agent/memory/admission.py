@@ -4,7 +4,8 @@ crps_agent/admission_policy.py.
 
 `admission_request` is a check request with the search's sampling settings and token limit;
 `settle` makes admitted candidates active and retires rejected ones with the
-flag "admission:rejected" (kept: a later rediscovery makes it a candidate again).
+flag "admission:rejected" (kept: a later rediscovery makes it a candidate again);
+`absorb` merges a redundant candidate into an active note as support.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from crps_agent.errors import NotFoundError
 from crps_agent.memory.chroma import write_lock
 from crps_agent.memory.credit import ADMISSION_REJECTED
 from crps_agent.search.budget import token_budget
+
+MERGED = "merged:"  # on a candidate merged into an active note as support
+ABSORBED = "absorbed:"  # on the note, one per candidate it absorbed
 
 if TYPE_CHECKING:
     from crps_agent.config import SearchSettings
@@ -47,8 +51,41 @@ def settle(store: InsightStore, decisions: dict[str, bool]) -> list[Insight]:
             if ins.status != "candidate":
                 continue
             ins.status = "active" if admitted else "retired"
+            if admitted:  # admitted on a later test: no longer merged into another note
+                ins.flags = [f for f in ins.flags if not f.startswith(MERGED)]
             if not admitted and ADMISSION_REJECTED not in ins.flags:
                 ins.flags = [*ins.flags, ADMISSION_REJECTED]
             store.update(ins)
             settled.append(ins)
     return settled
+
+
+def absorb(store: InsightStore, candidate_id: str, into: str) -> Insight | None:
+    """Merge a candidate into the active note `into` as support (crps_agent/redundancy.py):
+    the note's support grows by one and it takes the candidate's evidence and the flag
+    "absorbed:<candidate id>"; the candidate, which keeps its own text, is flagged
+    "merged:<note id>" (`settle` then retires it). Idempotent: a candidate already absorbed
+    into the note changes nothing. None when either is gone or the note is not active."""
+    with write_lock(store.client):
+        try:
+            cand, note = store.get(candidate_id), store.get(into)
+        except NotFoundError:
+            return None
+        if note.status != "active":
+            return None
+        mark = f"{ABSORBED}{cand.id}"
+        if mark not in note.flags:
+            note.support += 1
+            note.evidence = list(dict.fromkeys([*note.evidence, *cand.evidence]))
+            note.flags = [*note.flags, mark]
+            store.update(note)
+        merged = f"{MERGED}{note.id}"
+        if merged not in cand.flags:
+            cand.flags = [*cand.flags, merged]
+            store.update(cand)
+        return note
+
+
+def merged_into(insight: Insight) -> str | None:
+    """The id of the note a candidate was merged into as support, if any."""
+    return next((f[len(MERGED):] for f in insight.flags if f.startswith(MERGED)), None)

@@ -17,6 +17,8 @@ It answers from the prompt text alone, like a real model:
   (helpful paraphrases for the contrasted task's pitfalls, platitudes, harmful rules) or a
   malformed reply (truncated JSON, unescaped LaTeX); repair prompts get the same content
   as valid JSON; merge, contradiction and synthesis prompts get plausible replies;
+  same-advice prompts (crps_agent/redundancy.py) the right answer from the two lessons'
+  texts, wrong with probability `judge_error`;
 - anything else: a short generic reply.
 Every sample is deterministic per (sim seed, request seed, prompt, prefix, sample index).
 """
@@ -173,6 +175,7 @@ class SimBackend:
                index: int) -> str:
         from crps_agent.consolidation import MERGE_SYSTEM
         from crps_agent.crps.synthesis import SYNTH_SYSTEM
+        from crps_agent.redundancy import SAME_SYSTEM
         from crps_agent.reflect.prompts import REFLECT_SYSTEM
 
         messages = req.messages or [{"role": "user", "content": req.prompt or ""}]
@@ -184,6 +187,8 @@ class SimBackend:
             return self._reflect(text, rng, malformed_ok=True)
         if system.startswith(MERGE_SYSTEM[:40]):
             return self._merge(last, rng)
+        if system == SAME_SYSTEM:
+            return self._same(last, rng)
         if system.startswith("You compare two lessons"):
             return self._contradiction(last)
         task = self.world.lookup(last) if "Problem:" in last else None
@@ -334,3 +339,21 @@ class SimBackend:
         reason = ("one recommends what the other warns against" if opposite
                   else "they address different points")
         return json.dumps({"contradiction": opposite, "reason": reason})
+
+    def _same(self, user: str, rng: random.Random) -> str:
+        """Whether two lessons give the same advice, as a judge model would say it: right
+        when both are catalogue notes of one kind on one pitfall (platitudes: the same
+        text), wrong with probability `judge_error` (then with a confidence that may still
+        pass a bar)."""
+        lessons = dict(_LESSON.findall(user))
+        a = self.world.classify(lessons.get("A", ""))
+        b = self.world.classify(lessons.get("B", ""))
+        same = (a is not None and b is not None and a.kind == b.kind
+                and (a.pitfall == b.pitfall if a.pitfall else a.text == b.text))
+        if rng.random() < self.cfg.judge_error:
+            same, confidence = not same, rng.uniform(0.6, 1.0)
+        else:
+            confidence = rng.uniform(0.8, 1.0)
+        reason = "one restates the other" if same else "they give different advice"
+        return json.dumps({"same": same, "confidence": round(confidence, 2),
+                           "reason": reason})

@@ -89,6 +89,10 @@ class SimConfig(BaseModel):
     paraphrases: int = Field(3, ge=1, le=MAX_PARAPHRASES, description="helpful notes per "
                              "pitfall")
     reflect_mix: ReflectMix = Field(default_factory=ReflectMix)
+    judge_error: float = Field(0.1, ge=0.0, le=1.0, description="chance that the answer to "
+                               "a same-advice question (do two lessons say the same?) is "
+                               "wrong, drawn per prompt: a wrong answer's confidence is "
+                               "uniform in [0.6, 1], a right one's in [0.8, 1]")
 
     @model_validator(mode="after")
     def _ranges(self) -> SimConfig:

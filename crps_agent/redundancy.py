@@ -1,0 +1,133 @@
+"""Redundant candidates: a candidate that restates an active note is merged into it as
+support (ExpeL's UPVOTE, ACE's curator), not thrown away and not stored twice.
+
+Admission (crps_agent/admission_policy.py) rejects a candidate that shows no help over the
+task's own recalled notes. Most such candidates in practice restate a lesson that was
+already in the prompt: the without arm held that lesson, so the candidate could add
+nothing. Rejecting it outright loses the fact that the lesson was found again on a new
+task, and MiniLM cannot tell a paraphrase (median cosine ~0.54 in the simulated catalogue)
+from a lesson's opposite (~0.51), so similarity alone cannot decide.
+
+So the model is asked, for each candidate rejected for lack of evidence and each active
+note recalled for its task, whether the two give the same advice, once in each order (one
+batched call, outside any lock, like `confirm_contradictions`). The pair counts as the same
+only when both replies say so with confidence >= `memory.merge_confidence`: asking in both
+orders cancels a judge's position bias and makes one noisy reply insufficient. The
+candidate is then merged into the first such note (`memory/admission.py` `absorb`): the
+note's support grows by one, it takes the candidate's evidence and records the candidate's
+id (flag "absorbed:<id>"); the candidate keeps its text on its own retired record, flagged
+"merged:<note id>"; and the caller anchors the note on the task, so retrieval through
+neighbouring problems (crps_agent/anchors.py) learns that the lesson applies there too.
+A candidate rejected for harm (or for not flipping a never-solved task) is not merged: it
+was tested and found wanting, not redundant. An unusable reply is a "no".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from crps_agent.errors import ParseError
+
+if TYPE_CHECKING:
+    from crps_agent.admission_policy import AdmissionDecision
+    from crps_agent.backends.base import Backend
+    from crps_agent.config import Settings
+    from crps_agent.memory.facade import Memory
+    from crps_agent.types import Insight
+
+SAME_SYSTEM = "You compare two lessons for a problem solver. Reply with one JSON object only."
+# Reasons of a rejection that leave a candidate possibly redundant (no sign of help over
+# the notes it was tested against), as opposed to tested and found wanting.
+REDUNDANT_REASONS = ("no-evidence", "settled")
+
+
+def same_messages(a: str, b: str) -> list[dict[str, str]]:
+    user = (f"Lesson A: {a}\nLesson B: {b}\n\nDo the two lessons give the same advice (one "
+            "restates the other, so a solver who knows A learns nothing new from B)? Reply "
+            '{"same": true|false, "confidence": <0.0-1.0>}')
+    return [{"role": "system", "content": SAME_SYSTEM}, {"role": "user", "content": user}]
+
+
+def _verdict(reply: str) -> tuple[bool, float]:
+    from crps_agent.reflect.parse import extract_json
+
+    try:
+        obj = extract_json(reply)
+    except ParseError:
+        return False, 0.0
+    same, conf = obj.get("same"), obj.get("confidence", 0.0)
+    try:
+        confidence = float(conf)
+    except (TypeError, ValueError):
+        confidence = 0.0
+    return same is True or str(same).lower() == "true", confidence
+
+
+def judge_same(pairs: Sequence[tuple[str, str]], backend: Backend, *, confidence: float,
+               seed: int | None = None) -> list[bool]:
+    """For each (a, b): whether the backend says, in both orders and each time with at
+    least `confidence`, that a and b give the same advice (one batched call)."""
+    if not pairs:
+        return []
+    from crps_agent.backends.base import GenerationRequest
+
+    requests = [GenerationRequest(messages=same_messages(x, y), n=1, temperature=0.0,
+                                  max_tokens=64, seed=seed, purpose="merge")
+                for a, b in pairs for x, y in ((a, b), (b, a))]
+    replies = [_verdict(c[0].text) for c in backend.generate(requests)]
+    return [all(same and conf >= confidence for same, conf in replies[2 * i:2 * i + 2])
+            for i in range(len(pairs))]
+
+
+@dataclass
+class Merge:
+    """A rejected candidate judged to restate an active note it was tested against."""
+
+    candidate_id: str
+    into: str
+
+
+def find_merges(decisions: Sequence[AdmissionDecision], candidates: Sequence[Insight],
+                recalled: Sequence[Insight], backend: Backend, *, confidence: float,
+                seed: int | None = None) -> tuple[list[Merge], int]:
+    """The merges of a task's rejected candidates (see the module doc): each candidate
+    rejected for lack of evidence against each active recalled note, in one batched call;
+    and the number of calls made (0 or 1)."""
+    by_id = {c.id: c for c in candidates}
+    notes = [n for n in recalled if n.status == "active"]
+    todo = [by_id[d.insight_id] for d in decisions
+            if not d.admitted and d.reason in REDUNDANT_REASONS and d.insight_id in by_id]
+    pairs = [(c, n) for c in todo for n in notes if n.id != c.id]
+    if not pairs:
+        return [], 0
+    verdicts = judge_same([(c.text, n.text) for c, n in pairs], backend,
+                          confidence=confidence, seed=seed)
+    merges: dict[str, Merge] = {}
+    for (c, n), same in zip(pairs, verdicts, strict=True):
+        if same and c.id not in merges:
+            merges[c.id] = Merge(c.id, n.id)
+    return list(merges.values()), 1
+
+
+def merge_redundant(task_id: str, namespace: str, decisions: Sequence[AdmissionDecision],
+                    candidates: Sequence[Insight], recalled_ids: Sequence[str], *,
+                    memory: Memory, backend: Backend, settings: Settings,
+                    seed: int | None = None) -> tuple[list[Merge], int]:
+    """Judge the task's rejected candidates against its recalled notes and merge those that
+    restate one (see the module doc): `absorb` each, then anchor the note on the task.
+    Call before `settle`: a replay after a crash in between finds the candidates still
+    candidates and redoes both (`absorb` is idempotent). Returns the merges made and the
+    backend calls (0 or 1)."""
+    if not settings.memory.merge_redundant or not recalled_ids:
+        return [], 0
+    from crps_agent.anchors import AnchorStore
+    from crps_agent.memory.admission import absorb
+
+    recalled = list(memory.insights.get_many(recalled_ids).values())
+    merges, calls = find_merges(decisions, candidates, recalled, backend,
+                         confidence=settings.memory.merge_confidence, seed=seed)
+    done = [m for m in merges if absorb(memory.insights, m.candidate_id, m.into) is not None]
+    AnchorStore(memory).add(namespace, {m.into: [task_id] for m in done})
+    return done, calls
