@@ -408,8 +408,10 @@ class Agent:
             if snap.values.get("result") and not snap.tasks:
                 state, resumed = dict(snap.values), True
             elif snap.tasks and snap.values.get("task"):
-                log.info("task %s: continuing run %s at %s", task.id, run_id,
-                         ", ".join(t.name for t in snap.tasks))
+                saved = [t.name for t in snap.tasks if t.name not in snap.next]
+                log.info("task %s: continuing run %s at %s%s", task.id, run_id,
+                         ", ".join(t.name for t in snap.tasks),
+                         f" ({', '.join(saved)}: writes saved)" if saved else "")
                 # An interrupted node runs again, comparing before it writes (replay.py);
                 # one whose writes were saved is not run again: LangGraph applies them.
                 state = self.graph.invoke(None, config, durability="sync",

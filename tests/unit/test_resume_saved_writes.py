@@ -36,8 +36,9 @@ class Crash(BaseException):
 
 
 def _settings(store: Path) -> Settings:
+    # A long batch wait: merged calls wait for every task in flight (a loaded machine).
     return load_settings(store=str(store), memory={"embedder": "hash", "min_similarity": -1.0},
-                         search={"n": 4}, domain="math", seed=7)
+                         search={"n": 4}, domain="math", seed=7, learn={"batch_wait": 10.0})
 
 
 def _tasks() -> list[Task]:
@@ -64,13 +65,24 @@ def _view(agent: Agent, report: LearnReport) -> dict[str, Any]:
     return out
 
 
-@pytest.mark.parametrize("node", sorted(WRITES))
-def test_a_crash_after_a_nodes_saved_writes_resumes_the_rest_of_the_task(
-        tmp_path: Path, node: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    reference = _agent(tmp_path / "reference")
-    expected = _view(reference, reference.learn(_tasks(), run_id="r"))
+@pytest.fixture(scope="module")
+def expected(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The store and reports of an uninterrupted run."""
+    reference = _agent(tmp_path_factory.mktemp("reference"))
+    view = _view(reference, reference.learn(_tasks(), run_id="r"))
     reference.close()
-    assert any(row[6] for ns in ("ns0", "ns1", "ns2") for row in expected[ns])
+    # admission ran: its flags are in the store
+    assert any(row[6] for ns in ("ns0", "ns1", "ns2") for row in view[ns])
+    return view
+
+
+@pytest.mark.parametrize(("node", "concurrency"), [
+    *((node, 1) for node in sorted(WRITES)),
+    # with tasks in flight: the others finish their draws, the victim resumes alone
+    ("log", 3), ("store", 3), ("credit", 3)])
+def test_a_crash_after_a_nodes_saved_writes_resumes_the_rest_of_the_task(
+        tmp_path: Path, node: str, concurrency: int, expected: dict[str, Any],
+        monkeypatch: pytest.MonkeyPatch) -> None:
 
     real_put = SqliteSaver.put
     victim = {"thread": None}
@@ -87,13 +99,13 @@ def test_a_crash_after_a_nodes_saved_writes_resumes_the_rest_of_the_task(
     monkeypatch.setattr(SqliteSaver, "put", put)
     crashed = _agent(tmp_path / "killed")
     with pytest.raises(Crash):
-        crashed.learn(_tasks(), run_id="r")
+        crashed.learn(_tasks(), run_id="r", concurrency=concurrency)
     crashed.close()
     monkeypatch.setattr(SqliteSaver, "put", real_put)
     assert victim["thread"] is not None
 
     resumed = _agent(tmp_path / "killed")
-    report = resumed.learn(_tasks(), run_id="r")
+    report = resumed.learn(_tasks(), run_id="r", concurrency=concurrency)
     assert _view(resumed, report)["reports"] == expected["reports"]
     assert _view(resumed, report) == expected
     resumed.close()
