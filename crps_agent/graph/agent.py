@@ -409,9 +409,9 @@ class Agent:
                 state, resumed = dict(snap.values), True
             elif snap.tasks and snap.values.get("task"):
                 saved = [t.name for t in snap.tasks if t.name not in snap.next]
-                log.info("task %s: continuing run %s at %s%s", task.id, run_id,
-                         ", ".join(t.name for t in snap.tasks),
-                         f" ({', '.join(saved)}: writes saved)" if saved else "")
+                log.info("task %s: continuing run %s %s", task.id, run_id,
+                         f"at {', '.join(snap.next)}" if snap.next else
+                         f"after {', '.join(saved)} (its writes saved, not its checkpoint)")
                 # An interrupted node runs again, comparing before it writes (replay.py);
                 # one whose writes were saved is not run again: LangGraph applies them.
                 state = self.graph.invoke(None, config, durability="sync",
