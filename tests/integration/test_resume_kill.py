@@ -2,7 +2,13 @@
 entry of a node, or after its writes and before its checkpoint), each time followed by
 `learn --run-id` resume. The final store equals the store of an uninterrupted run with the
 same run id: the same insights with their counters, attempts, contrasts, baseline, and the
-same exported CRPS chains."""
+same exported CRPS chains.
+
+The scripted backend cycles each rule's responses with a cursor that a new process starts
+at 0, so a resumed process answers like the uninterrupted one only because every draw of
+the offline example uses whole cycles of its rules (n = 4 or 8 samples of 4 solutions, two
+reflections of the two-reply rules). A script for a campaign must keep that property;
+otherwise the difference comes from the instrument, not from the resume."""
 
 from __future__ import annotations
 
