@@ -5,10 +5,12 @@ same run id: the same insights with their counters, attempts, contrasts, baselin
 same exported CRPS chains.
 
 The scripted backend cycles each rule's responses with a cursor that a new process starts
-at 0, so a resumed process answers like the uninterrupted one only because every draw of
-the offline example uses whole cycles of its rules (n = 4 or 8 samples of 4 solutions, two
-reflections of the two-reply rules). A script for a campaign must keep that property;
-otherwise the difference comes from the instrument, not from the resume."""
+at 0, so a resumed node answers like the uninterrupted run's only because in the offline
+example every node starts each rule it calls at the start of a cycle, as a fresh process
+does (searches of n = 4 over 4 solutions or n = 3 over 3, an admission node after its
+task's search, two reflections per draw for the two-reply rules). A script for a campaign
+must keep that property; otherwise a difference comes from the instrument, not from the
+resume."""
 
 from __future__ import annotations
 
