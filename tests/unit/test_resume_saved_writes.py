@@ -109,3 +109,54 @@ def test_a_crash_after_a_nodes_saved_writes_resumes_the_rest_of_the_task(
     assert _view(resumed, report)["reports"] == expected["reports"]
     assert _view(resumed, report) == expected
     resumed.close()
+
+
+def _shared_view(agent: Agent) -> dict[str, Any]:
+    """What no timing can change when draws share a namespace (docs/architecture.md, "What a
+    draw in flight sees"): the attempts and contrasts, and that each stored draft counts
+    once: the evidence the insights hold and their total support."""
+    insights = agent.memory.insights.list(namespace="default", status=None)
+    return {"trajectories": agent.memory.trajectories.count(),
+            "contrasts": agent.memory.trajectories.count_contrasts(),
+            "evidence": sorted(e for i in insights for e in i.evidence),
+            "support": sum(i.support for i in insights),
+            "texts": sorted({i.text for i in insights})}
+
+
+def test_draws_sharing_a_namespace_lose_nothing_through_a_crash_in_flight(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The five offline problems in one namespace (the two second-pass problems reflect the
+    same note), three in flight, one killed after its log node's writes were saved: the store
+    is one of the valid outcomes, with every attempt, contrast and draft counted once."""
+    tasks = [*load_tasks(EXAMPLES / "tasks.jsonl"), *load_tasks(EXAMPLES / "tasks-pass2.jsonl")]
+    tasks = [Task(prompt=t.prompt, reference=t.reference, domain="math", id=t.id)
+             for t in tasks]
+    one = _agent(tmp_path / "one")
+    one.learn(tasks, run_id="r")
+    expected = _shared_view(one)
+    one.close()
+    assert expected["support"] > len(expected["texts"])  # some drafts merged
+
+    real_put = SqliteSaver.put
+    victim = {"thread": None}
+
+    def put(self: SqliteSaver, config: Any, checkpoint: Any, metadata: Any,
+            new_versions: Any) -> Any:
+        thread = config["configurable"]["thread_id"]
+        if victim["thread"] in (None, thread) and "store_before" in new_versions:
+            victim["thread"] = thread
+            raise Crash(thread)
+        return real_put(self, config, checkpoint, metadata, new_versions)
+
+    monkeypatch.setattr(SqliteSaver, "put", put)
+    crashed = _agent(tmp_path / "killed")
+    with pytest.raises(Crash):
+        crashed.learn(tasks, run_id="r", concurrency=3)
+    crashed.close()
+    monkeypatch.setattr(SqliteSaver, "put", real_put)
+
+    resumed = _agent(tmp_path / "killed")
+    report = resumed.learn(tasks, run_id="r", concurrency=3)
+    assert [t.error for t in report.tasks] == [None] * 5
+    assert _shared_view(resumed) == expected
+    resumed.close()
