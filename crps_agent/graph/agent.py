@@ -402,12 +402,18 @@ class Agent:
         resumed = False
         if self._checkpoint:
             snap = self.graph.get_state(config)
-            if snap.values.get("result") and not snap.next:
+            # `snap.tasks`: the nodes of the step the thread stopped at. A node whose writes
+            # LangGraph saved before the crash cut off the step's checkpoint is among them
+            # but not in `snap.next`; the task is finished only when no node is left.
+            if snap.values.get("result") and not snap.tasks:
                 state, resumed = dict(snap.values), True
-            elif snap.next:
-                log.info("task %s: continuing run %s at %s", task.id, run_id,
-                         ", ".join(snap.next))
-                # The interrupted node runs again, comparing before it writes (replay.py).
+            elif snap.tasks and snap.values.get("task"):
+                saved = [t.name for t in snap.tasks if t.name not in snap.next]
+                log.info("task %s: continuing run %s %s", task.id, run_id,
+                         f"at {', '.join(snap.next)}" if snap.next else
+                         f"after {', '.join(saved)} (its writes saved, not its checkpoint)")
+                # An interrupted node runs again, comparing before it writes (replay.py);
+                # one whose writes were saved is not run again: LangGraph applies them.
                 state = self.graph.invoke(None, config, durability="sync",
                                           context=dataclasses.replace(
                                               ctx, replay=frozenset(snap.next)))
