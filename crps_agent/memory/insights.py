@@ -205,7 +205,7 @@ class InsightStore:
     def _folded(self, records: Iterable[Record]) -> builtins.list[Insight]:
         recs = builtins.list(records)
         tallies = self.events.tallies(r.id for r in recs)
-        return [_with(r.insight(), tallies.get(r.id, NOTHING)) for r in recs]
+        return [_with(r.insight, tallies.get(r.id, NOTHING)) for r in recs]
 
     def get_many(self, ids: Iterable[str]) -> dict[str, Insight]:
         """The insights of `ids` that exist (exact ids), each a private copy."""
@@ -335,7 +335,7 @@ class InsightStore:
                 rec = found.get(i.id)
                 if rec is None:
                     raise NotFoundError(f"no insight with id {i.id!r}")
-                bases[i.id] = rec.insight()
+                bases[i.id] = rec.insight
         metas = []
         for ins in items:
             base = bases[ins.id]
