@@ -350,7 +350,7 @@ def test_contrasts_round_trip(log: TrajectoryLog) -> None:
     assert log.contrasts(task_id=t1.id, namespace="other") == []
 
 
-def test_similar_successes_excludes_the_task(log: TrajectoryLog) -> None:
+def test_similar_solved_excludes_the_task(log: TrajectoryLog) -> None:
     target = Task(prompt="Add the numbers 12 and 30 together", domain="math")
     near = Task(prompt="Add the numbers 15 and 30 together", domain="math")
     far = Task(prompt="Sort these words alphabetically: pear apple fig", domain="math")
@@ -361,14 +361,14 @@ def test_similar_successes_excludes_the_task(log: TrajectoryLog) -> None:
     log.add_search(_search(far, "s-far", [True]), namespace="default")
     log.add_search(_search(failed, "s-failed", [False, False]), namespace="default")
     log.add_search(_search(other_ns, "s-other", [True]), namespace="elsewhere")
-    got = log.similar_successes(target.prompt, namespace="default", domain="math", k=3,
-                                exclude_task=target.id)
+    got = [t for _, t in log.similar_solved(target.prompt, namespace="default",
+                                            domain="math", k=3, exclude_task=target.id)]
     assert [t.task_id for t in got] == [near.id, far.id]  # one per task, most similar first
     assert all(t.verdict.correct for t in got)
     assert got[0].tokens == 11  # the shortest correct attempt of that task
-    with_self = log.similar_successes(target.prompt, namespace="default", domain="math", k=1)
-    assert [t.task_id for t in with_self] == [target.id]
-    assert log.similar_successes(target.prompt, namespace="default", domain="code") == []
+    with_self = log.similar_solved(target.prompt, namespace="default", domain="math", k=1)
+    assert [(task.id, t.task_id) for task, t in with_self] == [(target.id, target.id)]
+    assert log.similar_solved(target.prompt, namespace="default", domain="code") == []
 
 
 # ---------------------------------------------------------------------------- facade
