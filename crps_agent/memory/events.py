@@ -375,16 +375,6 @@ class EventLog:
         self._recent.update({k: (now, v) for k, v in got.items()})
         return {(k[1], k[2]): v for k, v in got.items()}
 
-    def all_baselines(self) -> dict[tuple[str, str], Tally]:
-        with self._lock:
-            if self.local:
-                self._load()
-                totals = dict(self._totals)
-            else:
-                totals, _ = _fold(self._records({"kind": {"$in": ["baseline",
-                                                                   _SNAP + "baseline"]}}))
-        return {(k[1], k[2]): t for k, t in totals.items() if k[0] == "baseline"}
-
     def pending(self) -> int:
         """How many records the log holds (events not yet compacted, and snapshots)."""
         collection = self._open()

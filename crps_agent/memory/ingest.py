@@ -78,7 +78,7 @@ def _plan(store: InsightStore, insights: builtins.list[Insight],
     for i, (ins, emb) in enumerate(zip(insights, embeddings, strict=True)):
         norm = normalise_text(ins.text)
         near = nearest.get(i, [])
-        target = merge_target(ins, i, norm, store.dedup_threshold, plan.stored,
+        target = merge_target(ins, i, norm, store.settings.dedup_threshold, plan.stored,
                               plan.pending, exact, near, batch)
         if target is None:
             new = dataclasses.replace(
@@ -164,7 +164,7 @@ def _nearest_stored(store: InsightStore, take: Take, insights: builtins.list[Ins
         groups.setdefault((ins.namespace, ins.domain), []).append(i)
     out: dict[int, builtins.list[tuple[Insight, float]]] = {}
     # Only neighbours that could merge or contradict matter: skip the rest early.
-    floor = min(store.dedup_threshold, store.settings.contradiction_min_similarity)
+    floor = min(store.settings.dedup_threshold, store.settings.contradiction_min_similarity)
     for (namespace, domain), idx in groups.items():
         rows = store.index.nearest([embeddings[i] for i in idx], NEAR_K,
                                    {"namespace": namespace, "domain": domain},
