@@ -38,8 +38,9 @@ from crps_agent.memory.dedup import combine
 from crps_agent.memory.events import NOTHING, Event, EventLog, Tally, event_id, fresh_id
 from crps_agent.memory.index import Filters, Hit, LocalIndex, Record, RemoteIndex, clone
 from crps_agent.memory.ingest import AddOutcome, add_locked, plan_pairs
+from crps_agent.memory.legacy import counter_events, migrate_counters, upgrade_layout
 from crps_agent.memory.recall import RankParams, RecalledInsight, rank, select
-from crps_agent.memory.records import LAYOUT, to_meta, ts, upgrade_layout
+from crps_agent.memory.records import LAYOUT, to_meta, ts
 from crps_agent.namespaces import Namespace, validate_namespace, validate_namespaces
 from crps_agent.types import Insight
 
@@ -87,8 +88,6 @@ class InsightStore:
         self.settings = settings or MemorySettings()
         self.read_only = read_only
         self.collection = open_collection(client, "insights", embedder, read_only=read_only)
-        if not read_only and (self.collection.metadata or {}).get("layout") != LAYOUT:
-            upgrade_layout(client, self.collection)
         # The size when the store opens decides: a mirror, once loaded, keeps growing. A
         # read-only open always mirrors: Chroma's HNSW query fails ("Error finding id")
         # while another process writes the store, its record reads do not.
@@ -101,11 +100,16 @@ class InsightStore:
             LocalIndex(self.collection, embedder.dim, again,
                        embedder.embed if read_only else None)
             if mirror else RemoteIndex(self.collection))
-        self.events = EventLog(client, local=local, read_only=read_only)
+        self.events = EventLog(client, local=local, read_only=read_only,
+                               extra=counter_events(client) if read_only else ())
         if share is not None:  # the first store object of the owner made them
             with share.guard:
                 self.index, self.events = share.shared.setdefault(
                     "insights:" + self.collection.name, (self.index, self.events))
+        if not read_only:  # a store an earlier version made: upgraded once (legacy.py)
+            if (self.collection.metadata or {}).get("layout") != LAYOUT:
+                upgrade_layout(client, self.collection)
+            migrate_counters(client, self.events)
         # Query embeddings, cached: the agent recalls a task's prompt before the search
         # and again when it reflects on it.
         self._embed_query = functools.lru_cache(maxsize=_QUERY_CACHE)(

@@ -26,7 +26,8 @@ from crps_agent.memory.chroma import (
     write_lock,
     write_pointers,
 )
-from crps_agent.memory.records import from_record, to_meta, upgrade_layout
+from crps_agent.memory.legacy import upgrade_layout
+from crps_agent.memory.records import from_record, to_meta
 
 if TYPE_CHECKING:
     from chromadb.api import ClientAPI
