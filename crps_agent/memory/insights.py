@@ -311,6 +311,30 @@ class InsightStore:
 
     # ----------------------------------------------------------------------- writing
 
+    def _metas(self, items: builtins.list[Insight], *, counters: bool
+               ) -> builtins.list[dict[str, Any]]:
+        """The metadata to store for `items`. Counters: with `counters`, the base such that
+        base + events = the given values; else the stored base, kept (events add to it)."""
+        ids = [i.id for i in items]
+        bases: builtins.list[Tally | Insight]
+        if counters:
+            tallies = self.events.tallies(ids)
+            bases = [tallies.get(i, NOTHING) for i in ids]
+        else:
+            found = self.index.records(ids)
+            for i in ids:
+                if i not in found:
+                    raise NotFoundError(f"no insight with id {i!r}")
+            bases = [found[i].insight for i in ids]
+        metas = []
+        for ins, base in zip(items, bases, strict=True):
+            row = clone(ins)
+            for name in _COUNTERS:
+                setattr(row, name, getattr(ins, name) - getattr(base, name) if counters
+                        else getattr(base, name))
+            metas.append(to_meta(row))
+        return metas
+
     def persist(self, insights: Iterable[Insight], *, counters: bool = False,
                 embeddings: dict[str, Any] | None = None) -> None:
         """Write the metadata of stored insights (and the text and embedding of those in
@@ -320,38 +344,14 @@ class InsightStore:
         if not items:
             return
         ids = [i.id for i in items]
-        bases: dict[str, Tally | Insight]
-        if counters:
-            tallies = self.events.tallies(ids)
-            bases = {i.id: tallies.get(i.id, NOTHING) for i in items}
-        else:
-            found = self.index.records(ids)
-            bases = {}
-            for i in items:
-                rec = found.get(i.id)
-                if rec is None:
-                    raise NotFoundError(f"no insight with id {i.id!r}")
-                bases[i.id] = rec.insight
-        metas = []
-        for ins in items:
-            base = bases[ins.id]
-            row = clone(ins)
-            if isinstance(base, Tally):  # given values minus what events add
-                for name in _COUNTERS:
-                    setattr(row, name, getattr(ins, name) - getattr(base, name))
-            else:
-                for name in _COUNTERS:
-                    setattr(row, name, getattr(base, name))
-            metas.append(to_meta(row))
+        metas = self._metas(items, counters=counters)
         embeddings = embeddings or {}
-        changed = [i for i in ids if i in embeddings]
+        changed = [n for n, i in enumerate(ids) if i in embeddings]
         if changed:
-            texts = {i.id: i.text for i in items}
-            at = {i: n for n, i in enumerate(ids)}
-            self.collection.update(ids=changed,
-                                   embeddings=[embeddings[i] for i in changed],
-                                   documents=[texts[i] for i in changed],
-                                   metadatas=[metas[at[i]] for i in changed])
+            self.collection.update(ids=[ids[n] for n in changed],
+                                   embeddings=[embeddings[ids[n]] for n in changed],
+                                   documents=[items[n].text for n in changed],
+                                   metadatas=[metas[n] for n in changed])
         rest = [n for n, i in enumerate(ids) if i not in embeddings]
         if rest:
             self.collection.update(ids=[ids[n] for n in rest],
@@ -365,13 +365,7 @@ class InsightStore:
         same id, they read as given."""
         if not insights:
             return
-        tallies = self.events.tallies(i.id for i in insights)
-        rows = [clone(i) for i in insights]
-        for row in rows:
-            tally = tallies.get(row.id, NOTHING)
-            for name in _COUNTERS:
-                setattr(row, name, getattr(row, name) - getattr(tally, name))
-        metas = [to_meta(i) for i in rows]
+        metas = self._metas(insights, counters=True)
         self.collection.add(ids=[i.id for i in insights], embeddings=embeddings,
                             documents=[i.text for i in insights],
                             metadatas=metas)  # type: ignore[arg-type]
