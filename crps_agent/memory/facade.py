@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from crps_agent.config import MemorySettings
+from crps_agent.embedders import Embedder, get_embedder
 from crps_agent.memory.chroma import (
     built_with,
     close_client,
@@ -13,7 +14,6 @@ from crps_agent.memory.chroma import (
     open_client,
     ownership,
 )
-from crps_agent.memory.embedders import Embedder, get_embedder
 from crps_agent.memory.insights import AddOutcome, InsightStore, RecalledInsight
 from crps_agent.memory.trajectories import TrajectoryLog
 from crps_agent.namespaces import Namespace

@@ -48,8 +48,8 @@ if TYPE_CHECKING:
     from chromadb.api import ClientAPI
 
     from crps_agent.backends.base import Backend
+    from crps_agent.embedders import Embedder
     from crps_agent.memory.chroma import Owner
-    from crps_agent.memory.embedders import Embedder
 
 __all__ = ["AddOutcome", "InsightStore", "RecalledInsight"]
 

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from chromadb.api import ClientAPI
     from chromadb.api.models.Collection import Collection
 
-    from crps_agent.memory.embedders import Embedder
+    from crps_agent.embedders import Embedder
 
 Progress = Callable[[str, int, int], None]  # (what, done, total)
 _BATCH = 256

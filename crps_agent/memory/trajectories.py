@@ -24,7 +24,7 @@ from crps_agent.types import Contrast, SearchResult, Task, Trajectory
 if TYPE_CHECKING:
     from chromadb.api import ClientAPI
 
-    from crps_agent.memory.embedders import Embedder
+    from crps_agent.embedders import Embedder
 
 _PROMPT_CACHE_SIZE = 2048
 TRAJECTORY = "trajectory"

@@ -14,11 +14,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from crps_agent.config import MemorySettings, Settings
 from crps_agent.curation import summary
+from crps_agent.embedders import HashEmbedder
 from crps_agent.errors import ConfigError, EmbedderMismatchError, NotFoundError, StoreError
 from crps_agent.memory import InsightStore, Memory, TrajectoryLog, get_embedder
 from crps_agent.memory.chroma import open_client, open_collection, where_clause
 from crps_agent.memory.credit import utility
-from crps_agent.memory.embedders import HashEmbedder
 from crps_agent.types import Contrast, Insight, SearchResult, SearchStats, Task, Trajectory, Verdict
 
 UNITS = "Always check the units before answering."

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from crps_agent.config import MemorySettings
+from crps_agent.embedders import get_embedder
 from crps_agent.memory import Memory
 from crps_agent.memory.chroma import open_client, open_collection
-from crps_agent.memory.embedders import get_embedder
 from crps_agent.memory.records import (
     FILTER_KEYS,
     LAYOUT,
