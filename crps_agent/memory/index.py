@@ -272,20 +272,15 @@ class LocalIndex:
 
     def _put(self, rows: Iterable[tuple[str, str | None, Mapping[str, Any] | None, Any]]
              ) -> None:
-        import numpy as np
-
         for rid, doc, meta, emb in rows:
             rec = _record(rid, doc, meta)
             row = self._rows.get(rid)
             if row is None:
                 row, self._used = self._used, self._used + 1
             self._grow(row + 1, self.dim)
-            if emb is not None:
-                vec = np.asarray(emb, dtype=np.float32)
-                norm = float(np.linalg.norm(vec))
-                assert self._matrix is not None
-                self._matrix[row] = vec / norm if norm > 0 else vec
             self._rows[rid] = row
+            if emb is not None:
+                self._set_vectors([rid], [emb])
             self._records[row] = rec
             for key in FILTER_KEYS:
                 self._codes[key][row] = self._code(key, rec.meta.get(key))
