@@ -45,7 +45,7 @@ def test_bench_memory_rejects_bad_sizes() -> None:
 
 
 def test_precomputed_vectors_never_keep_query_embeddings() -> None:
-    from crps_agent.memory.embedders import get_embedder
+    from crps_agent.embedders import get_embedder
 
     inner = get_embedder("hash")
     lookup = _Lookup(inner, {"known": [1.0] + [0.0] * (inner.dim - 1)})

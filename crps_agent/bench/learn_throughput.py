@@ -298,7 +298,7 @@ def _line(backend: str, tasks: int, concurrency: int, seq: dict[str, Any],
 
 def _warm_embedder() -> None:
     """Load MiniLM before the clock starts (the first run would pay ~10 s otherwise)."""
-    from crps_agent.memory.embedders import get_embedder
+    from crps_agent.embedders import get_embedder
 
     get_embedder("minilm").embed(["warm-up"])
 

@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any
 from crps_agent.types import Insight
 
 if TYPE_CHECKING:
-    from crps_agent.memory.embedders import Embedder
+    from crps_agent.embedders import Embedder
 
 Progress = Callable[[str], None]
 NAMESPACE = "bench"
@@ -286,7 +286,7 @@ def run_memory_bench(sizes: list[int], *, embedder: str = "minilm", queries: int
                      progress: Progress | None = None) -> Iterator[dict[str, Any]]:
     """Yield the ingest, recall and rss rows of each size (smallest first)."""
     from crps_agent.config import MemorySettings
-    from crps_agent.memory.embedders import HashEmbedder, get_embedder
+    from crps_agent.embedders import HashEmbedder, get_embedder
     from crps_agent.memory.facade import Memory
 
     say = progress or (lambda _msg: None)

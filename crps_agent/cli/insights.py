@@ -367,8 +367,8 @@ def _import_gate(target: str, named: str | None, keep: bool, file: str
 def reindex(embedder: str, store: str | None, as_json: bool) -> None:
     """Re-embed every insight, trajectory and contrast with another embedder into new
     collections, then switch the store to them at once."""
+    from crps_agent.embedders import get_embedder
     from crps_agent.memory.chroma import open_client
-    from crps_agent.memory.embedders import get_embedder
     from crps_agent.memory.reindex import reindex as curation_reindex
 
     settings = make_settings(store=store)

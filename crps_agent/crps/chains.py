@@ -27,7 +27,7 @@ from crps_agent.namespaces import validate_namespace
 if TYPE_CHECKING:
     from chromadb.api import ClientAPI
 
-    from crps_agent.memory.embedders import Embedder
+    from crps_agent.embedders import Embedder
 
 class ChainStore:
     def __init__(self, client: ClientAPI, embedder: Embedder) -> None:

@@ -179,11 +179,11 @@ def _style_examples(memory: Memory, contrasts: list[Contrast],
         if task.id in asked:
             continue
         asked.add(task.id)
-        similar = memory.trajectories.similar_successes(
+        similar = memory.trajectories.similar_solved(
             task.prompt, namespace=task.namespace, domain=task.domain, k=1,
             exclude_task=task.id)
         if similar:
-            out[task.id] = similar[0].text
+            out[task.id] = similar[0][1].text
     return out
 
 

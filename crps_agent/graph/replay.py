@@ -101,7 +101,7 @@ def snapshot(memory: Memory, namespace: str, domain: str) -> dict[str, Any]:
     """The counters, statuses and evidence of a namespace's insights in one domain, and
     its baseline: everything storing drafts or crediting a verdict changes."""
     rows = {i.id: _row(i) for i in memory.insights.list(namespace=namespace, domain=domain)}
-    base = memory.insights.baselines.get(namespace, domain)
+    base = memory.insights.baseline(namespace, domain)
     return {"insights": rows, "baseline": [base.wins, base.losses]}
 
 

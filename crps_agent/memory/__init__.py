@@ -11,7 +11,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from crps_agent.memory.embedders import Embedder, HashEmbedder, MiniLMEmbedder, get_embedder
+    from crps_agent.embedders import Embedder, HashEmbedder, MiniLMEmbedder, get_embedder
     from crps_agent.memory.facade import Memory
     from crps_agent.memory.insights import AddOutcome, InsightStore, RecalledInsight
     from crps_agent.memory.trajectories import TrajectoryLog
@@ -22,10 +22,10 @@ _EXPORTS = {
     "RecalledInsight": "crps_agent.memory.insights",
     "AddOutcome": "crps_agent.memory.insights",
     "TrajectoryLog": "crps_agent.memory.trajectories",
-    "Embedder": "crps_agent.memory.embedders",
-    "HashEmbedder": "crps_agent.memory.embedders",
-    "MiniLMEmbedder": "crps_agent.memory.embedders",
-    "get_embedder": "crps_agent.memory.embedders",
+    "Embedder": "crps_agent.embedders",
+    "HashEmbedder": "crps_agent.embedders",
+    "MiniLMEmbedder": "crps_agent.embedders",
+    "get_embedder": "crps_agent.embedders",
 }
 
 __all__ = [

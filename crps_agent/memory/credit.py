@@ -6,7 +6,7 @@
   (`MemorySettings.prior_a`, `prior_b`; Beta(1, 1) by default): (wins + a) / (uses + a + b).
 - Ablation: a share of learn tasks (`MemorySettings.ablation_share`) runs *without*
   insights; their verdicts are the baseline of the (namespace, domain), kept as events
-  (`BaselineStore`, events.py). The assignment is random per task and run, so
+  (events.py). The assignment is random per task and run, so
   the baseline is an unbiased estimate of the success rate without memory.
 - Decision (`judge`), with p ~ Beta(a + wins, b + losses) for the insight and p0 likewise for
   the baseline, and P(p < p0) from the normal approximation of the difference of the two
@@ -25,15 +25,16 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from crps_agent.memory.events import Event, EventLog, Tally, fresh_id
-
 if TYPE_CHECKING:
     from crps_agent.config import MemorySettings
+    from crps_agent.memory.events import Tally
     from crps_agent.types import Insight
 
 RETIRED_BELOW_BASELINE = "retired:below-baseline"
 RESTORED = "restored"
 ADMISSION_REJECTED = "admission:rejected"
+
+
 def beta_mean(wins: float, losses: float, a: float = 1.0, b: float = 1.0) -> float:
     """Posterior mean of a success rate after `wins` and `losses` under Beta(a, b)."""
     return (wins + a) / (wins + losses + a + b)
@@ -60,12 +61,17 @@ def prob_below(wins: int, losses: int, base_wins: int, base_losses: int,
 
 @dataclass(frozen=True)
 class Baseline:
-    """Verdicts of the ablated tasks (run without insights) of one namespace and domain."""
+    """Verdicts of the ablated tasks (run without insights) of one namespace and domain:
+    their `baseline` events (events.py, embedder-independent, so they survive a reindex)."""
 
     namespace: str
     domain: str
     wins: int = 0
     losses: int = 0
+
+    @classmethod
+    def of(cls, key: tuple[str, str], tally: Tally) -> Baseline:
+        return cls(key[0], key[1], tally.wins, tally.losses)
 
     @property
     def n(self) -> int:
@@ -121,31 +127,3 @@ def should_ablate(share: float, *key: str) -> bool:
         return True
     digest = hashlib.sha256("\x00".join(key).encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "big") / 2.0**64 < share
-
-
-class BaselineStore:
-    """Baselines per (namespace, domain): verdict events in the store's event log
-    (`crps_agent.memory.events`, embedder-independent, so they survive a reindex)."""
-
-    def __init__(self, events: EventLog) -> None:
-        self.events = events
-
-    @staticmethod
-    def _make(key: tuple[str, str], tally: Tally) -> Baseline:
-        return Baseline(key[0], key[1], tally.wins, tally.losses)
-
-    def get(self, namespace: str, domain: str) -> Baseline:
-        return self.get_many([(namespace, domain)])[(namespace, domain)]
-
-    def get_many(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], Baseline]:
-        return {key: self._make(key, tally)
-                for key, tally in self.events.baselines(keys).items()}
-
-    def record(self, namespace: str, domain: str, correct: bool, *,
-               event_id: str | None = None) -> None:
-        """Add one ablated task's verdict (once per `event_id`)."""
-        self.events.add([Event(event_id or fresh_id(), "baseline", win=correct,
-                               namespace=namespace, domain=domain)])
-
-    def all(self) -> list[Baseline]:
-        return [self._make(k, t) for k, t in self.events.all_baselines().items()]

@@ -29,8 +29,8 @@ run it from one place): two at once could each overwrite the other's snapshot.
 An embedded store has one writer (chroma.py), so there the log is read once and folded in
 memory (`local`); on a server every read folds the records of the targets it reads (the
 baselines, which only steer retire/promote decisions, are re-read every few seconds).
-Stores made before events kept these counters as records in `crps_meta`; a writer turns
-them into events once (`_migrate`), a read-only open folds them in as they are.
+Stores made before events kept some of these counters as records in `crps_meta`: a writer
+turns them into events once, a read-only open folds them in as they are (legacy.py).
 """
 
 from __future__ import annotations
@@ -38,12 +38,12 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from crps_agent.errors import StoreError
-from crps_agent.memory.chroma import META_COLLECTION, META_VECTOR, is_not_found
+from crps_agent.memory.chroma import META_VECTOR, is_not_found
 from crps_agent.types import stable_id
 
 if TYPE_CHECKING:
@@ -55,9 +55,6 @@ BASELINE_TTL_S = 5.0  # a server's baselines are re-read after this (they move s
 COUNTER = "counter"  # the group of `credit` and `support` events
 _SNAP = "snap:"  # kind prefix of snapshot records
 _PAGE = 5000
-# Counter records a store made before events (read-modify-written in `crps_meta`).
-_LEGACY_KINDS = ("baseline", "cf-credit", "admission-evidence")
-_LEGACY: Any = {"kind": {"$in": list(_LEGACY_KINDS)}}
 
 Key = tuple[str, str, str]  # (group, insight or namespace, "" or domain)
 
@@ -196,17 +193,20 @@ def _fold(records: Iterable[Event | Snapshot]) -> tuple[dict[Key, Tally], set[st
 
 class EventLog:
     """The counter events of one store. `local`: this process is the store's only writer
-    (an embedded owner, or a read-only open), so the log is read once and kept folded."""
+    (an embedded owner, or a read-only open), so the log is read once and kept folded.
+    `extra`: events kept elsewhere, folded in on every read (the counter records of a
+    store made before events, opened read-only: legacy.py)."""
 
-    def __init__(self, client: ClientAPI, *, local: bool, read_only: bool = False) -> None:
+    def __init__(self, client: ClientAPI, *, local: bool, read_only: bool = False,
+                 extra: Sequence[Event] = ()) -> None:
         self.client = client
         self.local = local
         self.read_only = read_only
+        self.extra = extra
         self._collection: Collection | None = None
         self._lock = threading.RLock()
         self._seen: set[str] | None = None  # local: every event id counted
         self._totals: dict[Key, Tally] = {}  # local: the fold
-        self._legacy: list[Event] | None = None  # read-only: records made before events
         self._recent: dict[Key, tuple[float, Tally]] = {}  # server baselines
 
     # ------------------------------------------------------------------ reading records
@@ -226,8 +226,6 @@ class EventLog:
                     return None
                 raise StoreError(f"cannot open collection {CREDIT_COLLECTION!r}: {exc}"
                                  ) from None
-            if not self.read_only:
-                self._migrate()
         return self._collection
 
     def _records(self, where: Any = None) -> Iterator[Event | Snapshot]:
@@ -244,40 +242,7 @@ class EventLog:
             if len(res["ids"]) < _PAGE:
                 break
             offset += _PAGE
-        if self.read_only:
-            yield from self._old_records()
-
-    def _old_records(self) -> list[Event]:
-        """Counter records of a store made before events (`crps_meta`), as events."""
-        if self._legacy is None:
-            try:
-                res: Any = self.client.get_collection(
-                    META_COLLECTION, embedding_function=None).get(
-                    where=_LEGACY, include=["metadatas"])
-            except Exception as exc:
-                if not is_not_found(exc):
-                    raise StoreError(f"cannot read the counters of the store: {exc}"
-                                     ) from None
-                res = {"ids": [], "metadatas": []}
-            self._legacy = [_legacy_event(rid, dict(m or {})) for rid, m in
-                            zip(res["ids"], res["metadatas"] or [], strict=True)]
-        return self._legacy
-
-    def _migrate(self) -> None:
-        """Turn the counter records of a store made before events into events (ids derived
-        from the records, so a migration interrupted before its deletes adds nothing
-        twice), then delete the records."""
-        self._legacy = None
-        old = self._old_records()
-        self._legacy = []
-        if not old:
-            return
-        assert self._collection is not None
-        self._collection.add(ids=[e.id for e in old],
-                             embeddings=[META_VECTOR] * len(old),  # type: ignore[arg-type]
-                             metadatas=[e.meta() for e in old])
-        meta = self.client.get_collection(META_COLLECTION, embedding_function=None)
-        meta.delete(where=_LEGACY)
+        yield from self.extra
 
     def _load(self) -> None:
         """Read the whole log into memory (local mode, once)."""
@@ -375,16 +340,6 @@ class EventLog:
         self._recent.update({k: (now, v) for k, v in got.items()})
         return {(k[1], k[2]): v for k, v in got.items()}
 
-    def all_baselines(self) -> dict[tuple[str, str], Tally]:
-        with self._lock:
-            if self.local:
-                self._load()
-                totals = dict(self._totals)
-            else:
-                totals, _ = _fold(self._records({"kind": {"$in": ["baseline",
-                                                                   _SNAP + "baseline"]}}))
-        return {(k[1], k[2]): t for k, t in totals.items() if k[0] == "baseline"}
-
     def pending(self) -> int:
         """How many records the log holds (events not yet compacted, and snapshots)."""
         collection = self._open()
@@ -428,18 +383,3 @@ class EventLog:
                 collection.delete(ids=done[start:start + _PAGE])
             self._recent = {}
         return Compaction(folded, len(written), len(done))
-
-
-def _legacy_event(rid: str, meta: dict[str, Any]) -> Event:
-    """A counter record of a store made before events, as one event with its counts."""
-    kind = str(meta.get("kind", ""))
-    eid = event_id("legacy", rid)
-    if kind == "baseline":
-        wins, losses = int(meta.get("wins", 0) or 0), int(meta.get("losses", 0) or 0)
-        return Event(eid, kind, namespace=str(meta.get("namespace", "")),
-                     domain=str(meta.get("domain", "")),
-                     counts=Tally(uses=wins + losses, wins=wins, losses=losses))
-    return Event(eid, kind, str(meta.get("insight_id", "")), counts=Tally(
-        with_wins=int(meta.get("with_wins", 0) or 0), with_n=int(meta.get("with_n", 0) or 0),
-        without_wins=int(meta.get("without_wins", 0) or 0),
-        without_n=int(meta.get("without_n", 0) or 0)))

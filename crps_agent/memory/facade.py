@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from crps_agent.config import MemorySettings
+from crps_agent.embedders import Embedder, get_embedder
 from crps_agent.memory.chroma import (
     built_with,
     close_client,
@@ -13,10 +14,9 @@ from crps_agent.memory.chroma import (
     open_client,
     ownership,
 )
-from crps_agent.memory.embedders import Embedder, get_embedder
 from crps_agent.memory.insights import AddOutcome, InsightStore, RecalledInsight
 from crps_agent.memory.trajectories import TrajectoryLog
-from crps_agent.namespaces import Namespace, validate_namespace
+from crps_agent.namespaces import Namespace
 
 if TYPE_CHECKING:
     from crps_agent.backends.base import Backend
@@ -91,21 +91,11 @@ class Memory:
         shared: list[Namespace] | None = None,
         exploration: float | None = None,
     ) -> list[RecalledInsight]:
-        """The insights to put in the prompt for `query` (defaults from the settings).
-        Only `namespace` is read, plus the `shared` namespaces (default: the setting
-        `shared_namespaces`) when asked for explicitly. `exploration` overrides the
-        setting for this call only (0 turns the bonus for young insights off)."""
+        """The insights to put in the prompt for `query` (`InsightStore.recall`; unset
+        limits and `shared` come from the settings)."""
         return self.insights.recall(
-            query,
-            namespace=validate_namespace(namespace),
-            domain=domain,
-            k=self.settings.recall_k if k is None else k,
-            token_budget=self.settings.token_budget if token_budget is None else token_budget,
-            min_similarity=(self.settings.min_similarity if min_similarity is None
-                            else min_similarity),
-            shared=list(self.settings.shared_namespaces) if shared is None else shared,
-            exploration=exploration,
-        )
+            query, namespace=namespace, domain=domain, k=k, token_budget=token_budget,
+            min_similarity=min_similarity, shared=shared, exploration=exploration)
 
     def warm(self) -> int:
         """Read the insights into this process's index now (an embedded store; otherwise

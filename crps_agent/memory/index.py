@@ -55,11 +55,8 @@ class Record:
     meta: Mapping[str, Any]
 
     @cached_property
-    def decoded(self) -> Insight:
-        return from_record(self.id, self.document, self.meta)
-
     def insight(self) -> Insight:
-        return self.decoded
+        return from_record(self.id, self.document, self.meta)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,9 +139,6 @@ class RemoteIndex:
     def removed(self, ids: Iterable[str]) -> None:
         """Nothing is kept."""
 
-    def reset(self) -> None:
-        """Nothing is kept."""
-
 
 class LocalIndex:
     """Every record of one collection in memory (see the module doc), loaded on first use."""
@@ -159,15 +153,18 @@ class LocalIndex:
         self.reopen = reopen  # a fresh snapshot, for a load that failed (read-only opens)
         self.embed = embed  # the store's embedder, for vectors a snapshot lacks
         self._lock = threading.RLock()
+        self._clear()
+
+    def _clear(self) -> None:
         self._loaded = False
         self._vectors = False
+        # Rows are never reused: a removed record's row stays empty (removals are rare).
         self._rows: dict[str, int] = {}  # id -> row
-        self._records: list[Record | None] = []
-        self._free: list[int] = []
+        self._records: list[Record | None] = []  # by row, None past the end or removed
+        self._used = 0  # rows handed out
         self._matrix: np.ndarray | None = None  # rows x dim, unit length, float32
         self._codes: dict[str, np.ndarray] = {}  # filter key -> int32 code per row
         self._vocab: dict[str, dict[Any, int]] = {key: {} for key in FILTER_KEYS}
-        self._by_hash: dict[str, set[str]] = {}
 
     def __len__(self) -> int:
         self._load()
@@ -192,8 +189,8 @@ class LocalIndex:
                     # a snapshot taken while its writer was mid-write: take another
                     log.info("re-reading the store (%s)", exc)
                     time.sleep(0.2 * (attempt + 1))
-                    self.__init__(self.reopen(), self.dim, self.reopen,  # type: ignore[misc]
-                                  self.embed)
+                    self.collection = self.reopen()
+                    self._clear()
 
     def _load_once(self) -> None:
         """Documents and metadata (SQLite); the vectors follow when a query needs them."""
@@ -246,12 +243,6 @@ class LocalIndex:
             norm = float(np.linalg.norm(vec))
             self._matrix[self._rows[rid]] = vec / norm if norm > 0 else vec  # type: ignore[index]
 
-    def reset(self) -> None:
-        """Forget everything (the collection was changed behind the store's back)."""
-        with self._lock:
-            self.__init__(self.collection, self.dim, self.reopen,  # type: ignore[misc]
-                          self.embed)
-
     # ------------------------------------------------------------------ keeping
 
     def _code(self, key: str, value: Any) -> int:
@@ -281,33 +272,18 @@ class LocalIndex:
 
     def _put(self, rows: Iterable[tuple[str, str | None, Mapping[str, Any] | None, Any]]
              ) -> None:
-        import numpy as np
-
         for rid, doc, meta, emb in rows:
             rec = _record(rid, doc, meta)
             row = self._rows.get(rid)
             if row is None:
-                row = self._free.pop() if self._free else len(self._rows) + len(self._free)
-            else:
-                old = self._records[row]
-                if old is not None:
-                    self._forget_hash(old)
+                row, self._used = self._used, self._used + 1
             self._grow(row + 1, self.dim)
-            if emb is not None:
-                vec = np.asarray(emb, dtype=np.float32)
-                norm = float(np.linalg.norm(vec))
-                assert self._matrix is not None
-                self._matrix[row] = vec / norm if norm > 0 else vec
             self._rows[rid] = row
+            if emb is not None:
+                self._set_vectors([rid], [emb])
             self._records[row] = rec
             for key in FILTER_KEYS:
                 self._codes[key][row] = self._code(key, rec.meta.get(key))
-            self._by_hash.setdefault(str(rec.meta.get("text_hash", "")), set()).add(rid)
-
-    def _forget_hash(self, rec: Record) -> None:
-        ids = self._by_hash.get(str(rec.meta.get("text_hash", "")))
-        if ids is not None:
-            ids.discard(rec.id)
 
     def stored(self, records: Iterable[tuple[str, str, Mapping[str, Any], Any]]) -> None:
         """Records this process has just written (id, document, metadata, embedding or
@@ -324,13 +300,9 @@ class LocalIndex:
                 row = self._rows.pop(rid, None)
                 if row is None:
                     continue
-                old = self._records[row]
-                if old is not None:
-                    self._forget_hash(old)
                 self._records[row] = None
                 for key in FILTER_KEYS:
                     self._codes[key][row] = -1  # matches nothing
-                self._free.append(row)
 
     # ------------------------------------------------------------------ reading
 
@@ -344,11 +316,6 @@ class LocalIndex:
                 if rec is not None:
                     out[rid] = rec
             return out
-
-    def with_hash(self, hashes: Iterable[str]) -> list[str]:
-        self._load()
-        with self._lock:
-            return [rid for h in hashes for rid in self._by_hash.get(h, ())]
 
     def where(self, filters: Filters) -> list[Record]:
         self._load()

@@ -26,7 +26,6 @@ from crps_agent.memory.dedup import (
     text_hash,
 )
 from crps_agent.memory.events import Event, event_id, fresh_id
-from crps_agent.memory.index import LocalIndex
 from crps_agent.memory.records import ts
 from crps_agent.types import Insight
 
@@ -79,7 +78,7 @@ def _plan(store: InsightStore, insights: builtins.list[Insight],
     for i, (ins, emb) in enumerate(zip(insights, embeddings, strict=True)):
         norm = normalise_text(ins.text)
         near = nearest.get(i, [])
-        target = merge_target(ins, i, norm, store.dedup_threshold, plan.stored,
+        target = merge_target(ins, i, norm, store.settings.dedup_threshold, plan.stored,
                               plan.pending, exact, near, batch)
         if target is None:
             new = dataclasses.replace(
@@ -145,14 +144,9 @@ def add_locked(store: InsightStore, insights: builtins.list[Insight],
 def _by_hash(store: InsightStore, take: Take, hashes: builtins.list[str]
              ) -> dict[str, Insight]:
     """Stored insights by exact-dedup key (the oldest one per key)."""
-    keys = list(dict.fromkeys(hashes))
-    if isinstance(store.index, LocalIndex):
-        ids = store.index.with_hash(keys)
-    else:
-        where: Any = {"text_hash": {"$in": keys}}
-        ids = store.collection.get(where=where, include=[])["ids"]
     found: dict[str, Insight] = {}
-    for ins in take(ids).values():
+    hits = store.index.where({"text_hash": list(dict.fromkeys(hashes))})
+    for ins in take(r.id for r in hits).values():
         key = text_hash(ins.namespace, ins.domain, ins.text)
         if key not in found or (ins.created_at, ins.id) < (found[key].created_at,
                                                            found[key].id):
@@ -170,7 +164,7 @@ def _nearest_stored(store: InsightStore, take: Take, insights: builtins.list[Ins
         groups.setdefault((ins.namespace, ins.domain), []).append(i)
     out: dict[int, builtins.list[tuple[Insight, float]]] = {}
     # Only neighbours that could merge or contradict matter: skip the rest early.
-    floor = min(store.dedup_threshold, store.settings.contradiction_min_similarity)
+    floor = min(store.settings.dedup_threshold, store.settings.contradiction_min_similarity)
     for (namespace, domain), idx in groups.items():
         rows = store.index.nearest([embeddings[i] for i in idx], NEAR_K,
                                    {"namespace": namespace, "domain": domain},

@@ -29,7 +29,7 @@ from crps_agent.memory.chroma import open_collection, write_lock
 from crps_agent.memory.credit import (
     ADMISSION_REJECTED,
     RESTORED,
-    BaselineStore,
+    Baseline,
     apply_judgement,
     judge,
     utility,
@@ -38,8 +38,9 @@ from crps_agent.memory.dedup import combine
 from crps_agent.memory.events import NOTHING, Event, EventLog, Tally, event_id, fresh_id
 from crps_agent.memory.index import Filters, Hit, LocalIndex, Record, RemoteIndex, clone
 from crps_agent.memory.ingest import AddOutcome, add_locked, plan_pairs
+from crps_agent.memory.legacy import counter_events, migrate_counters, upgrade_layout
 from crps_agent.memory.recall import RankParams, RecalledInsight, rank, select
-from crps_agent.memory.records import LAYOUT, to_meta, ts, upgrade_layout
+from crps_agent.memory.records import LAYOUT, to_meta, ts
 from crps_agent.namespaces import Namespace, validate_namespace, validate_namespaces
 from crps_agent.types import Insight
 
@@ -47,8 +48,8 @@ if TYPE_CHECKING:
     from chromadb.api import ClientAPI
 
     from crps_agent.backends.base import Backend
+    from crps_agent.embedders import Embedder
     from crps_agent.memory.chroma import Owner
-    from crps_agent.memory.embedders import Embedder
 
 __all__ = ["AddOutcome", "InsightStore", "RecalledInsight"]
 
@@ -69,16 +70,15 @@ def _with(insight: Insight, tally: Tally) -> Insight:
 
 
 class InsightStore:
-    """Insights of one Chroma collection (all namespaces; filters select one). `settings`
-    holds the lifecycle knobs (prior, ranking, dedup, contradictions, credit); `local`
-    says that this process is the store's only writer (an embedded store), so its records
-    and events may be kept in memory; `read_only` writes nothing; `reopen` gives a fresh
-    read-only client when a snapshot could not be read (see `chroma.open_client`); store
-    objects of one `share` (this process's ownership of an embedded store) share one index
-    and event log, so each sees the others' writes."""
+    """Insights of one store's `insights` collection (all namespaces; filters select one).
+    `settings` holds the lifecycle knobs (prior, ranking, dedup, contradictions, credit);
+    `local` says that this process is the store's only writer (an embedded store), so its
+    records and events may be kept in memory; `read_only` writes nothing; `reopen` gives a
+    fresh read-only client when a snapshot could not be read (see `chroma.open_client`);
+    the store objects of one `share` (this process's ownership of an embedded store) use
+    one index and one event log, so each sees the others' writes."""
 
     def __init__(self, client: ClientAPI, embedder: Embedder, *,
-                 dedup_threshold: float | None = None, collection: str = "insights",
                  settings: MemorySettings | None = None, local: bool = False,
                  read_only: bool = False,
                  reopen: Callable[[], ClientAPI] | None = None,
@@ -86,12 +86,8 @@ class InsightStore:
         self.client = client
         self.embedder = embedder
         self.settings = settings or MemorySettings()
-        self.dedup_threshold = (self.settings.dedup_threshold if dedup_threshold is None
-                                else dedup_threshold)
         self.read_only = read_only
-        self.collection = open_collection(client, collection, embedder, read_only=read_only)
-        if not read_only and (self.collection.metadata or {}).get("layout") != LAYOUT:
-            upgrade_layout(client, self.collection)
+        self.collection = open_collection(client, "insights", embedder, read_only=read_only)
         # The size when the store opens decides: a mirror, once loaded, keeps growing. A
         # read-only open always mirrors: Chroma's HNSW query fails ("Error finding id")
         # while another process writes the store, its record reads do not.
@@ -99,28 +95,21 @@ class InsightStore:
                             and self.settings.record_cache_size > 0
                             and self.collection.count() <= self.settings.record_cache_size))
         again = None if reopen is None else \
-            (lambda: open_collection(reopen(), collection, embedder, read_only=True))
-        self.index: LocalIndex | RemoteIndex = RemoteIndex(self.collection)
-        if mirror:
-            self.index = LocalIndex(self.collection, embedder.dim, again,
-                                    embedder.embed if read_only else None)
-        self.events = EventLog(client, local=local, read_only=read_only)
-        # Store objects of one owner share its mirror (if one of them has it) and its event
-        # log, and tell the mirror of their writes, so each sees the others' writes.
-        self._mirrors: builtins.list[LocalIndex | RemoteIndex] = [self.index]
-        if share is not None:
-            key = "insights:" + self.collection.name
+            (lambda: open_collection(reopen(), "insights", embedder, read_only=True))
+        self.index: LocalIndex | RemoteIndex = (
+            LocalIndex(self.collection, embedder.dim, again,
+                       embedder.embed if read_only else None)
+            if mirror else RemoteIndex(self.collection))
+        self.events = EventLog(client, local=local, read_only=read_only,
+                               extra=counter_events(client) if read_only else ())
+        if share is not None:  # the first store object of the owner made them
             with share.guard:
-                mirror_of, events = share.shared.get(key, (None, self.events))
-                if mirror_of is None and isinstance(self.index, LocalIndex):
-                    mirror_of = self.index
-                share.shared[key] = (mirror_of, events)
-            self.events = events
-            if mirror_of is not None:
-                if isinstance(self.index, LocalIndex):
-                    self.index = mirror_of
-                self._mirrors = builtins.list(dict.fromkeys([self.index, mirror_of]))
-        self.baselines = BaselineStore(self.events)
+                self.index, self.events = share.shared.setdefault(
+                    "insights:" + self.collection.name, (self.index, self.events))
+        if not read_only:  # a store an earlier version made: upgraded once (legacy.py)
+            if (self.collection.metadata or {}).get("layout") != LAYOUT:
+                upgrade_layout(client, self.collection)
+            migrate_counters(client, self.events)
         # Query embeddings, cached: the agent recalls a task's prompt before the search
         # and again when it reflects on it.
         self._embed_query = functools.lru_cache(maxsize=_QUERY_CACHE)(
@@ -136,7 +125,7 @@ class InsightStore:
         s = self.settings
         return RankParams(prior_a=s.prior_a, prior_b=s.prior_b, exploration=s.exploration,
                           promotion_boost=s.promotion_boost, mmr_lambda=s.mmr_lambda,
-                          near_duplicate=self.dedup_threshold)
+                          near_duplicate=s.dedup_threshold)
 
     def utility(self, insight: Insight) -> float:
         return utility(insight, self.settings.prior_a, self.settings.prior_b)
@@ -188,7 +177,7 @@ class InsightStore:
             others = [i for i in full if i != merged.id]
             if others:
                 self.collection.delete(ids=others)
-                self._removed(others)
+                self.index.removed(others)
             return self._get_exact(merged.id)
 
     # ----------------------------------------------------------------------- reading
@@ -205,7 +194,7 @@ class InsightStore:
     def _folded(self, records: Iterable[Record]) -> builtins.list[Insight]:
         recs = builtins.list(records)
         tallies = self.events.tallies(r.id for r in recs)
-        return [_with(r.insight(), tallies.get(r.id, NOTHING)) for r in recs]
+        return [_with(r.insight, tallies.get(r.id, NOTHING)) for r in recs]
 
     def get_many(self, ids: Iterable[str]) -> dict[str, Insight]:
         """The insights of `ids` that exist (exact ids), each a private copy."""
@@ -287,18 +276,25 @@ class InsightStore:
                 for ins, hit in self._query(query, k, self._filters(namespace, domain,
                                                                     status))]
 
-    def recall(self, query: str, *, namespace: Namespace, domain: str | None, k: int = 5,
-               token_budget: int = 300, min_similarity: float = 0.2,
+    def recall(self, query: str, *, namespace: Namespace = "default",
+               domain: str | None = None, k: int | None = None,
+               token_budget: int | None = None, min_similarity: float | None = None,
                shared: builtins.list[Namespace] | None = None,
                exploration: float | None = None) -> builtins.list[RecalledInsight]:
         """Active insights for a prompt (see recall.py): similarity x (utility + exploration
         bonus) x promotion boost, chosen by MMR, at most k, packed into `token_budget`
-        tokens. Only `namespace`, plus the `shared` namespaces when asked for explicitly.
-        `exploration` overrides the bonus weight for this call (0: a frozen evaluation).
+        tokens. Only `namespace`, plus the `shared` namespaces (default: the setting
+        `shared_namespaces`) when asked for explicitly. `exploration` overrides the bonus
+        weight for this call (0: a frozen evaluation). Unset limits come from the settings;
         k or budget 0 recall nothing. One embed call and one index query."""
+        s = self.settings
+        k = s.recall_k if k is None else k
+        token_budget = s.token_budget if token_budget is None else token_budget
+        min_similarity = s.min_similarity if min_similarity is None else min_similarity
         if k <= 0 or token_budget <= 0:
             return []
-        filters = self._filters([namespace, *(shared or [])], domain, "active")
+        shared = builtins.list(s.shared_namespaces) if shared is None else shared
+        filters = self._filters([namespace, *shared], domain, "active")
         params = self.rank_params
         if exploration is not None:
             params = dataclasses.replace(params, exploration=exploration)
@@ -315,6 +311,30 @@ class InsightStore:
 
     # ----------------------------------------------------------------------- writing
 
+    def _metas(self, items: builtins.list[Insight], *, counters: bool
+               ) -> builtins.list[dict[str, Any]]:
+        """The metadata to store for `items`. Counters: with `counters`, the base such that
+        base + events = the given values; else the stored base, kept (events add to it)."""
+        ids = [i.id for i in items]
+        bases: builtins.list[Tally | Insight]
+        if counters:
+            tallies = self.events.tallies(ids)
+            bases = [tallies.get(i, NOTHING) for i in ids]
+        else:
+            found = self.index.records(ids)
+            for i in ids:
+                if i not in found:
+                    raise NotFoundError(f"no insight with id {i!r}")
+            bases = [found[i].insight for i in ids]
+        metas = []
+        for ins, base in zip(items, bases, strict=True):
+            row = clone(ins)
+            for name in _COUNTERS:
+                setattr(row, name, getattr(ins, name) - getattr(base, name) if counters
+                        else getattr(base, name))
+            metas.append(to_meta(row))
+        return metas
+
     def persist(self, insights: Iterable[Insight], *, counters: bool = False,
                 embeddings: dict[str, Any] | None = None) -> None:
         """Write the metadata of stored insights (and the text and embedding of those in
@@ -324,52 +344,20 @@ class InsightStore:
         if not items:
             return
         ids = [i.id for i in items]
-        bases: dict[str, Tally | Insight]
-        if counters:
-            tallies = self.events.tallies(ids)
-            bases = {i.id: tallies.get(i.id, NOTHING) for i in items}
-        else:
-            found = self.index.records(ids)
-            bases = {}
-            for i in items:
-                rec = found.get(i.id)
-                if rec is None:
-                    raise NotFoundError(f"no insight with id {i.id!r}")
-                bases[i.id] = rec.insight()
-        metas = []
-        for ins in items:
-            base = bases[ins.id]
-            row = clone(ins)
-            if isinstance(base, Tally):  # given values minus what events add
-                for name in _COUNTERS:
-                    setattr(row, name, getattr(ins, name) - getattr(base, name))
-            else:
-                for name in _COUNTERS:
-                    setattr(row, name, getattr(base, name))
-            metas.append(to_meta(row))
+        metas = self._metas(items, counters=counters)
         embeddings = embeddings or {}
-        changed = [i for i in ids if i in embeddings]
+        changed = [n for n, i in enumerate(ids) if i in embeddings]
         if changed:
-            texts = {i.id: i.text for i in items}
-            at = {i: n for n, i in enumerate(ids)}
-            self.collection.update(ids=changed,
-                                   embeddings=[embeddings[i] for i in changed],
-                                   documents=[texts[i] for i in changed],
-                                   metadatas=[metas[at[i]] for i in changed])
+            self.collection.update(ids=[ids[n] for n in changed],
+                                   embeddings=[embeddings[ids[n]] for n in changed],
+                                   documents=[items[n].text for n in changed],
+                                   metadatas=[metas[n] for n in changed])
         rest = [n for n, i in enumerate(ids) if i not in embeddings]
         if rest:
             self.collection.update(ids=[ids[n] for n in rest],
                                    metadatas=[metas[n] for n in rest])
-        self._stored([(i.id, i.text, meta, embeddings.get(i.id))
+        self.index.stored([(i.id, i.text, meta, embeddings.get(i.id))
                            for i, meta in zip(items, metas, strict=True)])
-
-    def _stored(self, rows: builtins.list[tuple[str, str, Any, Any]]) -> None:
-        for index in self._mirrors:
-            index.stored(rows)
-
-    def _removed(self, ids: builtins.list[str]) -> None:
-        for index in self._mirrors:
-            index.removed(ids)
 
     def insert(self, insights: builtins.list[Insight], embeddings: builtins.list[Any]) -> None:
         """Add new insights (ids the store does not have) with their embeddings; their
@@ -377,17 +365,11 @@ class InsightStore:
         same id, they read as given."""
         if not insights:
             return
-        tallies = self.events.tallies(i.id for i in insights)
-        rows = [clone(i) for i in insights]
-        for row in rows:
-            tally = tallies.get(row.id, NOTHING)
-            for name in _COUNTERS:
-                setattr(row, name, getattr(row, name) - getattr(tally, name))
-        metas = [to_meta(i) for i in rows]
+        metas = self._metas(insights, counters=True)
         self.collection.add(ids=[i.id for i in insights], embeddings=embeddings,
                             documents=[i.text for i in insights],
                             metadatas=metas)  # type: ignore[arg-type]
-        self._stored([(i.id, i.text, m, e)
+        self.index.stored([(i.id, i.text, m, e)
                            for i, m, e in zip(insights, metas, embeddings, strict=True)])
 
     def record_outcome(self, insight_ids: builtins.list[str], correct: bool, *,
@@ -421,18 +403,26 @@ class InsightStore:
         ready = [i for i in insights if i.uses >= self.settings.credit_min_uses]
         if not ready:
             return []
-        baselines = self.baselines.get_many([(i.namespace, i.domain) for i in ready])
-        return [i for i in ready
-                if apply_judgement(i, judge(i, baselines[(i.namespace, i.domain)],
-                                            self.settings))]
+        tallies = self.events.baselines((i.namespace, i.domain) for i in ready)
+        changed = []
+        for ins in ready:
+            key = (ins.namespace, ins.domain)
+            if apply_judgement(ins, judge(ins, Baseline.of(key, tallies[key]), self.settings)):
+                changed.append(ins)
+        return changed
+
+    def baseline(self, namespace: Namespace, domain: str) -> Baseline:
+        """The verdicts of the ablated tasks of a namespace and domain."""
+        key = (validate_namespace(namespace), domain)
+        return Baseline.of(key, self.events.baselines([key])[key])
 
     def record_baseline(self, namespace: Namespace, domain: str, correct: bool, *,
                         event_id: str | None = None) -> None:
         """Count the verdict of a task run without insights (ablation) in the baseline
         (once per `event_id`)."""
         self._writable()
-        self.baselines.record(validate_namespace(namespace), domain, correct,
-                              event_id=event_id)
+        self.events.add([Event(event_id or fresh_id(), "baseline", win=correct,
+                               namespace=validate_namespace(namespace), domain=domain)])
 
     def review(self, namespace: Namespace | None = None) -> builtins.list[Insight]:
         """Judge every active insight (of a namespace) against the current baselines and
@@ -488,7 +478,7 @@ class InsightStore:
         with write_lock(self.client):
             rid = self.resolve_id(insight_id)
             self.collection.delete(ids=[rid])
-            self._removed([rid])
+            self.index.removed([rid])
 
     # ----------------------------------------------------------------------- summaries
 

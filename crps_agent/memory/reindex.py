@@ -26,13 +26,14 @@ from crps_agent.memory.chroma import (
     write_lock,
     write_pointers,
 )
-from crps_agent.memory.records import from_record, to_meta, upgrade_layout
+from crps_agent.memory.legacy import upgrade_layout
+from crps_agent.memory.records import from_record, to_meta
 
 if TYPE_CHECKING:
     from chromadb.api import ClientAPI
     from chromadb.api.models.Collection import Collection
 
-    from crps_agent.memory.embedders import Embedder
+    from crps_agent.embedders import Embedder
 
 Progress = Callable[[str, int, int], None]  # (what, done, total)
 _BATCH = 256

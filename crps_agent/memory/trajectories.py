@@ -24,7 +24,7 @@ from crps_agent.types import Contrast, SearchResult, Task, Trajectory
 if TYPE_CHECKING:
     from chromadb.api import ClientAPI
 
-    from crps_agent.memory.embedders import Embedder
+    from crps_agent.embedders import Embedder
 
 _PROMPT_CACHE_SIZE = 2048
 TRAJECTORY = "trajectory"
@@ -170,20 +170,6 @@ class TrajectoryLog:
                 for m in res["metadatas"] or []]
         return max(rows)[1] if rows else None
 
-    def similar_successes(
-        self,
-        prompt: str,
-        *,
-        namespace: str,
-        domain: str,
-        k: int = 3,
-        exclude_task: str | None = None,
-    ) -> list[Trajectory]:
-        """Correct trajectories of other tasks, one per task (highest reward, then fewest
-        tokens), the task most similar to `prompt` first."""
-        return [t for _, t in self.similar_solved(prompt, namespace=namespace, domain=domain,
-                                                  k=k, exclude_task=exclude_task)]
-
     def similar_solved(
         self,
         prompt: str,
@@ -193,7 +179,8 @@ class TrajectoryLog:
         k: int = 3,
         exclude_task: str | None = None,
     ) -> list[tuple[Task, Trajectory]]:
-        """As `similar_successes`, each with its task."""
+        """Correct trajectories of other tasks with their tasks, one per task (highest
+        reward, then fewest tokens), the task most similar to `prompt` first."""
         if k <= 0:
             return []
         namespace = validate_namespace(namespace)

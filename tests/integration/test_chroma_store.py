@@ -10,9 +10,9 @@ from typing import Any, TypedDict
 import pytest
 from langgraph.store.base import InvalidNamespaceError
 
+from crps_agent.embedders import HashEmbedder
 from crps_agent.integrations.langgraph import ChromaStore
 from crps_agent.memory import Memory
-from crps_agent.memory.embedders import HashEmbedder
 from crps_agent.types import Insight
 
 pytestmark = [pytest.mark.integration]

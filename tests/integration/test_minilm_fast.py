@@ -12,7 +12,7 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 from crps_agent.bench.memory import synthetic_queries, synthetic_texts
-from crps_agent.memory.embedders import MiniLMEmbedder
+from crps_agent.embedders import MiniLMEmbedder
 
 pytestmark = pytest.mark.integration
 
@@ -77,7 +77,7 @@ def test_batch_larger_than_batch_size_keeps_order(minilm: MiniLMEmbedder,
 
 def test_embedding_imports_neither_torch_nor_sentence_transformers() -> None:
     code = ("import sys\n"
-            "from crps_agent.memory.embedders import get_embedder\n"
+            "from crps_agent.embedders import get_embedder\n"
             "v = get_embedder('minilm').embed(['hello world'])\n"
             "assert len(v[0]) == 384\n"
             "print([m for m in ('torch', 'sentence_transformers', 'transformers') "

@@ -18,8 +18,8 @@ import pytest
 from langgraph.store.base import BaseStore, GetOp, InvalidNamespaceError, PutOp, SearchOp
 from langgraph.store.memory import InMemoryStore
 
+from crps_agent.embedders import HashEmbedder
 from crps_agent.integrations.langgraph import ChromaStore
-from crps_agent.memory.embedders import HashEmbedder
 
 pytestmark = [pytest.mark.integration]
 

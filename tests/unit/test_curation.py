@@ -215,9 +215,9 @@ def test_reindex_switches_every_collection_atomically(memory: Memory) -> None:
     assert (fresh.trajectories.count(), fresh.trajectories.count_contrasts()) == counts
     hit = fresh.insights.search(items[2].text, k=1)[0]
     assert hit.insight.id == items[2].id and hit.similarity > 0.99
-    similar = fresh.trajectories.similar_successes("What is 2 + 2?", namespace="default",
-                                                  domain="math", k=1, exclude_task=None)
-    assert similar and similar[0].verdict.correct
+    similar = fresh.trajectories.similar_solved("What is 2 + 2?", namespace="default",
+                                                domain="math", k=1, exclude_task=None)
+    assert similar and similar[0][1].verdict.correct
     assert fresh.trajectories.search_result("s2").search_id == "s2"
 
     second = reindex(fresh.client, get_embedder("hash"))  # and back, generation 2

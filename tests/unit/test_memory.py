@@ -14,11 +14,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from crps_agent.config import MemorySettings, Settings
 from crps_agent.curation import summary
+from crps_agent.embedders import HashEmbedder
 from crps_agent.errors import ConfigError, EmbedderMismatchError, NotFoundError, StoreError
 from crps_agent.memory import InsightStore, Memory, TrajectoryLog, get_embedder
 from crps_agent.memory.chroma import open_client, open_collection, where_clause
 from crps_agent.memory.credit import utility
-from crps_agent.memory.embedders import HashEmbedder
 from crps_agent.types import Contrast, Insight, SearchResult, SearchStats, Task, Trajectory, Verdict
 
 UNITS = "Always check the units before answering."
@@ -350,7 +350,7 @@ def test_contrasts_round_trip(log: TrajectoryLog) -> None:
     assert log.contrasts(task_id=t1.id, namespace="other") == []
 
 
-def test_similar_successes_excludes_the_task(log: TrajectoryLog) -> None:
+def test_similar_solved_excludes_the_task(log: TrajectoryLog) -> None:
     target = Task(prompt="Add the numbers 12 and 30 together", domain="math")
     near = Task(prompt="Add the numbers 15 and 30 together", domain="math")
     far = Task(prompt="Sort these words alphabetically: pear apple fig", domain="math")
@@ -361,14 +361,14 @@ def test_similar_successes_excludes_the_task(log: TrajectoryLog) -> None:
     log.add_search(_search(far, "s-far", [True]), namespace="default")
     log.add_search(_search(failed, "s-failed", [False, False]), namespace="default")
     log.add_search(_search(other_ns, "s-other", [True]), namespace="elsewhere")
-    got = log.similar_successes(target.prompt, namespace="default", domain="math", k=3,
-                                exclude_task=target.id)
+    got = [t for _, t in log.similar_solved(target.prompt, namespace="default",
+                                            domain="math", k=3, exclude_task=target.id)]
     assert [t.task_id for t in got] == [near.id, far.id]  # one per task, most similar first
     assert all(t.verdict.correct for t in got)
     assert got[0].tokens == 11  # the shortest correct attempt of that task
-    with_self = log.similar_successes(target.prompt, namespace="default", domain="math", k=1)
-    assert [t.task_id for t in with_self] == [target.id]
-    assert log.similar_successes(target.prompt, namespace="default", domain="code") == []
+    with_self = log.similar_solved(target.prompt, namespace="default", domain="math", k=1)
+    assert [(task.id, t.task_id) for task, t in with_self] == [(target.id, target.id)]
+    assert log.similar_solved(target.prompt, namespace="default", domain="code") == []
 
 
 # ---------------------------------------------------------------------------- facade

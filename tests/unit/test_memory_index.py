@@ -13,7 +13,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from crps_agent.config import MemorySettings
-from crps_agent.memory import Memory, get_embedder
+from crps_agent.memory import InsightStore, Memory, get_embedder
 from crps_agent.memory.index import LocalIndex, RemoteIndex, clone
 from crps_agent.memory.records import from_record, to_meta
 from crps_agent.types import Insight
@@ -104,9 +104,11 @@ def test_the_mirror_equals_a_fresh_read_after_every_kind_of_write(tmp_path: Path
     memory.insights.update(edited)
     memory.insights.delete(items[1].id)
     mirror = {i.id: i for i in memory.insights.list()}
-    fresh = _memory(tmp_path / "s", preload=False)  # reads Chroma every time
-    assert isinstance(fresh.insights.index, RemoteIndex)
-    assert {i.id: i for i in fresh.insights.list()} == mirror
+    # a store object outside the owner's sharing that reads Chroma every time
+    fresh = InsightStore(memory.client, memory.embedder,
+                         settings=MemorySettings(embedder="hash", preload=False))
+    assert isinstance(fresh.index, RemoteIndex) and fresh.events is not memory.insights.events
+    assert {i.id: i for i in fresh.list()} == mirror
     res: Any = memory.insights.collection.get(include=["documents", "metadatas",
                                                        "embeddings"])
     for rid, doc, meta, emb in zip(res["ids"], res["documents"] or [], res["metadatas"] or [],

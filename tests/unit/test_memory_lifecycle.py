@@ -48,9 +48,8 @@ def ins(text: str, **kw: object) -> Insight:
 
 
 def make_store(tmp_path: Path, **settings: object) -> InsightStore:
-    threshold = float(settings.pop("dedup_threshold", 0.9))  # type: ignore[arg-type]
+    settings.setdefault("dedup_threshold", 0.9)
     return InsightStore(open_client(str(tmp_path / "store")), get_embedder("hash"),
-                        dedup_threshold=threshold,
                         settings=MemorySettings.model_validate(settings))
 
 
@@ -148,7 +147,7 @@ def test_record_outcome_retires_below_baseline_and_promotes_above(tmp_path: Path
     assert got.status == "retired" and RETIRED_BELOW_BASELINE in got.flags
     assert (got.uses, got.wins) == (10, 0)
     assert store.get(helpful.id).promoted
-    assert store.baselines.get("default", "math") == Baseline("default", "math", 5, 5)
+    assert store.baseline("default", "math") == Baseline("default", "math", 5, 5)
     # retired: kept and restorable; a restored insight is not retired again automatically
     shown = store.recall(UNITS, namespace="default", domain="math", min_similarity=-1)
     assert [r.insight.id for r in shown] == [helpful.id]
@@ -204,7 +203,7 @@ def test_scripted_learn_retires_a_harmful_insight_and_promotes_a_helpful_one(
     report = agent.learn(tasks, run_id="credit")
     totals = report.totals()
     assert 10 <= totals["ablated"] <= 30
-    baseline = agent.memory.insights.baselines.get("default", "math")
+    baseline = agent.memory.insights.baseline("default", "math")
     assert baseline.n == totals["ablated"] and 0.25 < baseline.rate() < 0.75
     by_text = {i.text: i for i in agent.memory.insights.list()}
     bad, good = by_text[harmful], by_text[helpful]

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from crps_agent.config import MemorySettings
+from crps_agent.embedders import get_embedder
 from crps_agent.memory import Memory
 from crps_agent.memory.chroma import open_client, open_collection
-from crps_agent.memory.embedders import get_embedder
 from crps_agent.memory.records import (
     FILTER_KEYS,
     LAYOUT,
@@ -91,7 +91,7 @@ def test_a_layout1_store_is_upgraded_once_when_opened(tmp_path: Path) -> None:
         return update(*args, **kwargs)
 
     collection.update = spy  # type: ignore[method-assign]
-    from crps_agent.memory.records import upgrade_layout
+    from crps_agent.memory.legacy import upgrade_layout
 
     assert upgrade_layout(memory.insights.client, collection) == 0
     assert writes == []
@@ -128,7 +128,8 @@ def test_record_cache_size_bounds_the_mirror(tmp_path: Path) -> None:
         record_cache_size=0))
     small.remember([Insight(text=t, domain="math") for t in TEXTS])
     assert isinstance(small.insights.index, RemoteIndex)  # bigger than the setting
+    remote = [h.insight.id for h in small.recall(QUERY, domain="math", k=4)]
+    small.close()  # the store objects of one owner share the first one's index
     big = Memory(str(tmp_path / "s"), embedder="hash", settings=_settings())
     assert isinstance(big.insights.index, LocalIndex) and big.warm() == len(TEXTS)
-    assert [h.insight.id for h in small.recall(QUERY, domain="math", k=4)] == \
-        [h.insight.id for h in big.recall(QUERY, domain="math", k=4)]
+    assert remote == [h.insight.id for h in big.recall(QUERY, domain="math", k=4)]

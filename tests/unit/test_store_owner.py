@@ -20,6 +20,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from crps_agent.curation import export_insights
+from crps_agent.embedders import get_embedder
 from crps_agent.errors import DamagedStoreError, StoreBusyError, StoreError
 from crps_agent.memory import Memory
 from crps_agent.memory.chroma import (
@@ -27,7 +28,6 @@ from crps_agent.memory.chroma import (
     Pointers,
     read_pointers,
 )
-from crps_agent.memory.embedders import get_embedder
 from crps_agent.memory.reindex import reindex
 from crps_agent.types import Insight
 

@@ -1,0 +1,107 @@
+"""Stores made by earlier versions: read as they are, upgraded once by their first writer.
+
+- Layout-1 insight records (every field its own metadata key, lists as JSON strings; see
+  records.py for why layout 2 packs them): `records.from_record` reads both, and
+  `upgrade_layout` rewrites a collection in layout 2.
+- Counter records in `crps_meta` (baselines and paired outcomes were read-modified-written
+  there before counters were events): `counter_events` reads them as events, which a
+  read-only open folds in as they are; `migrate_counters` adds them to the event log (ids
+  derived from the records, so a migration interrupted before its delete adds nothing
+  twice) and then deletes them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from crps_agent.errors import StoreError
+from crps_agent.memory.chroma import META_COLLECTION, is_not_found, write_lock
+from crps_agent.memory.events import Event, EventLog, Tally, event_id
+from crps_agent.memory.records import LAYOUT, PACKED_FIELDS, from_record, is_packed, to_meta
+
+if TYPE_CHECKING:
+    from chromadb.api import ClientAPI
+    from chromadb.api.models.Collection import Collection
+
+_BATCH = 1000
+_COUNTERS: Any = {"kind": {"$in": ["baseline", "cf-credit", "admission-evidence"]}}
+_log = logging.getLogger(__name__)
+
+
+def upgrade_layout(client: ClientAPI, collection: Collection,
+                   progress: Callable[[int, int], None] | None = None) -> int:
+    """Rewrite the records of an insight collection still in layout 1 in layout 2 (their
+    layout-1 keys removed: Chroma drops a key updated to None), then mark the collection.
+    Idempotent, under the store's write lock; returns the records rewritten."""
+    with write_lock(client):
+        # read again under the lock: another process may have upgraded it meanwhile
+        meta = dict(client.get_collection(collection.name, embedding_function=None).metadata
+                    or {})
+        if meta.get("layout") == LAYOUT:
+            return 0
+        total = collection.count()
+        if total > _BATCH:  # ~1 s per 1000 records: say why the start is slow
+            _log.warning("upgrading the record layout of %d insights (once, ~%d s)", total,
+                         max(1, total // 1000))
+        done = rewritten = 0
+        while done < total:
+            res: Any = collection.get(limit=_BATCH, offset=done,
+                                      include=["documents", "metadatas"])
+            if not res["ids"]:
+                break
+            ids, metas = [], []
+            for rid, doc, old in zip(res["ids"], res["documents"] or [],
+                                     res["metadatas"] or [], strict=True):
+                if not is_packed(old):
+                    ids.append(rid)
+                    stale = {k: None for k in (old or {}) if k in PACKED_FIELDS}
+                    metas.append({**stale, **to_meta(from_record(rid, doc, old))})
+            if ids:
+                collection.update(ids=ids, metadatas=metas)  # type: ignore[arg-type]
+                rewritten += len(ids)
+            done += len(res["ids"])
+            if progress is not None:
+                progress(done, total)
+        meta["layout"] = LAYOUT
+        collection.modify(metadata=meta)
+        return rewritten
+
+
+def counter_events(client: ClientAPI) -> list[Event]:
+    """The counter records of a store made before events, as events (none if it has none)."""
+    try:
+        res: Any = client.get_collection(META_COLLECTION, embedding_function=None).get(
+            where=_COUNTERS, include=["metadatas"])
+    except Exception as exc:
+        if is_not_found(exc):
+            return []
+        raise StoreError(f"cannot read the counters of the store: {exc}") from None
+    return [_event(rid, dict(m or {}))
+            for rid, m in zip(res["ids"], res["metadatas"] or [], strict=True)]
+
+
+def migrate_counters(client: ClientAPI, events: EventLog) -> None:
+    """Turn the counter records of a store made before events into events, then delete
+    the records."""
+    old = counter_events(client)
+    if old:
+        events.add(old)
+        client.get_collection(META_COLLECTION, embedding_function=None).delete(
+            where=_COUNTERS)
+
+
+def _event(rid: str, meta: dict[str, Any]) -> Event:
+    """One counter record as one event with its counts."""
+    kind = str(meta.get("kind", ""))
+    eid = event_id("legacy", rid)
+    if kind == "baseline":
+        wins, losses = int(meta.get("wins", 0) or 0), int(meta.get("losses", 0) or 0)
+        return Event(eid, kind, namespace=str(meta.get("namespace", "")),
+                     domain=str(meta.get("domain", "")),
+                     counts=Tally(uses=wins + losses, wins=wins, losses=losses))
+    return Event(eid, kind, str(meta.get("insight_id", "")), counts=Tally(
+        with_wins=int(meta.get("with_wins", 0) or 0), with_n=int(meta.get("with_n", 0) or 0),
+        without_wins=int(meta.get("without_wins", 0) or 0),
+        without_n=int(meta.get("without_n", 0) or 0)))
