@@ -52,12 +52,13 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
-from crps_agent.memory.admission import admission_request
+from crps_agent.backends.base import GenerationRequest
 from crps_agent.sampler import derive_seed
+from crps_agent.search.budget import token_budget
 
 if TYPE_CHECKING:
     from crps_agent.backends.base import Backend
-    from crps_agent.config import MemorySettings, Settings
+    from crps_agent.config import MemorySettings, SearchSettings, Settings
     from crps_agent.domains import Domain
     from crps_agent.memory.facade import Memory
     from crps_agent.types import Insight, SearchResult, Task
@@ -119,6 +120,17 @@ class AdmissionDecision:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def admission_request(task: Task, domain: Domain, notes: list[str], search: SearchSettings,
+                      rollouts: int, seed: int | None, arm: str) -> GenerationRequest:
+    """A check request with the search's sampling settings and token limit (one budget per
+    task, so the arms are comparable with the search's own samples)."""
+    return GenerationRequest(
+        messages=domain.render_prompt(task, notes), n=rollouts,
+        temperature=search.temperature, top_p=search.top_p,
+        max_tokens=token_budget(search, domain), stop=list(search.stop), seed=seed,
+        purpose="solve", meta={"task_id": task.id, "admission": arm})
 
 
 def _verified(task: Task, domain: Domain) -> bool:

@@ -2,7 +2,6 @@
 after check rollouts; the policy (which rollouts, what counts as evidence) is in
 crps_agent/admission_policy.py.
 
-`admission_request` is a check request with the search's sampling settings and token limit;
 `settle` makes admitted candidates active and retires rejected ones with the
 flag "admission:rejected" (kept: a later rediscovery makes it a candidate again);
 `absorb` merges a redundant candidate into an active note as support.
@@ -12,30 +11,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from crps_agent.backends.base import GenerationRequest
 from crps_agent.errors import NotFoundError
 from crps_agent.memory.chroma import write_lock
 from crps_agent.memory.credit import ADMISSION_REJECTED
-from crps_agent.search.budget import token_budget
 
 MERGED = "merged:"  # on a candidate merged into an active note as support
 ABSORBED = "absorbed:"  # on the note, one per candidate it absorbed
 
 if TYPE_CHECKING:
-    from crps_agent.config import SearchSettings
-    from crps_agent.domains import Domain
     from crps_agent.memory.insights import InsightStore
-    from crps_agent.types import Insight, Task
-
-
-def admission_request(task: Task, domain: Domain, notes: list[str], search: SearchSettings,
-             rollouts: int, seed: int | None, arm: str) -> GenerationRequest:
-    return GenerationRequest(
-        messages=domain.render_prompt(task, notes), n=rollouts,
-        temperature=search.temperature, top_p=search.top_p,
-        max_tokens=token_budget(search, domain),  # the search's limit: one budget per task
-        stop=list(search.stop), seed=seed, purpose="solve",
-        meta={"task_id": task.id, "admission": arm})
+    from crps_agent.types import Insight
 
 
 def settle(store: InsightStore, decisions: dict[str, bool]) -> list[Insight]:

@@ -15,7 +15,7 @@ from crps_agent.crps.export import Example, write_method
 from crps_agent.crps.gate import evaluate
 from crps_agent.domains import Domain
 from crps_agent.errors import ConfigError
-from crps_agent.memory.admission import admission_request
+from crps_agent.admission_policy import admission_request
 from crps_agent.search.best_of_n import best_of_n
 from crps_agent.search.budget import token_budget
 from crps_agent.search.mcts import mcts
