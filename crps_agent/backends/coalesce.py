@@ -32,6 +32,7 @@ that sends a call hands out results or errors in a `finally`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -82,10 +83,26 @@ class _Pending:
 
 @dataclass
 class CoalescerStats:
+    """What the coalescer did, and where the backend's wall time went between its calls."""
+
     calls: int = 0  # merged calls sent to the backend
     requests: int = 0
     callers: int = 0  # `generate` calls answered
     split: int = 0  # merged calls that failed and were retried caller by caller
+    full: int = 0  # merged calls sent because every live worker was waiting on the model
+    timed_out: int = 0  # merged calls sent because the oldest caller waited `max_wait`
+    busy_s: float = 0.0  # inside the backend's calls
+    held_s: float = 0.0  # backend idle while calls were pending (waiting for workers)
+    idle_s: float = 0.0  # backend idle with nothing pending (every worker busy elsewhere)
+    caller_wait_s: float = 0.0  # summed over callers: from `generate` to its replies
+
+    def add(self, other: CoalescerStats) -> None:
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+    def to_dict(self) -> dict[str, float]:
+        return {f.name: round(getattr(self, f.name), 3) if f.type == "float"
+                else getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
 class Coalescer:
@@ -106,6 +123,7 @@ class Coalescer:
         self._workers = 0  # registered threads (a thread counts once however nested)
         self._blocked = 0  # registered threads inside `generate`
         self._sending = False
+        self._last_end = time.monotonic()  # when the backend last went idle
         self._local = threading.local()
 
     def _depth(self) -> int:
@@ -152,6 +170,7 @@ class Coalescer:
             finally:
                 if registered:
                     self._blocked -= 1
+                self.stats.caller_wait_s += time.monotonic() - mine.since
                 if not mine.done:  # interrupted while waiting (KeyboardInterrupt)
                     self._pending = [p for p in self._pending if p is not mine]
                 self._cond.notify_all()
@@ -172,11 +191,22 @@ class Coalescer:
         releases it during the call."""
         batch, self._pending = self._pending, []
         self._sending = True
+        start = time.monotonic()
+        if self._blocked >= self._workers:
+            self.stats.full += 1
+        else:
+            self.stats.timed_out += 1
+        gap = max(0.0, start - self._last_end)
+        held = min(gap, max(0.0, start - min(p.since for p in batch)))
+        self.stats.held_s += held
+        self.stats.idle_s += gap - held
         self._cond.release()
         try:
             self._call(batch)
         finally:
             self._cond.acquire()
+            self._last_end = time.monotonic()
+            self.stats.busy_s += self._last_end - start
             self._sending = False
             for p in batch:
                 if not p.done:  # the sender died mid-way (KeyboardInterrupt)

@@ -229,13 +229,13 @@ def learn_once(engine: Backend, tasks: list[Task], store: Path, *, concurrency: 
             t0 = time.perf_counter()
             report = agent.learn(tasks, concurrency=concurrency)
             wall = time.perf_counter() - t0
+        inflight = agent.inflight_stats()
     finally:
         agent.close()
     totals = report.totals()
     return {"wall_s": wall, "recorder": recorder, "tokens": recorder.completion_tokens,
             "sequences": recorder.sequences, "calls": recorder.calls,
-            "busy_s": recorder.busy_s,
-            "requests": len(recorder.records),
+            "busy_s": recorder.busy_s, "requests": len(recorder.records), "inflight": inflight,
             "failed": [t.task_id for t in report.tasks if t.error is not None],
             "work": {k: totals[k] for k in ("contrasts", "insights_added", "insights_merged",
                                             "insights_admitted",
@@ -284,6 +284,11 @@ def _line(backend: str, tasks: int, concurrency: int, seq: dict[str, Any],
             "calls": conc["calls"], "sequential_calls": seq["calls"],
             # wall time inside the engine's calls: the rest is graph, memory and waiting
             "engine_busy_s": round(conc["busy_s"], 2),
+            "engine_busy_share": round(conc["busy_s"] / conc["wall_s"], 3) if conc["wall_s"]
+            else None,
+            # the concurrent run's time (graph/inflight.py): per node and lock, summed over
+            # the workers, and the coalescer's merged calls (full / timed out, held / idle)
+            "breakdown": conc["inflight"],
             "sequential_engine_busy_s": round(seq["busy_s"], 2),
             # tokens per second while the engine works: the batching, without the graph
             "engine_tok_s": round(conc["tokens"] / conc["busy_s"], 1) if conc["busy_s"] else None,

@@ -20,13 +20,16 @@ What concurrent graphs share, and how it stays correct:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from crps_agent.backends.coalesce import Coalescer
+from crps_agent.backends.coalesce import Coalescer, CoalescerStats
 
 if TYPE_CHECKING:
     from crps_agent.backends.base import Backend
@@ -41,23 +44,68 @@ R = TypeVar("R")
 
 
 @dataclass
+class InFlightStats:
+    """Where the task graphs' time went, summed over the threads that ran them: seconds in
+    each node (lock waits included), seconds waiting for the memory lock (`serial`) and
+    the CRPS lock, and what the coalescers of the runs did (`CoalescerStats`)."""
+
+    nodes: dict[str, float] = field(default_factory=dict)
+    serial_wait_s: float = 0.0
+    crps_wait_s: float = 0.0
+    calls: CoalescerStats = field(default_factory=CoalescerStats)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"nodes_s": {k: round(v, 3) for k, v in sorted(self.nodes.items())},
+                "serial_wait_s": round(self.serial_wait_s, 3),
+                "crps_wait_s": round(self.crps_wait_s, 3), "coalescer": self.calls.to_dict()}
+
+
+@dataclass
 class InFlight:
-    """The locks the graphs of one agent share (created once per agent)."""
+    """The locks the graphs of one agent share (created once per agent), and the time
+    spent in and around them."""
 
     serial: threading.RLock = field(default_factory=threading.RLock)
     crps: threading.Lock = field(default_factory=threading.Lock)
+    stats: InFlightStats = field(default_factory=InFlightStats)
+    _stats_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @contextmanager
+    def node(self, name: str) -> Iterator[None]:
+        """Run node `name` under its lock, if any (`SERIAL_NODES`: the memory lock;
+        "crps": the CRPS lock), timing the wait and the node."""
+        lock = self.serial if name in SERIAL_NODES else self.crps if name == "crps" else None
+        t0 = time.perf_counter()
+        with lock or contextlib.nullcontext():
+            waited = time.perf_counter() - t0
+            try:
+                yield
+            finally:
+                took = time.perf_counter() - t0
+                with self._stats_lock:
+                    self.stats.nodes[name] = self.stats.nodes.get(name, 0.0) + took
+                    if lock is self.serial:
+                        self.stats.serial_wait_s += waited
+                    elif lock is self.crps:
+                        self.stats.crps_wait_s += waited
+
+    def count(self, calls: CoalescerStats) -> None:
+        with self._stats_lock:
+            self.stats.calls.add(calls)
 
 
 def run_jobs(jobs: Sequence[J], work: Callable[[J, Backend], R], *, backend: Backend,
              concurrency: int, done: Callable[[J, R], bool] | None = None,
-             max_wait: float | None = None) -> list[R | None]:
+             max_wait: float | None = None,
+             stats: InFlight | None = None) -> list[R | None]:
     """`work(job, backend)` for every job, `concurrency` at a time, in job order of start;
     results in job order. With more than one worker, `backend` is wrapped in a
     `Coalescer` that every worker shares. `done(job, result)` is called (one call at a
     time, in completion order) as each job finishes; when it returns False no further job
     starts, the running ones finish, and the jobs never started are None in the result.
     An exception raised by `work` is re-raised after the other workers stopped (callers
-    turn their per-job failures into results themselves)."""
+    turn their per-job failures into results themselves). The coalescer's counts are
+    added to `stats` when given."""
     results: list[R | None] = [None] * len(jobs)
     if concurrency <= 1 or len(jobs) <= 1:
         for i, job in enumerate(jobs):
@@ -103,6 +151,8 @@ def run_jobs(jobs: Sequence[J], work: Callable[[J, Backend], R], *, backend: Bac
         t.start()
     for t in threads:
         t.join()
+    if stats is not None:
+        stats.count(shared.stats)
     log.info("%d jobs over %d workers: %d merged backend calls for %d calls",
              len(jobs), workers, shared.stats.calls, shared.stats.callers)
     if failure:

@@ -157,3 +157,28 @@ def test_nested_worker_blocks_count_once() -> None:
     with co.worker(), co.worker():
         assert co.generate([GenerationRequest(prompt="x")])[0][0].text == "re:x"
     assert co._workers == 0
+
+
+def test_stats_tell_full_calls_from_timed_out_ones_and_time_the_gaps() -> None:
+    inner = Recorder()
+    co = Coalescer(inner, max_wait=0.05)
+    _run_workers(co, [[GenerationRequest(prompt=f"p{i}")] for i in range(3)])
+    assert (co.stats.calls, co.stats.full, co.stats.timed_out) == (1, 1, 0)
+    release = threading.Event()
+
+    def busy() -> None:
+        with co.worker():
+            release.wait(10)
+
+    with ThreadPoolExecutor(1) as pool:
+        hold = pool.submit(busy)
+        with co.worker():
+            time.sleep(0.1)  # backend idle, nothing pending
+            co.generate([GenerationRequest(prompt="alone")])  # held until max_wait
+        release.set()
+        hold.result(timeout=10)
+    s = co.stats
+    assert (s.calls, s.full, s.timed_out, s.callers) == (2, 1, 1, 4)
+    assert 0.04 <= s.held_s < 5 and s.idle_s >= 0.09
+    assert s.caller_wait_s >= s.held_s
+    assert s.busy_s >= 0 and s.to_dict()["calls"] == 2
