@@ -26,7 +26,7 @@ from langgraph.graph import END, START, StateGraph
 
 from crps_agent.config import Settings, load_settings, with_overrides
 from crps_agent.errors import ConfigError, CrpsError
-from crps_agent.graph.inflight import InFlight, run_jobs
+from crps_agent.graph.inflight import InFlight, prefetch_embeddings, run_jobs
 from crps_agent.graph.nodes import (
     admit_node,
     credit_node,
@@ -136,8 +136,8 @@ def _killable(name: str, node: Callable[..., dict[str, Any]]) -> Callable[..., d
     def run(state: AgentState, runtime: Any) -> dict[str, Any]:
         kill_point(name)
         shared = runtime.context.inflight
-        with node_running(), (contextlib.nullcontext() if shared is None
-                              else shared.node(name)):
+        with node_running(), (contextlib.nullcontext() if shared is None else shared.node(
+                name, prefetch_embeddings(runtime.context.memory.embedder, name, state))):
             update = node(state, runtime)
         kill_point(f"{name}.end")
         return update

@@ -24,7 +24,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -38,6 +38,30 @@ log = logging.getLogger(__name__)
 
 # Nodes that touch only memory (no LLM call): run one at a time across the tasks in flight.
 SERIAL_NODES = frozenset({"recall", "log", "credit"})
+
+
+def node_texts(name: str, state: Mapping[str, Any]) -> list[str]:
+    """The texts node `name` will embed, as far as its input state tells: recall the task's
+    prompt, log the prompt and each contrast's successful attempt, store the new
+    insights. A hint: a text missed is embedded by the node itself, as before."""
+    prompt = (state.get("task") or {}).get("prompt")
+    texts = [prompt] if prompt and name in ("recall", "log") else []
+    if name == "log":
+        texts += [c["good"]["text"] for c in state.get("contrasts") or []]
+    elif name == "store":
+        texts += [d["text"] for d in state.get("drafts") or []]
+    return [t for t in texts if isinstance(t, str) and t]
+
+
+def prefetch_embeddings(embedder: object, name: str, state: Mapping[str, Any]
+                        ) -> Callable[[], None] | None:
+    """What `InFlight.node` runs before node `name` takes its lock: the embedder's
+    `prefetch` of `node_texts` (an embedder without `prefetch`, the hashing one, has
+    nothing to gain), so the workers in flight embed together and outside the lock."""
+    warm = getattr(embedder, "prefetch", None)
+    texts = node_texts(name, state) if callable(warm) else []
+    return (lambda: warm(texts)) if texts and callable(warm) else None
+
 
 J = TypeVar("J")
 R = TypeVar("R")
@@ -71,11 +95,14 @@ class InFlight:
     _stats_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @contextmanager
-    def node(self, name: str) -> Iterator[None]:
+    def node(self, name: str, prefetch: Callable[[], None] | None = None) -> Iterator[None]:
         """Run node `name` under its lock, if any (`SERIAL_NODES`: the memory lock;
-        "crps": the CRPS lock), timing the wait and the node."""
+        "crps": the CRPS lock), timing the wait and the node. `prefetch` runs first, before
+        the lock is taken (the embeddings the node will need: `prefetch_embeddings`)."""
         lock = self.serial if name in SERIAL_NODES else self.crps if name == "crps" else None
         t0 = time.perf_counter()
+        if prefetch is not None:
+            prefetch()
         with lock or contextlib.nullcontext():
             waited = time.perf_counter() - t0
             try:
