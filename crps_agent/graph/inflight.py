@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from crps_agent.backends.coalesce import Coalescer, CoalescerStats
+from crps_agent.backends.coalesce import Coalescer, CoalescerStats, parked
 
 if TYPE_CHECKING:
     from crps_agent.backends.base import Backend
@@ -103,18 +103,25 @@ class InFlight:
         t0 = time.perf_counter()
         if prefetch is not None:
             prefetch()
-        with lock or contextlib.nullcontext():
-            waited = time.perf_counter() - t0
-            try:
-                yield
-            finally:
-                took = time.perf_counter() - t0
-                with self._stats_lock:
-                    self.stats.nodes[name] = self.stats.nodes.get(name, 0.0) + took
-                    if lock is self.serial:
-                        self.stats.serial_wait_s += waited
-                    elif lock is self.crps:
-                        self.stats.crps_wait_s += waited
+        t1 = time.perf_counter()
+        if lock is not None:
+            # The CRPS lock is held across LLM calls (synthesis): its waiters wait on the
+            # model, and a merged call must not wait for them.
+            with parked() if lock is self.crps else contextlib.nullcontext():
+                lock.acquire()
+        waited = time.perf_counter() - t1
+        try:
+            yield
+        finally:
+            if lock is not None:
+                lock.release()
+            took = time.perf_counter() - t0
+            with self._stats_lock:
+                self.stats.nodes[name] = self.stats.nodes.get(name, 0.0) + took
+                if lock is self.serial:
+                    self.stats.serial_wait_s += waited
+                elif lock is self.crps:
+                    self.stats.crps_wait_s += waited
 
     def count(self, calls: CoalescerStats) -> None:
         with self._stats_lock:
