@@ -156,6 +156,11 @@ class Coalescer:
         self._blocked = 0  # registered threads inside `generate`
         self._sending = False
         self._last_end = time.monotonic()  # when the backend last went idle
+        # A backend with continuous batching (vLLM's engine loop) takes concurrent calls
+        # itself: no merging, no waiting (`_through`).
+        self.continuous = bool(getattr(backend, "continuous_batching", False))
+        self._active = 0  # calls inside such a backend now
+        self._busy_since = 0.0
         self._local = threading.local()
 
     def _depth(self) -> int:
@@ -185,6 +190,8 @@ class Coalescer:
     def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
         if not requests:
             return []
+        if self.continuous:
+            return self._through(requests)
         registered = self._depth() > 0
         mine = _Pending(list(requests), since=time.monotonic())
         with self._cond:
@@ -213,6 +220,30 @@ class Coalescer:
             raise mine.error
         assert mine.replies is not None
         return mine.replies
+
+    def _through(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
+        """A continuous-batching backend merges concurrent calls itself, step by step:
+        each caller's call goes straight to it (and fails alone)."""
+        start = time.monotonic()
+        with self._cond:
+            if self._active == 0:
+                self.stats.idle_s += max(0.0, start - self._last_end)
+                self._busy_since = start
+            self._active += 1
+        try:
+            replies = self.inner.generate(requests)
+        finally:
+            with self._cond:
+                self._active -= 1
+                end = time.monotonic()
+                if self._active == 0:
+                    self.stats.busy_s += end - self._busy_since
+                    self._last_end = end
+                self.stats.calls += 1
+                self.stats.callers += 1
+                self.stats.requests += len(requests)
+                self.stats.caller_wait_s += end - start
+        return replies
 
     def _wait_left(self) -> float:
         """Seconds until the pending calls are due (<= 0: send now). Called with the lock."""

@@ -352,6 +352,9 @@ def run_vllm(model: Path, tmp: Path, *, tasks: list[Task], concurrency: int, sam
         "ratio_to_raw": round(line["tok_s"] / raw_tok_s, 3) if raw_tok_s else None,
         "raw_wall_s": round(raw["wall_s"], 2), "raw_tokens": raw["tokens"],
         "raw_sequences": raw["sequences"], "engine_sequences": conc["engine_sequences"],
+        # sequences join the running engine batch (backends/vllm_stream.py): `calls` are
+        # then the workers' own calls, not engine batches
+        "continuous_batching": backend.continuous_batching,
         "samples": samples, "max_tokens": max_tokens, "goals": GOALS})
     line["goals_met"] = bool(line["speedup"] and line["ratio_to_raw"]
                              and line["speedup"] >= GOALS["speedup"]
