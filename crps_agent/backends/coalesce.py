@@ -11,8 +11,12 @@
 reflections, repairs, admission checks and syntheses call `generate` with a handful of
 requests. A local engine (vLLM, an HF padded batch) is fast only with many sequences per
 call, so the coalescer holds a call until every registered worker is either blocked in
-`generate` or not running (unregistered), or until the oldest waiting call has waited
-`max_wait` seconds, and then sends everything pending in one call. Requests with other
+`generate`, `parked` (waiting on a lock that a model call releases) or not running
+(unregistered), or until the oldest waiting call has waited its patience (`max_wait`, or
+`wait_share` of the last merged call's duration when that is longer), and then sends
+everything pending in one call. A backend with continuous batching
+(`continuous_batching`, vLLM's engine loop: backends/vllm_stream.py) merges concurrent
+calls itself, step by step: each caller's call goes straight to it. Requests with other
 sampling settings go in the same call: every backend takes them mixed (vLLM and an
 OpenAI-wire client per request; the HF backend makes one padded batch per group of equal
 settings itself), so vLLM sees one engine call for all of them. One merged call is in

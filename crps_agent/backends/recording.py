@@ -78,11 +78,12 @@ class RecordingBackend:
         try:
             out = self.inner.generate(requests)
         finally:
+            end = time.perf_counter()
             with self._lock:
                 self._active -= 1
                 if self._active == 0:
-                    self._busy += time.perf_counter() - self._busy_since
-        took = time.perf_counter() - t0
+                    self._busy += end - self._busy_since
+        took = end - t0
         with self._lock:
             call = self.calls
             self.calls += 1

@@ -236,6 +236,7 @@ def learn_once(engine: Backend, tasks: list[Task], store: Path, *, concurrency: 
     return {"wall_s": wall, "recorder": recorder, "tokens": recorder.completion_tokens,
             "sequences": recorder.sequences, "calls": recorder.calls,
             "busy_s": recorder.busy_s, "requests": len(recorder.records), "inflight": inflight,
+            "overlap": sum(recorder.call_seconds) / recorder.busy_s if recorder.busy_s else 0,
             "failed": [t.task_id for t in report.tasks if t.error is not None],
             "work": {k: totals[k] for k in ("contrasts", "insights_added", "insights_merged",
                                             "insights_admitted",
@@ -286,6 +287,9 @@ def _line(backend: str, tasks: int, concurrency: int, seq: dict[str, Any],
             "engine_busy_s": round(conc["busy_s"], 2),
             "engine_busy_share": round(conc["busy_s"] / conc["wall_s"], 3) if conc["wall_s"]
             else None,
+            # calls inside the engine at once, on average while it works (> 1: continuous
+            # batching took concurrent calls)
+            "call_overlap": round(conc["overlap"], 2),
             # the concurrent run's time (graph/inflight.py): per node and lock, summed over
             # the workers, and the coalescer's merged calls (full / timed out, held / idle)
             "breakdown": conc["inflight"],

@@ -13,7 +13,10 @@ What concurrent graphs share, and how it stays correct:
   client, a locked in-memory index); on top, the nodes that only read or write memory
   (`SERIAL_NODES`) run one at a time under `InFlight.serial`, and the periodic CRPS step
   under its own lock (two tasks must not both find an export due). No lock is held during
-  an LLM call except that CRPS lock, which only another task's CRPS step waits for;
+  an LLM call except that CRPS lock, which only another task's CRPS step waits for (and
+  its waiters are `parked`: a merged call does not wait for them). A memory node's
+  embeddings are prefetched before its lock is taken (`node_texts`), the texts of the
+  workers that ask together in one embedder call (memory/embed_batch.py);
 - the cost ledger: each task gets its own `CostLedger` under the agent's
   (crps_agent/ledger.py), and the phase of a call is the calling thread's.
 """
