@@ -411,7 +411,8 @@ class VLLMBackend:
     def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
         if not requests:
             return []
-        if self.continuous_batching:
+        streamed = self.continuous_batching
+        if streamed:
             with self._lock:
                 inputs = self.engine_inputs(requests)
                 if self._stream is None:
@@ -426,7 +427,7 @@ class VLLMBackend:
             except Exception as exc:
                 raise BackendError(f"vLLM failed to generate: {_one_line(exc)}") from exc
         with self._lock:
-            if not self.continuous_batching:
+            if not streamed:
                 inputs = self.engine_inputs(requests)
                 outputs = self._run(self.llm, inputs.prompts, inputs.params, inputs.loras)
             else:
