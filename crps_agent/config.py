@@ -254,7 +254,8 @@ class LearnSettings(BaseModel):
                                     "concurrency, hf 8, others 1)")
     batch_wait: float = Field(0.1, ge=0.0, le=60.0, description="seconds a merged LLM call "
                               "of the tasks in flight waits for tasks still busy elsewhere "
-                              "(recall, memory writes) before it is sent without them")
+                              "(recall, memory writes) before it is sent without them; "
+                              "at least, when half the last merged call took longer, that")
 
 
 class FinetuneSettings(BaseModel):

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from crps_agent.errors import ConfigError
+from crps_agent.memory.embed_batch import SharedEmbeds
 
 MINILM_NAME = "all-MiniLM-L6-v2"
 MINILM_DIM = 384
@@ -90,6 +91,9 @@ class MiniLMEmbedder:
         self.device = device  # kept for API compatibility: the NumPy encoder runs on the CPU
         self._encoder: _NumpyBert | None = None
         self._lock = threading.Lock()
+        # Threads embedding at the same time share one forward pass, and recent vectors
+        # are kept, so a text prefetched outside a lock is free inside it (embed_batch.py).
+        self._shared = SharedEmbeds(self._embed_now)
 
     def load(self) -> _NumpyBert:
         if self._encoder is None:
@@ -99,6 +103,13 @@ class MiniLMEmbedder:
         return self._encoder
 
     def embed(self, texts: list[str]) -> list[list[float]]:
+        return self._shared.embed(texts)
+
+    def prefetch(self, texts: list[str]) -> None:
+        """Embed `texts` now, together with other threads' texts, for a later `embed`."""
+        self._shared.prefetch(texts)
+
+    def _embed_now(self, texts: list[str]) -> list[list[float]]:
         if not texts:
             return []
         encoder = self.load()
@@ -181,9 +192,7 @@ class _NumpyBert:
             return self._forward(encodings)
         # A query's GEMMs are too small to share: OpenBLAS threads only add hand-offs, and on
         # a busy machine (an agent's other threads, vLLM) they spin — measured 15x slower.
-        from threadpoolctl import threadpool_limits
-
-        with threadpool_limits(1, user_api="blas"):
+        with _blas_controller().limit(limits=1, user_api="blas"):
             return self._forward(encodings)
 
     def _forward(self, encodings: list[Any]) -> Any:
@@ -221,6 +230,21 @@ class _NumpyBert:
         pooled = (x * mask[..., None]).sum(1) / np.clip(mask.sum(1, keepdims=True), 1e-9, None)
         norms = np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
         return (pooled / norms).astype(np.float32)
+
+
+_BLAS: list[Any] = []
+
+
+def _blas_controller() -> Any:
+    """One threadpoolctl controller for the process: building one scans the loaded
+    libraries (measured: a tenth of a learn run's time in MiniLM calls went there)."""
+    if not _BLAS:
+        from threadpoolctl import ThreadpoolController
+
+        with _CACHE_LOCK:
+            if not _BLAS:
+                _BLAS.append(ThreadpoolController())
+    return _BLAS[0]
 
 
 def _gelu(x: Any) -> Any:

@@ -8,7 +8,7 @@
     rec.records            # one RecordedRequest per request, in the order they were served
     rec.sequences          # sampled sequences (a greedy request counts once, as vLLM runs it)
     rec.completion_tokens  # tokens generated over those sequences
-    rec.busy_s             # wall time spent inside the inner backend's calls
+    rec.busy_s             # wall time with a call inside the inner backend
 
 The learn-throughput benchmark (crps_agent/bench/learn_throughput.py) puts it between the
 coalescer and the engine, then replays `records` through the raw engine at the same sampling
@@ -65,11 +65,25 @@ class RecordingBackend:
         self.calls = 0
         self.call_seconds: list[float] = []  # wall time of each call, in call order
         self._lock = threading.Lock()
+        self._active = 0  # calls inside the inner backend now
+        self._busy_since = 0.0
+        self._busy = 0.0
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
         t0 = time.perf_counter()
-        out = self.inner.generate(requests)
-        took = time.perf_counter() - t0
+        with self._lock:
+            if self._active == 0:
+                self._busy_since = t0
+            self._active += 1
+        try:
+            out = self.inner.generate(requests)
+        finally:
+            end = time.perf_counter()
+            with self._lock:
+                self._active -= 1
+                if self._active == 0:
+                    self._busy += end - self._busy_since
+        took = end - t0
         with self._lock:
             call = self.calls
             self.calls += 1
@@ -96,15 +110,17 @@ class RecordingBackend:
 
     @property
     def busy_s(self) -> float:
-        """Seconds spent inside the inner backend (calls overlap only if callers do)."""
+        """Seconds with at least one call inside the inner backend (overlapping calls, as
+        a continuous-batching engine takes them, count once)."""
         with self._lock:
-            return sum(self.call_seconds)
+            return self._busy
 
     def reset(self) -> None:
         with self._lock:
             self.records.clear()
             self.call_seconds.clear()
             self.calls = 0
+            self._busy = 0.0
 
     def __getattr__(self, name: str) -> Any:
         # Only reached for attributes not set above: the inner backend's API (set_adapter,

@@ -184,7 +184,9 @@ def lora_rank_for(rank: int) -> int:
 
 
 class VLLMBackend:
-    """An in-process vLLM engine; one `LLM.generate` call per `generate` batch."""
+    """An in-process vLLM engine. By default (`continuous`) the sequences of concurrent
+    `generate` calls join one running engine batch (backends/vllm_stream.py); otherwise
+    one `LLM.generate` call per `generate` batch."""
 
     name = "vllm"
     capabilities = Capabilities(structured_output=True, logprobs=True, prefix_caching=True,
@@ -194,7 +196,8 @@ class VLLMBackend:
                  max_model_len: int | None = None, enforce_eager: bool = False,
                  enable_lora: bool = False, max_lora_rank: int = 8,
                  gpu_memory_utilization: float = 0.9, adapter: str | Path | None = None,
-                 probe_timeout: float = 3.0, **engine_kwargs: Any) -> None:
+                 probe_timeout: float = 3.0, continuous: bool = True,
+                 **engine_kwargs: Any) -> None:
         if importlib.util.find_spec("vllm") is None:
             raise BackendError(INSTALL_HINT)
         if dtype not in _DTYPES:
@@ -220,6 +223,8 @@ class VLLMBackend:
         self._lora_ids: dict[str, int] = {}
         self._lora_requests: dict[str, Any] = {}
         self._split_lora = False
+        self.continuous = continuous
+        self._stream: Any = None  # EngineStream, started on the first continuous call
         if self.adapter is not None:
             self._adapter_path(self.adapter)  # fail early on a bad default adapter
 
@@ -290,7 +295,10 @@ class VLLMBackend:
         """Shut the engine processes down (a later `generate` starts a new engine)."""
         with self._lock:
             llm, self._llm, self._tok = self._llm, None, None
+            stream, self._stream = self._stream, None
             self._lora_requests.clear()
+            if stream is not None:
+                stream.close()
             if llm is not None:
                 with suppress(Exception):  # already gone: nothing else to release
                     llm.llm_engine.engine_core.shutdown()
@@ -390,13 +398,40 @@ class VLLMBackend:
                     inputs.owner.append(i)
             return inputs
 
+    @property
+    def continuous_batching(self) -> bool:
+        """Whether concurrent `generate` calls share the running engine batch
+        (`EngineStream`): not on CPU with LoRA on, where base-model and adapter sequences
+        must not share a batch (see `_run`)."""
+        if not self.continuous:
+            return False
+        return not (self.enable_lora and (self._split_lora if self._llm is not None
+                                          else _on_cpu()))
+
     def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
         if not requests:
             return []
+        streamed = self.continuous_batching
+        if streamed:
+            with self._lock:
+                inputs = self.engine_inputs(requests)
+                if self._stream is None:
+                    from crps_agent.backends.vllm_stream import EngineStream
+
+                    self._stream = EngineStream(self.llm)
+                stream = self._stream
+            try:  # outside the lock: other callers' sequences join the same batch
+                outputs = stream.run(inputs.prompts, inputs.params, inputs.loras)
+            except _client_errors() as exc:
+                raise BackendError(f"vLLM rejected the batch: {_one_line(exc)}") from exc
+            except Exception as exc:
+                raise BackendError(f"vLLM failed to generate: {_one_line(exc)}") from exc
         with self._lock:
-            llm = self.llm
-            inputs = self.engine_inputs(requests)
-            outputs = self._run(llm, inputs.prompts, inputs.params, inputs.loras)
+            if not streamed:
+                inputs = self.engine_inputs(requests)
+                outputs = self._run(self.llm, inputs.prompts, inputs.params, inputs.loras)
+            else:
+                self.stats.calls += 1
             out: list[list[Completion]] = [[] for _ in requests]
             self.stats.requests += len(requests)
             for i, res in zip(inputs.owner, outputs, strict=True):

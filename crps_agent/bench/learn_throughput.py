@@ -26,10 +26,12 @@ with `tok_s` = tokens the engine generated / wall time of the concurrent learn,
 `sequential_tok_s` the same at concurrency 1, `speedup` = their ratio, `raw_tok_s` = the
 replay's tokens / its wall time, `ratio_to_raw` = tok_s / raw_tok_s, `sequences` = sampled
 sequences of the concurrent run, `peak_rss_mb` = peak resident memory of this process and
-its children (the engine) during the concurrent learn. Goals: speedup >= 5, ratio_to_raw
->= 0.7. Then the same two learn runs against `vllm serve` (the real OpenAI-wire server,
-started on loopback) through the openai backend: `{"bench": "learn-throughput", "backend":
-"openai", "speedup", ...}`. Without vLLM: `{"bench": "learn-throughput", "skipped": REASON}`.
+its children (the engine) during the concurrent learn, and where its time went
+(`engine_busy_share`, `call_overlap`, `breakdown`: `Agent.inflight_stats()`). Goals:
+speedup >= 5, ratio_to_raw >= 0.7. Then the same two learn runs against `vllm serve` (the
+real OpenAI-wire server, started on loopback) through the openai backend:
+`{"bench": "learn-throughput", "backend": "openai", "speedup", ...}`. Without vLLM:
+`{"bench": "learn-throughput", "skipped": REASON}`.
 """
 
 from __future__ import annotations
@@ -37,7 +39,6 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
-import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -47,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 from crps_agent.backends.base import Backend, Completion, GenerationRequest
 from crps_agent.backends.recording import RecordingBackend
+from crps_agent.bench.rss import PeakRSS
 from crps_agent.domains import Domain
 from crps_agent.plugins import hookimpl, register_plugin, unregister_plugin
 from crps_agent.types import Task
@@ -161,50 +163,6 @@ def reflector() -> Backend:
     return backend
 
 
-class PeakRSS:
-    """Peak resident memory (MB) of this process and its descendants, sampled every
-    `every` seconds in a thread (psutil; without it, this process's own ru_maxrss)."""
-
-    def __init__(self, every: float = 0.1) -> None:
-        self.every = every
-        self.peak_mb = 0.0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def _sample(self) -> float:
-        import psutil
-
-        me = psutil.Process()
-        total = 0
-        for p in [me, *me.children(recursive=True)]:
-            with suppress(psutil.Error):
-                total += p.memory_info().rss
-        return total / 2**20
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self.peak_mb = max(self.peak_mb, self._sample())
-            self._stop.wait(self.every)
-
-    def __enter__(self) -> PeakRSS:
-        try:
-            self.peak_mb = self._sample()
-        except ImportError:  # no psutil: the process's own peak over its life
-            import resource
-
-            self.peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-            return self
-        self._thread = threading.Thread(target=self._loop, name="peak-rss", daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self.peak_mb = max(self.peak_mb, self._sample())
-
-
 def _settings(store: Path, *, backend: str, model: str, seed: int, samples: int,
               max_tokens: int) -> Settings:
     from crps_agent.config import load_settings
@@ -229,13 +187,14 @@ def learn_once(engine: Backend, tasks: list[Task], store: Path, *, concurrency: 
             t0 = time.perf_counter()
             report = agent.learn(tasks, concurrency=concurrency)
             wall = time.perf_counter() - t0
+        inflight = agent.inflight_stats()
     finally:
         agent.close()
     totals = report.totals()
     return {"wall_s": wall, "recorder": recorder, "tokens": recorder.completion_tokens,
             "sequences": recorder.sequences, "calls": recorder.calls,
-            "busy_s": recorder.busy_s,
-            "requests": len(recorder.records),
+            "busy_s": recorder.busy_s, "requests": len(recorder.records), "inflight": inflight,
+            "overlap": sum(recorder.call_seconds) / recorder.busy_s if recorder.busy_s else 0,
             "failed": [t.task_id for t in report.tasks if t.error is not None],
             "work": {k: totals[k] for k in ("contrasts", "insights_added", "insights_merged",
                                             "insights_admitted",
@@ -284,6 +243,14 @@ def _line(backend: str, tasks: int, concurrency: int, seq: dict[str, Any],
             "calls": conc["calls"], "sequential_calls": seq["calls"],
             # wall time inside the engine's calls: the rest is graph, memory and waiting
             "engine_busy_s": round(conc["busy_s"], 2),
+            "engine_busy_share": round(conc["busy_s"] / conc["wall_s"], 3) if conc["wall_s"]
+            else None,
+            # calls inside the engine at once, on average while it works (> 1: continuous
+            # batching took concurrent calls)
+            "call_overlap": round(conc["overlap"], 2),
+            # the concurrent run's time (graph/inflight.py): per node and lock, summed over
+            # the workers, and the coalescer's merged calls (full / timed out, held / idle)
+            "breakdown": conc["inflight"],
             "sequential_engine_busy_s": round(seq["busy_s"], 2),
             # tokens per second while the engine works: the batching, without the graph
             "engine_tok_s": round(conc["tokens"] / conc["busy_s"], 1) if conc["busy_s"] else None,
@@ -347,6 +314,9 @@ def run_vllm(model: Path, tmp: Path, *, tasks: list[Task], concurrency: int, sam
         "ratio_to_raw": round(line["tok_s"] / raw_tok_s, 3) if raw_tok_s else None,
         "raw_wall_s": round(raw["wall_s"], 2), "raw_tokens": raw["tokens"],
         "raw_sequences": raw["sequences"], "engine_sequences": conc["engine_sequences"],
+        # sequences join the running engine batch (backends/vllm_stream.py): `calls` are
+        # then the workers' own calls, not engine batches
+        "continuous_batching": backend.continuous_batching,
         "samples": samples, "max_tokens": max_tokens, "goals": GOALS})
     line["goals_met"] = bool(line["speedup"] and line["ratio_to_raw"]
                              and line["speedup"] >= GOALS["speedup"]

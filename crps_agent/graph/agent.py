@@ -26,7 +26,7 @@ from langgraph.graph import END, START, StateGraph
 
 from crps_agent.config import Settings, load_settings, with_overrides
 from crps_agent.errors import ConfigError, CrpsError
-from crps_agent.graph.inflight import SERIAL_NODES, InFlight, run_jobs
+from crps_agent.graph.inflight import InFlight, prefetch_embeddings, run_jobs
 from crps_agent.graph.nodes import (
     admit_node,
     credit_node,
@@ -136,9 +136,8 @@ def _killable(name: str, node: Callable[..., dict[str, Any]]) -> Callable[..., d
     def run(state: AgentState, runtime: Any) -> dict[str, Any]:
         kill_point(name)
         shared = runtime.context.inflight
-        lock = (None if shared is None else shared.serial if name in SERIAL_NODES
-                else shared.crps if name == "crps" else None)
-        with node_running(), lock or contextlib.nullcontext():
+        with node_running(), (contextlib.nullcontext() if shared is None else shared.node(
+                name, prefetch_embeddings(runtime.context.memory.embedder, name, state))):
             update = node(state, runtime)
         kill_point(f"{name}.end")
         return update
@@ -284,6 +283,11 @@ class Agent:
             raise ConfigError(f"concurrency must be >= 1, got {chosen}")
         return chosen or default_concurrency(self.backend)
 
+    def inflight_stats(self) -> dict[str, Any]:
+        """Where the task graphs of this agent's runs spent their time (graph/inflight.py:
+        `InFlightStats`): seconds per node and lock, and the coalescers' counts."""
+        return self._inflight.stats.to_dict()
+
     def _task_context(self, ctx: AgentContext, backend: Backend) -> tuple[AgentContext,
                                                                           CostLedger]:
         """`ctx` for one task: its calls go to `backend` (the shared coalescer, or the
@@ -358,7 +362,8 @@ class Agent:
                                  prior=(mem.prior_a, mem.prior_b),
                                  plans=PlanStore(self.memory) if self._checkpoint else None):
             done = run_jobs(epoch, run, backend=self.backend, concurrency=width,
-                            done=finished, max_wait=self.settings.learn.batch_wait)
+                            done=finished, max_wait=self.settings.learn.batch_wait,
+                            stats=self._inflight)
             reports += [r for r in done if r is not None]
             if stopped:
                 break
@@ -443,7 +448,8 @@ class Agent:
         ctx = self.context()
         out = run_jobs(todo, lambda t, backend: self._solve_one(
             t, self._task_context(ctx, backend)[0]), backend=self.backend,
-            concurrency=self.concurrency(concurrency), max_wait=self.settings.learn.batch_wait)
+            concurrency=self.concurrency(concurrency), max_wait=self.settings.learn.batch_wait,
+            stats=self._inflight)
         return [r for r in out if r is not None]
 
     def _checked(self, task: Task) -> Task:

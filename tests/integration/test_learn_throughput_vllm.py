@@ -37,9 +37,13 @@ def test_bench_learn_lines_at_a_tiny_size() -> None:
         assert line["phase_sequences"].get("search", 0) >= 16
         assert line["work"]["contrasts"] > 0
         assert line["peak_rss_mb"] > 100
-        # tasks in flight: fewer, larger engine calls (the speedup is the bench's figure,
-        # not asserted: at 4 tiny tasks on shared cores it is timing noise)
-        assert line["calls"] < line["sequential_calls"]
+        # tasks in flight: fewer, larger engine calls, or (continuous batching) calls that
+        # share the engine (the speedup is the bench's figure, not asserted: at 4 tiny
+        # tasks on shared cores it is timing noise)
+        if line.get("continuous_batching"):
+            assert line["call_overlap"] > 1
+        else:
+            assert line["calls"] < line["sequential_calls"]
         assert line["speedup"] > 0, line
     assert {"raw_tok_s", "ratio_to_raw", "raw_sequences", "engine_sequences"} <= set(vllm)
     # the recording holds exactly what the concurrent run asked of the engine

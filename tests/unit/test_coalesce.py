@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from crps_agent.backends.base import Capabilities, Completion, GenerationRequest
-from crps_agent.backends.coalesce import Coalescer
+from crps_agent.backends.coalesce import Coalescer, parked
 from crps_agent.errors import BackendError
 
 
@@ -157,3 +157,82 @@ def test_nested_worker_blocks_count_once() -> None:
     with co.worker(), co.worker():
         assert co.generate([GenerationRequest(prompt="x")])[0][0].text == "re:x"
     assert co._workers == 0
+
+
+def test_stats_tell_full_calls_from_timed_out_ones_and_time_the_gaps() -> None:
+    inner = Recorder()
+    co = Coalescer(inner, max_wait=0.05)
+    _run_workers(co, [[GenerationRequest(prompt=f"p{i}")] for i in range(3)])
+    assert (co.stats.calls, co.stats.full, co.stats.timed_out) == (1, 1, 0)
+    release = threading.Event()
+
+    def busy() -> None:
+        with co.worker():
+            release.wait(10)
+
+    with ThreadPoolExecutor(1) as pool:
+        hold = pool.submit(busy)
+        with co.worker():
+            time.sleep(0.1)  # backend idle, nothing pending
+            co.generate([GenerationRequest(prompt="alone")])  # held until max_wait
+        release.set()
+        hold.result(timeout=10)
+    s = co.stats
+    assert (s.calls, s.full, s.timed_out, s.callers) == (2, 1, 1, 4)
+    assert 0.04 <= s.held_s < 5 and s.idle_s >= 0.09
+    assert s.caller_wait_s >= s.held_s
+    assert s.busy_s >= 0 and s.to_dict()["calls"] == 2
+
+
+class SlowRecorder(Recorder):
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
+        time.sleep(0.3)
+        return super().generate(requests)
+
+
+def test_a_call_waits_for_busy_workers_a_share_of_the_last_call() -> None:
+    co = Coalescer(SlowRecorder(), max_wait=0.01, wait_share=0.5)
+    release = threading.Event()
+
+    def busy() -> None:
+        with co.worker():
+            release.wait(10)
+
+    with ThreadPoolExecutor(1) as pool:
+        hold = pool.submit(busy)
+        with co.worker():
+            co.generate([GenerationRequest(prompt="first")])  # 0.3 s: patience 0.15 s
+            started = time.monotonic()
+            co.generate([GenerationRequest(prompt="second")])
+            waited = time.monotonic() - started - 0.3
+        release.set()
+        hold.result(timeout=10)
+    assert 0.12 <= waited < 2
+    assert co.stats.timed_out == 2 and 0.12 <= co.stats.held_s < 3
+
+
+def test_a_worker_parked_on_a_lock_does_not_hold_a_merged_call() -> None:
+    inner = Recorder()
+    co = Coalescer(inner, max_wait=60.0)  # only "everyone waits" can fire
+    lock = threading.Lock()
+    lock.acquire()
+    parked_in = threading.Event()
+
+    def waits_for_lock() -> None:
+        with co.worker(), parked():
+            parked_in.set()
+            with lock:
+                pass
+
+    with ThreadPoolExecutor(1) as pool:
+        other = pool.submit(waits_for_lock)
+        with co.worker():
+            parked_in.wait(5)
+            started = time.monotonic()
+            assert co.generate([GenerationRequest(prompt="x")])[0][0].text == "re:x"
+            assert time.monotonic() - started < 5
+            lock.release()
+        other.result(timeout=10)
+    assert co.stats.full == 1 and co._blocked == 0
+    with parked():  # no worker: nothing to count
+        assert co._blocked == 0

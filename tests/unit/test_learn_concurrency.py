@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from crps_agent.backends.base import Completion, GenerationRequest
 from crps_agent.backends.scripted import ScriptedBackend
 from crps_agent.config import Settings, load_settings
 from crps_agent.graph.agent import Agent, LearnReport
+from crps_agent.graph.inflight import InFlight
 from crps_agent.tasks import load_tasks
 from crps_agent.types import Task
 
@@ -188,3 +190,27 @@ def test_concurrency_defaults_to_the_backend_choice(tmp_path: Path) -> None:
     assert default_concurrency(Wire()) == 24  # type: ignore[arg-type]
     assert default_concurrency(Local()) == 32  # type: ignore[arg-type]
     assert json.dumps(agent.settings.learn.model_dump())
+
+
+def test_inflight_stats_time_nodes_and_the_memory_lock() -> None:
+    shared = InFlight()
+    entered = threading.Event()
+
+    def slow_recall() -> None:
+        with shared.node("recall"):
+            entered.set()
+            time.sleep(0.1)
+
+    t = threading.Thread(target=slow_recall)
+    t.start()
+    entered.wait(5)
+    with shared.node("log"):  # waits for the recall: same memory lock
+        pass
+    with shared.node("search"):  # no lock
+        pass
+    t.join()
+    stats = shared.stats.to_dict()
+    assert stats["serial_wait_s"] >= 0.05
+    assert stats["nodes_s"]["recall"] >= 0.1 and stats["nodes_s"]["log"] >= 0.05
+    assert set(stats["nodes_s"]) == {"recall", "log", "search"}
+    assert stats["crps_wait_s"] == 0.0

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import threading
+import time
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
-from crps_agent.backends.base import GenerationRequest
+from crps_agent.backends.base import Capabilities, Completion, GenerationRequest
 from crps_agent.backends.recording import RecordingBackend
 from crps_agent.backends.scripted import ScriptedBackend
 from crps_agent.bench import learn_throughput as lt
@@ -75,6 +77,28 @@ def test_recording_is_thread_safe() -> None:
         t.join()
     assert rec.calls == 160 and len(rec.records) == 160 and rec.sequences == 320
     assert sorted(r.call for r in rec.records) == list(range(160))
+
+
+def test_recording_counts_overlapping_calls_busy_once() -> None:
+    class Slow:
+        name = "slow"
+        capabilities = Capabilities()
+
+        def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
+            time.sleep(0.2)
+            return [[Completion(text="x")] for _ in requests]
+
+    rec = RecordingBackend(Slow())
+    threads = [threading.Thread(target=rec.generate, args=([GenerationRequest(prompt="p")],))
+               for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(rec.call_seconds) >= 0.6
+    assert 0.2 <= rec.busy_s < 0.5  # the three calls overlapped
+    rec.reset()
+    assert rec.busy_s == 0.0
 
 
 def test_phase_router_sends_reflection_to_its_stand_in_in_order() -> None:
