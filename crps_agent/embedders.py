@@ -15,8 +15,8 @@ import zlib
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from crps_agent.embed_batch import SharedEmbeds
 from crps_agent.errors import ConfigError
-from crps_agent.memory.embed_batch import SharedEmbeds
 
 MINILM_NAME = "all-MiniLM-L6-v2"
 MINILM_DIM = 384

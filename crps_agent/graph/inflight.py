@@ -16,7 +16,7 @@ What concurrent graphs share, and how it stays correct:
   an LLM call except that CRPS lock, which only another task's CRPS step waits for (and
   its waiters are `parked`: a merged call does not wait for them). A memory node's
   embeddings are prefetched before its lock is taken (`node_texts`), the texts of the
-  workers that ask together in one embedder call (memory/embed_batch.py);
+  workers that ask together in one embedder call (crps_agent/embed_batch.py);
 - the cost ledger: each task gets its own `CostLedger` under the agent's
   (crps_agent/ledger.py), and the phase of a call is the calling thread's.
 """

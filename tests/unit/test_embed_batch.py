@@ -8,8 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from crps_agent.memory.embed_batch import SharedEmbeds
-from crps_agent.memory.embedders import HashEmbedder, get_embedder
+from crps_agent.embed_batch import SharedEmbeds
+from crps_agent.embedders import HashEmbedder, get_embedder
 
 
 class Slow:

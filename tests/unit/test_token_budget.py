@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from crps_agent.admission_policy import admission_request
 from crps_agent.backends.scripted import ScriptedBackend
 from crps_agent.config import MCTSSettings, SearchSettings, load_settings
 from crps_agent.crps.export import Example, write_method
 from crps_agent.crps.gate import evaluate
 from crps_agent.domains import Domain
 from crps_agent.errors import ConfigError
-from crps_agent.admission_policy import admission_request
 from crps_agent.search.best_of_n import best_of_n
 from crps_agent.search.budget import token_budget
 from crps_agent.search.mcts import mcts
