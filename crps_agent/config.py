@@ -206,6 +206,18 @@ class MemorySettings(BaseModel):
     admission_futility: float = Field(0.4, ge=0.0, lt=1.0, description="P(p_with > "
                                       "p_without) below which a test stops early and "
                                       "rejects (no sign of help)")
+    admission_sure: float = Field(0.99, gt=0.5, le=1.0, description="P(p_with > p_without) "
+                                  "that admits a candidate at once; one that clears its "
+                                  "look's bar below this is admitted only after a "
+                                  "confirmation stage")
+    admission_confirm: float = Field(0.93, gt=0.5, lt=1.0, description="pooled P(p_with > "
+                                     "p_without) a candidate must keep after its "
+                                     "confirmation stage (whose own samples with it must "
+                                     "also win at least as often as those without)")
+    admission_extend: float = Field(0.85, gt=0.5, le=1.0, description="P(p_with > "
+                                    "p_without) at which a test still inconclusive at "
+                                    "`admission_max_rollouts` gets a confirmation stage "
+                                    "instead of a rejection (1.0: never)")
     admission_neighbours: int = Field(3, ge=0, le=10, description="most similar other tasks "
                                       "with failures a helpful candidate is checked on for "
                                       "harm (0: off)")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from crps_agent.admission_policy import decide, prob_greater
+from crps_agent.admission_policy import Arm, confirmed, decide, prob_greater
 from crps_agent.backends.base import GenerationRequest
 from crps_agent.backends.scripted import ScriptedBackend
 from crps_agent.config import MemorySettings, load_settings
@@ -170,12 +170,57 @@ def test_an_inconclusive_test_draws_another_stage_with_both_arms(
     agent = _agent(tmp_path, respond, admission_neighbours=0)
     report = agent.learn([task])
     # stage 1: 5/8 against the search's 1/4 is inconclusive (P ~ 0.88); stage 2 adds 8
-    # with (10/16) and 8 without (3/12): admitted on the same draw
+    # with (10/16) and 8 without (3/12): P ~ 0.98 clears the bar but not 0.99, so a
+    # confirmation stage (15/24 against 5/20; its own 5/8 against 2/8) admits
     assert (report.tasks[0].admitted, report.tasks[0].admission_rejected) == (1, 0)
     admits = [req for req, _ in agent.backend.calls  # type: ignore[attr-defined]
               if "admission" in req.meta]
-    assert sorted(r.meta["admission"] for r in admits).count("without") == 1
-    assert report.totals()["cost"]["admit"]["sequences"] == 24
+    assert sorted(r.meta["admission"] for r in admits).count("without") == 2
+    assert report.totals()["cost"]["admit"]["sequences"] == 40
+    agent.close()
+
+
+def test_the_look_verdicts_ask_for_confirmation_below_sure() -> None:
+    mem = MemorySettings()
+    assert decide(0.995, 8, mem) == "admit"
+    assert decide(0.985, 8, mem) == "confirm"  # clears the first bar (0.9825), not 0.99
+    assert decide(0.95, 24, mem) == "confirm"
+    assert decide(0.90, 16, mem) == "continue"
+    assert decide(0.88, 32, mem) == "confirm"  # inconclusive at the cap, but promising
+    assert decide(0.80, 32, mem) == "reject"
+    assert decide(0.30, 8, mem) == "reject"
+    # the confirmation stage: the pooled evidence holds and its own samples do not lose
+    assert confirmed(0.95, Arm(3, 8), Arm(3, 8), mem)
+    assert not confirmed(0.95, Arm(2, 8), Arm(3, 8), mem)
+    assert not confirmed(0.92, Arm(6, 8), Arm(1, 8), mem)
+    off = mem.model_copy(update={"admission_sure": 0.9, "admission_extend": 1.0})
+    assert decide(0.985, 8, off) == "admit" and decide(0.88, 32, off) == "reject"
+
+
+def test_a_fluke_that_carried_the_looks_is_not_confirmed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CRPS_CONFIG", raising=False)
+    task = Task(prompt="A rope of 14 m is cut into 2 pieces; how long is each?",
+                domain="math", reference="7", id="rope")
+    stages = []
+
+    def respond(req: GenerationRequest) -> str | list[str] | None:
+        if req.purpose == "reflect":
+            return _reflection(NOTE)
+        if NOTE in req.text():  # 5 of 8 at the first two looks, then 1 of 8
+            stages.append(req.n)
+            wins = 5 if len(stages) <= 2 else 1
+            return (["\\boxed{7}"] * wins + ["\\boxed{5}"] * (8 - wins)) * (req.n // 8)
+        return ["\\boxed{7}", "\\boxed{5}", "\\boxed{5}", "\\boxed{5}"] * (req.n // 4)
+
+    agent = _agent(tmp_path, respond, admission_neighbours=0)
+    report = agent.learn([task])
+    # 10/16 against 3/12 cleared the second look's bar (the old test admitted here); the
+    # confirmation stage's 1/8 against 2/8 rejects it
+    assert (report.tasks[0].admitted, report.tasks[0].admission_rejected) == (0, 1)
+    assert len(stages) == 3
+    assert report.totals()["cost"]["admit"]["sequences"] == 40
+    assert [i.status for i in agent.memory.insights.list()] == ["retired"]
     agent.close()
 
 
@@ -189,16 +234,24 @@ def _simulated_admission(effect: float, settings: MemorySettings, rng: random.Ra
     w = n_w = 0
     wo, n_wo = sum(rng.random() < base for _ in range(4)), 4  # the search's 4 samples
     cost = 0
+    confirming = False
     while True:
-        w += sum(rng.random() < p_with for _ in range(k))
+        fresh_w = sum(rng.random() < p_with for _ in range(k))
+        w += fresh_w
         n_w += k
         cost += k
+        fresh_wo = 0
         if n_w > k:
-            wo += sum(rng.random() < base for _ in range(k))
+            fresh_wo = sum(rng.random() < base for _ in range(k))
+            wo += fresh_wo
             n_wo += k
             cost += k
-        verdict = decide(prob_greater(w, n_w, wo, n_wo), n_w, settings)
-        if verdict != "continue":
+        p_help = prob_greater(w, n_w, wo, n_wo)
+        if confirming:
+            return confirmed(p_help, Arm(fresh_w, k), Arm(fresh_wo, k), settings), cost
+        verdict = decide(p_help, n_w, settings)
+        confirming = verdict == "confirm"
+        if verdict not in ("continue", "confirm"):
             return verdict == "admit", cost
 
 
@@ -218,3 +271,20 @@ def test_the_sequential_test_admits_real_effects_and_few_useless_notes() -> None
     one_shot = settings.model_copy(update={"admission_max_rollouts": 8})
     assert sum(_simulated_admission(1.5, one_shot, rng)[0]
                for _ in range(trials)) / trials < rates[1.5] - 0.2
+
+
+def test_confirmation_cuts_false_admissions_at_the_same_power() -> None:
+    """The confirmation stage and the extension (module doc): fewer useless and harmful
+    notes admitted than by the looks alone, about as many real effects."""
+    new = MemorySettings()
+    old = new.model_copy(update={"admission_sure": 0.9, "admission_extend": 1.0})
+    trials = 1500
+    rates: dict[tuple[str, float], float] = {}
+    for name, settings in (("old", old), ("new", new)):
+        for effect in (1.0, 0.0, -0.1):
+            rng = random.Random(7)
+            rates[name, effect] = sum(_simulated_admission(effect, settings, rng)[0]
+                                      for _ in range(trials)) / trials
+    assert rates["new", 0.0] <= 0.075 and rates["new", 0.0] <= rates["old", 0.0] - 0.01
+    assert rates["new", -0.1] <= 0.055 and rates["new", -0.1] < rates["old", -0.1]
+    assert rates["new", 1.0] >= rates["old", 1.0] - 0.03
