@@ -60,8 +60,10 @@ def recall_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, 
             and _verifiable(ctx, task)  # an unverified verdict is no baseline sample
             and should_ablate(mem.ablation_share, str(ctx.settings.seed), thread, task.id)):
         return {"notes": [], "recalled_ids": [], "ablated": True}
+    learning = state.get("mode", "learn") == "learn"
     recalled = recall_notes(ctx.memory, task.prompt, namespace=task.namespace,
-                            domain=task.domain, k=mem.recall_k, token_budget=mem.token_budget)
+                            domain=task.domain, k=mem.recall_k, token_budget=mem.token_budget,
+                            explore=mem.explore_slots if learning else 0)
     return {"notes": [r.insight.text for r in recalled],
             "recalled_ids": [r.insight.id for r in recalled], "ablated": False}
 

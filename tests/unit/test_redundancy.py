@@ -175,3 +175,24 @@ def test_the_bench_counts_a_merged_helpful_candidate_as_in_use(tmp_path: Path) -
     row = _memory_row(truth, agent.memory, 0, 0)
     assert row["merged"]["helpful"] == 0 and row["in_use"]["helpful"] == 0
     agent.close()
+
+
+@pytest.mark.parametrize(("reason", "merged"), [
+    ("no-evidence", True), ("settled", True), ("unconfirmed", True),
+    ("harms-neighbours", False), ("no-flip", False)])
+def test_which_rejections_can_be_merged(reason: str, merged: bool) -> None:
+    """A candidate that cleared a look but not its confirmation stage ("unconfirmed") is,
+    like one with no evidence, a candidate that showed no reliable help over the recalled
+    notes: restating one, it is absorbed. One found harmful or not flipping a never-solved
+    task was tested and found wanting: never merged."""
+    from crps_agent.admission_policy import AdmissionDecision, Arm
+    from crps_agent.redundancy import find_merges
+
+    note = Insight(text=NOTE, domain="math", id="note")
+    cand = Insight(text=SAME, domain="math", id="cand", status="candidate")
+    decision = AdmissionDecision("cand", "rope", Arm(9, 16), Arm(4, 16), 0.9, False, reason)
+    backend = ScriptedBackend().respond(
+        lambda req: json.dumps({"same": True, "confidence": 0.95}))
+    merges, calls = find_merges([decision], [cand], [note], backend, confidence=0.8)
+    assert [(m.candidate_id, m.into) for m in merges] == ([("cand", "note")] if merged else [])
+    assert calls == int(merged)
