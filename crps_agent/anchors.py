@@ -212,4 +212,4 @@ def recall_notes(memory: Memory, query: str, *, namespace: str, domain: str | No
         # its text alone rarely clears the floor, so it would never earn one.
         chosen = reserve_exploration(chosen, rank(relevant, params), k=k, slots=explore,
                                      max_uses=s.explore_max_uses, token_budget=budget)
-    return [RecalledInsight(r.insight, r.similarity, r.score) for r in chosen]
+    return [RecalledInsight(r.insight, r.similarity, r.score, r.explored) for r in chosen]

@@ -69,17 +69,36 @@ class NoteCredit:
                 "without": [self.without_wins, self.without_n]}
 
 
-def dropout_plan(note_ids: Sequence[str], n: int, share: float, seed: int) -> list[str | None]:
-    """Per sample, the id of the note it runs without (None: all notes)."""
-    if not note_ids or share <= 0.0:
-        return [None] * n
-    rng = random.Random(derive_seed(seed, "dropout"))
-    return [rng.choice(list(note_ids)) if rng.random() < share else None for _ in range(n)]
+def dropout_plan(note_ids: Sequence[str], n: int, share: float, seed: int,
+                 explored: Sequence[str] = ()) -> list[str | None]:
+    """Per sample, the id of the note it runs without (None: all notes). An `explored`
+    note (given its place to be tried, memory/recall.py) runs without itself in n // 2 of
+    the samples (seeded), so one search is a balanced with/without test of it (2 against
+    2 of 4 can clear `clearly_helps`; a quarter's random dropout leaves it ~0.5 samples
+    without); the other samples drop the other notes at `share`."""
+    explored = [i for i in dict.fromkeys(explored) if i in note_ids]
+    if not explored:
+        if not note_ids or share <= 0.0:
+            return [None] * n
+        rng = random.Random(derive_seed(seed, "dropout"))
+        return [rng.choice(list(note_ids)) if rng.random() < share else None
+                for _ in range(n)]
+    rng = random.Random(derive_seed(seed, "dropout", *explored))
+    order = list(range(n))
+    rng.shuffle(order)
+    others = [i for i in note_ids if i not in explored]
+    plan: list[str | None] = [
+        rng.choice(others) if others and share > 0.0 and rng.random() < share else None
+        for _ in range(n)]
+    for j, idx in enumerate(order[:n // 2]):
+        plan[idx] = explored[j % len(explored)]
+    return plan
 
 
 def search_with_dropout(task: Task, domain: Domain, backend: Backend, *, notes: Sequence[str],
                         note_ids: Sequence[str], settings: SearchSettings, seed: int,
-                        share: float, search_id: str | None = None) -> SearchResult:
+                        share: float, search_id: str | None = None,
+                        explored: Sequence[str] = ()) -> SearchResult:
     """Best-of-n where some samples run without one note (see the module doc): one search
     per group of samples with the same prompt, merged into one result."""
     import uuid
@@ -88,7 +107,7 @@ def search_with_dropout(task: Task, domain: Domain, backend: Backend, *, notes: 
     from crps_agent.types import SearchResult as Result
     from crps_agent.types import SearchStats
 
-    plan = dropout_plan(note_ids, settings.n, share, seed)
+    plan = dropout_plan(note_ids, settings.n, share, seed, explored)
     groups: dict[str | None, int] = {}
     for dropped in plan:
         groups[dropped] = groups.get(dropped, 0) + 1

@@ -65,7 +65,8 @@ def recall_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, 
                             domain=task.domain, k=mem.recall_k, token_budget=mem.token_budget,
                             explore=mem.explore_slots if learning else 0)
     return {"notes": [r.insight.text for r in recalled],
-            "recalled_ids": [r.insight.id for r in recalled], "ablated": False}
+            "recalled_ids": [r.insight.id for r in recalled],
+            "explored_ids": [r.insight.id for r in recalled if r.explored], "ablated": False}
 
 
 def search_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
@@ -86,12 +87,14 @@ def search_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, 
                           insight_ids=state.get("recalled_ids", []),
                           mode=state.get("mode", "learn"), search_id=sid)
         elif (state.get("mode", "learn") == "learn" and state.get("recalled_ids")
-              and ctx.settings.learn.dropout > 0):
-            # Note dropout: some samples run without one note (counterfactual credit).
+              and (ctx.settings.learn.dropout > 0 or state.get("explored_ids"))):
+            # Note dropout: some samples run without one note (counterfactual credit); an
+            # explored note is left out of half of them.
             result = search_with_dropout(
                 task, domain, ctx.backend, notes=state.get("notes", []),
                 note_ids=state.get("recalled_ids", []), settings=ctx.settings.search,
-                seed=_seed(state, ctx), share=ctx.settings.learn.dropout, search_id=sid)
+                seed=_seed(state, ctx), share=ctx.settings.learn.dropout, search_id=sid,
+                explored=state.get("explored_ids", []))
         else:
             result = best_of_n(task, domain, ctx.backend, messages=messages,
                                settings=ctx.settings.search, seed=_seed(state, ctx),

@@ -25,6 +25,7 @@ so its score stays below the established notes' wherever those are nearly as rel
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ class RecalledInsight:
     insight: Insight
     similarity: float
     score: float
+    explored: bool = False  # given a place by `reserve_exploration`, not by its score
 
 
 @dataclass(frozen=True)
@@ -158,7 +160,7 @@ def reserve_exploration(chosen: Sequence[RecalledInsight],
         pick = explore_pick(candidates, keep, max_uses=max_uses, token_budget=left(keep))
         if pick is None:
             break
-        keep.append(pick)
+        keep.append(dataclasses.replace(pick, explored=True))
     for r in list(chosen)[k - slots:]:
         if len(keep) >= k:
             break

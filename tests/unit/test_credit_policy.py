@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from crps_agent.backends.base import GenerationRequest
@@ -33,6 +34,24 @@ def test_dropout_plan_is_seeded_and_drops_about_the_share() -> None:
     assert dropout_plan(ids, 5, 0.0, seed=1) == [None] * 5
 
 
+def test_an_explored_note_runs_without_itself_in_half_the_samples() -> None:
+    """A note recalled to be tried (memory/recall.py `reserve_exploration`) gets a balanced
+    within-task test: without it in n // 2 samples, with it in the rest, every seed; the
+    other notes keep their random dropout and are never dropped where it is."""
+    for seed in range(50):
+        plan = dropout_plan(["best", "young"], 4, 0.25, seed=seed, explored=["young"])
+        assert plan.count("young") == 2 and plan.count(None) + plan.count("best") == 2
+    plan = dropout_plan(["best", "young"], 4000, 0.25, seed=3, explored=["young"])
+    assert plan.count("young") == 2000 and 0.2 < plan.count("best") / 2000 < 0.3
+    assert plan == dropout_plan(["best", "young"], 4000, 0.25, seed=3, explored=["young"])
+    # an explored id that is not among the notes changes nothing
+    assert dropout_plan(["a", "b"], 8, 0.25, seed=1, explored=["zzz"]) == \
+        dropout_plan(["a", "b"], 8, 0.25, seed=1)
+    # dropout off: only the explored note is left out, of half the samples
+    assert sorted(dropout_plan(["a", "b"], 4, 0.0, seed=2, explored=["b"]), key=str) == \
+        [None, None, "b", "b"]
+
+
 def test_note_credit_estimate_and_uncertainty() -> None:
     est, sd = NoteCredit("x", 9, 10, 1, 10).utility()
     assert est > 0.5 and 0 < sd < 0.2
@@ -41,7 +60,7 @@ def test_note_credit_estimate_and_uncertainty() -> None:
 
 
 def test_dropout_credit_retires_a_harmful_note_and_promotes_a_helpful_one(
-        tmp_path: Path, monkeypatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CRPS_CONFIG", raising=False)
     monkeypatch.setenv("CRPS_MEMORY__EMBEDDER", "hash")
 

@@ -95,6 +95,8 @@ def test_a_young_note_enters_a_learn_prompt_past_two_hub_notes(tmp_path: Path) -
     learning = recall_notes(memory, task.prompt, namespace="default", domain="math",
                             explore=1)
     assert [r.insight.id for r in learning][1] == young.id
+    assert [r.explored for r in learning] == [False, True]  # search drops it in half
+    assert not any(r.explored for r in frozen)
     assert learning[0].insight.id in {hub1.id, hub2.id}
     # without anchors anywhere (plain text recall) the young note is explored too
     memory2 = _memory(tmp_path / "b")
