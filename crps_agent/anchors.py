@@ -206,10 +206,21 @@ def recall_notes(memory: Memory, query: str, *, namespace: str, domain: str | No
     else:
         chosen = memory.recall(query, namespace=namespace, domain=domain, k=k,
                                token_budget=budget, exploration=exploration)
-    if explore:
+    if explore and k > 1:
         # Young notes are tried on any problem their text or anchors make relevant at
         # all, not only above the neighbours' floor: a new lesson has no anchors yet, and
         # its text alone rarely clears the floor, so it would never earn one.
-        chosen = reserve_exploration(chosen, rank(relevant, params), k=k, slots=explore,
-                                     max_uses=s.explore_max_uses, token_budget=budget)
+        from crps_agent.credit_policy import CreditEvents
+
+        # Only a place that no lesson of a neighbouring problem holds is tried with a
+        # young note: a note recalled through an anchor is evidence for this problem, a
+        # note recalled by its text alone is a guess (MiniLM ranks a note on a related
+        # topic above the one that fits), so the guess's place is the one to explore.
+        anchored_picks = sum(1 for r in chosen if r.insight.id in via)
+        slots = min(explore, k - max(1, anchored_picks))
+        paired = CreditEvents(memory).get_many([ins.id for ins, _ in relevant])
+        chosen = reserve_exploration(
+            chosen, rank(relevant, params), k=k, slots=slots,
+            evidence={i: c.without_n for i, c in paired.items()},
+            min_evidence=s.credit_min_uses, token_budget=budget)
     return [RecalledInsight(r.insight, r.similarity, r.score, r.explored) for r in chosen]

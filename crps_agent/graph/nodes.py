@@ -237,8 +237,10 @@ def credit_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, 
     ev = (lambda part: f"{key}:{part}") if key else (lambda part: None)
     # The baseline report: each note gets the verdict of the samples that had it (note
     # dropout leaves some samples without one).
+    # An explored note (memory/recall.py) is credited by its with/without test only.
+    explored = set(state.get("explored_ids", []))
     solved_with: dict[bool, list[str]] = {True: [], False: []}
-    for nid in recalled:
+    for nid in (i for i in recalled if i not in explored):
         had = [t for t in result.trajectories if nid in t.insight_ids]
         if had:
             solved_with[any(t.verdict.correct for t in had)].append(nid)

@@ -16,18 +16,22 @@ threshold), that is flagged as contradicting a chosen note, or that does not fit
 remaining token budget (a shorter one further down may still fit). lambda = 1 is plain
 ranking.
 
-While learning, `reserve_exploration` may give one of the k places to a young note (fewer
-than `memory.explore_max_uses` uses), the least used relevant candidate not already chosen:
-a note that never reaches a prompt gets no with/without samples, no anchors and no wins,
-so its score stays below the established notes' wherever those are nearly as relevant
-(see crps_agent/anchors.py). A frozen evaluation never explores.
+While learning, `reserve_exploration` may give one of the k places to a young note, the
+relevant candidate with the least counterfactual evidence (fewer than
+`memory.credit_min_uses` paired samples without it, credit_policy.py): a note that never
+reaches a prompt gets no with/without samples, no anchors and no wins, so its score stays
+below the established notes' wherever those are nearly as relevant (see
+crps_agent/anchors.py). The search runs an explored note in half of its samples (a
+balanced within-task test) and its outcome is credited through that test only, not as a
+raw win or loss: tried on a problem it may not fit, it would otherwise carry that
+problem's failures into its utility. A frozen evaluation never explores.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,26 +132,30 @@ def select(ranked: Sequence[RecalledInsight], vectors: Sequence[Any] | None, *, 
 
 
 def explore_pick(candidates: Sequence[RecalledInsight], chosen: Sequence[RecalledInsight], *,
-                 max_uses: int, token_budget: int) -> RecalledInsight | None:
-    """The young candidate (fewer than `max_uses` uses) to try: not chosen, not in
-    conflict with a chosen note, fitting in `token_budget` tokens; the least used first,
-    then the most relevant (similarity), then the best score. None when there is none."""
+                 evidence: Mapping[str, int], min_evidence: int, token_budget: int
+                 ) -> RecalledInsight | None:
+    """The young candidate to try: one with fewer than `min_evidence` samples without it
+    (`evidence`: its paired with/without samples' without count) that is not chosen, not
+    in conflict with a chosen note and fits in `token_budget` tokens; the one with the
+    least evidence first, then the most relevant (similarity), then the best score. None
+    when there is none."""
     taken = {c.insight.id for c in chosen}
     young = [r for r in candidates
-             if r.insight.id not in taken and r.insight.uses < max_uses
+             if r.insight.id not in taken and evidence.get(r.insight.id, 0) < min_evidence
              and not any(_conflict(r.insight, c.insight) for c in chosen)
              and estimate_tokens(r.insight.text) <= token_budget]
     if not young:
         return None
-    return min(young, key=lambda r: (r.insight.uses, -r.similarity, -r.score))
+    return min(young, key=lambda r: (evidence.get(r.insight.id, 0), -r.similarity, -r.score))
 
 
 def reserve_exploration(chosen: Sequence[RecalledInsight],
                         candidates: Sequence[RecalledInsight], *, k: int, slots: int,
-                        max_uses: int, token_budget: int) -> list[RecalledInsight]:
+                        evidence: Mapping[str, int], min_evidence: int, token_budget: int
+                        ) -> list[RecalledInsight]:
     """`chosen` (the ranked selection, best first) with its last `slots` places (at most
-    k - 1: the best note always stays) given to young candidates (`explore_pick`); a place
-    no young candidate takes goes back to the next note of `chosen`."""
+    k - 1: the best note always stays) given to young candidates (`explore_pick`, marked
+    `explored`); a place no young candidate takes goes back to the next note of `chosen`."""
     slots = max(0, min(slots, k - 1))
     if slots == 0 or not candidates:
         return list(chosen)[:k]
@@ -157,7 +165,8 @@ def reserve_exploration(chosen: Sequence[RecalledInsight],
         return token_budget - sum(estimate_tokens(r.insight.text) for r in notes)
 
     for _ in range(slots):
-        pick = explore_pick(candidates, keep, max_uses=max_uses, token_budget=left(keep))
+        pick = explore_pick(candidates, keep, evidence=evidence, min_evidence=min_evidence,
+                            token_budget=left(keep))
         if pick is None:
             break
         keep.append(dataclasses.replace(pick, explored=True))
