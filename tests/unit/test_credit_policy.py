@@ -108,3 +108,46 @@ def test_dropout_credit_retires_a_harmful_note_and_promotes_a_helpful_one(
                         catch_exceptions=False)
     shown = json.loads(res.stdout.splitlines()[0])
     assert shown["utility"] == bad["utility"] and "success_rate" in shown
+
+
+def test_a_learn_task_tries_a_young_note_in_half_its_samples_and_credits_it_only_so(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Exploration through the real graph: with an established note and a young one
+    (no paired evidence), the learn search holds the young note in 2 of its 4 samples
+    (a balanced within-task test even with dropout off), its credit is that test (paired
+    events 2 against 2) and not the task's verdict (no raw use, win or loss), while the
+    established note is credited as before."""
+    from crps_agent.credit_policy import CreditEvents
+
+    monkeypatch.delenv("CRPS_CONFIG", raising=False)
+    monkeypatch.setenv("CRPS_MEMORY__EMBEDDER", "hash")
+
+    def respond(req: GenerationRequest) -> str | list[str] | None:
+        if req.purpose == "reflect":
+            return "```json\n{\"insights\": []}\n```"
+        return ["\\boxed{7}"] * req.n
+
+    settings = load_settings(store=str(tmp_path / "store"), search={"n": 4}, domain="math",
+                             learn={"dropout": 0.0},
+                             memory={"min_similarity": -1.0, "ablation_share": 0.0,
+                                     "credit_min_uses": 6, "recall_k": 2})
+    backend = ScriptedBackend().respond(respond)
+    agent = Agent(settings, backend=backend)
+    good, young = (o.insight for o in agent.memory.remember(
+        [Insight(text=t, domain="math") for t in (GOOD, BAD)]))
+    CreditEvents(agent.memory).add({good.id: NoteCredit(good.id, 6, 12, 2, 6)}, key="old")
+    for k in range(5):  # an established record: the first place is its by score
+        agent.memory.record([good.id], True, event_id=f"old-{k}")
+    task = Task(prompt="A rope of 14 m is cut into 2 pieces; how long is each?",
+                domain="math", reference="7", id="rope")
+    agent.learn([task], run_id="explore")
+    solves = [r for r, _ in backend.calls
+              if r.purpose == "solve" and "admission" not in r.meta]
+    assert sum(r.n for r in solves if BAD in r.text()) == 2
+    assert sum(r.n for r in solves if GOOD in r.text()) == 4
+    paired = CreditEvents(agent.memory).get_many([young.id, good.id])
+    assert (paired[young.id].with_n, paired[young.id].without_n) == (2, 2)
+    assert paired[good.id].with_n == 12  # no sample without it in this search
+    after = {i.id: i for i in agent.memory.insights.list()}
+    assert after[young.id].uses == 0 and after[good.id].uses == 6
+    agent.close()
