@@ -222,5 +222,5 @@ def recall_notes(memory: Memory, query: str, *, namespace: str, domain: str | No
         chosen = reserve_exploration(
             chosen, rank(relevant, params), k=k, slots=slots,
             evidence={i: c.without_n for i, c in paired.items()},
-            min_evidence=s.credit_min_uses, token_budget=budget)
+            min_evidence=s.explore_evidence, token_budget=budget)
     return [RecalledInsight(r.insight, r.similarity, r.score, r.explored) for r in chosen]

@@ -60,10 +60,13 @@ def recall_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, 
             and _verifiable(ctx, task)  # an unverified verdict is no baseline sample
             and should_ablate(mem.ablation_share, str(ctx.settings.seed), thread, task.id)):
         return {"notes": [], "recalled_ids": [], "ablated": True}
-    learning = state.get("mode", "learn") == "learn"
+    # Exploration needs best-of-n's balanced with/without test (credit_policy.py).
+    search = ctx.settings.search
+    explore = (mem.explore_slots if state.get("mode", "learn") == "learn"
+               and search.method != "mcts" and search.n >= 2 else 0)
     recalled = recall_notes(ctx.memory, task.prompt, namespace=task.namespace,
                             domain=task.domain, k=mem.recall_k, token_budget=mem.token_budget,
-                            explore=mem.explore_slots if learning else 0)
+                            explore=explore)
     return {"notes": [r.insight.text for r in recalled],
             "recalled_ids": [r.insight.id for r in recalled],
             "explored_ids": [r.insight.id for r in recalled if r.explored], "ablated": False}
@@ -274,6 +277,25 @@ def credit_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, 
     return {"retired": retired, "promoted": promoted}
 
 
+def _admission_context(state: AgentState) -> tuple[SearchResult, list[str]]:
+    """The search samples and notes admission tests candidates against. An explored note
+    (memory/recall.py) ran in only half the samples: the candidates are tested without it
+    and against the samples that lacked it, so its help (or harm) on the task is not
+    taken for theirs (with it in the with arm's every sample and in half the without
+    arm's, a platitude was admitted on the explored note's help)."""
+    result = SearchResult.from_dict(state["result"])
+    notes = list(state.get("notes", []))
+    explored = set(state.get("explored_ids", []))
+    if not explored:
+        return result, notes
+    ids = state.get("recalled_ids", [])
+    notes = [t for t, i in zip(notes, ids, strict=True) if i not in explored]
+    kept = [t for t in result.trajectories if not explored & set(t.insight_ids)]
+    if not kept:  # no sample ran without it: no test to take it out of
+        return result, list(state.get("notes", []))
+    return dataclasses.replace(result, trajectories=kept), notes
+
+
 def admit_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
     """Admission (crps_agent/admission_policy.py): the search's samples are the without
     arm, check rollouts with each candidate the with arm; a candidate that helps and harms
@@ -291,8 +313,9 @@ def admit_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, A
         return {"admission": [{"insight_id": c.id, "task_id": task.id,
                                "admitted": c.status == "active"} for c in candidates]}
     with phase("admit"):
+        result, notes = _admission_context(state)
         checks = admit_candidates(
-            task, SearchResult.from_dict(state["result"]), notes=state.get("notes", []),
+            task, result, notes=notes,
             candidates=[c for c in candidates if c.status == "candidate"],
             memory=ctx.memory, backend=ctx.backend, domains=ctx.domains,
             settings=ctx.settings, seed=_seed(state, ctx))

@@ -18,7 +18,7 @@ ranking.
 
 While learning, `reserve_exploration` may give one of the k places to a young note, the
 relevant candidate with the least counterfactual evidence (fewer than
-`memory.credit_min_uses` paired samples without it, credit_policy.py): a note that never
+`memory.explore_evidence` paired samples without it, credit_policy.py): a note that never
 reaches a prompt gets no with/without samples, no anchors and no wins, so its score stays
 below the established notes' wherever those are nearly as relevant (see
 crps_agent/anchors.py). The search runs an explored note in half of its samples (a

@@ -130,7 +130,7 @@ def test_a_learn_task_tries_a_young_note_in_half_its_samples_and_credits_it_only
     settings = load_settings(store=str(tmp_path / "store"), search={"n": 4}, domain="math",
                              learn={"dropout": 0.0},
                              memory={"min_similarity": -1.0, "ablation_share": 0.0,
-                                     "credit_min_uses": 6, "recall_k": 2})
+                                     "explore_evidence": 6, "recall_k": 2})
     backend = ScriptedBackend().respond(respond)
     agent = Agent(settings, backend=backend)
     good, young = (o.insight for o in agent.memory.remember(

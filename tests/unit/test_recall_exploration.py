@@ -75,7 +75,7 @@ def _memory(tmp_path: Path) -> Memory:
     # The hash embedder makes different texts unrelated (similarity ~0), so every note is
     # "relevant" only with min_similarity below that: the ranking is utility and anchors.
     settings = MemorySettings.model_validate({"embedder": "hash", "min_similarity": -1.0,
-                                              "recall_k": 2, "credit_min_uses": 10})
+                                              "recall_k": 2, "explore_evidence": 10})
     return Memory(str(tmp_path / "store"), settings=settings)
 
 
