@@ -151,3 +151,29 @@ def test_a_learn_task_tries_a_young_note_in_half_its_samples_and_credits_it_only
     after = {i.id: i for i in agent.memory.insights.list()}
     assert after[young.id].uses == 0 and after[good.id].uses == 6
     agent.close()
+
+
+def test_admission_tests_candidates_without_the_explored_note() -> None:
+    """The explored note ran in half the search's samples: admission's without arm is the
+    samples that lacked it and its with arm's notes leave it out too (else the explored
+    note's help is counted as the candidate's); without exploration nothing changes."""
+    from crps_agent.graph.nodes import _admission_context
+    from crps_agent.graph.state import AgentState
+    from crps_agent.types import SearchResult, Trajectory, Verdict
+
+    task = Task(prompt="p", domain="math", reference="7", id="t")
+
+    def traj(k: int, ids: list[str]) -> Trajectory:
+        return Trajectory(task_id="t", text=f"a{k}", steps=[], answer=None,
+                          verdict=Verdict(1.0, True), insight_ids=ids, search_id="s")
+
+    trajs = [traj(0, ["best", "young"]), traj(1, ["best"]), traj(2, ["best", "young"]),
+             traj(3, ["best"])]
+    result = SearchResult(task=task, trajectories=trajs, best=trajs[0], search_id="s")
+    state: AgentState = {"result": result.to_dict(), "notes": ["BEST", "YOUNG"],
+                         "recalled_ids": ["best", "young"], "explored_ids": ["young"]}
+    got, notes = _admission_context(state)
+    assert notes == ["BEST"] and [t.text for t in got.trajectories] == ["a1", "a3"]
+    state["explored_ids"] = []
+    got, notes = _admission_context(state)
+    assert notes == ["BEST", "YOUNG"] and len(got.trajectories) == 4
