@@ -210,7 +210,7 @@ def recall_notes(memory: Memory, query: str, *, namespace: str, domain: str | No
         # Young notes are tried on any problem their text or anchors make relevant at
         # all, not only above the neighbours' floor: a new lesson has no anchors yet, and
         # its text alone rarely clears the floor, so it would never earn one.
-        from crps_agent.credit_policy import CreditEvents
+        from crps_agent.credit_policy import explore_evidence
 
         # Only a place that no lesson of a neighbouring problem holds is tried with a
         # young note: a note recalled through an anchor is evidence for this problem, a
@@ -218,9 +218,8 @@ def recall_notes(memory: Memory, query: str, *, namespace: str, domain: str | No
         # topic above the one that fits), so the guess's place is the one to explore.
         anchored_picks = sum(1 for r in chosen if r.insight.id in via)
         slots = min(explore, k - max(1, anchored_picks))
-        paired = CreditEvents(memory).get_many([ins.id for ins, _ in relevant])
         chosen = reserve_exploration(
             chosen, rank(relevant, params), k=k, slots=slots,
-            evidence={i: c.without_n for i, c in paired.items()},
+            evidence=explore_evidence(memory, [ins.id for ins, _ in relevant]),
             min_evidence=s.explore_evidence, token_budget=budget)
     return [RecalledInsight(r.insight, r.similarity, r.score, r.explored) for r in chosen]

@@ -42,6 +42,9 @@ if TYPE_CHECKING:
     from crps_agent.types import Insight, SearchResult, Task
 
 CF_KIND = "cf-credit"
+# The with/without tests of explored notes (memory/recall.py): kept apart from CF_KIND,
+# which judges a note where the ranking recalls it, not where it was tried.
+EXPLORE_KIND = "cf-explore"
 RETIRED_COUNTERFACTUAL = "retired:counterfactual"
 
 
@@ -206,15 +209,32 @@ def judge_counterfactual(insight: Insight, credit: NoteCredit, settings: MemoryS
     return "demote" if insight.promoted else "keep"
 
 
+def explore_evidence(memory: Memory, insight_ids: Sequence[str]) -> dict[str, int]:
+    """Per note, its paired samples without it: where the ranking recalled it and where
+    it was explored."""
+    cf = CreditEvents(memory).get_many(insight_ids)
+    ex = CreditEvents(memory, prefix="ex:", kind=EXPLORE_KIND).get_many(insight_ids)
+    return {i: cf[i].without_n + ex[i].without_n for i in cf}
+
+
 def credit_search(memory: Memory, result: SearchResult, note_ids: Sequence[str],
-                  settings: MemorySettings) -> tuple[list[str], list[str]]:
+                  settings: MemorySettings, explored: Sequence[str] = ()
+                  ) -> tuple[list[str], list[str]]:
     """Record a learn search's per-sample outcomes for its recalled notes and retire or
-    promote them; returns (retired ids, promoted ids)."""
+    promote them; returns (retired ids, promoted ids). An `explored` note's outcomes are
+    kept apart (EXPLORE_KIND) and never retire or promote it: tried on problems the
+    ranking would not give it, it would be judged by its distraction there (a helpful
+    note was retired at 6/13 with against 9/11 without, mostly from such tries); they
+    still anchor it on the task where they clearly show help."""
     from crps_agent.anchors import AnchorStore
     from crps_agent.errors import NotFoundError
 
     # Paired samples only: this search's with and without arms of one note (module doc).
-    events = {i: e for i, e in outcomes(result, note_ids).items() if e.without_n and e.with_n}
+    paired = {i: e for i, e in outcomes(result, note_ids).items() if e.without_n and e.with_n}
+    tried = set(explored)
+    CreditEvents(memory, prefix="ex:", kind=EXPLORE_KIND).add(
+        {i: e for i, e in paired.items() if i in tried}, key=result.search_id)
+    events = {i: e for i, e in paired.items() if i not in tried}
     totals = CreditEvents(memory).add(events, key=result.search_id)
     # Anchor a note on a task where its samples with it clearly beat those without it
     # (crps_agent/anchors.py). Winning with it alone is no evidence: a note recalled
@@ -222,7 +242,7 @@ def credit_search(memory: Memory, result: SearchResult, note_ids: Sequence[str],
     # everywhere because of those anchors; a bare majority of 4 samples is no better
     # (a note that does nothing wins it a third of the time).
     AnchorStore(memory).add(result.task.namespace, {
-        i: [result.task.id] for i, e in events.items()
+        i: [result.task.id] for i, e in paired.items()
         if clearly_helps(e.with_wins, e.with_n, e.without_wins, e.without_n, settings)})
     retired, promoted = [], []
     for iid, credit in totals.items():

@@ -256,7 +256,8 @@ def credit_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, 
         ctx.memory.record(solved_with[True], True, event_id=ev("win"))
         ctx.memory.record(solved_with[False], False, event_id=ev("loss"))
         if state.get("mode", "learn") == "learn":  # its events are keyed by the search too
-            credit_search(ctx.memory, result, recalled, ctx.settings.memory)
+            credit_search(ctx.memory, result, recalled, ctx.settings.memory,
+                          explored=list(explored))
     if done and before is not None and now is not None:
         old = before.get("insights", {})
         for insight_id in changed_ids(restrict(before, recalled), restrict(now, recalled)):
@@ -268,7 +269,8 @@ def credit_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, 
                    *ctx.memory.record(solved_with[False], False, event_id=ev("loss"))]
         if state.get("mode", "learn") == "learn":
             cf_retired, cf_promoted = credit_search(ctx.memory, result, recalled,
-                                                    ctx.settings.memory)
+                                                    ctx.settings.memory,
+                                                    explored=list(explored))
             extra = [ctx.memory.insights.get(i) for i in dict.fromkeys(
                 [*cf_retired, *cf_promoted]) if i not in {c.id for c in changed}]
             changed += extra

@@ -67,13 +67,13 @@ def test_learn_then_recall_in_second_pass(settings, tmp_path):
     assert recalled
     # a note given its place to be tried (memory/recall.py) is credited by its paired
     # with/without samples only, every other recalled note by the task's verdict
-    from crps_agent.credit_policy import CreditEvents
+    from crps_agent.credit_policy import explore_evidence
 
-    paired = CreditEvents(agent2.memory).get_many(list(recalled))
+    tried = explore_evidence(agent2.memory, list(recalled))
     for iid in recalled:
         ins = agent2.memory.insights.get(iid)
         assert ins.uses == ins.wins + ins.losses
-        assert ins.uses >= 1 or paired[iid].without_n >= 1
+        assert ins.uses >= 1 or tried[iid] >= 1
         assert ins.text in "\n".join(solve_prompts)
     agent2.close()
 

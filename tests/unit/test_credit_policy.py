@@ -77,8 +77,10 @@ def test_dropout_credit_retires_a_harmful_note_and_promotes_a_helpful_one(
     store = str(tmp_path / "store")
     settings = load_settings(store=store, search={"n": 8}, domain="math",
                              learn={"dropout": 0.5},
+                             # dropout's credit alone (exploration's tests never retire)
                              memory={"min_similarity": -1.0, "ablation_share": 0.0,
-                                     "credit_min_uses": 6, "credit_confidence": 0.9})
+                                     "credit_min_uses": 6, "credit_confidence": 0.9,
+                                     "explore_slots": 0})
     backend = ScriptedBackend().respond(respond)
     agent = Agent(settings, backend=backend)
     agent.memory.remember([Insight(text=t, domain="math") for t in (GOOD, BAD)])
@@ -115,9 +117,10 @@ def test_a_learn_task_tries_a_young_note_in_half_its_samples_and_credits_it_only
     """Exploration through the real graph: with an established note and a young one
     (no paired evidence), the learn search holds the young note in 2 of its 4 samples
     (a balanced within-task test even with dropout off), its credit is that test (paired
-    events 2 against 2) and not the task's verdict (no raw use, win or loss), while the
-    established note is credited as before."""
-    from crps_agent.credit_policy import CreditEvents
+    events 2 against 2, kept apart from the counterfactual credit that retires notes)
+    and not the task's verdict (no raw use, win or loss), while the established note is
+    credited as before."""
+    from crps_agent.credit_policy import EXPLORE_KIND, CreditEvents, explore_evidence
 
     monkeypatch.delenv("CRPS_CONFIG", raising=False)
     monkeypatch.setenv("CRPS_MEMORY__EMBEDDER", "hash")
@@ -146,7 +149,11 @@ def test_a_learn_task_tries_a_young_note_in_half_its_samples_and_credits_it_only
     assert sum(r.n for r in solves if BAD in r.text()) == 2
     assert sum(r.n for r in solves if GOOD in r.text()) == 4
     paired = CreditEvents(agent.memory).get_many([young.id, good.id])
-    assert (paired[young.id].with_n, paired[young.id].without_n) == (2, 2)
+    tried = CreditEvents(agent.memory, prefix="ex:", kind=EXPLORE_KIND).get_many([young.id])
+    # its test is kept apart from the credit that retires or promotes it
+    assert (tried[young.id].with_n, tried[young.id].without_n) == (2, 2)
+    assert (paired[young.id].with_n, paired[young.id].without_n) == (0, 0)
+    assert explore_evidence(agent.memory, [young.id, good.id]) == {young.id: 2, good.id: 6}
     assert paired[good.id].with_n == 12  # no sample without it in this search
     after = {i.id: i for i in agent.memory.insights.list()}
     assert after[young.id].uses == 0 and after[good.id].uses == 6
