@@ -22,6 +22,15 @@ it. CORE retrieves through neighbouring problems; so does `recall_notes`:
   exploration bonus, promotion, token budget; no MMR term).
 
 Without anchors (a store that never ran admission or credit) this is `Memory.recall`.
+
+While learning (`explore`, `memory.explore_slots`), a place that no note anchored near the
+problem holds (a note there by its text alone, or an empty place) goes to a young note:
+the relevant one with the fewest paired samples without it (`memory/recall.py`
+`reserve_exploration`). A young lesson has one anchor, its source task; its text is no
+nearer to a sibling problem than an established note on a related topic (MiniLM: 0.22
+against 0.33 for the unit-mismatch note and the average-speed note on a ribbon problem),
+so without this it is never recalled on the problems it fits and never earns the
+anchors that would recall it there.
 """
 
 from __future__ import annotations

@@ -20,6 +20,15 @@ it, it is retired (flag "retired:counterfactual") when P(p_with < p_without) >=
 `memory.credit_confidence`, and promoted when P(p_with > p_without) >= the same (a
 restored note is never retired automatically again). The namespace baseline of ablated
 tasks (memory/credit.py) is still kept and reported.
+
+A note given its place to be tried (learn-time exploration, memory/recall.py) runs
+without itself in half of the search's samples, a balanced within-task test. Its
+outcomes are kept apart (kind "cf-explore"): they anchor it on a task where they clearly
+show help and count towards its youth, but never retire or promote it, and it gets no
+raw win or loss; tried on problems the ranking would not give it, it would be judged by
+the distraction it causes there (in the hard simulated world explored notes won 2/16
+with against 10/16 without on such tries, and a helpful note was retired at 1/10 against
+6/10 when these counted).
 """
 
 from __future__ import annotations

@@ -18,8 +18,10 @@ note's support grows by one, it takes the candidate's evidence and records the c
 id (flag "absorbed:<id>"); the candidate keeps its text on its own retired record, flagged
 "merged:<note id>"; and the caller anchors the note on the task, so retrieval through
 neighbouring problems (crps_agent/anchors.py) learns that the lesson applies there too.
-A candidate rejected for harm (or for not flipping a never-solved task) is not merged: it
-was tested and found wanting, not redundant. An unusable reply is a "no".
+A candidate that cleared a look of its test but not its confirmation stage
+("unconfirmed") showed no reliable help either, and is treated the same. A candidate
+rejected for harm (or for not flipping a never-solved task) is not merged: it was tested
+and found wanting, not redundant. An unusable reply is a "no".
 """
 
 from __future__ import annotations
