@@ -283,8 +283,8 @@ def _admission_context(state: AgentState) -> tuple[SearchResult, list[str]]:
     """The search samples and notes admission tests candidates against. An explored note
     (memory/recall.py) ran in only half the samples: the candidates are tested without it
     and against the samples that lacked it, so its help (or harm) on the task is not
-    taken for theirs (with it in the with arm's every sample and in half the without
-    arm's, a platitude was admitted on the explored note's help)."""
+    taken for theirs (it would be in every sample of the with arm and in half of the
+    without arm's)."""
     result = SearchResult.from_dict(state["result"])
     notes = list(state.get("notes", []))
     explored = set(state.get("explored_ids", []))
