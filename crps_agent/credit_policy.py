@@ -143,16 +143,22 @@ def search_with_dropout(task: Task, domain: Domain, backend: Backend, *, notes: 
 
 
 def outcomes(result: SearchResult, note_ids: Sequence[str]) -> dict[str, NoteCredit]:
-    """Per recalled note, this search's samples with and without it."""
-    out = {i: NoteCredit(i) for i in dict.fromkeys(note_ids)}
+    """Per recalled note, this search's samples with every note (its with arm) and those
+    without it alone (its without arm). A sample that lacks another note is in neither
+    arm: the two arms must differ in this note only (an explored note is left out of half
+    the samples, so otherwise the other note's without arm would always hold it and its
+    with arm only half the time, and the explored note's effect would be taken for the
+    other note's)."""
+    ids = list(dict.fromkeys(note_ids))
+    out = {i: NoteCredit(i) for i in ids}
     for traj in result.trajectories:
         correct = int(bool(traj.verdict.correct))
-        present = set(traj.insight_ids)
+        missing = set(ids) - set(traj.insight_ids)
         for nid, credit in out.items():
-            if nid in present:
+            if not missing:
                 credit.with_wins += correct
                 credit.with_n += 1
-            else:
+            elif missing == {nid}:
                 credit.without_wins += correct
                 credit.without_n += 1
     return out

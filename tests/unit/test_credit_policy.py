@@ -184,3 +184,27 @@ def test_admission_tests_candidates_without_the_explored_note() -> None:
     state["explored_ids"] = []
     got, notes = _admission_context(state)
     assert notes == ["BEST", "YOUNG"] and len(got.trajectories) == 4
+
+
+def test_a_notes_arms_differ_in_that_note_only() -> None:
+    """With two notes, a sample without the other note is in neither arm of this one:
+    otherwise a note's without arm would always hold an explored note that its with arm
+    holds half the time (dropout_plan), and that note's effect would count as its own."""
+    from crps_agent.credit_policy import outcomes
+    from crps_agent.types import SearchResult, Trajectory, Verdict
+
+    task = Task(prompt="p", domain="math", reference="7", id="t")
+
+    def traj(k: int, ok: bool, ids: list[str]) -> Trajectory:
+        return Trajectory(task_id="t", text=f"a{k}", steps=[], answer=None,
+                          verdict=Verdict(float(ok), ok), insight_ids=ids, search_id="s")
+
+    trajs = [traj(0, True, ["best", "young"]), traj(1, False, ["best"]),
+             traj(2, True, ["young"]), traj(3, False, ["best", "young"]),
+             traj(4, False, [])]
+    got = outcomes(SearchResult(task=task, trajectories=trajs, best=None, search_id="s"),
+                   ["best", "young"])
+    assert got["young"].to_dict()["with"] == [1, 2] and got["young"].to_dict()["without"] \
+        == [0, 1]
+    assert got["best"].to_dict()["with"] == [1, 2] and got["best"].to_dict()["without"] \
+        == [1, 1]
