@@ -43,7 +43,7 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from crps_agent.errors import StoreError
-from crps_agent.memory.chroma import META_VECTOR, is_not_found
+from crps_agent.memory.chroma import META_VECTOR, existing, pages
 from crps_agent.types import stable_id
 
 if TYPE_CHECKING:
@@ -212,36 +212,28 @@ class EventLog:
     # ------------------------------------------------------------------ reading records
 
     def _open(self) -> Collection | None:
-        if self._collection is None:
+        if self._collection is None and self.read_only:
+            self._collection = existing(self.client, CREDIT_COLLECTION)
+        elif self._collection is None:
             try:
-                if self.read_only:
-                    self._collection = self.client.get_collection(
-                        CREDIT_COLLECTION, embedding_function=None)
-                else:
-                    self._collection = self.client.get_or_create_collection(
-                        CREDIT_COLLECTION, embedding_function=None,
-                        metadata={"kind": "crps-events"})
+                self._collection = self.client.get_or_create_collection(
+                    CREDIT_COLLECTION, embedding_function=None, metadata={"kind": "crps-events"})
             except Exception as exc:
-                if self.read_only and is_not_found(exc):
-                    return None
                 raise StoreError(f"cannot open collection {CREDIT_COLLECTION!r}: {exc}"
                                  ) from None
         return self._collection
 
     def _records(self, where: Any = None) -> Iterator[Event | Snapshot]:
         collection = self._open()
-        offset = 0
-        while collection is not None:
+        if collection is not None:
             try:
-                res = collection.get(where=where, include=["metadatas", "documents"],
-                                     limit=_PAGE, offset=offset)
+                for page in pages(collection, ["metadatas", "documents"], where=where,
+                                  size=_PAGE):
+                    yield from (_parse(rid, meta, doc) for rid, doc, meta in page)
+            except StoreError:
+                raise
             except Exception as exc:
                 raise StoreError(f"cannot read the counter events: {exc}") from None
-            yield from (_parse(rid, meta, doc) for rid, meta, doc in zip(
-                res["ids"], res["metadatas"] or [], res["documents"] or [], strict=True))
-            if len(res["ids"]) < _PAGE:
-                break
-            offset += _PAGE
         yield from self.extra
 
     def _load(self) -> None:
