@@ -43,7 +43,7 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from crps_agent.errors import StoreError
-from crps_agent.memory.chroma import META_VECTOR, existing, pages
+from crps_agent.memory.chroma import META_VECTOR, existing, pages, where_clause
 from crps_agent.types import stable_id
 
 if TYPE_CHECKING:
@@ -110,11 +110,8 @@ class Event:
         return (COUNTER if self.kind in ("credit", "support") else self.kind, self.insight, "")
 
     def meta(self) -> dict[str, Any]:
-        where = ({"namespace": self.namespace, "domain": self.domain}
-                 if self.kind == "baseline" else {"insight": self.insight})
-        if self.counts is not None:
-            return {"kind": self.kind, **where, **self.counts.meta()}
-        return {"kind": self.kind, **where, "win": int(self.win)}
+        counts = {"win": int(self.win)} if self.counts is None else self.counts.meta()
+        return {"kind": self.kind, **_target(self.key), **counts}
 
     def tally(self) -> Tally:
         if self.counts is not None:
@@ -137,9 +134,7 @@ class Snapshot:
         return "snap:" + stable_id(*self.key)
 
     def meta(self) -> dict[str, Any]:
-        group, a, b = self.key
-        where = {"namespace": a, "domain": b} if group == "baseline" else {"insight": a}
-        return {"kind": _SNAP + group, **where, **self.counts.meta()}
+        return {"kind": _SNAP + self.key[0], **_target(self.key), **self.counts.meta()}
 
 
 @dataclass(frozen=True)
@@ -160,17 +155,21 @@ def fresh_id() -> str:
     return "ev:" + uuid.uuid4().hex
 
 
-def _parse(rid: str, meta: Any, doc: Any) -> Event | Snapshot:
-    m: dict[str, Any] = dict(meta or {})
-    kind = str(m.get("kind", ""))
+def _target(key: Key) -> dict[str, str]:
+    """The metadata naming the target of a key: a namespace and domain, or an insight."""
+    group, a, b = key
+    return {"namespace": a, "domain": b} if group == "baseline" else {"insight": a}
+
+
+def _parse(rid: str, meta: dict[str, Any], doc: Any) -> Event | Snapshot:
+    kind = str(meta.get("kind", ""))
+    # a snapshot's kind is its group, which names its target as an event of that kind does
+    event = Event(rid, kind.removeprefix(_SNAP), str(meta.get("insight", "")),
+                  bool(meta.get("win")), str(meta.get("namespace", "")),
+                  str(meta.get("domain", "")), Tally.from_meta(meta))
     if kind.startswith(_SNAP):
-        group = kind[len(_SNAP):]
-        key: Key = ((group, str(m.get("namespace", "")), str(m.get("domain", "")))
-                    if group == "baseline" else (group, str(m.get("insight", "")), ""))
-        covered = frozenset(str(doc or "").split())
-        return Snapshot(key, Tally.from_meta(m) or NOTHING, covered)
-    return Event(rid, kind, str(m.get("insight", "")), bool(m.get("win")),
-                 str(m.get("namespace", "")), str(m.get("domain", "")), Tally.from_meta(m))
+        return Snapshot(event.key, event.counts or NOTHING, frozenset(str(doc or "").split()))
+    return event
 
 
 def _fold(records: Iterable[Event | Snapshot]) -> tuple[dict[Key, Tally], set[str]]:
@@ -241,12 +240,11 @@ class EventLog:
         if self._seen is None:
             self._totals, self._seen = _fold(self._records())
 
-    def _query(self, group: str, cond: Any, keys: Iterable[Key]) -> dict[Key, Tally]:
+    def _query(self, group: str, keys: Iterable[Key], **cond: Any) -> dict[Key, Tally]:
         """The folded totals of `keys` of one group, read from Chroma (server mode);
-        `cond` narrows the records read."""
+        `cond` (`where_clause` conditions) narrows the records read."""
         kinds = [*(["credit", "support"] if group == COUNTER else [group]), _SNAP + group]
-        where: Any = {"kind": {"$in": kinds}}
-        totals, _ = _fold(self._records({"$and": [where, cond]} if cond else where))
+        totals, _ = _fold(self._records(where_clause(kind=kinds, **cond)))
         return {key: totals.get(key, NOTHING) for key in keys}
 
     # ------------------------------------------------------------------ the public API
@@ -295,8 +293,7 @@ class EventLog:
         out: dict[str, Tally] = {}
         for start in range(0, len(wanted), _PAGE):
             chunk = wanted[start:start + _PAGE]
-            got = self._query(group, {"insight": {"$in": chunk}},
-                              [(group, i, "") for i in chunk])
+            got = self._query(group, [(group, i, "") for i in chunk], insight=chunk)
             out.update({k[1]: t for k, t in got.items() if t is not NOTHING})
         return out
 
@@ -326,9 +323,8 @@ class EventLog:
             return {(k[1], k[2]): self._recent[k][1] for k in full}
         if not wanted:
             return {}
-        cond = None if len(wanted) > 8 else {
-            "namespace": {"$in": sorted({k[0] for k in wanted})}}
-        got = self._query("baseline", cond, full)
+        spaces = None if len(wanted) > 8 else sorted({k[0] for k in wanted})
+        got = self._query("baseline", full, namespace=spaces)
         self._recent.update({k: (now, v) for k, v in got.items()})
         return {(k[1], k[2]): v for k, v in got.items()}
 
