@@ -104,24 +104,33 @@ class Owner:
     guard: threading.Lock = field(default_factory=threading.Lock)
 
 
+def _try_lock(path: Path) -> Any | None:
+    """The store's owner lock, now held, or None when another process holds it."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(path / OWNER_LOCK), thread_local=False)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return None
+    return lock
+
+
 def take_ownership(path: Path) -> Owner:
     """Hold the owner lock of an embedded store until every client that took it is closed
     (`release_ownership`), or the process ends. Re-entrant: the clients of this process
     share it. Raises `StoreBusyError` when another process holds it."""
-    from filelock import FileLock, Timeout
-
     key = path.resolve()
     with _OWNED_LOCK:
         owner = _OWNED.get(key)
         if owner is None:
-            lock = FileLock(str(key / OWNER_LOCK), thread_local=False)
             try:
-                lock.acquire(timeout=0)
-            except Timeout:
-                raise _busy(path) from None
+                lock = _try_lock(key)
             except OSError as exc:
                 raise StoreError(f"cannot take the owner lock of the store {str(path)!r}: "
                                  f"{exc.strerror or exc}") from None
+            if lock is None:
+                raise _busy(path)
             owner = _OWNED[key] = Owner(lock)
         owner.users += 1
         return owner
@@ -195,19 +204,15 @@ def _writable(path: Path) -> bool:
 
 def _written_elsewhere(path: Path) -> bool:
     """Whether another process holds the store's owner lock now."""
-    from filelock import FileLock, Timeout
-
     if path.resolve() in _OWNED or not (path / OWNER_LOCK).exists():
         return False
-    lock = FileLock(str(path / OWNER_LOCK), thread_local=False)
     try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        return True
+        lock = _try_lock(path)
     except OSError:  # a read-only directory: nobody can be writing it
         return False
-    lock.release()
-    return False
+    if lock is not None:
+        lock.release()
+    return lock is None
 
 
 def _private_copy(path: Path) -> Path:

@@ -123,16 +123,11 @@ def _catch_up(old: Collection, new: Collection, logical: str, embedder: Embedder
 
 def reindex(client: ClientAPI, embedder: Embedder, *, batch: int = _BATCH,
             progress: Progress | None = None) -> ReindexReport:
-    """Re-embed the store's insights, trajectories and contrasts with `embedder` into the
-    next generation of collections and switch to it atomically (see the module doc).
-
-    An embedded store has this process as its only writer. On a Chroma server the copy
-    runs while other agents keep writing; then whatever they added, changed or deleted
-    meanwhile is caught up, the pointer switched and the old collections deleted (a write
-    that lands between the catch-up and the switch is not carried over: reindex a server
-    while its agents are stopped). Agents that hold the old collections open must reopen
-    the store afterwards. Counter events (`crps_credit`) are embedder-independent and
-    stay as they are."""
+    """Re-embed the store's collections with `embedder` and switch to them (module doc).
+    On a Chroma server other agents may write during the copy: what they added, changed
+    or deleted meanwhile is caught up before the switch, but a write between the catch-up
+    and the switch is lost, so reindex a server while its agents are stopped. Agents that
+    hold the old collections open must reopen the store afterwards."""
     started = time.perf_counter()
     embedded = not is_server_client(client)
     with write_lock(client):
