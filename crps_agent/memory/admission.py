@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from crps_agent.errors import NotFoundError
 from crps_agent.memory.chroma import write_lock
 from crps_agent.memory.credit import ADMISSION_REJECTED
+from crps_agent.memory.dedup import union
 
 MERGED = "merged:"  # on a candidate merged into an active note as support
 ABSORBED = "absorbed:"  # on the note, one per candidate it absorbed
@@ -61,7 +62,7 @@ def absorb(store: InsightStore, candidate_id: str, into: str) -> Insight | None:
         mark = f"{ABSORBED}{cand.id}"
         if mark not in note.flags:
             note.support += 1
-            note.evidence = list(dict.fromkeys([*note.evidence, *cand.evidence]))
+            note.evidence = union(note.evidence, cand.evidence)
             note.flags = [*note.flags, mark]
             store.update(note)
         merged = f"{MERGED}{note.id}"

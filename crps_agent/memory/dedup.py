@@ -208,7 +208,8 @@ def flag_pairs(pairs: Sequence[tuple[str, str]], pending: dict[str, Insight],
 # ------------------------------------------------------------------------------ merging
 
 
-def _union(*lists: Sequence[str]) -> builtins.list[str]:
+def union(*lists: Sequence[str]) -> builtins.list[str]:
+    """The items of `lists` in order, each once."""
     return list(dict.fromkeys(item for items in lists for item in items))
 
 
@@ -223,15 +224,15 @@ def combine(insights: Sequence[Insight], *, text: str | None = None,
     ids = {i.id for i in insights}
     statuses = {i.status for i in insights}
     status = next((s for s in ("active", "candidate", "retired") if s in statuses), rep.status)
-    contradicts = [c for c in _union(*(i.contradicts for i in insights)) if c not in ids]
-    flags = _union(*(i.flags for i in insights))
+    contradicts = [c for c in union(*(i.contradicts for i in insights)) if c not in ids]
+    flags = union(*(i.flags for i in insights))
     if not contradicts and CONTRADICTION in flags:
         flags.remove(CONTRADICTION)
     return Insight(
         text=(text or rep.text).strip(), kind=kind if kind in INSIGHT_KINDS else rep.kind,
         domain=rep.domain, namespace=rep.namespace,
-        tags=_union(*(i.tags for i in insights)),
-        evidence=_union(rep.evidence, *(i.evidence for i in insights)),
+        tags=union(*(i.tags for i in insights)),
+        evidence=union(rep.evidence, *(i.evidence for i in insights)),
         support=sum(i.support for i in insights), uses=sum(i.uses for i in insights),
         wins=sum(i.wins for i in insights), losses=sum(i.losses for i in insights),
         status=status, created_at=min(i.created_at for i in insights),

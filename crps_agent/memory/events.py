@@ -1,36 +1,27 @@
 """Counters as append-only events, folded on read and compacted into snapshots.
 
 Why events: a counter that is read, incremented and written back loses increments when two
-processes do it at once (measured before: two processes crediting one insight 50 times each
-left `uses` at 71), and a lock that spans processes stalls everyone when its holder dies.
-So nothing is ever read-modified-written: each counted thing is one record of the
-`crps_credit` collection, added under a deterministic event id when the caller has one (a
-replayed task writes the same id, and Chroma ignores an `add` of an id it has, so a replay
-counts once). A Chroma server applies each `add` atomically, so any number of processes can
-count into the same insights; a writer killed mid-way loses only what it was not told was
-stored.
+processes do it at once (two processes crediting one insight 50 times each left `uses` at
+71), and a lock that spans processes stalls everyone when its holder dies. So each counted
+thing is one record of `crps_credit`, added under a deterministic id when the caller has
+one: Chroma ignores an `add` of an id it has, so a replay counts once, and a server applies
+each `add` atomically, so any number of processes can count into the same insights.
 
-Kinds of event and what they fold into (their *group*, per insight or per namespace):
-- `credit` (a verdict: uses + 1, wins or losses + 1) and `support` (a merge): the insight's
-  counters, added to its record's base counters (insights.py);
-- `baseline`: the verdicts of ablated tasks of a (namespace, domain) (credit.py);
-- any other kind, e.g. the counterfactual with/without outcomes of note dropout
-  ("cf-credit") and admission's evidence ("admission-evidence"): that kind's own
-  with_wins / with_n / without_wins / without_n of the insight (credit_policy.py).
+What a kind folds into (its *group*): `credit` (uses, wins or losses + 1) and `support`
+into the insight's counters, on top of its record's base counters; `baseline` into the
+verdicts of a (namespace, domain); any other kind (`cf-credit`, `admission-evidence`) into
+that kind's with/without outcomes of the insight (credit_policy.py).
 
-Compaction (`compact`): the events of a group are folded into one snapshot record per
-target (`snap:<group>` kind) that also lists every event id it covers (its document), and
-only then are those events deleted. The fold on read is snapshot + the events it does not
-cover, so a crash between the two steps, or in the middle of the deletes, neither loses nor
-double-counts; and a replay of an event that was compacted away is covered, so it still
-counts once. One compaction at a time per store (an embedded store's owner; on a server,
-run it from one place): two at once could each overwrite the other's snapshot.
+Compaction writes one snapshot per target (kind `snap:<group>`) listing every event id it
+covers, and only then deletes those events. The fold is snapshot + the events it does not
+cover, so a crash between the two steps neither loses nor double-counts, and a replayed
+event that was compacted away still counts once. One compaction at a time per store: two
+could overwrite each other's snapshot.
 
-An embedded store has one writer (chroma.py), so there the log is read once and folded in
-memory (`local`); on a server every read folds the records of the targets it reads (the
-baselines, which only steer retire/promote decisions, are re-read every few seconds).
-Stores made before events kept some of these counters as records in `crps_meta`: a writer
-turns them into events once, a read-only open folds them in as they are (legacy.py).
+An embedded store has one writer, so there the log is read once and folded in memory
+(`local`); on a server every read folds the records of its targets (baselines, which only
+steer retire/promote, are cached a few seconds). Counter records of stores made before
+events are turned into events by their first writer (legacy.py).
 """
 
 from __future__ import annotations

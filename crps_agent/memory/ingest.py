@@ -24,6 +24,7 @@ from crps_agent.memory.dedup import (
     merge_target,
     normalise_text,
     text_hash,
+    union,
 )
 from crps_agent.memory.events import Event, event_id, fresh_id
 from crps_agent.memory.records import ts
@@ -103,8 +104,8 @@ def _plan(store: InsightStore, insights: builtins.list[Insight],
             key = (target, ins.id, *sorted(ins.evidence))
             plan.support.append(Event(event_id("support", *key) if ins.evidence
                                       else fresh_id(), "support", target))
-        into.evidence = _union(into.evidence, ins.evidence)
-        into.tags = _union(into.tags, ins.tags)
+        into.evidence = union(into.evidence, ins.evidence)
+        into.tags = union(into.tags, ins.tags)
         into.updated_at = now
         if (into.status == "retired" and ADMISSION_REJECTED in into.flags
                 and ins.status == "candidate"):
@@ -174,7 +175,3 @@ def _nearest_stored(store: InsightStore, take: Take, insights: builtins.list[Ins
             out[i] = [(found[h.record.id], h.similarity) for h in row
                       if h.record.id in found]
     return out
-
-
-def _union(into: builtins.list[str], extra: builtins.list[str]) -> builtins.list[str]:
-    return list(dict.fromkeys([*into, *extra]))

@@ -229,8 +229,7 @@ class InsightStore:
                  status: str | None) -> Filters:
         ns: Any = None
         if isinstance(namespace, builtins.list):
-            spaces = validate_namespaces(namespace)
-            ns = spaces[0] if len(spaces) == 1 else spaces
+            ns = validate_namespaces(namespace)
         elif namespace is not None:
             ns = validate_namespace(namespace)
         return {"namespace": ns, "domain": domain, "status": status}
