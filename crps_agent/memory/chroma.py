@@ -16,7 +16,6 @@ means absent: any other failure to read the pointer is an error, never generatio
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import re
 import shutil
@@ -55,7 +54,7 @@ _UUID_DIR = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-
 _OWNED: dict[Path, Owner] = {}  # store directory -> this process's ownership of it
 _OWNED_LOCK = threading.Lock()
 _LOCKS: dict[int, threading.RLock] = {}  # id(client) -> its in-process write lock
-_COPIES: list[Path] = []  # private copies of read-only stores, removed at exit
+_COPIES: list[tempfile.TemporaryDirectory[str]] = []  # read-only stores' copies: kept to exit
 
 
 def is_server_url(store: str) -> bool:
@@ -222,7 +221,9 @@ def _private_copy(path: Path) -> Path:
     backup API, so it is consistent. Removed when this process ends."""
     import sqlite3
 
-    copy = Path(tempfile.mkdtemp(prefix="crps-store-ro-"))
+    _COPIES.append(tempfile.TemporaryDirectory(prefix="crps-store-ro-",
+                                               ignore_cleanup_errors=True))
+    copy = Path(_COPIES[-1].name)
     shutil.copytree(path, copy, dirs_exist_ok=True, ignore=shutil.ignore_patterns(
         OWNER_LOCK, ".write.lock", "exports", DATABASE, DATABASE + "-*"))
     # immutable: a read-only directory has no writer, and SQLite could not make its -shm
@@ -235,15 +236,7 @@ def _private_copy(path: Path) -> Path:
         source.close()
     for p in [copy, *copy.rglob("*")]:
         p.chmod(p.stat().st_mode | 0o200)
-    if not _COPIES:
-        atexit.register(_remove_copies)
-    _COPIES.append(copy)
     return copy
-
-
-def _remove_copies() -> None:
-    for copy in _COPIES:
-        shutil.rmtree(copy, ignore_errors=True)
 
 
 def open_client(store: str, *, read_only: bool = False) -> ClientAPI:
