@@ -187,24 +187,19 @@ class TrajectoryLog:
                                              where=where, include=["documents", "metadatas"])
             docs = (res["documents"] or [[]])[0]
             metas = (res["metadatas"] or [[]])[0]
-            best: dict[str, tuple[tuple[float, int], str]] = {}  # task -> (rank key, doc)
-            order: list[str] = []
+            # task -> (rank key, doc); a dict keeps the tasks in the order first seen
+            best: dict[str, tuple[tuple[float, int], str]] = {}
             for doc, meta in zip(docs, metas, strict=True):
                 task_id = str(meta.get("task_id", ""))
                 key = (-float(meta.get("reward", 0.0)),
                        int(meta.get("tokens", 0)))
-                if task_id not in best:
-                    order.append(task_id)
                 if task_id not in best or key < best[task_id][0]:
                     best[task_id] = (key, doc or "{}")
-            if len(order) >= k or len(docs) < n:
+            if len(best) >= k or len(docs) < n:
                 break
             n *= 4  # many attempts per task: widen until k tasks or everything is seen
-        out = []
-        for task_id in order[:k]:
-            data = json.loads(best[task_id][1])
-            out.append((Task.from_dict(data["task"]), Trajectory.from_dict(data)))
-        return out
+        found = [json.loads(doc) for _, doc in list(best.values())[:k]]
+        return [(Task.from_dict(data["task"]), Trajectory.from_dict(data)) for data in found]
 
     def count(self) -> int:
         """Number of logged trajectories (search records not counted)."""
