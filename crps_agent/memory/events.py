@@ -345,9 +345,7 @@ class EventLog:
                 snap = snaps.get(key) or Snapshot(key, NOTHING, frozenset())
                 fresh = {ev.id: ev for ev in evs if ev.id not in snap.covered}
                 if fresh:
-                    counts = snap.counts
-                    for ev in fresh.values():
-                        counts = counts + ev.tally()
+                    counts = sum((ev.tally() for ev in fresh.values()), snap.counts)
                     written.append(Snapshot(key, counts, snap.covered | set(fresh)))
                     folded += len(fresh)
             for start in range(0, len(written), _PAGE // 10):
