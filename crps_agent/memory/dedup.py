@@ -121,7 +121,6 @@ class BatchIndex:
 
         self._vectors = np.asarray(embeddings, dtype=np.float32)
         self._keys = [(ins.namespace, ins.domain) for ins in insights]
-        self._texts = [ins.text for ins in insights]
         sizes = Counter(self._keys)
         dim = self._vectors.shape[1] if len(self._vectors) else 0
         self._rows = {key: np.empty((n, dim), dtype=np.float32) for key, n in sizes.items()}
