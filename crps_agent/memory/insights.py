@@ -377,10 +377,10 @@ class InsightStore:
             found = self.get_many(ids)
             if not found:
                 return []
-            new = self.events.add(Event(_credit_id(event_id, i), "credit", i, win=correct)
-                                  for i in found)
-            for ins in found.values():  # what the events just added (a replay adds nothing)
-                if _credit_id(event_id, ins.id) in new or event_id is None:
+            events = [Event(_credit_id(event_id, i), "credit", i, win=correct) for i in found]
+            new = self.events.add(events)
+            for ins, ev in zip(found.values(), events, strict=True):
+                if ev.id in new:  # what the events just added (a replay adds nothing)
                     ins.uses += 1
                     ins.wins += int(correct)
                     ins.losses += int(not correct)
