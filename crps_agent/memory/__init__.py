@@ -1,8 +1,8 @@
 """Memory: insights and the trajectory log in ChromaDB (see DESIGN.md §4, §6).
 
 The names below are loaded on first access, so `import crps_agent.memory` stays cheap:
-chromadb is imported only when a store is opened, sentence-transformers only on the first
-MiniLM embedding.
+chromadb is imported only when a store is opened, MiniLM's weights are read only on its
+first embedding.
 """
 
 from __future__ import annotations

@@ -4,16 +4,22 @@ crps_agent/admission_policy.py.
 
 `settle` makes admitted candidates active and retires rejected ones with the
 flag "admission:rejected" (kept: a later rediscovery makes it a candidate again);
-`absorb` merges a redundant candidate into an active note as support.
+`absorb` merges a redundant candidate into an active note as support. Neither writes
+counters back: the support is an event and the other fields are saved with the counters
+left as stored, so a merge or credit another writer adds meanwhile is kept.
 """
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 from crps_agent.errors import NotFoundError
 from crps_agent.memory.chroma import write_lock
 from crps_agent.memory.credit import ADMISSION_REJECTED
+from crps_agent.memory.dedup import union
+from crps_agent.memory.events import Event, event_id
+from crps_agent.memory.records import ts
 
 MERGED = "merged:"  # on a candidate merged into an active note as support
 ABSORBED = "absorbed:"  # on the note, one per candidate it absorbed
@@ -21,6 +27,11 @@ ABSORBED = "absorbed:"  # on the note, one per candidate it absorbed
 if TYPE_CHECKING:
     from crps_agent.memory.insights import InsightStore
     from crps_agent.types import Insight
+
+
+def _save(store: InsightStore, insight: Insight) -> None:
+    insight.updated_at = ts(time.time())
+    store.persist([insight])
 
 
 def settle(store: InsightStore, decisions: dict[str, bool]) -> list[Insight]:
@@ -40,7 +51,7 @@ def settle(store: InsightStore, decisions: dict[str, bool]) -> list[Insight]:
                 ins.flags = [f for f in ins.flags if not f.startswith(MERGED)]
             if not admitted and ADMISSION_REJECTED not in ins.flags:
                 ins.flags = [*ins.flags, ADMISSION_REJECTED]
-            store.update(ins)
+            _save(store, ins)
             settled.append(ins)
     return settled
 
@@ -60,14 +71,15 @@ def absorb(store: InsightStore, candidate_id: str, into: str) -> Insight | None:
             return None
         mark = f"{ABSORBED}{cand.id}"
         if mark not in note.flags:
+            store.events.add([Event(event_id("absorb", cand.id, note.id), "support", note.id)])
             note.support += 1
-            note.evidence = list(dict.fromkeys([*note.evidence, *cand.evidence]))
+            note.evidence = union(note.evidence, cand.evidence)
             note.flags = [*note.flags, mark]
-            store.update(note)
+            _save(store, note)
         merged = f"{MERGED}{note.id}"
         if merged not in cand.flags:
             cand.flags = [*cand.flags, merged]
-            store.update(cand)
+            _save(store, cand)
         return note
 
 

@@ -2,31 +2,20 @@
 
 `chromadb` is imported inside the functions, never at module import. Collections are
 created with `embedding_function=None`: we always pass embeddings ourselves (otherwise
-Chroma attaches its default ONNX embedder, which tries to download a model). Each
-collection records the embedder that filled it (`embedder`, `dim` in its metadata);
-opening it with another one is an `EmbedderMismatchError`.
+Chroma attaches its default ONNX embedder, which tries to download a model).
 
 One owner per embedded store: Chroma's local mode keeps every HNSW index in the memory of
 the process that loaded it and never notices another process's writes (two writers corrupt
-a store), so a process that opens a directory to write takes `<store>/.owner.lock`
-(`filelock`; released when its last client is closed, `close_client` / `Memory.close`, or
-when the process ends, even by SIGKILL) and a second writer gets a
-`StoreBusyError` naming the ways to share a store: a Chroma server or the memory service.
-Read-only opens (`read_only=True`) take no lock and write nothing; a read-only directory
-is read from a private copy. Within the owner process `write_lock(client)` groups the
-operations of one read-modify-write against other threads.
+a store), so a writer takes `<store>/.owner.lock` (`filelock`: the OS releases it even on
+SIGKILL) and a second writer gets a `StoreBusyError`. Read-only opens take no lock.
 
-Generations: `crps-agent insights reindex` re-embeds the embedded collections into new
-ones named `<name>.g<N>` and then switches one pointer record (id `collections` in the
-`crps_meta` collection) to them; `open_collection(client, "insights", ...)` follows that
-pointer, so the switch is atomic for every process that opens the store afterwards. A
-store that was never reindexed has no pointer and uses the plain names. Only "not found"
+Generations: `reindex` writes new collections `<name>.g<N>` and then switches one pointer
+record (id `collections` in `crps_meta`), so the switch is one write. Only "not found"
 means absent: any other failure to read the pointer is an error, never generation 0.
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import re
 import shutil
@@ -45,24 +34,6 @@ from crps_agent.errors import (
     StoreBusyError,
     StoreError,
 )
-
-__all__ = [
-    "EMBEDDED_COLLECTIONS",
-    "META_COLLECTION",
-    "OWNER_LOCK",
-    "Owner",
-    "Pointers",
-    "close_client",
-    "is_server_url",
-    "local_store_path",
-    "open_client",
-    "open_collection",
-    "open_meta_collection",
-    "read_pointers",
-    "where_clause",
-    "write_lock",
-    "write_pointers",
-]
 
 if TYPE_CHECKING:
     from chromadb.api import ClientAPI
@@ -83,7 +54,7 @@ _UUID_DIR = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-
 _OWNED: dict[Path, Owner] = {}  # store directory -> this process's ownership of it
 _OWNED_LOCK = threading.Lock()
 _LOCKS: dict[int, threading.RLock] = {}  # id(client) -> its in-process write lock
-_COPIES: list[Path] = []  # private copies of read-only stores, removed at exit
+_COPIES: list[tempfile.TemporaryDirectory[str]] = []  # read-only stores' copies: kept to exit
 
 
 def is_server_url(store: str) -> bool:
@@ -132,24 +103,33 @@ class Owner:
     guard: threading.Lock = field(default_factory=threading.Lock)
 
 
+def _try_lock(path: Path) -> Any | None:
+    """The store's owner lock, now held, or None when another process holds it."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(path / OWNER_LOCK), thread_local=False)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return None
+    return lock
+
+
 def take_ownership(path: Path) -> Owner:
     """Hold the owner lock of an embedded store until every client that took it is closed
     (`release_ownership`), or the process ends. Re-entrant: the clients of this process
     share it. Raises `StoreBusyError` when another process holds it."""
-    from filelock import FileLock, Timeout
-
     key = path.resolve()
     with _OWNED_LOCK:
         owner = _OWNED.get(key)
         if owner is None:
-            lock = FileLock(str(key / OWNER_LOCK), thread_local=False)
             try:
-                lock.acquire(timeout=0)
-            except Timeout:
-                raise _busy(path) from None
+                lock = _try_lock(key)
             except OSError as exc:
                 raise StoreError(f"cannot take the owner lock of the store {str(path)!r}: "
                                  f"{exc.strerror or exc}") from None
+            if lock is None:
+                raise _busy(path)
             owner = _OWNED[key] = Owner(lock)
         owner.users += 1
         return owner
@@ -223,19 +203,15 @@ def _writable(path: Path) -> bool:
 
 def _written_elsewhere(path: Path) -> bool:
     """Whether another process holds the store's owner lock now."""
-    from filelock import FileLock, Timeout
-
     if path.resolve() in _OWNED or not (path / OWNER_LOCK).exists():
         return False
-    lock = FileLock(str(path / OWNER_LOCK), thread_local=False)
     try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        return True
+        lock = _try_lock(path)
     except OSError:  # a read-only directory: nobody can be writing it
         return False
-    lock.release()
-    return False
+    if lock is not None:
+        lock.release()
+    return lock is None
 
 
 def _private_copy(path: Path) -> Path:
@@ -245,7 +221,9 @@ def _private_copy(path: Path) -> Path:
     backup API, so it is consistent. Removed when this process ends."""
     import sqlite3
 
-    copy = Path(tempfile.mkdtemp(prefix="crps-store-ro-"))
+    _COPIES.append(tempfile.TemporaryDirectory(prefix="crps-store-ro-",
+                                               ignore_cleanup_errors=True))
+    copy = Path(_COPIES[-1].name)
     shutil.copytree(path, copy, dirs_exist_ok=True, ignore=shutil.ignore_patterns(
         OWNER_LOCK, ".write.lock", "exports", DATABASE, DATABASE + "-*"))
     # immutable: a read-only directory has no writer, and SQLite could not make its -shm
@@ -258,15 +236,7 @@ def _private_copy(path: Path) -> Path:
         source.close()
     for p in [copy, *copy.rglob("*")]:
         p.chmod(p.stat().st_mode | 0o200)
-    if not _COPIES:
-        atexit.register(_remove_copies)
-    _COPIES.append(copy)
     return copy
-
-
-def _remove_copies() -> None:
-    for copy in _COPIES:
-        shutil.rmtree(copy, ignore_errors=True)
 
 
 def open_client(store: str, *, read_only: bool = False) -> ClientAPI:
@@ -356,6 +326,39 @@ def is_not_found(exc: BaseException) -> bool:
     return "does not exist" in text or ("not found" in text and "collection" in text)
 
 
+def existing(client: ClientAPI, name: str, what: str | None = None) -> Collection | None:
+    """The collection `name`, None only if it does not exist: any other failure is a
+    `StoreError` ("cannot read {what}"), since an empty stand-in would hide the data."""
+    try:
+        return client.get_collection(name, embedding_function=None)
+    except Exception as exc:
+        if is_not_found(exc):
+            return None
+        raise StoreError(f"cannot read {what or f'collection {name!r}'}: {exc}") from None
+
+
+def rows(res: Any) -> list[tuple[str, Any, dict[str, Any]]]:
+    """(id, document, metadata) of a `get` result: None for a document and {} for the
+    metadata Chroma left out."""
+    n = len(res["ids"])
+    return list(zip(res["ids"], res.get("documents") or [None] * n,
+                    [dict(m or {}) for m in res.get("metadatas") or [None] * n], strict=True))
+
+
+def pages(collection: Collection, include: list[str], *, where: Any = None,
+          size: int = 2000) -> Iterator[list[tuple[str, Any, dict[str, Any]]]]:
+    """The records of `collection` (matching `where`) as `rows`, `size` at a time: one
+    `get` of a large collection holds every record twice in memory."""
+    offset = 0
+    while True:
+        page = rows(collection.get(where=where, include=include,  # type: ignore[arg-type]
+                                   limit=size, offset=offset))
+        yield page
+        if len(page) < size:
+            return
+        offset += size
+
+
 def _mismatch(name: str, stored: str, stored_dim: Any, embedder: Embedder) -> EmbedderMismatchError:
     return EmbedderMismatchError(
         f"collection {name!r} was built with embedder {stored!r} (dim {stored_dim}) but was "
@@ -397,16 +400,14 @@ def read_pointers(client: ClientAPI) -> Pointers:
     """The store's collection pointers (generation 0, plain names, if never reindexed).
     Only a missing `crps_meta` collection or pointer record means "never reindexed"; any
     other failure is a `StoreError` (an empty generation would hide the store's data)."""
-    try:
-        meta_collection = client.get_collection(META_COLLECTION, embedding_function=None)
-    except Exception as exc:
-        if is_not_found(exc):
-            return Pointers()
-        raise StoreError(f"cannot read the collection pointers of the store: {exc}") from None
+    what = "the collection pointers of the store"
+    meta_collection = existing(client, META_COLLECTION, what)
+    if meta_collection is None:
+        return Pointers()
     try:
         res = meta_collection.get(ids=[_POINTER_ID], include=["metadatas"])
     except Exception as exc:
-        raise StoreError(f"cannot read the collection pointers of the store: {exc}") from None
+        raise StoreError(f"cannot read {what}: {exc}") from None
     if not res["ids"]:
         return Pointers()
     meta: dict[str, Any] = dict((res["metadatas"] or [{}])[0] or {})
@@ -437,18 +438,17 @@ def open_collection(client: ClientAPI, name: str, embedder: Embedder, *,
                             "metadata": {"embedder": embedder.name, "dim": embedder.dim},
                             "embedding_function": None}
     try:
-        if read_only:
-            try:
-                collection = client.get_collection(physical, embedding_function=None)
-            except Exception as exc:
-                if not is_not_found(exc):
-                    raise
-                import chromadb
-
-                return chromadb.EphemeralClient(settings=_settings()
-                                                ).get_or_create_collection(physical, **spec)
-        else:
+        if not read_only:
             collection = client.get_or_create_collection(physical, **spec)
+        elif (found := existing(client, physical)) is not None:
+            collection = found
+        else:
+            import chromadb
+
+            return chromadb.EphemeralClient(settings=_settings()
+                                            ).get_or_create_collection(physical, **spec)
+    except StoreError:
+        raise
     except Exception as exc:
         raise StoreError(f"cannot open collection {name!r}: {exc}") from None
 
@@ -474,14 +474,8 @@ def open_collection(client: ClientAPI, name: str, embedder: Embedder, *,
 
 def built_with(client: ClientAPI, name: str = "insights") -> str | None:
     """The embedder the store's collection `name` was built with, None if it has none."""
-    try:
-        collection = client.get_collection(read_pointers(client).physical(name),
-                                           embedding_function=None)
-    except Exception as exc:
-        if is_not_found(exc):
-            return None
-        raise StoreError(f"cannot open collection {name!r}: {exc}") from None
-    stored = (collection.metadata or {}).get("embedder")
+    collection = existing(client, read_pointers(client).physical(name))
+    stored = None if collection is None else (collection.metadata or {}).get("embedder")
     return None if stored is None else str(stored)
 
 

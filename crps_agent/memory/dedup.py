@@ -25,7 +25,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, NamedTuple
 
 from crps_agent.errors import ParseError
 from crps_agent.types import INSIGHT_KINDS, Insight
@@ -99,6 +99,17 @@ def flag_contradiction(a: Insight, b: Insight) -> None:
             one.flags = [*one.flags, CONTRADICTION]
 
 
+class Candidate(NamedTuple):
+    """A stored insight or one placed earlier in a batch that an added insight is compared
+    with: what it merges into, its text, whether the normalised texts are the same, and
+    the cosine similarity."""
+
+    target: str
+    text: str
+    same: bool
+    similarity: float
+
+
 class BatchIndex:
     """The insights already placed in a batch, per (namespace, domain), so that later ones
     can merge into earlier ones. Rows are appended to one preallocated matrix per group:
@@ -110,83 +121,38 @@ class BatchIndex:
 
         self._vectors = np.asarray(embeddings, dtype=np.float32)
         self._keys = [(ins.namespace, ins.domain) for ins in insights]
-        self._texts = [ins.text for ins in insights]
         sizes = Counter(self._keys)
         dim = self._vectors.shape[1] if len(self._vectors) else 0
         self._rows = {key: np.empty((n, dim), dtype=np.float32) for key, n in sizes.items()}
-        self._targets: dict[tuple[str, str], list[tuple[str, str]]] = {k: [] for k in sizes}
-        self._norms: dict[tuple[tuple[str, str], str], int] = {}  # -> row in its group
+        # per group, by row: (target id, target text, the placed insight's normalised text)
+        self._targets: dict[tuple[str, str], list[tuple[str, str, str]]] = {
+            k: [] for k in sizes}
 
-    def _sims(self, index: int) -> Any:
-        key = self._keys[index]
-        return self._rows[key][: len(self._targets[key])] @ self._vectors[index]
-
-    def nearest(self, index: int, norm: str, threshold: float) -> tuple[str, float] | None:
-        """(target id, similarity) of the most similar earlier insight of the same group
-        that reaches `threshold` and does not contradict it, else of an earlier one with the
-        same normalised text."""
+    def earlier(self, index: int, norm: str, low: float) -> builtins.list[Candidate]:
+        """The insights placed before the `index`-th in its group with cosine >= `low` or
+        the normalised text `norm`, in the order they were placed."""
         key = self._keys[index]
         targets = self._targets[key]
-        if not targets:
-            return None
-        sims = self._sims(index)
-        same = self._norms.get((key, norm))
-        if same is not None:
-            return targets[same][0], float(sims[same])
-        for row in sims.argsort()[::-1]:
-            sim = float(sims[row])
-            if sim < threshold:
-                break
-            if not likely_contradiction(self._texts[index], targets[row][1]):
-                return targets[row][0], sim
-        return None
-
-    def conflicts(self, index: int, low: float) -> builtins.list[str]:
-        """Ids of earlier insights of the group with cosine >= `low` and opposite cues."""
-        key = self._keys[index]
-        targets = self._targets[key]
-        if not targets:
-            return []
-        sims = self._sims(index)
-        return [targets[row][0] for row in range(len(targets))
-                if float(sims[row]) >= low
-                and likely_contradiction(self._texts[index], targets[row][1])]
+        sims = (self._rows[key][: len(targets)] @ self._vectors[index]).tolist()
+        return [Candidate(target, text, same == norm, sim)
+                for (target, text, same), sim in zip(targets, sims, strict=True)
+                if sim >= low or same == norm]
 
     def place(self, index: int, norm: str, target: str, text: str) -> None:
         key = self._keys[index]
-        row = len(self._targets[key])
-        self._rows[key][row] = self._vectors[index]
-        self._targets[key].append((target, text))
-        self._norms.setdefault((key, norm), row)
+        self._rows[key][len(self._targets[key])] = self._vectors[index]
+        self._targets[key].append((target, text, norm))
 
 
-def merge_target(ins: Insight, index: int, norm: str, threshold: float,
-                 stored: dict[str, Insight], pending: dict[str, Insight],
-                 exact: dict[str, Insight], near: Sequence[tuple[Insight, float]],
-                 batch: BatchIndex) -> str | None:
-    """The id an added insight (the batch's `index`-th) merges into, or None to insert it:
-    the same id (pending in the batch or stored), else the same normalised text (`exact`:
-    stored by text_hash; then earlier in the batch), else the most similar one at or above
-    `threshold` that does not likely contradict it (stored `near`, most similar first, or
-    earlier in the batch). A stored target is put in `stored`."""
-    if ins.id in pending or ins.id in stored:  # same namespace, domain and text
-        return ins.id
-    same = exact.get(text_hash(ins.namespace, ins.domain, ins.text))
-    if same is not None:
-        stored.setdefault(same.id, same)
-        return same.id
+def merge_target(text: str, candidates: Sequence[Candidate], threshold: float) -> str | None:
+    """The candidate an insight with `text` merges into (None: none): the most similar one
+    with the same normalised text or at least `threshold` similar without likely
+    contradicting it (on a tie, the one listed first)."""
     threshold -= 1e-6  # float noise on exact duplicates
-    earlier = batch.nearest(index, norm, threshold)
-    target, best = None, float("-inf")
-    for other, sim in near:
-        if normalise_text(other.text) == norm or (
-                sim >= threshold and not likely_contradiction(ins.text, other.text)):
-            target, best = other.id, sim
-            stored.setdefault(other.id, other)
-            break
-    if earlier is not None and earlier[1] > best:
-        target = earlier[0]
-    return target
+    for c in sorted(candidates, key=lambda c: -c.similarity):
+        if c.same or (c.similarity >= threshold and not likely_contradiction(text, c.text)):
+            return c.target
+    return None
 
 
 def flag_pairs(pairs: Sequence[tuple[str, str]], pending: dict[str, Insight],
@@ -208,7 +174,8 @@ def flag_pairs(pairs: Sequence[tuple[str, str]], pending: dict[str, Insight],
 # ------------------------------------------------------------------------------ merging
 
 
-def _union(*lists: Sequence[str]) -> builtins.list[str]:
+def union(*lists: Sequence[str]) -> builtins.list[str]:
+    """The items of `lists` in order, each once."""
     return list(dict.fromkeys(item for items in lists for item in items))
 
 
@@ -223,15 +190,15 @@ def combine(insights: Sequence[Insight], *, text: str | None = None,
     ids = {i.id for i in insights}
     statuses = {i.status for i in insights}
     status = next((s for s in ("active", "candidate", "retired") if s in statuses), rep.status)
-    contradicts = [c for c in _union(*(i.contradicts for i in insights)) if c not in ids]
-    flags = _union(*(i.flags for i in insights))
+    contradicts = [c for c in union(*(i.contradicts for i in insights)) if c not in ids]
+    flags = union(*(i.flags for i in insights))
     if not contradicts and CONTRADICTION in flags:
         flags.remove(CONTRADICTION)
     return Insight(
         text=(text or rep.text).strip(), kind=kind if kind in INSIGHT_KINDS else rep.kind,
         domain=rep.domain, namespace=rep.namespace,
-        tags=_union(*(i.tags for i in insights)),
-        evidence=_union(rep.evidence, *(i.evidence for i in insights)),
+        tags=union(*(i.tags for i in insights)),
+        evidence=union(rep.evidence, *(i.evidence for i in insights)),
         support=sum(i.support for i in insights), uses=sum(i.uses for i in insights),
         wins=sum(i.wins for i in insights), losses=sum(i.losses for i in insights),
         status=status, created_at=min(i.created_at for i in insights),

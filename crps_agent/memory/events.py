@@ -1,36 +1,27 @@
 """Counters as append-only events, folded on read and compacted into snapshots.
 
 Why events: a counter that is read, incremented and written back loses increments when two
-processes do it at once (measured before: two processes crediting one insight 50 times each
-left `uses` at 71), and a lock that spans processes stalls everyone when its holder dies.
-So nothing is ever read-modified-written: each counted thing is one record of the
-`crps_credit` collection, added under a deterministic event id when the caller has one (a
-replayed task writes the same id, and Chroma ignores an `add` of an id it has, so a replay
-counts once). A Chroma server applies each `add` atomically, so any number of processes can
-count into the same insights; a writer killed mid-way loses only what it was not told was
-stored.
+processes do it at once (two processes crediting one insight 50 times each left `uses` at
+71), and a lock that spans processes stalls everyone when its holder dies. So each counted
+thing is one record of `crps_credit`, added under a deterministic id when the caller has
+one: Chroma ignores an `add` of an id it has, so a replay counts once, and a server applies
+each `add` atomically, so any number of processes can count into the same insights.
 
-Kinds of event and what they fold into (their *group*, per insight or per namespace):
-- `credit` (a verdict: uses + 1, wins or losses + 1) and `support` (a merge): the insight's
-  counters, added to its record's base counters (insights.py);
-- `baseline`: the verdicts of ablated tasks of a (namespace, domain) (credit.py);
-- any other kind, e.g. the counterfactual with/without outcomes of note dropout
-  ("cf-credit") and admission's evidence ("admission-evidence"): that kind's own
-  with_wins / with_n / without_wins / without_n of the insight (credit_policy.py).
+What a kind folds into (its *group*): `credit` (uses, wins or losses + 1) and `support`
+into the insight's counters, on top of its record's base counters; `baseline` into the
+verdicts of a (namespace, domain); any other kind (`cf-credit`, `admission-evidence`) into
+that kind's with/without outcomes of the insight (credit_policy.py).
 
-Compaction (`compact`): the events of a group are folded into one snapshot record per
-target (`snap:<group>` kind) that also lists every event id it covers (its document), and
-only then are those events deleted. The fold on read is snapshot + the events it does not
-cover, so a crash between the two steps, or in the middle of the deletes, neither loses nor
-double-counts; and a replay of an event that was compacted away is covered, so it still
-counts once. One compaction at a time per store (an embedded store's owner; on a server,
-run it from one place): two at once could each overwrite the other's snapshot.
+Compaction writes one snapshot per target (kind `snap:<group>`) listing every event id it
+covers, and only then deletes those events. The fold is snapshot + the events it does not
+cover, so a crash between the two steps neither loses nor double-counts, and a replayed
+event that was compacted away still counts once. One compaction at a time per store: two
+could overwrite each other's snapshot.
 
-An embedded store has one writer (chroma.py), so there the log is read once and folded in
-memory (`local`); on a server every read folds the records of the targets it reads (the
-baselines, which only steer retire/promote decisions, are re-read every few seconds).
-Stores made before events kept some of these counters as records in `crps_meta`: a writer
-turns them into events once, a read-only open folds them in as they are (legacy.py).
+An embedded store has one writer, so there the log is read once and folded in memory
+(`local`); on a server every read folds the records of its targets (baselines, which only
+steer retire/promote, are cached a few seconds). Counter records of stores made before
+events are turned into events by their first writer (legacy.py).
 """
 
 from __future__ import annotations
@@ -43,7 +34,7 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from crps_agent.errors import StoreError
-from crps_agent.memory.chroma import META_VECTOR, is_not_found
+from crps_agent.memory.chroma import META_VECTOR, existing, pages, where_clause
 from crps_agent.types import stable_id
 
 if TYPE_CHECKING:
@@ -110,11 +101,8 @@ class Event:
         return (COUNTER if self.kind in ("credit", "support") else self.kind, self.insight, "")
 
     def meta(self) -> dict[str, Any]:
-        where = ({"namespace": self.namespace, "domain": self.domain}
-                 if self.kind == "baseline" else {"insight": self.insight})
-        if self.counts is not None:
-            return {"kind": self.kind, **where, **self.counts.meta()}
-        return {"kind": self.kind, **where, "win": int(self.win)}
+        counts = {"win": int(self.win)} if self.counts is None else self.counts.meta()
+        return {"kind": self.kind, **_target(self.key), **counts}
 
     def tally(self) -> Tally:
         if self.counts is not None:
@@ -137,9 +125,7 @@ class Snapshot:
         return "snap:" + stable_id(*self.key)
 
     def meta(self) -> dict[str, Any]:
-        group, a, b = self.key
-        where = {"namespace": a, "domain": b} if group == "baseline" else {"insight": a}
-        return {"kind": _SNAP + group, **where, **self.counts.meta()}
+        return {"kind": _SNAP + self.key[0], **_target(self.key), **self.counts.meta()}
 
 
 @dataclass(frozen=True)
@@ -160,17 +146,21 @@ def fresh_id() -> str:
     return "ev:" + uuid.uuid4().hex
 
 
-def _parse(rid: str, meta: Any, doc: Any) -> Event | Snapshot:
-    m: dict[str, Any] = dict(meta or {})
-    kind = str(m.get("kind", ""))
+def _target(key: Key) -> dict[str, str]:
+    """The metadata naming the target of a key: a namespace and domain, or an insight."""
+    group, a, b = key
+    return {"namespace": a, "domain": b} if group == "baseline" else {"insight": a}
+
+
+def _parse(rid: str, meta: dict[str, Any], doc: Any) -> Event | Snapshot:
+    kind = str(meta.get("kind", ""))
+    # a snapshot's kind is its group, which names its target as an event of that kind does
+    event = Event(rid, kind.removeprefix(_SNAP), str(meta.get("insight", "")),
+                  bool(meta.get("win")), str(meta.get("namespace", "")),
+                  str(meta.get("domain", "")), Tally.from_meta(meta))
     if kind.startswith(_SNAP):
-        group = kind[len(_SNAP):]
-        key: Key = ((group, str(m.get("namespace", "")), str(m.get("domain", "")))
-                    if group == "baseline" else (group, str(m.get("insight", "")), ""))
-        covered = frozenset(str(doc or "").split())
-        return Snapshot(key, Tally.from_meta(m) or NOTHING, covered)
-    return Event(rid, kind, str(m.get("insight", "")), bool(m.get("win")),
-                 str(m.get("namespace", "")), str(m.get("domain", "")), Tally.from_meta(m))
+        return Snapshot(event.key, event.counts or NOTHING, frozenset(str(doc or "").split()))
+    return event
 
 
 def _fold(records: Iterable[Event | Snapshot]) -> tuple[dict[Key, Tally], set[str]]:
@@ -212,36 +202,28 @@ class EventLog:
     # ------------------------------------------------------------------ reading records
 
     def _open(self) -> Collection | None:
-        if self._collection is None:
+        if self._collection is None and self.read_only:
+            self._collection = existing(self.client, CREDIT_COLLECTION)
+        elif self._collection is None:
             try:
-                if self.read_only:
-                    self._collection = self.client.get_collection(
-                        CREDIT_COLLECTION, embedding_function=None)
-                else:
-                    self._collection = self.client.get_or_create_collection(
-                        CREDIT_COLLECTION, embedding_function=None,
-                        metadata={"kind": "crps-events"})
+                self._collection = self.client.get_or_create_collection(
+                    CREDIT_COLLECTION, embedding_function=None, metadata={"kind": "crps-events"})
             except Exception as exc:
-                if self.read_only and is_not_found(exc):
-                    return None
                 raise StoreError(f"cannot open collection {CREDIT_COLLECTION!r}: {exc}"
                                  ) from None
         return self._collection
 
     def _records(self, where: Any = None) -> Iterator[Event | Snapshot]:
         collection = self._open()
-        offset = 0
-        while collection is not None:
+        if collection is not None:
             try:
-                res = collection.get(where=where, include=["metadatas", "documents"],
-                                     limit=_PAGE, offset=offset)
+                for page in pages(collection, ["metadatas", "documents"], where=where,
+                                  size=_PAGE):
+                    yield from (_parse(rid, meta, doc) for rid, doc, meta in page)
+            except StoreError:
+                raise
             except Exception as exc:
                 raise StoreError(f"cannot read the counter events: {exc}") from None
-            yield from (_parse(rid, meta, doc) for rid, meta, doc in zip(
-                res["ids"], res["metadatas"] or [], res["documents"] or [], strict=True))
-            if len(res["ids"]) < _PAGE:
-                break
-            offset += _PAGE
         yield from self.extra
 
     def _load(self) -> None:
@@ -249,12 +231,11 @@ class EventLog:
         if self._seen is None:
             self._totals, self._seen = _fold(self._records())
 
-    def _query(self, group: str, cond: Any, keys: Iterable[Key]) -> dict[Key, Tally]:
+    def _query(self, group: str, keys: Iterable[Key], **cond: Any) -> dict[Key, Tally]:
         """The folded totals of `keys` of one group, read from Chroma (server mode);
-        `cond` narrows the records read."""
+        `cond` (`where_clause` conditions) narrows the records read."""
         kinds = [*(["credit", "support"] if group == COUNTER else [group]), _SNAP + group]
-        where: Any = {"kind": {"$in": kinds}}
-        totals, _ = _fold(self._records({"$and": [where, cond]} if cond else where))
+        totals, _ = _fold(self._records(where_clause(kind=kinds, **cond)))
         return {key: totals.get(key, NOTHING) for key in keys}
 
     # ------------------------------------------------------------------ the public API
@@ -303,8 +284,7 @@ class EventLog:
         out: dict[str, Tally] = {}
         for start in range(0, len(wanted), _PAGE):
             chunk = wanted[start:start + _PAGE]
-            got = self._query(group, {"insight": {"$in": chunk}},
-                              [(group, i, "") for i in chunk])
+            got = self._query(group, [(group, i, "") for i in chunk], insight=chunk)
             out.update({k[1]: t for k, t in got.items() if t is not NOTHING})
         return out
 
@@ -334,9 +314,8 @@ class EventLog:
             return {(k[1], k[2]): self._recent[k][1] for k in full}
         if not wanted:
             return {}
-        cond = None if len(wanted) > 8 else {
-            "namespace": {"$in": sorted({k[0] for k in wanted})}}
-        got = self._query("baseline", cond, full)
+        spaces = None if len(wanted) > 8 else sorted({k[0] for k in wanted})
+        got = self._query("baseline", full, namespace=spaces)
         self._recent.update({k: (now, v) for k, v in got.items()})
         return {(k[1], k[2]): v for k, v in got.items()}
 
@@ -366,9 +345,7 @@ class EventLog:
                 snap = snaps.get(key) or Snapshot(key, NOTHING, frozenset())
                 fresh = {ev.id: ev for ev in evs if ev.id not in snap.covered}
                 if fresh:
-                    counts = snap.counts
-                    for ev in fresh.values():
-                        counts = counts + ev.tally()
+                    counts = sum((ev.tally() for ev in fresh.values()), snap.counts)
                     written.append(Snapshot(key, counts, snap.covered | set(fresh)))
                     folded += len(fresh)
             for start in range(0, len(written), _PAGE // 10):

@@ -1,18 +1,14 @@
 """How an InsightStore reads its records: an in-memory mirror, or Chroma itself.
 
-- `LocalIndex` (an embedded store, which has one writer: this process or nobody) reads the
-  whole collection once (documents, metadatas, embeddings) and answers every read from
-  memory: a filtered nearest-neighbour query is an exact scan, one matrix-vector product
-  over the unit-length embeddings (~1 ms at 10k x 384) with the filter applied to integer
-  columns, so a filter that matches most records costs nothing extra (Chroma's filtered
-  HNSW query costs ~0.5 s at 100k in that case, and ~0.1 ms per record it returns with
-  its metadata). The store tells the index about each of its own writes, so the mirror
-  stays exact.
-- `RemoteIndex` (a Chroma server, where other processes write; or a store larger than
-  `record_cache_size`, or a one-shot command) asks Chroma every time.
+- `LocalIndex` (an embedded store: one writer, this process or nobody) reads the whole
+  collection once and answers from memory. A query is an exact scan, one matrix-vector
+  product (~1 ms at 10k x 384) with the filter on integer columns, so a filter that
+  matches most records costs nothing extra (Chroma's filtered HNSW query costs ~0.5 s at
+  100k then, and ~0.1 ms per record it returns). The store reports each of its writes.
+- `RemoteIndex` (a server, where other processes write; or a store above
+  `record_cache_size`) asks Chroma every time.
 
-Records are immutable once cached: metadata is a read-only mapping and the decoded insight
-is never handed out (`clone` copies it).
+Cached records are immutable: read-only metadata, and `clone` hands out the insight.
 """
 
 from __future__ import annotations
@@ -27,7 +23,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from crps_agent.errors import StoreError
-from crps_agent.memory.chroma import where_clause
+from crps_agent.memory.chroma import pages, rows, where_clause
 from crps_agent.memory.records import FILTER_KEYS, LIST_FIELDS, from_record
 
 if TYPE_CHECKING:
@@ -83,8 +79,6 @@ def _record(rid: str, document: str | None, meta: Mapping[str, Any] | None) -> R
 class RemoteIndex:
     """Reads straight from Chroma (see the module doc)."""
 
-    local = False
-
     def __init__(self, collection: Collection) -> None:
         self.collection = collection
 
@@ -93,14 +87,12 @@ class RemoteIndex:
         if not wanted:
             return {}
         res = self.collection.get(ids=wanted, include=["documents", "metadatas"])
-        return {i: _record(i, d, m) for i, d, m in zip(
-            res["ids"], res["documents"] or [], res["metadatas"] or [], strict=True)}
+        return {i: _record(i, d, m) for i, d, m in rows(res)}
 
     def where(self, filters: Filters) -> list[Record]:
         res = self.collection.get(where=where_clause(**filters),
                                   include=["documents", "metadatas"])
-        return [_record(i, d, m) for i, d, m in zip(
-            res["ids"], res["documents"] or [], res["metadatas"] or [], strict=True)]
+        return [_record(i, d, m) for i, d, m in rows(res)]
 
     def embeddings(self, ids: Sequence[str]) -> dict[str, Any]:
         if not ids:
@@ -142,8 +134,6 @@ class RemoteIndex:
 
 class LocalIndex:
     """Every record of one collection in memory (see the module doc), loaded on first use."""
-
-    local = True
 
     def __init__(self, collection: Collection, dim: int,
                  reopen: Callable[[], Collection] | None = None,
@@ -195,15 +185,8 @@ class LocalIndex:
     def _load_once(self) -> None:
         """Documents and metadata (SQLite); the vectors follow when a query needs them."""
         with self._lock:
-            offset = 0
-            while True:
-                res: Any = self.collection.get(include=["documents", "metadatas"],
-                                               limit=_PAGE, offset=offset)
-                self._put(zip(res["ids"], res["documents"] or [], res["metadatas"] or [],
-                              [None] * len(res["ids"]), strict=True))
-                if len(res["ids"]) < _PAGE:
-                    break
-                offset += _PAGE
+            for page in pages(self.collection, ["documents", "metadatas"], size=_PAGE):
+                self._put((rid, doc, meta, None) for rid, doc, meta in page)
             self._loaded = True
 
     def _load_vectors(self) -> None:
@@ -252,14 +235,14 @@ class LocalIndex:
             code = vocab[(type(value), value)] = len(vocab) + 1  # 0: absent
         return code
 
-    def _grow(self, need: int, dim: int) -> None:
+    def _grow(self, need: int) -> None:
         import numpy as np
 
         size = 0 if self._matrix is None else self._matrix.shape[0]
         if need <= size:
             return
         new = max(need, 2 * size, 256)
-        matrix = np.zeros((new, dim), dtype=np.float32)
+        matrix = np.zeros((new, self.dim), dtype=np.float32)
         if self._matrix is not None:
             matrix[:size] = self._matrix
         self._matrix = matrix
@@ -277,7 +260,7 @@ class LocalIndex:
             row = self._rows.get(rid)
             if row is None:
                 row, self._used = self._used, self._used + 1
-            self._grow(row + 1, self.dim)
+            self._grow(row + 1)
             self._rows[rid] = row
             if emb is not None:
                 self._set_vectors([rid], [emb])

@@ -19,13 +19,16 @@ from typing import TYPE_CHECKING, Any
 from crps_agent.memory.credit import ADMISSION_REJECTED
 from crps_agent.memory.dedup import (
     BatchIndex,
+    Candidate,
     flag_pairs,
     likely_contradiction,
     merge_target,
     normalise_text,
     text_hash,
+    union,
 )
 from crps_agent.memory.events import Event, event_id, fresh_id
+from crps_agent.memory.index import clone
 from crps_agent.memory.records import ts
 from crps_agent.types import Insight
 
@@ -53,7 +56,7 @@ class _Plan:
     pending: dict[str, Insight] = field(default_factory=dict)  # id -> insight to write
     new: dict[str, Any] = field(default_factory=dict)  # ids to insert -> embedding
     pairs: builtins.list[tuple[str, str]] = field(default_factory=list)  # contradictions
-    stored: dict[str, Insight] = field(default_factory=dict)
+    stored: dict[str, Insight] = field(default_factory=dict)  # a private copy of each read
     support: builtins.list[Event] = field(default_factory=list)
 
 
@@ -61,39 +64,41 @@ def _plan(store: InsightStore, insights: builtins.list[Insight],
           embeddings: builtins.list[builtins.list[float]]) -> _Plan:
     """What adding `insights` does, from what the store holds now (writes nothing)."""
     plan = _Plan()
-    copies: dict[str, Insight] = {}  # one private copy per stored insight read
 
     def take(ids: Iterable[str]) -> dict[str, Insight]:
         wanted = list(dict.fromkeys(ids))
-        copies.update(store.get_many(i for i in wanted if i not in copies))
-        return {i: copies[i] for i in wanted if i in copies}
+        plan.stored.update(store.get_many(i for i in wanted if i not in plan.stored))
+        return {i: plan.stored[i] for i in wanted if i in plan.stored}
 
-    plan.stored = take(ins.id for ins in insights)
+    take(ins.id for ins in insights)
     exact = _by_hash(store, take, [text_hash(i.namespace, i.domain, i.text)
                                    for i in insights])
     nearest = _nearest_stored(store, take, insights, embeddings)
     low = store.settings.contradiction_min_similarity
+    floor = min(store.settings.dedup_threshold, low)
     batch = BatchIndex(insights, embeddings)
     now = ts(time.time())
     for i, (ins, emb) in enumerate(zip(insights, embeddings, strict=True)):
         norm = normalise_text(ins.text)
-        near = nearest.get(i, [])
-        target = merge_target(ins, i, norm, store.settings.dedup_threshold, plan.stored,
-                              plan.pending, exact, near, batch)
+        near = [Candidate(o.id, o.text, normalise_text(o.text) == norm, sim)
+                for o, sim in nearest.get(i, [])]
+        near += batch.earlier(i, norm, floor)  # stored first: a stored target wins a tie
+        same = exact.get(text_hash(ins.namespace, ins.domain, ins.text))
+        if ins.id in plan.pending or ins.id in plan.stored:  # the same text
+            target: str | None = ins.id
+        elif same is not None:
+            target = same.id
+        else:
+            target = merge_target(ins.text, near, store.settings.dedup_threshold)
         if target is None:
-            new = dataclasses.replace(
-                ins, embedder=store.embedder.name, tags=list(ins.tags),
-                evidence=list(ins.evidence), flags=list(ins.flags),
-                contradicts=list(ins.contradicts), created_at=ts(ins.created_at),
-                updated_at=ts(ins.updated_at))
+            new = clone(ins)
+            new.embedder = store.embedder.name
+            new.created_at, new.updated_at = ts(ins.created_at), ts(ins.updated_at)
             plan.pending[new.id] = new
             plan.new[new.id] = emb
             plan.outcomes.append(AddOutcome(new, merged=False))
-            for other, sim in near:
-                if sim >= low and likely_contradiction(new.text, other.text):
-                    plan.stored.setdefault(other.id, other)
-                    plan.pairs.append((new.id, other.id))
-            plan.pairs += [(new.id, other) for other in batch.conflicts(i, low)]
+            plan.pairs += [(new.id, c.target) for c in near
+                           if c.similarity >= low and likely_contradiction(new.text, c.text)]
             batch.place(i, norm, new.id, new.text)
             continue
         into = plan.pending.get(target) or plan.stored[target]
@@ -103,8 +108,8 @@ def _plan(store: InsightStore, insights: builtins.list[Insight],
             key = (target, ins.id, *sorted(ins.evidence))
             plan.support.append(Event(event_id("support", *key) if ins.evidence
                                       else fresh_id(), "support", target))
-        into.evidence = _union(into.evidence, ins.evidence)
-        into.tags = _union(into.tags, ins.tags)
+        into.evidence = union(into.evidence, ins.evidence)
+        into.tags = union(into.tags, ins.tags)
         into.updated_at = now
         if (into.status == "retired" and ADMISSION_REJECTED in into.flags
                 and ins.status == "candidate"):
@@ -157,13 +162,12 @@ def _by_hash(store: InsightStore, take: Take, hashes: builtins.list[str]
 def _nearest_stored(store: InsightStore, take: Take, insights: builtins.list[Insight],
                     embeddings: builtins.list[builtins.list[float]]
                     ) -> dict[int, builtins.list[tuple[Insight, float]]]:
-    """Up to `NEAR_K` stored insights of the same namespace and domain, most similar
-    first, by batch index."""
+    """Up to `NEAR_K` stored insights of the same namespace and domain that could merge or
+    contradict, most similar first, by batch index."""
     groups: dict[tuple[str, str], builtins.list[int]] = {}
     for i, ins in enumerate(insights):
         groups.setdefault((ins.namespace, ins.domain), []).append(i)
     out: dict[int, builtins.list[tuple[Insight, float]]] = {}
-    # Only neighbours that could merge or contradict matter: skip the rest early.
     floor = min(store.settings.dedup_threshold, store.settings.contradiction_min_similarity)
     for (namespace, domain), idx in groups.items():
         rows = store.index.nearest([embeddings[i] for i in idx], NEAR_K,
@@ -174,7 +178,3 @@ def _nearest_stored(store: InsightStore, take: Take, insights: builtins.list[Ins
             out[i] = [(found[h.record.id], h.similarity) for h in row
                       if h.record.id in found]
     return out
-
-
-def _union(into: builtins.list[str], extra: builtins.list[str]) -> builtins.list[str]:
-    return list(dict.fromkeys([*into, *extra]))

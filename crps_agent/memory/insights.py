@@ -1,17 +1,10 @@
-"""InsightStore: insights in a Chroma collection, with dedup-merge, recall ranking and credit.
+"""InsightStore: insights in a Chroma collection (one record each: records.py).
 
-One record per insight: id = `Insight.id`, document = the text, embedding = the text's
-embedding, metadata = the filter keys plus every other field packed as JSON (records.py).
-The policies live in credit.py (utility, baseline, retire/promote), recall.py (ranking,
-MMR) and dedup.py (exact/embedding dedup, contradictions, LLM merge); adding runs in
-ingest.py.
-
-Reads go through an index (index.py): an exact in-memory mirror for an embedded store (one
-writer: this process), Chroma's own query for a server. Counters are never written back
-after a read: credits, merges and baselines are append-only events (events.py) folded into
-the record's base counters on read, so writers on a server cannot lose each other's
-updates. Within a process, `chroma.write_lock(client)` groups each read-modify-write of the
-other fields against other threads.
+The policies live in credit.py (utility, retire/promote), recall.py (ranking, MMR) and
+dedup.py; adding runs in ingest.py; reads go through index.py. Counters are never written
+back after a read: credits, merges and baselines are events (events.py) folded into the
+record's base counters, so writers on a server cannot lose each other's updates. Within a
+process, `chroma.write_lock(client)` groups each read-modify-write against other threads.
 """
 
 from __future__ import annotations
@@ -61,11 +54,8 @@ _COUNTERS = ("uses", "wins", "losses", "support")
 def _with(insight: Insight, tally: Tally) -> Insight:
     """A private copy of a base insight with its events' counters added."""
     out = clone(insight)
-    if tally is not NOTHING:
-        out.uses += tally.uses
-        out.wins += tally.wins
-        out.losses += tally.losses
-        out.support += tally.support
+    for name in _COUNTERS:
+        setattr(out, name, getattr(out, name) + getattr(tally, name))
     return out
 
 
@@ -239,8 +229,7 @@ class InsightStore:
                  status: str | None) -> Filters:
         ns: Any = None
         if isinstance(namespace, builtins.list):
-            spaces = validate_namespaces(namespace)
-            ns = spaces[0] if len(spaces) == 1 else spaces
+            ns = validate_namespaces(namespace)
         elif namespace is not None:
             ns = validate_namespace(namespace)
         return {"namespace": ns, "domain": domain, "status": status}
@@ -388,10 +377,10 @@ class InsightStore:
             found = self.get_many(ids)
             if not found:
                 return []
-            new = self.events.add(Event(_credit_id(event_id, i), "credit", i, win=correct)
-                                  for i in found)
-            for ins in found.values():  # what the events just added (a replay adds nothing)
-                if _credit_id(event_id, ins.id) in new or event_id is None:
+            events = [Event(_credit_id(event_id, i), "credit", i, win=correct) for i in found]
+            new = self.events.add(events)
+            for ins, ev in zip(found.values(), events, strict=True):
+                if ev.id in new:  # what the events just added (a replay adds nothing)
                     ins.uses += 1
                     ins.wins += int(correct)
                     ins.losses += int(not correct)

@@ -13,11 +13,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from crps_agent.errors import StoreError
-from crps_agent.memory.chroma import META_COLLECTION, is_not_found, write_lock
+from crps_agent.memory.chroma import META_COLLECTION, existing, pages, rows, write_lock
 from crps_agent.memory.events import Event, EventLog, Tally, event_id
 from crps_agent.memory.records import LAYOUT, PACKED_FIELDS, from_record, is_packed, to_meta
 
@@ -30,8 +29,7 @@ _COUNTERS: Any = {"kind": {"$in": ["baseline", "cf-credit", "admission-evidence"
 _log = logging.getLogger(__name__)
 
 
-def upgrade_layout(client: ClientAPI, collection: Collection,
-                   progress: Callable[[int, int], None] | None = None) -> int:
+def upgrade_layout(client: ClientAPI, collection: Collection) -> int:
     """Rewrite the records of an insight collection still in layout 1 in layout 2 (their
     layout-1 keys removed: Chroma drops a key updated to None), then mark the collection.
     Idempotent, under the store's write lock; returns the records rewritten."""
@@ -45,25 +43,17 @@ def upgrade_layout(client: ClientAPI, collection: Collection,
         if total > _BATCH:  # ~1 s per 1000 records: say why the start is slow
             _log.warning("upgrading the record layout of %d insights (once, ~%d s)", total,
                          max(1, total // 1000))
-        done = rewritten = 0
-        while done < total:
-            res: Any = collection.get(limit=_BATCH, offset=done,
-                                      include=["documents", "metadatas"])
-            if not res["ids"]:
-                break
+        rewritten = 0
+        for page in pages(collection, ["documents", "metadatas"], size=_BATCH):
             ids, metas = [], []
-            for rid, doc, old in zip(res["ids"], res["documents"] or [],
-                                     res["metadatas"] or [], strict=True):
+            for rid, doc, old in page:
                 if not is_packed(old):
                     ids.append(rid)
-                    stale = {k: None for k in (old or {}) if k in PACKED_FIELDS}
+                    stale = {k: None for k in old if k in PACKED_FIELDS}
                     metas.append({**stale, **to_meta(from_record(rid, doc, old))})
             if ids:
                 collection.update(ids=ids, metadatas=metas)  # type: ignore[arg-type]
                 rewritten += len(ids)
-            done += len(res["ids"])
-            if progress is not None:
-                progress(done, total)
         meta["layout"] = LAYOUT
         collection.modify(metadata=meta)
         return rewritten
@@ -71,15 +61,14 @@ def upgrade_layout(client: ClientAPI, collection: Collection,
 
 def counter_events(client: ClientAPI) -> list[Event]:
     """The counter records of a store made before events, as events (none if it has none)."""
+    meta = existing(client, META_COLLECTION, "the counters of the store")
+    if meta is None:
+        return []
     try:
-        res: Any = client.get_collection(META_COLLECTION, embedding_function=None).get(
-            where=_COUNTERS, include=["metadatas"])
+        found = rows(meta.get(where=_COUNTERS, include=["metadatas"]))
     except Exception as exc:
-        if is_not_found(exc):
-            return []
         raise StoreError(f"cannot read the counters of the store: {exc}") from None
-    return [_event(rid, dict(m or {}))
-            for rid, m in zip(res["ids"], res["metadatas"] or [], strict=True)]
+    return [_event(rid, m) for rid, _, m in found]
 
 
 def migrate_counters(client: ClientAPI, events: EventLog) -> None:

@@ -19,10 +19,12 @@ from crps_agent.errors import StoreError
 from crps_agent.memory.chroma import (
     EMBEDDED_COLLECTIONS,
     Pointers,
-    is_not_found,
+    existing,
     is_server_client,
     open_collection,
+    pages,
     read_pointers,
+    rows,
     write_lock,
     write_pointers,
 )
@@ -64,55 +66,38 @@ class ReindexReport:
     seconds: float = 0.0
 
 
-def _existing(client: ClientAPI, name: str) -> Collection | None:
-    """The collection `name`, None only if it does not exist (other errors raise)."""
-    try:
-        return client.get_collection(name, embedding_function=None)
-    except Exception as exc:
-        if is_not_found(exc):
-            return None
-        raise StoreError(f"cannot open collection {name!r}: {exc}") from None
-
-
 def _copy(old: Collection, new: Collection, logical: str, embedder: Embedder,
           progress: Progress | None, batch: int, ids: builtins.list[str] | None = None) -> int:
     """Copy `old` (or only `ids` of it) into `new`, re-embedded; returns records copied."""
     total = old.count() if ids is None else len(ids)
+    include: Any = ["documents", "metadatas"]
+    chunks = pages(old, include, size=batch) if ids is None else (
+        rows(old.get(ids=ids[at:at + batch], include=include))
+        for at in range(0, len(ids), batch))
     done = 0
     cache: dict[str, builtins.list[float]] = {}  # many trajectories share one task prompt
-    while done < total:
-        if ids is None:
-            res = old.get(limit=batch, offset=done, include=["documents", "metadatas"])
-        else:
-            res = old.get(ids=ids[done:done + batch], include=["documents", "metadatas"])
-        if not res["ids"]:
+    for chunk in chunks:
+        if not chunk:
             break
-        n = len(res["ids"])
-        docs: builtins.list[Any] = builtins.list(res["documents"] or []) or [None] * n
-        metas: builtins.list[dict[str, Any]] = [
-            dict(m or {}) for m in (res["metadatas"] or [])] or [{} for _ in range(n)]
+        ids_, docs, metas = (builtins.list(col) for col in zip(*chunk, strict=True))
         texts = [_embedding_text(logical, d) for d in docs]
         missing = builtins.list(dict.fromkeys(t for t in texts if t not in cache))
         cache.update(zip(missing, embedder.embed(missing), strict=True))
         if logical == "insights":  # repacked (any layout in, layout 2 out)
-            metas = [to_meta(dataclasses.replace(from_record(i, d, m), embedder=embedder.name))
-                     for i, d, m in zip(res["ids"], docs, metas, strict=True)]
-        new.upsert(ids=res["ids"], embeddings=[cache[t] for t in texts],  # type: ignore[arg-type]
-                   documents=docs, metadatas=metas if all(metas) else None)  # type: ignore[arg-type]
+            metas = [to_meta(dataclasses.replace(from_record(*row), embedder=embedder.name))
+                     for row in chunk]
+        new.upsert(ids=ids_, embeddings=[cache[t] for t in texts],  # type: ignore[arg-type]
+                   documents=docs, metadatas=metas if all(metas) else None)
         if len(cache) > 4 * batch:
             cache.clear()
-        done += len(res["ids"])
+        done += len(chunk)
         if progress is not None:
             progress(logical, done, total)
     return done
 
 
 def _records(collection: Collection) -> dict[str, tuple[Any, dict[str, Any]]]:
-    res = collection.get(include=["documents", "metadatas"])
-    n = len(res["ids"])
-    docs: builtins.list[Any] = builtins.list(res["documents"] or []) or [None] * n
-    metas: builtins.list[Any] = builtins.list(res["metadatas"] or []) or [None] * n
-    return {i: (d, dict(m or {})) for i, d, m in zip(res["ids"], docs, metas, strict=True)}
+    return {i: (d, m) for i, d, m in rows(collection.get(include=["documents", "metadatas"]))}
 
 
 def _catch_up(old: Collection, new: Collection, logical: str, embedder: Embedder,
@@ -138,16 +123,11 @@ def _catch_up(old: Collection, new: Collection, logical: str, embedder: Embedder
 
 def reindex(client: ClientAPI, embedder: Embedder, *, batch: int = _BATCH,
             progress: Progress | None = None) -> ReindexReport:
-    """Re-embed the store's insights, trajectories and contrasts with `embedder` into the
-    next generation of collections and switch to it atomically (see the module doc).
-
-    An embedded store has this process as its only writer. On a Chroma server the copy
-    runs while other agents keep writing; then whatever they added, changed or deleted
-    meanwhile is caught up, the pointer switched and the old collections deleted (a write
-    that lands between the catch-up and the switch is not carried over: reindex a server
-    while its agents are stopped). Agents that hold the old collections open must reopen
-    the store afterwards. Counter events (`crps_credit`) are embedder-independent and
-    stay as they are."""
+    """Re-embed the store's collections with `embedder` and switch to them (module doc).
+    On a Chroma server other agents may write during the copy: what they added, changed
+    or deleted meanwhile is caught up before the switch, but a write between the catch-up
+    and the switch is lost, so reindex a server while its agents are stopped. Agents that
+    hold the old collections open must reopen the store afterwards."""
     started = time.perf_counter()
     embedded = not is_server_client(client)
     with write_lock(client):
@@ -157,10 +137,10 @@ def reindex(client: ClientAPI, embedder: Embedder, *, batch: int = _BATCH,
         report = ReindexReport(embedder.name, embedder.dim, generation)
         pairs: builtins.list[tuple[str, Collection | None, Collection]] = []
         for logical in EMBEDDED_COLLECTIONS:
-            old = _existing(client, current.physical(logical))
+            old = existing(client, current.physical(logical))
             stored = None if old is None else (old.metadata or {}).get("embedder")
             report.previous[logical] = None if stored is None else str(stored)
-            if _existing(client, new_names[logical]) is not None:  # left by a crashed run
+            if existing(client, new_names[logical]) is not None:  # left by a crashed run
                 client.delete_collection(new_names[logical])
             new = open_collection(client, logical, embedder, physical=new_names[logical])
             if logical == "insights":

@@ -17,7 +17,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from crps_agent.errors import NotFoundError
-from crps_agent.memory.chroma import open_collection, where_clause, write_lock
+from crps_agent.memory.chroma import open_collection, rows, where_clause, write_lock
 from crps_agent.namespaces import validate_namespace
 from crps_agent.types import Contrast, SearchResult, Task, Trajectory
 
@@ -31,12 +31,20 @@ TRAJECTORY = "trajectory"
 SEARCH = "search"
 
 
-def _traj_id(search_id: str, index: int) -> str:
-    return f"t:{search_id}:{index:05d}"
-
-
 def _search_id(search_id: str) -> str:
     return f"s:{search_id}"
+
+
+def _namespace(namespace: str | None) -> str | None:
+    return None if namespace is None else validate_namespace(namespace)
+
+
+def _oldest_first(res: Any) -> list[dict[str, Any]]:
+    """The decoded documents of a `get` result, oldest first, in search (or batch) order."""
+    found = sorted(rows(res), key=lambda row: (row[2].get("created_at", 0.0),
+                                               str(row[2].get("search_id", "")),
+                                               row[2].get("index", 0)))
+    return [json.loads(doc or "{}") for _, doc, _ in found]
 
 
 class TrajectoryLog:
@@ -55,7 +63,6 @@ class TrajectoryLog:
         self._embed_prompt = functools.lru_cache(maxsize=_PROMPT_CACHE_SIZE)(
             lambda prompt: self.embedder.embed([prompt])[0])
 
-
     # ------------------------------------------------------------------ searches
 
     def add_search(self, result: SearchResult, namespace: str) -> None:
@@ -65,21 +72,20 @@ class TrajectoryLog:
         namespace = validate_namespace(namespace)
         task = result.task
         embedding = self._embed_prompt(task.prompt)
-        now = time.time()
+        common = {"search_id": result.search_id, "namespace": namespace,
+                  "domain": task.domain, "created_at": time.time()}
         task_dict = task.to_dict()
         ids: list[str] = []
         documents: list[str] = []
         metadatas: list[dict[str, Any]] = []
         for index, traj in enumerate(result.trajectories):
-            ids.append(_traj_id(result.search_id, index))
+            ids.append(f"t:{result.search_id}:{index:05d}")
             documents.append(json.dumps({**traj.to_dict(), "task": task_dict,
                                          "namespace": namespace}))
             metadatas.append({
+                **common,
                 "kind": TRAJECTORY,
                 "task_id": traj.task_id,
-                "search_id": result.search_id,
-                "namespace": namespace,
-                "domain": task.domain,
                 "correct": bool(traj.verdict.correct),
                 "reward": float(traj.verdict.reward),
                 "answer": traj.answer if traj.answer is not None else "",
@@ -87,7 +93,6 @@ class TrajectoryLog:
                 "n_insights": len(traj.insight_ids),
                 "trajectory_id": traj.id,
                 "index": index,
-                "created_at": now,
             })
         record = result.to_dict()
         record.pop("trajectories")
@@ -96,15 +101,12 @@ class TrajectoryLog:
         ids.append(_search_id(result.search_id))
         documents.append(json.dumps(record))
         metadatas.append({
+            **common,
             "kind": SEARCH,
             "task_id": task.id,
-            "search_id": result.search_id,
-            "namespace": namespace,
-            "domain": task.domain,
             "solved": result.solved,
             "n_trajectories": len(result.trajectories),
             "n_correct": result.n_correct,
-            "created_at": now,
         })
         # Re-adding a search with fewer trajectories must not leave stale ones behind.
         with write_lock(self.client):
@@ -119,13 +121,8 @@ class TrajectoryLog:
 
     def _documents(self, where: dict[str, Any] | None) -> list[dict[str, Any]]:
         """Decoded trajectory documents, oldest search first, in search order."""
-        res = self.collection.get(where=where, include=["documents", "metadatas"])
-        rows = sorted(
-            zip(res["documents"] or [], res["metadatas"] or [], strict=True),
-            key=lambda row: (row[1].get("created_at", 0.0), str(row[1].get("search_id", "")),
-                             row[1].get("index", 0)),
-        )
-        return [json.loads(doc or "{}") for doc, _ in rows]
+        return _oldest_first(self.collection.get(where=where,
+                                                 include=["documents", "metadatas"]))
 
     def _trajectories(self, where: dict[str, Any] | None) -> list[Trajectory]:
         return [Trajectory.from_dict(d) for d in self._documents(where)]
@@ -133,19 +130,15 @@ class TrajectoryLog:
     def attempts(self, *, namespace: str | None = None, domain: str | None = None,
                  correct: bool | None = None) -> list[tuple[Task, Trajectory]]:
         """Every logged attempt with its task, oldest search first (for exports)."""
-        if namespace is not None:
-            namespace = validate_namespace(namespace)
-        docs = self._documents(where_clause(kind=TRAJECTORY, namespace=namespace,
+        docs = self._documents(where_clause(kind=TRAJECTORY, namespace=_namespace(namespace),
                                             domain=domain, correct=correct))
         return [(Task.from_dict(d["task"]), Trajectory.from_dict(d)) for d in docs]
 
     def for_task(self, task_id: str, namespace: str | None = None) -> list[Trajectory]:
         """Every logged attempt at a task (in `namespace`, else in any), oldest search
         first, in search order."""
-        if namespace is not None:
-            namespace = validate_namespace(namespace)
         return self._trajectories(where_clause(kind=TRAJECTORY, task_id=task_id,
-                                               namespace=namespace))
+                                               namespace=_namespace(namespace)))
 
     def search_result(self, search_id: str) -> SearchResult:
         """The logged SearchResult with this id, trajectories included."""
@@ -161,10 +154,8 @@ class TrajectoryLog:
 
     def latest_search(self, task_id: str, namespace: str | None = None) -> str | None:
         """The id of the most recently logged search of a task (None: never searched)."""
-        if namespace is not None:
-            namespace = validate_namespace(namespace)
         res = self.collection.get(where=where_clause(kind=SEARCH, task_id=task_id,
-                                                     namespace=namespace),
+                                                     namespace=_namespace(namespace)),
                                   include=["metadatas"])
         rows = [(float(m.get("created_at", 0.0)), str(m.get("search_id", "")))  # type: ignore[arg-type]
                 for m in res["metadatas"] or []]
@@ -196,24 +187,19 @@ class TrajectoryLog:
                                              where=where, include=["documents", "metadatas"])
             docs = (res["documents"] or [[]])[0]
             metas = (res["metadatas"] or [[]])[0]
-            best: dict[str, tuple[tuple[float, int], str]] = {}  # task -> (rank key, doc)
-            order: list[str] = []
+            # task -> (rank key, doc); a dict keeps the tasks in the order first seen
+            best: dict[str, tuple[tuple[float, int], str]] = {}
             for doc, meta in zip(docs, metas, strict=True):
                 task_id = str(meta.get("task_id", ""))
                 key = (-float(meta.get("reward", 0.0)),
                        int(meta.get("tokens", 0)))
-                if task_id not in best:
-                    order.append(task_id)
                 if task_id not in best or key < best[task_id][0]:
                     best[task_id] = (key, doc or "{}")
-            if len(order) >= k or len(docs) < n:
+            if len(best) >= k or len(docs) < n:
                 break
             n *= 4  # many attempts per task: widen until k tasks or everything is seen
-        out = []
-        for task_id in order[:k]:
-            data = json.loads(best[task_id][1])
-            out.append((Task.from_dict(data["task"]), Trajectory.from_dict(data)))
-        return out
+        found = [json.loads(doc) for _, doc in list(best.values())[:k]]
+        return [(Task.from_dict(data["task"]), Trajectory.from_dict(data)) for data in found]
 
     def count(self) -> int:
         """Number of logged trajectories (search records not counted)."""
@@ -255,17 +241,11 @@ class TrajectoryLog:
     def contrasts(self, task_id: str | None = None, namespace: str | None = None
                   ) -> list[Contrast]:
         """Logged contrasts, oldest first, optionally of one task and/or namespace."""
-        if namespace is not None:
-            namespace = validate_namespace(namespace)
         res = self.contrast_collection.get(
-            where=where_clause(task_id=task_id, namespace=namespace),
+            where=where_clause(task_id=task_id, namespace=_namespace(namespace)),
             include=["documents", "metadatas"],
         )
-        rows = sorted(
-            zip(res["documents"] or [], res["metadatas"] or [], strict=True),
-            key=lambda row: (row[1].get("created_at", 0.0), row[1].get("index", 0)),
-        )
-        return [Contrast.from_dict(json.loads(doc or "{}")) for doc, _ in rows]
+        return [Contrast.from_dict(d) for d in _oldest_first(res)]
 
     def count_contrasts(self, namespace: str | None = None) -> int:
         if namespace is None:

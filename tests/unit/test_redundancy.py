@@ -196,3 +196,36 @@ def test_which_rejections_can_be_merged(reason: str, merged: bool) -> None:
     merges, calls = find_merges([decision], [cand], [note], backend, confidence=0.8)
     assert [(m.candidate_id, m.into) for m in merges] == ([("cand", "note")] if merged else [])
     assert calls == int(merged)
+
+
+def test_settle_and_absorb_keep_what_another_writer_counts_meanwhile(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two store objects that read everything from Chroma, as two processes on a server
+    do: while `absorb` and `settle` hold what they read, the other one merges into the
+    same insights. Their writes leave the counters as stored, so nothing is lost (before,
+    they wrote back the support they had read and lost the other writer's)."""
+    from crps_agent.memory import InsightStore, get_embedder
+    from crps_agent.memory.chroma import close_client, open_client
+    from crps_agent.memory.events import Event, fresh_id
+
+    client = open_client(str(tmp_path / "store"))
+    mine, other = (InsightStore(client, get_embedder("hash")) for _ in range(2))
+    note = mine.add(Insight(text=NOTE, domain="math")).insight
+    cand = mine.add(Insight(text=SAME, domain="math", status="candidate",
+                            evidence=["c1"])).insight
+    read = mine.get
+
+    def read_then_other_merges(insight_id: str) -> Insight:
+        got = read(insight_id)
+        other.events.add([Event(fresh_id(), "support", got.id)])
+        return got
+
+    monkeypatch.setattr(mine, "get", read_then_other_merges)
+    assert absorb(mine, cand.id, note.id) is not None
+    assert settle(mine, {cand.id: False})[0].status == "retired"
+    got_note, got_cand = other.get(note.id), other.get(cand.id)
+    assert got_note.support == 1 + 1 + 1  # its own, the other writer's, the candidate's
+    assert got_cand.support == 1 + 2  # the other writer merged while absorb and settle read
+    assert got_note.flags == [f"absorbed:{cand.id}"] and got_note.evidence == ["c1"]
+    assert got_cand.flags == [f"merged:{note.id}", "admission:rejected"]
+    close_client(client, str(tmp_path / "store"))
