@@ -22,6 +22,15 @@ it. CORE retrieves through neighbouring problems; so does `recall_notes`:
   exploration bonus, promotion, token budget; no MMR term).
 
 Without anchors (a store that never ran admission or credit) this is `Memory.recall`.
+
+While learning (`explore`, `memory.explore_slots`), a place that no note anchored near the
+problem holds (a note there by its text alone, or an empty place) goes to a young note:
+the relevant one with the fewest paired samples without it (`memory/recall.py`
+`reserve_exploration`). A young lesson has one anchor, its source task; its text is no
+nearer to a sibling problem than an established note on a related topic (MiniLM: 0.22
+against 0.33 for the unit-mismatch note and the average-speed note on a ribbon problem),
+so without this it is never recalled on the problems it fits and never earns the
+anchors that would recall it there.
 """
 
 from __future__ import annotations
@@ -147,12 +156,15 @@ def near_tasks(memory: Memory, query: str, *, namespaces: Sequence[str], domain:
 
 def recall_notes(memory: Memory, query: str, *, namespace: str, domain: str | None,
                  k: int | None = None, token_budget: int | None = None,
-                 exploration: float | None = None) -> list[RecalledInsight]:
-    """The notes for `query`, relevance counting the notes' anchors (see the module doc)."""
+                 exploration: float | None = None, explore: int = 0
+                 ) -> list[RecalledInsight]:
+    """The notes for `query`, relevance counting the notes' anchors (see the module doc).
+    `explore` (learn only): places of the k given to young notes
+    (`memory/recall.py` `reserve_exploration`)."""
     import dataclasses
 
     from crps_agent.errors import NotFoundError
-    from crps_agent.memory.recall import RecalledInsight, rank, select
+    from crps_agent.memory.recall import RecalledInsight, rank, reserve_exploration, select
 
     s = memory.settings
     k = s.recall_k if k is None else k
@@ -166,7 +178,8 @@ def recall_notes(memory: Memory, query: str, *, namespace: str, domain: str | No
     for tid, sim in near.items():
         for iid in anchored.get(tid, []):
             via[iid] = max(via.get(iid, -1.0), sim)
-    if not via:
+    explore = max(0, min(explore, k - 1))
+    if not via and not explore:
         return memory.recall(query, namespace=namespace, domain=domain, k=k,
                              token_budget=budget, exploration=exploration)
     by_text = {r.insight.id: r for r in memory.insights.search(
@@ -177,8 +190,8 @@ def recall_notes(memory: Memory, query: str, *, namespace: str, domain: str | No
     # neighbour is close. A note's text scores only 0.1-0.35 against a problem (MiniLM), so
     # a note that is merely on a similar topic does not take one of the few places from
     # the lessons learned on problems like this one (each such note distracts a little).
-    floor = max(s.min_similarity, ANCHOR_MIN_SIMILARITY)
-    pairs = []
+    floor = max(s.min_similarity, ANCHOR_MIN_SIMILARITY) if via else s.min_similarity
+    pairs, relevant = [], []
     for iid in dict.fromkeys([*by_text, *via]):
         if iid in by_text:
             ins, sim = by_text[iid].insight, by_text[iid].similarity
@@ -190,10 +203,32 @@ def recall_notes(memory: Memory, query: str, *, namespace: str, domain: str | No
             if ins.status != "active" or (domain is not None and ins.domain != domain):
                 continue
         relevance = max(sim, via.get(iid, -1.0))
+        if relevance >= s.min_similarity:
+            relevant.append((ins, relevance))
         if relevance >= floor:
             pairs.append((ins, relevance))
     params = memory.insights.rank_params
     if exploration is not None:
         params = dataclasses.replace(params, exploration=exploration)
-    chosen = select(rank(pairs, params), None, k=k, token_budget=budget, params=params)
-    return [RecalledInsight(r.insight, r.similarity, r.score) for r in chosen]
+    if via:
+        chosen = select(rank(pairs, params), None, k=k, token_budget=budget, params=params)
+    else:
+        chosen = memory.recall(query, namespace=namespace, domain=domain, k=k,
+                               token_budget=budget, exploration=exploration)
+    if explore and k > 1:
+        # Young notes are tried on any problem their text or anchors make relevant at
+        # all, not only above the neighbours' floor: a new lesson has no anchors yet, and
+        # its text alone rarely clears the floor, so it would never earn one.
+        from crps_agent.credit_policy import explore_evidence
+
+        # Only a place that no lesson of a neighbouring problem holds is tried with a
+        # young note: a note recalled through an anchor is evidence for this problem, a
+        # note recalled by its text alone is a guess (MiniLM ranks a note on a related
+        # topic above the one that fits), so the guess's place is the one to explore.
+        anchored_picks = sum(1 for r in chosen if r.insight.id in via)
+        slots = min(explore, k - max(1, anchored_picks))
+        chosen = reserve_exploration(
+            chosen, rank(relevant, params), k=k, slots=slots,
+            evidence=explore_evidence(memory, [ins.id for ins, _ in relevant]),
+            min_evidence=s.explore_evidence, token_budget=budget)
+    return [RecalledInsight(r.insight, r.similarity, r.score, r.explored) for r in chosen]

@@ -172,6 +172,15 @@ class MemorySettings(BaseModel):
     # Recall ranking.
     exploration: float = Field(0.1, ge=0.0, description="UCB bonus weight for insights with "
                                "few uses")
+    explore_slots: int = Field(1, ge=0, le=8, description="learn only: places of the "
+                               "recall_k that no lesson anchored near the problem holds, "
+                               "given to a young note (fewer than explore_evidence paired "
+                               "samples without it), the relevant one with the least "
+                               "evidence, so a new lesson earns with/without evidence and "
+                               "anchors (at most recall_k - 1; 0: off; evaluation never "
+                               "explores)")
+    explore_evidence: int = Field(20, ge=1, description="paired samples without a note "
+                                  "(credit_policy.py) below which it is young (explore_slots)")
     mmr_lambda: float = Field(0.7, ge=0.0, le=1.0, description="MMR: 1 = relevance only, lower "
                               "= more diverse notes")
     recall_candidates: int = Field(4, ge=1, le=50, description="recall re-ranks k x this many "

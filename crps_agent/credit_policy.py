@@ -20,6 +20,15 @@ it, it is retired (flag "retired:counterfactual") when P(p_with < p_without) >=
 `memory.credit_confidence`, and promoted when P(p_with > p_without) >= the same (a
 restored note is never retired automatically again). The namespace baseline of ablated
 tasks (memory/credit.py) is still kept and reported.
+
+A note given its place to be tried (learn-time exploration, memory/recall.py) runs
+without itself in half of the search's samples, a balanced within-task test. Its
+outcomes are kept apart (kind "cf-explore"): they anchor it on a task where they clearly
+show help and count towards its youth, but never retire or promote it, and it gets no
+raw win or loss; tried on problems the ranking would not give it, it would be judged by
+the distraction it causes there (in the hard simulated world explored notes won 2/16
+with against 10/16 without on such tries, and a helpful note was retired at 1/10 against
+6/10 when these counted).
 """
 
 from __future__ import annotations
@@ -42,6 +51,9 @@ if TYPE_CHECKING:
     from crps_agent.types import Insight, SearchResult, Task
 
 CF_KIND = "cf-credit"
+# The with/without tests of explored notes (memory/recall.py): kept apart from CF_KIND,
+# which judges a note where the ranking recalls it, not where it was tried.
+EXPLORE_KIND = "cf-explore"
 RETIRED_COUNTERFACTUAL = "retired:counterfactual"
 
 
@@ -69,17 +81,36 @@ class NoteCredit:
                 "without": [self.without_wins, self.without_n]}
 
 
-def dropout_plan(note_ids: Sequence[str], n: int, share: float, seed: int) -> list[str | None]:
-    """Per sample, the id of the note it runs without (None: all notes)."""
-    if not note_ids or share <= 0.0:
-        return [None] * n
-    rng = random.Random(derive_seed(seed, "dropout"))
-    return [rng.choice(list(note_ids)) if rng.random() < share else None for _ in range(n)]
+def dropout_plan(note_ids: Sequence[str], n: int, share: float, seed: int,
+                 explored: Sequence[str] = ()) -> list[str | None]:
+    """Per sample, the id of the note it runs without (None: all notes). An `explored`
+    note (given its place to be tried, memory/recall.py) runs without itself in n // 2 of
+    the samples (seeded), so one search is a balanced with/without test of it (2 against
+    2 of 4 can clear `clearly_helps`; a quarter's random dropout leaves it ~0.5 samples
+    without); the other samples drop the other notes at `share`."""
+    explored = [i for i in dict.fromkeys(explored) if i in note_ids]
+    if not explored:
+        if not note_ids or share <= 0.0:
+            return [None] * n
+        rng = random.Random(derive_seed(seed, "dropout"))
+        return [rng.choice(list(note_ids)) if rng.random() < share else None
+                for _ in range(n)]
+    rng = random.Random(derive_seed(seed, "dropout", *explored))
+    order = list(range(n))
+    rng.shuffle(order)
+    others = [i for i in note_ids if i not in explored]
+    plan: list[str | None] = [
+        rng.choice(others) if others and share > 0.0 and rng.random() < share else None
+        for _ in range(n)]
+    for j, idx in enumerate(order[:n // 2]):
+        plan[idx] = explored[j % len(explored)]
+    return plan
 
 
 def search_with_dropout(task: Task, domain: Domain, backend: Backend, *, notes: Sequence[str],
                         note_ids: Sequence[str], settings: SearchSettings, seed: int,
-                        share: float, search_id: str | None = None) -> SearchResult:
+                        share: float, search_id: str | None = None,
+                        explored: Sequence[str] = ()) -> SearchResult:
     """Best-of-n where some samples run without one note (see the module doc): one search
     per group of samples with the same prompt, merged into one result."""
     import uuid
@@ -88,7 +119,7 @@ def search_with_dropout(task: Task, domain: Domain, backend: Backend, *, notes: 
     from crps_agent.types import SearchResult as Result
     from crps_agent.types import SearchStats
 
-    plan = dropout_plan(note_ids, settings.n, share, seed)
+    plan = dropout_plan(note_ids, settings.n, share, seed, explored)
     groups: dict[str | None, int] = {}
     for dropped in plan:
         groups[dropped] = groups.get(dropped, 0) + 1
@@ -112,16 +143,22 @@ def search_with_dropout(task: Task, domain: Domain, backend: Backend, *, notes: 
 
 
 def outcomes(result: SearchResult, note_ids: Sequence[str]) -> dict[str, NoteCredit]:
-    """Per recalled note, this search's samples with and without it."""
-    out = {i: NoteCredit(i) for i in dict.fromkeys(note_ids)}
+    """Per recalled note, this search's samples with every note (its with arm) and those
+    without it alone (its without arm). A sample that lacks another note is in neither
+    arm: the two arms must differ in this note only (an explored note is left out of half
+    the samples, so otherwise the other note's without arm would always hold it and its
+    with arm only half the time, and the explored note's effect would be taken for the
+    other note's)."""
+    ids = list(dict.fromkeys(note_ids))
+    out = {i: NoteCredit(i) for i in ids}
     for traj in result.trajectories:
         correct = int(bool(traj.verdict.correct))
-        present = set(traj.insight_ids)
+        missing = set(ids) - set(traj.insight_ids)
         for nid, credit in out.items():
-            if nid in present:
+            if not missing:
                 credit.with_wins += correct
                 credit.with_n += 1
-            else:
+            elif missing == {nid}:
                 credit.without_wins += correct
                 credit.without_n += 1
     return out
@@ -187,15 +224,32 @@ def judge_counterfactual(insight: Insight, credit: NoteCredit, settings: MemoryS
     return "demote" if insight.promoted else "keep"
 
 
+def explore_evidence(memory: Memory, insight_ids: Sequence[str]) -> dict[str, int]:
+    """Per note, its paired samples without it: where the ranking recalled it and where
+    it was explored."""
+    cf = CreditEvents(memory).get_many(insight_ids)
+    ex = CreditEvents(memory, prefix="ex:", kind=EXPLORE_KIND).get_many(insight_ids)
+    return {i: cf[i].without_n + ex[i].without_n for i in cf}
+
+
 def credit_search(memory: Memory, result: SearchResult, note_ids: Sequence[str],
-                  settings: MemorySettings) -> tuple[list[str], list[str]]:
+                  settings: MemorySettings, explored: Sequence[str] = ()
+                  ) -> tuple[list[str], list[str]]:
     """Record a learn search's per-sample outcomes for its recalled notes and retire or
-    promote them; returns (retired ids, promoted ids)."""
+    promote them; returns (retired ids, promoted ids). An `explored` note's outcomes are
+    kept apart (EXPLORE_KIND) and never retire or promote it: tried on problems the
+    ranking would not give it, it would be judged by its distraction there (a helpful
+    note was retired at 6/13 with against 9/11 without, mostly from such tries); they
+    still anchor it on the task where they clearly show help."""
     from crps_agent.anchors import AnchorStore
     from crps_agent.errors import NotFoundError
 
     # Paired samples only: this search's with and without arms of one note (module doc).
-    events = {i: e for i, e in outcomes(result, note_ids).items() if e.without_n and e.with_n}
+    paired = {i: e for i, e in outcomes(result, note_ids).items() if e.without_n and e.with_n}
+    tried = set(explored)
+    CreditEvents(memory, prefix="ex:", kind=EXPLORE_KIND).add(
+        {i: e for i, e in paired.items() if i in tried}, key=result.search_id)
+    events = {i: e for i, e in paired.items() if i not in tried}
     totals = CreditEvents(memory).add(events, key=result.search_id)
     # Anchor a note on a task where its samples with it clearly beat those without it
     # (crps_agent/anchors.py). Winning with it alone is no evidence: a note recalled
@@ -203,7 +257,7 @@ def credit_search(memory: Memory, result: SearchResult, note_ids: Sequence[str],
     # everywhere because of those anchors; a bare majority of 4 samples is no better
     # (a note that does nothing wins it a third of the time).
     AnchorStore(memory).add(result.task.namespace, {
-        i: [result.task.id] for i, e in events.items()
+        i: [result.task.id] for i, e in paired.items()
         if clearly_helps(e.with_wins, e.with_n, e.without_wins, e.without_n, settings)})
     retired, promoted = [], []
     for iid, credit in totals.items():

@@ -60,10 +60,16 @@ def recall_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, 
             and _verifiable(ctx, task)  # an unverified verdict is no baseline sample
             and should_ablate(mem.ablation_share, str(ctx.settings.seed), thread, task.id)):
         return {"notes": [], "recalled_ids": [], "ablated": True}
+    # Exploration needs best-of-n's balanced with/without test (credit_policy.py).
+    search = ctx.settings.search
+    explore = (mem.explore_slots if state.get("mode", "learn") == "learn"
+               and search.method != "mcts" and search.n >= 2 else 0)
     recalled = recall_notes(ctx.memory, task.prompt, namespace=task.namespace,
-                            domain=task.domain, k=mem.recall_k, token_budget=mem.token_budget)
+                            domain=task.domain, k=mem.recall_k, token_budget=mem.token_budget,
+                            explore=explore)
     return {"notes": [r.insight.text for r in recalled],
-            "recalled_ids": [r.insight.id for r in recalled], "ablated": False}
+            "recalled_ids": [r.insight.id for r in recalled],
+            "explored_ids": [r.insight.id for r in recalled if r.explored], "ablated": False}
 
 
 def search_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
@@ -84,12 +90,14 @@ def search_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, 
                           insight_ids=state.get("recalled_ids", []),
                           mode=state.get("mode", "learn"), search_id=sid)
         elif (state.get("mode", "learn") == "learn" and state.get("recalled_ids")
-              and ctx.settings.learn.dropout > 0):
-            # Note dropout: some samples run without one note (counterfactual credit).
+              and (ctx.settings.learn.dropout > 0 or state.get("explored_ids"))):
+            # Note dropout: some samples run without one note (counterfactual credit); an
+            # explored note is left out of half of them.
             result = search_with_dropout(
                 task, domain, ctx.backend, notes=state.get("notes", []),
                 note_ids=state.get("recalled_ids", []), settings=ctx.settings.search,
-                seed=_seed(state, ctx), share=ctx.settings.learn.dropout, search_id=sid)
+                seed=_seed(state, ctx), share=ctx.settings.learn.dropout, search_id=sid,
+                explored=state.get("explored_ids", []))
         else:
             result = best_of_n(task, domain, ctx.backend, messages=messages,
                                settings=ctx.settings.search, seed=_seed(state, ctx),
@@ -232,8 +240,10 @@ def credit_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, 
     ev = (lambda part: f"{key}:{part}") if key else (lambda part: None)
     # The baseline report: each note gets the verdict of the samples that had it (note
     # dropout leaves some samples without one).
+    # An explored note (memory/recall.py) is credited by its with/without test only.
+    explored = set(state.get("explored_ids", []))
     solved_with: dict[bool, list[str]] = {True: [], False: []}
-    for nid in recalled:
+    for nid in (i for i in recalled if i not in explored):
         had = [t for t in result.trajectories if nid in t.insight_ids]
         if had:
             solved_with[any(t.verdict.correct for t in had)].append(nid)
@@ -246,7 +256,8 @@ def credit_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, 
         ctx.memory.record(solved_with[True], True, event_id=ev("win"))
         ctx.memory.record(solved_with[False], False, event_id=ev("loss"))
         if state.get("mode", "learn") == "learn":  # its events are keyed by the search too
-            credit_search(ctx.memory, result, recalled, ctx.settings.memory)
+            credit_search(ctx.memory, result, recalled, ctx.settings.memory,
+                          explored=list(explored))
     if done and before is not None and now is not None:
         old = before.get("insights", {})
         for insight_id in changed_ids(restrict(before, recalled), restrict(now, recalled)):
@@ -258,13 +269,33 @@ def credit_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, 
                    *ctx.memory.record(solved_with[False], False, event_id=ev("loss"))]
         if state.get("mode", "learn") == "learn":
             cf_retired, cf_promoted = credit_search(ctx.memory, result, recalled,
-                                                    ctx.settings.memory)
+                                                    ctx.settings.memory,
+                                                    explored=list(explored))
             extra = [ctx.memory.insights.get(i) for i in dict.fromkeys(
                 [*cf_retired, *cf_promoted]) if i not in {c.id for c in changed}]
             changed += extra
     retired = [i.id for i in changed if i.status == "retired"]
     promoted = [i.id for i in changed if i.promoted and i.id not in retired]
     return {"retired": retired, "promoted": promoted}
+
+
+def _admission_context(state: AgentState) -> tuple[SearchResult, list[str]]:
+    """The search samples and notes admission tests candidates against. An explored note
+    (memory/recall.py) ran in only half the samples: the candidates are tested without it
+    and against the samples that lacked it, so its help (or harm) on the task is not
+    taken for theirs (it would be in every sample of the with arm and in half of the
+    without arm's)."""
+    result = SearchResult.from_dict(state["result"])
+    notes = list(state.get("notes", []))
+    explored = set(state.get("explored_ids", []))
+    if not explored:
+        return result, notes
+    ids = state.get("recalled_ids", [])
+    notes = [t for t, i in zip(notes, ids, strict=True) if i not in explored]
+    kept = [t for t in result.trajectories if not explored & set(t.insight_ids)]
+    if not kept:  # no sample ran without it: no test to take it out of
+        return result, list(state.get("notes", []))
+    return dataclasses.replace(result, trajectories=kept), notes
 
 
 def admit_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
@@ -284,8 +315,9 @@ def admit_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, A
         return {"admission": [{"insight_id": c.id, "task_id": task.id,
                                "admitted": c.status == "active"} for c in candidates]}
     with phase("admit"):
+        result, notes = _admission_context(state)
         checks = admit_candidates(
-            task, SearchResult.from_dict(state["result"]), notes=state.get("notes", []),
+            task, result, notes=notes,
             candidates=[c for c in candidates if c.status == "candidate"],
             memory=ctx.memory, backend=ctx.backend, domains=ctx.domains,
             settings=ctx.settings, seed=_seed(state, ctx))

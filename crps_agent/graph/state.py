@@ -32,6 +32,7 @@ class AgentState(TypedDict, total=False):
     seed: int  # sampling seed of this attempt (learn: one per draw; else settings.seed)
     notes: list[str]
     recalled_ids: list[str]
+    explored_ids: list[str]  # recalled ids given a place to explore (learn only)
     result: dict[str, Any]
     contrasts: list[dict[str, Any]]
     reflections: int

@@ -15,12 +15,23 @@ skipping a candidate that is near-identical to a chosen note (cosine >= the dedu
 threshold), that is flagged as contradicting a chosen note, or that does not fit in the
 remaining token budget (a shorter one further down may still fit). lambda = 1 is plain
 ranking.
+
+While learning, `reserve_exploration` may give one of the k places to a young note, the
+relevant candidate with the least counterfactual evidence (fewer than
+`memory.explore_evidence` paired samples without it, credit_policy.py): a note that never
+reaches a prompt gets no with/without samples, no anchors and no wins, so its score stays
+below the established notes' wherever those are nearly as relevant (see
+crps_agent/anchors.py). The search runs an explored note in half of its samples (a
+balanced within-task test) and its outcome is credited through that test only, not as a
+raw win or loss: tried on a problem it may not fit, it would otherwise carry that
+problem's failures into its utility. A frozen evaluation never explores.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +48,7 @@ class RecalledInsight:
     insight: Insight
     similarity: float
     score: float
+    explored: bool = False  # given a place by `reserve_exploration`, not by its score
 
 
 @dataclass(frozen=True)
@@ -117,3 +129,52 @@ def select(ranked: Sequence[RecalledInsight], vectors: Sequence[Any] | None, *, 
             row = gram[pick]
             max_sim = [m if m >= g else g for m, g in zip(max_sim, row, strict=True)]
     return chosen
+
+
+def explore_pick(candidates: Sequence[RecalledInsight], chosen: Sequence[RecalledInsight], *,
+                 evidence: Mapping[str, int], min_evidence: int, token_budget: int
+                 ) -> RecalledInsight | None:
+    """The young candidate to try: one with fewer than `min_evidence` samples without it
+    (`evidence`: its paired with/without samples' without count) that is not chosen, not
+    in conflict with a chosen note and fits in `token_budget` tokens; the one with the
+    least evidence first, then the most relevant (similarity), then the best score. None
+    when there is none."""
+    taken = {c.insight.id for c in chosen}
+    young = [r for r in candidates
+             if r.insight.id not in taken and evidence.get(r.insight.id, 0) < min_evidence
+             and not any(_conflict(r.insight, c.insight) for c in chosen)
+             and estimate_tokens(r.insight.text) <= token_budget]
+    if not young:
+        return None
+    return min(young, key=lambda r: (evidence.get(r.insight.id, 0), -r.similarity, -r.score))
+
+
+def reserve_exploration(chosen: Sequence[RecalledInsight],
+                        candidates: Sequence[RecalledInsight], *, k: int, slots: int,
+                        evidence: Mapping[str, int], min_evidence: int, token_budget: int
+                        ) -> list[RecalledInsight]:
+    """`chosen` (the ranked selection, best first) with its last `slots` places (at most
+    k - 1: the best note always stays) given to young candidates (`explore_pick`, marked
+    `explored`); a place no young candidate takes goes back to the next note of `chosen`."""
+    slots = max(0, min(slots, k - 1))
+    if slots == 0 or not candidates:
+        return list(chosen)[:k]
+    keep = list(chosen)[:k - slots]
+
+    def left(notes: Sequence[RecalledInsight]) -> int:
+        return token_budget - sum(estimate_tokens(r.insight.text) for r in notes)
+
+    for _ in range(slots):
+        pick = explore_pick(candidates, keep, evidence=evidence, min_evidence=min_evidence,
+                            token_budget=left(keep))
+        if pick is None:
+            break
+        keep.append(dataclasses.replace(pick, explored=True))
+    for r in list(chosen)[k - slots:]:
+        if len(keep) >= k:
+            break
+        if (r.insight.id not in {c.insight.id for c in keep}
+                and estimate_tokens(r.insight.text) <= left(keep)
+                and not any(_conflict(r.insight, c.insight) for c in keep)):
+            keep.append(r)
+    return keep

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from crps_agent.backends.base import GenerationRequest
@@ -33,6 +34,24 @@ def test_dropout_plan_is_seeded_and_drops_about_the_share() -> None:
     assert dropout_plan(ids, 5, 0.0, seed=1) == [None] * 5
 
 
+def test_an_explored_note_runs_without_itself_in_half_the_samples() -> None:
+    """A note recalled to be tried (memory/recall.py `reserve_exploration`) gets a balanced
+    within-task test: without it in n // 2 samples, with it in the rest, every seed; the
+    other notes keep their random dropout and are never dropped where it is."""
+    for seed in range(50):
+        plan = dropout_plan(["best", "young"], 4, 0.25, seed=seed, explored=["young"])
+        assert plan.count("young") == 2 and plan.count(None) + plan.count("best") == 2
+    plan = dropout_plan(["best", "young"], 4000, 0.25, seed=3, explored=["young"])
+    assert plan.count("young") == 2000 and 0.2 < plan.count("best") / 2000 < 0.3
+    assert plan == dropout_plan(["best", "young"], 4000, 0.25, seed=3, explored=["young"])
+    # an explored id that is not among the notes changes nothing
+    assert dropout_plan(["a", "b"], 8, 0.25, seed=1, explored=["zzz"]) == \
+        dropout_plan(["a", "b"], 8, 0.25, seed=1)
+    # dropout off: only the explored note is left out, of half the samples
+    assert sorted(dropout_plan(["a", "b"], 4, 0.0, seed=2, explored=["b"]), key=str) == \
+        [None, None, "b", "b"]
+
+
 def test_note_credit_estimate_and_uncertainty() -> None:
     est, sd = NoteCredit("x", 9, 10, 1, 10).utility()
     assert est > 0.5 and 0 < sd < 0.2
@@ -41,7 +60,7 @@ def test_note_credit_estimate_and_uncertainty() -> None:
 
 
 def test_dropout_credit_retires_a_harmful_note_and_promotes_a_helpful_one(
-        tmp_path: Path, monkeypatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CRPS_CONFIG", raising=False)
     monkeypatch.setenv("CRPS_MEMORY__EMBEDDER", "hash")
 
@@ -58,8 +77,10 @@ def test_dropout_credit_retires_a_harmful_note_and_promotes_a_helpful_one(
     store = str(tmp_path / "store")
     settings = load_settings(store=store, search={"n": 8}, domain="math",
                              learn={"dropout": 0.5},
+                             # dropout's credit alone (exploration's tests never retire)
                              memory={"min_similarity": -1.0, "ablation_share": 0.0,
-                                     "credit_min_uses": 6, "credit_confidence": 0.9})
+                                     "credit_min_uses": 6, "credit_confidence": 0.9,
+                                     "explore_slots": 0})
     backend = ScriptedBackend().respond(respond)
     agent = Agent(settings, backend=backend)
     agent.memory.remember([Insight(text=t, domain="math") for t in (GOOD, BAD)])
@@ -89,3 +110,101 @@ def test_dropout_credit_retires_a_harmful_note_and_promotes_a_helpful_one(
                         catch_exceptions=False)
     shown = json.loads(res.stdout.splitlines()[0])
     assert shown["utility"] == bad["utility"] and "success_rate" in shown
+
+
+def test_a_learn_task_tries_a_young_note_in_half_its_samples_and_credits_it_only_so(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Exploration through the real graph: with an established note and a young one
+    (no paired evidence), the learn search holds the young note in 2 of its 4 samples
+    (a balanced within-task test even with dropout off), its credit is that test (paired
+    events 2 against 2, kept apart from the counterfactual credit that retires notes)
+    and not the task's verdict (no raw use, win or loss), while the established note is
+    credited as before."""
+    from crps_agent.credit_policy import EXPLORE_KIND, CreditEvents, explore_evidence
+
+    monkeypatch.delenv("CRPS_CONFIG", raising=False)
+    monkeypatch.setenv("CRPS_MEMORY__EMBEDDER", "hash")
+
+    def respond(req: GenerationRequest) -> str | list[str] | None:
+        if req.purpose == "reflect":
+            return "```json\n{\"insights\": []}\n```"
+        return ["\\boxed{7}"] * req.n
+
+    settings = load_settings(store=str(tmp_path / "store"), search={"n": 4}, domain="math",
+                             learn={"dropout": 0.0},
+                             memory={"min_similarity": -1.0, "ablation_share": 0.0,
+                                     "explore_evidence": 6, "recall_k": 2})
+    backend = ScriptedBackend().respond(respond)
+    agent = Agent(settings, backend=backend)
+    good, young = (o.insight for o in agent.memory.remember(
+        [Insight(text=t, domain="math") for t in (GOOD, BAD)]))
+    CreditEvents(agent.memory).add({good.id: NoteCredit(good.id, 6, 12, 2, 6)}, key="old")
+    for k in range(5):  # an established record: the first place is its by score
+        agent.memory.record([good.id], True, event_id=f"old-{k}")
+    task = Task(prompt="A rope of 14 m is cut into 2 pieces; how long is each?",
+                domain="math", reference="7", id="rope")
+    agent.learn([task], run_id="explore")
+    solves = [r for r, _ in backend.calls
+              if r.purpose == "solve" and "admission" not in r.meta]
+    assert sum(r.n for r in solves if BAD in r.text()) == 2
+    assert sum(r.n for r in solves if GOOD in r.text()) == 4
+    paired = CreditEvents(agent.memory).get_many([young.id, good.id])
+    tried = CreditEvents(agent.memory, prefix="ex:", kind=EXPLORE_KIND).get_many([young.id])
+    # its test is kept apart from the credit that retires or promotes it
+    assert (tried[young.id].with_n, tried[young.id].without_n) == (2, 2)
+    assert (paired[young.id].with_n, paired[young.id].without_n) == (0, 0)
+    assert explore_evidence(agent.memory, [young.id, good.id]) == {young.id: 2, good.id: 6}
+    assert paired[good.id].with_n == 12  # no sample without it in this search
+    after = {i.id: i for i in agent.memory.insights.list()}
+    assert after[young.id].uses == 0 and after[good.id].uses == 6
+    agent.close()
+
+
+def test_admission_tests_candidates_without_the_explored_note() -> None:
+    """The explored note ran in half the search's samples: admission's without arm is the
+    samples that lacked it and its with arm's notes leave it out too (else the explored
+    note's help is counted as the candidate's); without exploration nothing changes."""
+    from crps_agent.graph.nodes import _admission_context
+    from crps_agent.graph.state import AgentState
+    from crps_agent.types import SearchResult, Trajectory, Verdict
+
+    task = Task(prompt="p", domain="math", reference="7", id="t")
+
+    def traj(k: int, ids: list[str]) -> Trajectory:
+        return Trajectory(task_id="t", text=f"a{k}", steps=[], answer=None,
+                          verdict=Verdict(1.0, True), insight_ids=ids, search_id="s")
+
+    trajs = [traj(0, ["best", "young"]), traj(1, ["best"]), traj(2, ["best", "young"]),
+             traj(3, ["best"])]
+    result = SearchResult(task=task, trajectories=trajs, best=trajs[0], search_id="s")
+    state: AgentState = {"result": result.to_dict(), "notes": ["BEST", "YOUNG"],
+                         "recalled_ids": ["best", "young"], "explored_ids": ["young"]}
+    got, notes = _admission_context(state)
+    assert notes == ["BEST"] and [t.text for t in got.trajectories] == ["a1", "a3"]
+    state["explored_ids"] = []
+    got, notes = _admission_context(state)
+    assert notes == ["BEST", "YOUNG"] and len(got.trajectories) == 4
+
+
+def test_a_notes_arms_differ_in_that_note_only() -> None:
+    """With two notes, a sample without the other note is in neither arm of this one:
+    otherwise a note's without arm would always hold an explored note that its with arm
+    holds half the time (dropout_plan), and that note's effect would count as its own."""
+    from crps_agent.credit_policy import outcomes
+    from crps_agent.types import SearchResult, Trajectory, Verdict
+
+    task = Task(prompt="p", domain="math", reference="7", id="t")
+
+    def traj(k: int, ok: bool, ids: list[str]) -> Trajectory:
+        return Trajectory(task_id="t", text=f"a{k}", steps=[], answer=None,
+                          verdict=Verdict(float(ok), ok), insight_ids=ids, search_id="s")
+
+    trajs = [traj(0, True, ["best", "young"]), traj(1, False, ["best"]),
+             traj(2, True, ["young"]), traj(3, False, ["best", "young"]),
+             traj(4, False, [])]
+    got = outcomes(SearchResult(task=task, trajectories=trajs, best=None, search_id="s"),
+                   ["best", "young"])
+    assert got["young"].to_dict()["with"] == [1, 2] and got["young"].to_dict()["without"] \
+        == [0, 1]
+    assert got["best"].to_dict()["with"] == [1, 2] and got["best"].to_dict()["without"] \
+        == [1, 1]
