@@ -101,14 +101,19 @@ def test_a_worker_that_leaves_or_dies_does_not_hold_the_others() -> None:
     inner = Recorder()
     co = Coalescer(inner, max_wait=60.0)  # a hang would show as a timeout
     gate = threading.Event()
+    # All three are workers before anyone calls: else a live worker that has not yet
+    # entered would let the other send alone, and the test would race the scheduler.
+    entered = threading.Barrier(3, timeout=10)
 
     def dies() -> None:
         with co.worker():
+            entered.wait()
             gate.wait(5)
             raise RuntimeError("task graph failed")
 
     def waits(i: int) -> list[list[Completion]]:
         with co.worker():
+            entered.wait()
             gate.set()
             return co.generate([GenerationRequest(prompt=f"p{i}")])
 
