@@ -40,7 +40,7 @@ def test_recalled_json_includes_explain_when_present() -> None:
     assert plain["similarity"] == 0.812346 and plain["uses"] == 3 and plain["id"] == ins.id
     for explain in [Parts(0.8, 0.6, 0.1), {"similarity": 0.8, "utility": 0.6,
                                            "exploration": 0.1}, lambda: Parts(0.8, 0.6, 0.1)]:
-        out = ops.recalled_json(WithExplain(ins, 0.8, 0.5, explain))
+        out = ops.recalled_json(WithExplain(ins, 0.8, 0.5, explain=explain))
         assert out["explain"] == {"similarity": 0.8, "utility": 0.6, "exploration": 0.1}
     full = ops.recalled_json(RecalledInsight(ins, 0.8, 0.5), full=True)
     assert Insight.from_dict(full["insight"]) == ins
