@@ -189,8 +189,6 @@ class VLLMBackend:
     one `LLM.generate` call per `generate` batch."""
 
     name = "vllm"
-    capabilities = Capabilities(structured_output=True, logprobs=True, prefix_caching=True,
-                                lora=True)
 
     def __init__(self, model: str, *, seed: int = 0, dtype: str = "auto",
                  max_model_len: int | None = None, enforce_eager: bool = False,
@@ -397,6 +395,11 @@ class VLLMBackend:
                     inputs.loras.append(lora)
                     inputs.owner.append(i)
             return inputs
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(structured_output=True, logprobs=True, prefix_caching=True,
+                            lora=True, continuous_batching=self.continuous_batching)
 
     @property
     def continuous_batching(self) -> bool:

@@ -96,7 +96,8 @@ def test_registered_and_capabilities(tiny_model_dir: Path) -> None:
     assert isinstance(b, Backend) and b.name == "vllm" and b._llm is None  # lazy engine
     assert (b.seed, b.dtype, b.enable_lora) == (3, "auto", False)
     assert b.capabilities == Capabilities(structured_output=True, logprobs=True,
-                                          prefix_caching=True, lora=True)
+                                          prefix_caching=True, lora=True,
+                                          continuous_batching=True)
 
 
 def test_clear_error_without_vllm(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -298,7 +299,8 @@ def test_prefix_cache_counts(backend: VLLMBackend) -> None:
             assert c.cached_tokens < c.prompt_tokens
     stats = backend.stats
     assert stats.sequences == 6 and stats.calls == 1
-    assert stats.cached_prompt_tokens == sum(c.cached_tokens for r in out for c in r)
+    assert stats.cached_prompt_tokens == sum(c.cached_tokens for r in out for c in r
+                                            if isinstance(c, VLLMCompletion))
     assert stats.prompt_tokens == sum(c.prompt_tokens for r in out for c in r)
     assert stats.prefix_cache_share > 0.6
     assert stats.as_dict()["prefix_cache_share"] == stats.prefix_cache_share
