@@ -397,6 +397,12 @@ class VLLMBackend:
             return inputs
 
     @property
+    def stream_stats(self) -> Any:
+        """The engine stream's `StreamStats` (backends/vllm_stream.py), started with it;
+        None before the first continuous call."""
+        return None if self._stream is None else self._stream.stats
+
+    @property
     def capabilities(self) -> Capabilities:
         return Capabilities(structured_output=True, logprobs=True, prefix_caching=True,
                             lora=True, continuous_batching=self.continuous_batching)
