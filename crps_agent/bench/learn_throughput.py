@@ -442,22 +442,26 @@ def run_openai(model: Path, tmp: Path, *, tasks: list[Task], concurrency: int, s
     t0 = time.perf_counter()
     with vllm_server(model, seed=seed, log_file=tmp / "vllm-serve.log") as url:
         startup = time.perf_counter() - t0
-        # Enough connections for every sequence of a merged call at once.
+        # One in-flight cap over the tasks' concurrent calls: enough for every sequence
+        # of the tasks in flight at once.
         backend = OpenAIBackend(url, "tiny", concurrency=max(8, 4 * concurrency * samples),
                                 timeout=300.0)
         _warm_up(backend, tmp / "store-openai-warm-up", model="tiny", seed=seed,
                  samples=samples, max_tokens=max_tokens)
         runs = {}
-        for label, w in (("sequential", 1), ("concurrent", concurrency)):
-            with suppress(Exception):  # vLLM's dev route; without it the cache stays warm
-                import httpx
+        try:
+            for label, w in (("sequential", 1), ("concurrent", concurrency)):
+                with suppress(Exception):  # vLLM's dev route; without it the cache stays warm
+                    import httpx
 
-                httpx.post(url.removesuffix("/v1") + "/reset_prefix_cache", timeout=10.0)
-            settings = _settings(tmp / f"store-openai-{label}", backend="openai",
-                                 model="tiny", seed=seed, samples=samples,
-                                 max_tokens=max_tokens)
-            runs[label] = learn_once(backend, tasks, tmp / f"store-openai-{label}",
-                                     concurrency=w, settings=settings, rss=w > 1)
+                    httpx.post(url.removesuffix("/v1") + "/reset_prefix_cache", timeout=10.0)
+                settings = _settings(tmp / f"store-openai-{label}", backend="openai",
+                                     model="tiny", seed=seed, samples=samples,
+                                     max_tokens=max_tokens)
+                runs[label] = learn_once(backend, tasks, tmp / f"store-openai-{label}",
+                                         concurrency=w, settings=settings, rss=w > 1)
+        finally:
+            backend.close()
     line = _line("openai", len(tasks), concurrency, runs["sequential"], runs["concurrent"])
     line.update({"server": "vllm serve", "server_startup_s": round(startup, 1),
                  "goals": {"speedup": GOALS["speedup"]}})
