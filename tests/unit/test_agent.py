@@ -147,6 +147,20 @@ def test_learn_with_mcts_stores_the_tree_and_pairs_from_it(settings):
     agent.close()
 
 
+def test_checkpoints_commit_without_an_fsync_each(settings) -> None:
+    """With tasks in flight every node's checkpoint commits under one lock; an fsync per
+    commit held the tasks out of the engine. WAL with synchronous NORMAL (1) still keeps
+    each commit across a killed process (tests/integration/test_resume_kill.py)."""
+    agent, _ = make_agent(settings)
+    try:
+        assert agent.graph is not None
+        conn = agent._conn
+        assert conn is not None
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1
+    finally:
+        agent.close()
+
+
 def test_workers_reaching_the_graph_together_share_one_graph_and_connection(settings) -> None:
     """Tasks in flight first touch `graph` from their worker threads: two graphs would mean
     two checkpoint connections to one file, locking each other out ("database is
