@@ -29,7 +29,8 @@ sequences of the concurrent run, `peak_rss_mb` = peak resident memory of this pr
 its children (the engine) during the concurrent learn, and where its time went
 (`engine_busy_share`, `call_overlap`, `breakdown`: `Agent.inflight_stats()`), and an
 `instrument` that the machine's load hardly moves (`instrument()`: sequences in flight
-per engine step, tokens per step, CPU seconds of the graph and of the engine). Goals:
+per engine step, tokens per step, CPU seconds of the graph and of the engine, and
+`cpu_ratio_to_raw`: ratio_to_raw in CPU seconds per token). Goals:
 speedup >= 5, ratio_to_raw >= 0.7. Then the same two learn runs against `vllm serve` (the
 real OpenAI-wire server, started on loopback) through the openai backend:
 `{"bench": "learn-throughput", "backend": "openai", "speedup", ...}`. Without vLLM:
@@ -221,13 +222,15 @@ def replay_raw(backend: VLLMBackend, requests: Sequence[GenerationRequest]) -> d
     and adapter sequences mix), as `backend` would send them: tokens and wall time."""
     inputs = backend.engine_inputs(requests)
     llm = backend.llm
-    t0 = time.perf_counter()
-    outs = llm.generate(inputs.prompts, inputs.params, use_tqdm=False,
-                        lora_request=None if all(lo is None for lo in inputs.loras)
-                        else inputs.loras)
-    wall = time.perf_counter() - t0
+    with CpuTime() as cpu:
+        t0 = time.perf_counter()
+        outs = llm.generate(inputs.prompts, inputs.params, use_tqdm=False,
+                            lora_request=None if all(lo is None for lo in inputs.loras)
+                            else inputs.loras)
+        wall = time.perf_counter() - t0
     tokens = sum(len(o.outputs[0].token_ids) for o in outs)
-    return {"wall_s": wall, "tokens": tokens, "sequences": len(inputs.prompts)}
+    return {"wall_s": wall, "tokens": tokens, "sequences": len(inputs.prompts),
+            "cpu_s": cpu.main_s + cpu.children_s}
 
 
 def _reset_prefix_cache(backend: Any) -> None:
@@ -357,6 +360,15 @@ def run_vllm(model: Path, tmp: Path, *, tasks: list[Task], concurrency: int, sam
         # then the workers' own calls, not engine batches
         "continuous_batching": backend.continuous_batching,
         "samples": samples, "max_tokens": max_tokens, "goals": GOALS})
+    # ratio_to_raw in CPU time, which other jobs on the machine move far less than wall
+    # time: the replay's CPU seconds (this process and the engine's) per 1,000 tokens over
+    # the concurrent learn's (graph included)
+    learn_cpu = conc["cpu"]["main_s"] + conc["cpu"]["children_s"]
+    raw_ktok = max(1, raw["tokens"]) / 1000
+    line["instrument"]["raw_cpu_s_per_ktok"] = round(raw["cpu_s"] / raw_ktok, 3)
+    line["instrument"]["cpu_ratio_to_raw"] = (
+        round((raw["cpu_s"] / raw_ktok) / (learn_cpu / (max(1, conc["tokens"]) / 1000)), 3)
+        if learn_cpu else None)
     line["goals_met"] = bool(line["speedup"] and line["ratio_to_raw"]
                              and line["speedup"] >= GOALS["speedup"]
                              and line["ratio_to_raw"] >= GOALS["ratio_to_raw"])
