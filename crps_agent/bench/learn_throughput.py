@@ -476,6 +476,9 @@ def run_openai(model: Path, tmp: Path, *, tasks: list[Task], concurrency: int, s
             backend.close()
     line = _line("openai", len(tasks), concurrency, runs["sequential"], runs["concurrent"])
     line.update({"server": "vllm serve", "server_startup_s": round(startup, 1),
+                 # each task's requests go out at once under one in-flight cap: `calls`
+                 # are the tasks' own calls, not merged ones
+                 "continuous_batching": backend.capabilities.continuous_batching,
                  "goals": {"speedup": GOALS["speedup"]}})
     line["goals_met"] = bool(line["speedup"] and line["speedup"] >= GOALS["speedup"])
     return line
