@@ -4,10 +4,10 @@ costs nothing when the locked code embeds it again.
 
     shared = SharedEmbeds(model.encode_texts, cache_size=1024)
     shared.embed(["a", "b"])      # joins a batch in the making, or computes one
-    shared.prefetch(["query"])    # the same, for a later `embed` of these texts
 
-With tasks in flight (graph/inflight.py) every worker prefetches what its next memory node
-will embed before it takes the memory lock; the workers that arrive while one batch is
+With tasks in flight (graph/inflight.py) every worker embeds what its next memory node
+will embed before it takes the memory lock (the embedder's `prefetch`), so the node finds
+the vectors here; the workers that arrive while one batch is
 being computed are served together by the next call (group commit: no timer). A batch is
 the same function over more texts; MiniLM pads each text's row and masks the padding, so a
 text's vector does not depend on its batch beyond float rounding (~1e-7).
@@ -22,6 +22,8 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+
+from crps_agent.errors import EmbeddingError
 
 
 @dataclass(eq=False)
@@ -71,10 +73,6 @@ class SharedEmbeds:
             have.update(ask.vectors)
         return [list(have[t]) for t in texts]
 
-    def prefetch(self, texts: Sequence[str]) -> None:
-        """Embed `texts` now (with whoever else asks) and keep them for a later `embed`."""
-        self.embed(texts)
-
     def _cached(self, text: str) -> list[float] | None:
         vector = self._cache.get(text)
         if vector is not None:
@@ -93,8 +91,8 @@ class SharedEmbeds:
         try:
             vectors = self.fn(texts)
             if len(vectors) != len(texts):
-                raise RuntimeError(f"the embedder returned {len(vectors)} vectors for "
-                                   f"{len(texts)} texts")
+                raise EmbeddingError(f"the embedder returned {len(vectors)} vectors for "
+                                     f"{len(texts)} texts")
         except BaseException as exc:  # handed to every caller of the batch, this one too
             error = exc
         finally:

@@ -106,8 +106,9 @@ class MiniLMEmbedder:
         return self._shared.embed(texts)
 
     def prefetch(self, texts: list[str]) -> None:
-        """Embed `texts` now, together with other threads' texts, for a later `embed`."""
-        self._shared.prefetch(texts)
+        """Embed `texts` now, together with other threads' texts, and keep the vectors for
+        a later `embed` (graph/inflight.py calls this outside the memory lock)."""
+        self._shared.embed(texts)
 
     def _embed_now(self, texts: list[str]) -> list[list[float]]:
         if not texts:

@@ -80,6 +80,10 @@ class DamagedStoreError(StoreError):
     """A store directory whose database is missing, empty or unreadable."""
 
 
+class EmbeddingError(CrpsError):
+    """An embedder's call returned something other than one vector per text."""
+
+
 class ExportError(CrpsError):
     """Training data could not be synthesized or exported (empty store, bad output dir)."""
 

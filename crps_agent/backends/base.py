@@ -63,12 +63,20 @@ class Capabilities:
     logprobs: bool = False
     prefix_caching: bool = False
     lora: bool = False
+    # Concurrent `generate` calls share the backend's running batch by themselves (vLLM's
+    # engine loop, an HTTP client with one shared in-flight cap): the coalescer passes each
+    # caller's call straight through instead of merging calls.
+    continuous_batching: bool = False
 
 
 @runtime_checkable
 class Backend(Protocol):
     name: str
-    capabilities: Capabilities
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What the backend can do (an attribute or a property)."""
+        ...
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
         """One list of `request.n` completions per request, in request order."""

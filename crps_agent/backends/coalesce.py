@@ -15,8 +15,9 @@ call, so the coalescer holds a call until every registered worker is either bloc
 (unregistered), or until the oldest waiting call has waited its patience (`max_wait`, or
 `wait_share` of the last merged call's duration when that is longer), and then sends
 everything pending in one call. A backend with continuous batching
-(`continuous_batching`, vLLM's engine loop: backends/vllm_stream.py) merges concurrent
-calls itself, step by step: each caller's call goes straight to it. Requests with other
+(`Capabilities.continuous_batching`: vLLM's engine loop, backends/vllm_stream.py; the
+openai backend's shared in-flight cap) merges concurrent calls itself: each caller's call
+goes straight to it. Requests with other
 sampling settings go in the same call: every backend takes them mixed (vLLM and an
 OpenAI-wire client per request; the HF backend makes one padded batch per group of equal
 settings itself), so vLLM sees one engine call for all of them. One merged call is in
@@ -162,7 +163,7 @@ class Coalescer:
         self._last_end = time.monotonic()  # when the backend last went idle
         # A backend with continuous batching (vLLM's engine loop) takes concurrent calls
         # itself: no merging, no waiting (`_through`).
-        self.continuous = bool(getattr(backend, "continuous_batching", False))
+        self.continuous = self.capabilities.continuous_batching
         self._active = 0  # calls inside such a backend now
         self._busy_since = 0.0
         self._local = threading.local()

@@ -4,16 +4,20 @@ Speaks the wire format with httpx (no `openai` package). Requests with chat mess
 `/v1/chat/completions`, plain prompts to `/v1/completions` (`mode="chat"` sends prompts as one
 user message; `mode="completions"` refuses messages). `base_url` may end in `/v1` or not.
 
-The requests of one `generate` call run concurrently (asyncio + `httpx.AsyncClient`, at most
-`concurrency` in flight), also when called from inside a running event loop (then in a worker
-thread). 429, 5xx, connection errors, timeouts and 200s whose body is no usable answer
-(not JSON, HTML, no choices) are retried by the policy of backends/retry.py (exponential
-backoff with jitter, honouring `Retry-After`, logged); other 4xx raise `BackendError` with
-the server's message. Concurrency, timeout and retries come from `[backend.openai]`. A
-server that returns fewer than n choices (some ignore `n`) gets more calls until n are in
-(seeds offset per call), and the backend remembers its cap. A JSON schema is sent as
-`response_format`; a server that rejects it (400 naming response_format) is asked again
-without, and is not sent one again (likewise `logprobs`). Token usage accumulates in `usage`.
+The requests of `generate` calls run concurrently on the backend's own event loop (a thread,
+started on first use) through one `httpx.AsyncClient` that keeps at most `concurrency` in
+flight across every call at once: tasks in flight each call `generate` from their own thread
+and share that cap and its connections (`Capabilities.continuous_batching`: the coalescer
+merges nothing, the server batches). `agenerate` runs in the caller's loop instead.
+
+429, 5xx, connection errors, timeouts and 200s whose body is no usable answer (not JSON, HTML,
+no choices) are retried by the policy of backends/retry.py (exponential backoff with jitter,
+honouring `Retry-After`, logged); other 4xx raise `BackendError` with the server's message.
+Concurrency, timeout and retries come from `[backend.openai]`. A server that returns fewer than
+n choices (some ignore `n`) gets more calls until n are in (seeds offset per call), and the
+backend remembers its cap. A JSON schema is sent as `response_format`; a server that rejects it
+(400 naming response_format) is asked again without, and is not sent one again (likewise
+`logprobs`). Token usage accumulates in `usage`.
 
 A request's `prefix` (assistant text already written, as MCTS sends) is appended to the prompt
 on `/v1/completions`. On `/v1/chat/completions` it is sent as a final assistant message with
@@ -36,7 +40,7 @@ import os
 import re
 import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -151,11 +155,18 @@ class OpenAIBackend:
         self.backoff = backoff
         self.max_backoff = max_backoff
         self.adapter = str(adapter) if adapter is not None else None
-        self.capabilities = Capabilities(structured_output=True, logprobs=True, lora=True)
+        # Concurrent calls share one in-flight cap (`generate`): no merging needed.
+        self.capabilities = Capabilities(structured_output=True, logprobs=True, lora=True,
+                                         continuous_batching=True)
         self.usage = Usage()
         self.dropped: set[str] = set()  # features this server rejected
         self.n_cap: int | None = None  # most choices the server returned for one call
         self._lock = threading.Lock()
+        # The event loop, client and in-flight cap that `generate` calls share (lazily).
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: threading.Thread | None = None
+        self._client: httpx.AsyncClient | None = None
+        self._sem: asyncio.Semaphore | None = None
         self.lora = LoRAServing(self.base_url, model, self._headers, timeout=timeout,
                                 max_retries=max_retries, backoff=backoff,
                                 max_backoff=max_backoff)
@@ -177,36 +188,84 @@ class OpenAIBackend:
     # -- public API ----------------------------------------------------------------------
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
+        """From any thread: the requests go out on the backend's own event loop, whose one
+        client keeps at most `concurrency` requests in flight over every concurrent call
+        (tasks in flight share that cap; a call waits for no other call)."""
         if not requests:
             return []
+        future = asyncio.run_coroutine_threadsafe(self._shared_generate(requests),
+                                                  self._loop_running())
         try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return asyncio.run(self.agenerate(requests))
-        with ThreadPoolExecutor(1, thread_name_prefix="openai-backend") as pool:
-            return pool.submit(asyncio.run, self.agenerate(requests)).result()
+            return future.result()
+        except BaseException:
+            future.cancel()  # interrupted: its requests stop, the others' go on
+            raise
 
     async def agenerate(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
-        """`generate` for callers that are already in an event loop."""
+        """`generate` for callers that are already in an event loop: the requests run in
+        that loop, with a client of their own (up to `concurrency` in flight)."""
+        limits = httpx.Limits(max_connections=self.concurrency,
+                              max_keepalive_connections=self.concurrency)
+        async with httpx.AsyncClient(timeout=httpx.Timeout(self.timeout), limits=limits,
+                                     headers=self._headers()) as client:
+            return await self._generate_with(client, asyncio.Semaphore(self.concurrency),
+                                             requests)
+
+    def close(self) -> None:
+        """Close the shared client and stop its event loop (a later `generate` starts
+        them again)."""
+        with self._lock:
+            loop, thread, client = self._loop, self._loop_thread, self._client
+            self._loop = self._loop_thread = self._client = None
+            self._sem = None
+        if loop is None:
+            return
+        if client is not None:
+            with suppress(Exception):  # a dead loop or connection: nothing left to close
+                asyncio.run_coroutine_threadsafe(client.aclose(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        if thread is not None:
+            thread.join(10)
+        if not loop.is_running():
+            loop.close()
+
+    def _loop_running(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(target=loop.run_forever, name="openai-backend",
+                                          daemon=True)
+                thread.start()
+                self._loop, self._loop_thread = loop, thread
+            return self._loop
+
+    async def _shared_generate(self, requests: Sequence[GenerationRequest]
+                               ) -> list[list[Completion]]:
+        """`requests` on the shared client (created here, in the backend's loop)."""
+        if self._client is None or self._sem is None:
+            limits = httpx.Limits(max_connections=self.concurrency,
+                                  max_keepalive_connections=self.concurrency)
+            self._client = httpx.AsyncClient(timeout=httpx.Timeout(self.timeout),
+                                             limits=limits, headers=self._headers())
+            self._sem = asyncio.Semaphore(self.concurrency)
+        return await self._generate_with(self._client, self._sem, requests)
+
+    async def _generate_with(self, client: httpx.AsyncClient, sem: asyncio.Semaphore,
+                             requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
         adapters = [r.adapter if r.adapter is not None else self.adapter for r in requests]
         # Resolved in a worker thread: the lookups block on a lock shared with other threads
         # and event loops, which must not stall this loop.
         wanted = {a for a in adapters if a is not None}
         names = await asyncio.to_thread(self.lora.names, wanted) if wanted else {}
-        sem = asyncio.Semaphore(self.concurrency)
-        limits = httpx.Limits(max_connections=self.concurrency,
-                              max_keepalive_connections=self.concurrency)
-        async with httpx.AsyncClient(timeout=httpx.Timeout(self.timeout), limits=limits,
-                                     headers=self._headers()) as client:
-            tasks = [asyncio.ensure_future(self._request(client, sem, r, a,
-                                                         None if a is None else names[a]))
-                     for r, a in zip(requests, adapters, strict=True)]
-            try:
-                return list(await asyncio.gather(*tasks))
-            except BaseException:
-                for t in tasks:
-                    t.cancel()
-                raise
+        tasks = [asyncio.ensure_future(self._request(client, sem, r, a,
+                                                     None if a is None else names[a]))
+                 for r, a in zip(requests, adapters, strict=True)]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            for t in tasks:
+                t.cancel()
+            raise
 
     def models(self) -> list[str]:
         """The model ids the server lists (`GET /v1/models`)."""

@@ -189,8 +189,6 @@ class VLLMBackend:
     one `LLM.generate` call per `generate` batch."""
 
     name = "vllm"
-    capabilities = Capabilities(structured_output=True, logprobs=True, prefix_caching=True,
-                                lora=True)
 
     def __init__(self, model: str, *, seed: int = 0, dtype: str = "auto",
                  max_model_len: int | None = None, enforce_eager: bool = False,
@@ -397,6 +395,17 @@ class VLLMBackend:
                     inputs.loras.append(lora)
                     inputs.owner.append(i)
             return inputs
+
+    @property
+    def stream_stats(self) -> Any:
+        """The engine stream's `StreamStats` (backends/vllm_stream.py), started with it;
+        None before the first continuous call."""
+        return None if self._stream is None else self._stream.stats
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(structured_output=True, logprobs=True, prefix_caching=True,
+                            lora=True, continuous_batching=self.continuous_batching)
 
     @property
     def continuous_batching(self) -> bool:

@@ -13,6 +13,12 @@ outputs; with nothing queued or running it sleeps on a condition (no polling). T
 vLLM's public offline loop (`LLMEngine.add_request` / `step` / `has_unfinished_requests`),
 the same one `LLM.generate` runs.
 
+`stream.stats` (`StreamStats`) measures the batching itself, which the machine's load
+hardly moves: engine steps, the sequences in flight at each step (the running batch, as
+far as this stream fills it) and the tokens per step, and the CPU time of the driver
+thread (vLLM's front end in this process: adding requests, processing outputs,
+detokenising).
+
 Errors: a request the engine refuses when it is added (a prompt longer than the context)
 fails its caller only, whose other sequences are aborted; a failing `step` fails every
 caller with sequences in flight, and the stream stays usable for later calls.
@@ -20,9 +26,12 @@ caller with sequences in flight, and the stream stays usable for later calls.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import threading
+import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +50,40 @@ class _Call:
     done: bool = False
 
 
+@dataclass
+class StreamStats:
+    """The stream's engine steps (see the module doc); `reset()` starts a new count."""
+
+    steps: int = 0  # engine steps whose outputs the driver took
+    seq_steps: int = 0  # summed over the steps: sequences in flight in the engine
+    in_flight: Counter[int] = field(default_factory=Counter)  # sequences -> steps
+    sequences: int = 0  # finished sequences
+    tokens: int = 0  # tokens those sequences generated
+    step_s: float = 0.0  # driver wall time in `engine.step` (waiting for the engine, outputs)
+    driver_cpu_s: float = 0.0  # CPU time of the driver thread
+
+    def reset(self) -> None:
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, Counter() if f.name == "in_flight" else type(
+                getattr(self, f.name))())
+
+    def median_in_flight(self) -> float:
+        if not self.steps:
+            return 0.0
+        ordered = sorted(self.in_flight.elements())
+        mid = len(ordered) // 2
+        return float(ordered[mid]) if len(ordered) % 2 else (ordered[mid - 1]
+                                                             + ordered[mid]) / 2
+
+    def to_dict(self) -> dict[str, float]:
+        return {"steps": self.steps, "sequences": self.sequences, "tokens": self.tokens,
+                "mean_in_flight": round(self.seq_steps / self.steps, 1) if self.steps else 0.0,
+                "median_in_flight": self.median_in_flight(),
+                "max_in_flight": max(self.in_flight, default=0),
+                "tokens_per_step": round(self.tokens / self.steps, 2) if self.steps else 0.0,
+                "step_s": round(self.step_s, 3), "driver_cpu_s": round(self.driver_cpu_s, 3)}
+
+
 class EngineStream:
     """Runs callers' sequences on `llm`'s engine with continuous batching (module doc)."""
 
@@ -51,6 +94,7 @@ class EngineStream:
         self._running: dict[str, _Call] = {}  # request id -> its call
         self._ids = itertools.count()
         self._closed = False
+        self.stats = StreamStats()
         self._thread = threading.Thread(target=self._drive, name="vllm-stream", daemon=True)
         self._thread.start()
 
@@ -99,7 +143,11 @@ class EngineStream:
             self._running.update((rid, call) for rid in call.ids)
 
     def _drive(self) -> None:
+        cpu = time.thread_time()
         while True:
+            now = time.thread_time()
+            self.stats.driver_cpu_s += now - cpu
+            cpu = now
             with self._cond:
                 while not self._queue and not self._running and not self._closed:
                     self._cond.wait()
@@ -111,6 +159,8 @@ class EngineStream:
                 self._add(call)
             if not self._running:
                 continue
+            in_flight = len(self._running)
+            t0 = time.perf_counter()
             try:
                 outputs = self.engine.step()
             except Exception as exc:  # the engine died, a worker failed, ...
@@ -118,12 +168,19 @@ class EngineStream:
                 with self._cond:
                     self._fail_all(exc)
                 continue
+            stats = self.stats
+            stats.step_s += time.perf_counter() - t0
+            stats.steps += 1
+            stats.seq_steps += in_flight
+            stats.in_flight[in_flight] += 1
             with self._cond:
                 for out in outputs:
                     owner = self._running.get(out.request_id)
                     if owner is None or not out.finished:
                         continue
                     del self._running[out.request_id]
+                    stats.sequences += 1
+                    stats.tokens += sum(len(o.token_ids) for o in out.outputs)
                     owner.outputs[out.request_id] = out
                     if len(owner.outputs) == len(owner.ids) and owner.error is None:
                         owner.done = True

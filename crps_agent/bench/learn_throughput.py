@@ -27,7 +27,10 @@ with `tok_s` = tokens the engine generated / wall time of the concurrent learn,
 replay's tokens / its wall time, `ratio_to_raw` = tok_s / raw_tok_s, `sequences` = sampled
 sequences of the concurrent run, `peak_rss_mb` = peak resident memory of this process and
 its children (the engine) during the concurrent learn, and where its time went
-(`engine_busy_share`, `call_overlap`, `breakdown`: `Agent.inflight_stats()`). Goals:
+(`engine_busy_share`, `call_overlap`, `breakdown`: `Agent.inflight_stats()`), and an
+`instrument` that the machine's load hardly moves (`instrument()`: sequences in flight
+per engine step, tokens per step, CPU seconds of the graph and of the engine, and
+`cpu_ratio_to_raw`: ratio_to_raw in CPU seconds per token). Goals:
 speedup >= 5, ratio_to_raw >= 0.7. Then the same two learn runs against `vllm serve` (the
 real OpenAI-wire server, started on loopback) through the openai backend:
 `{"bench": "learn-throughput", "backend": "openai", "speedup", ...}`. Without vLLM:
@@ -38,6 +41,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
 import time
 import zlib
@@ -48,7 +52,7 @@ from typing import TYPE_CHECKING, Any
 
 from crps_agent.backends.base import Backend, Completion, GenerationRequest
 from crps_agent.backends.recording import RecordingBackend
-from crps_agent.bench.rss import PeakRSS
+from crps_agent.bench.rss import CpuTime, PeakRSS
 from crps_agent.domains import Domain
 from crps_agent.plugins import hookimpl, register_plugin, unregister_plugin
 from crps_agent.types import Task
@@ -182,8 +186,9 @@ def learn_once(engine: Backend, tasks: list[Task], store: Path, *, concurrency: 
     recorder = RecordingBackend(engine)
     agent = Agent(settings, backend=PhaseRouter(recorder, {"reflect": reflector(),
                                                           "repair": reflector()}))
+    load = os.getloadavg()[0]
     try:
-        with PeakRSS() if rss else _nothing() as peak:
+        with PeakRSS() if rss else _nothing() as peak, CpuTime() as cpu:
             t0 = time.perf_counter()
             report = agent.learn(tasks, concurrency=concurrency)
             wall = time.perf_counter() - t0
@@ -192,6 +197,7 @@ def learn_once(engine: Backend, tasks: list[Task], store: Path, *, concurrency: 
         agent.close()
     totals = report.totals()
     return {"wall_s": wall, "recorder": recorder, "tokens": recorder.completion_tokens,
+            "tasks": len(tasks),
             "sequences": recorder.sequences, "calls": recorder.calls,
             "busy_s": recorder.busy_s, "requests": len(recorder.records), "inflight": inflight,
             "overlap": sum(recorder.call_seconds) / recorder.busy_s if recorder.busy_s else 0,
@@ -201,6 +207,8 @@ def learn_once(engine: Backend, tasks: list[Task], store: Path, *, concurrency: 
                                             "insights_admission_rejected")},
             "phases": {ph: c.get("sequences", 0) for ph, c in totals["cost"].items()
                        if ph != "total" and isinstance(c, dict)},
+            "cpu": {"main_s": cpu.main_s, "children_s": cpu.children_s,
+                    "load_before": round(load, 2), "load_after": round(os.getloadavg()[0], 2)},
             "peak_rss_mb": None if peak is None else round(peak.peak_mb, 1)}
 
 
@@ -214,13 +222,15 @@ def replay_raw(backend: VLLMBackend, requests: Sequence[GenerationRequest]) -> d
     and adapter sequences mix), as `backend` would send them: tokens and wall time."""
     inputs = backend.engine_inputs(requests)
     llm = backend.llm
-    t0 = time.perf_counter()
-    outs = llm.generate(inputs.prompts, inputs.params, use_tqdm=False,
-                        lora_request=None if all(lo is None for lo in inputs.loras)
-                        else inputs.loras)
-    wall = time.perf_counter() - t0
+    with CpuTime() as cpu:
+        t0 = time.perf_counter()
+        outs = llm.generate(inputs.prompts, inputs.params, use_tqdm=False,
+                            lora_request=None if all(lo is None for lo in inputs.loras)
+                            else inputs.loras)
+        wall = time.perf_counter() - t0
     tokens = sum(len(o.outputs[0].token_ids) for o in outs)
-    return {"wall_s": wall, "tokens": tokens, "sequences": len(inputs.prompts)}
+    return {"wall_s": wall, "tokens": tokens, "sequences": len(inputs.prompts),
+            "cpu_s": cpu.main_s + cpu.children_s}
 
 
 def _reset_prefix_cache(backend: Any) -> None:
@@ -259,8 +269,36 @@ def _line(backend: str, tasks: int, concurrency: int, seq: dict[str, Any],
             "sequences_per_call": round(conc["sequences"] / conc["calls"], 1)
             if conc["calls"] else None,
             "failed_tasks": len(conc["failed"]) + len(seq["failed"]),
+            # what the machine's load hardly moves (see `instrument`)
+            "instrument": instrument(conc), "sequential_instrument": instrument(seq),
             "peak_rss_mb": conc["peak_rss_mb"], "work": conc["work"],
             "phase_sequences": conc["phases"]}
+
+
+def instrument(run: dict[str, Any]) -> dict[str, Any]:
+    """The load-insensitive part of a run: the engine stream's steps (sequences in flight
+    per engine step, tokens per step: `StreamStats`, where the backend has a stream) and
+    CPU seconds: this process (`main_cpu_s`; of it the stream's driver thread, vLLM's
+    front end, `driver_cpu_s`, and the rest, `graph_cpu_s`: the task graphs, MiniLM,
+    Chroma, checkpoints) and the engine's processes (`engine_cpu_s`), also per task and
+    per 1,000 generated tokens. Wall-clock figures swing with other jobs on the machine;
+    these mostly do not (CPU seconds grow a little under contention)."""
+    cpu = run["cpu"]
+    stream = run.get("stream") or {}
+    driver = float(stream.get("driver_cpu_s", 0.0))
+    graph = cpu["main_s"] - driver
+    tasks = max(1, run["tasks"])
+    ktok = max(1, run["tokens"]) / 1000
+    return {"engine_steps": stream.get("steps"),
+            "mean_in_flight": stream.get("mean_in_flight"),
+            "median_in_flight": stream.get("median_in_flight"),
+            "tokens_per_step": stream.get("tokens_per_step"),
+            "main_cpu_s": round(cpu["main_s"], 2), "driver_cpu_s": round(driver, 2),
+            "graph_cpu_s": round(graph, 2), "engine_cpu_s": round(cpu["children_s"], 2),
+            "graph_cpu_s_per_task": round(graph / tasks, 3),
+            "graph_cpu_s_per_ktok": round(graph / ktok, 3),
+            "engine_cpu_s_per_ktok": round(cpu["children_s"] / ktok, 3),
+            "load_before": cpu["load_before"], "load_after": cpu["load_after"]}
 
 
 def _warm_embedder() -> None:
@@ -299,9 +337,13 @@ def run_vllm(model: Path, tmp: Path, *, tasks: list[Task], concurrency: int, sam
             settings = _settings(tmp / f"store-vllm-{label}", backend="vllm", model=str(model),
                                  seed=seed, samples=samples, max_tokens=max_tokens)
             backend.stats.reset()
+            if backend.stream_stats is not None:
+                backend.stream_stats.reset()
             runs[label] = learn_once(backend, tasks, tmp / f"store-vllm-{label}",
                                      concurrency=w, settings=settings, rss=w > 1)
             runs[label]["engine_sequences"] = backend.stats.sequences
+            if backend.stream_stats is not None:
+                runs[label]["stream"] = backend.stream_stats.to_dict()
         _reset_prefix_cache(backend)
         conc = runs["concurrent"]
         raw = replay_raw(backend, conc["recorder"].requests)
@@ -318,6 +360,15 @@ def run_vllm(model: Path, tmp: Path, *, tasks: list[Task], concurrency: int, sam
         # then the workers' own calls, not engine batches
         "continuous_batching": backend.continuous_batching,
         "samples": samples, "max_tokens": max_tokens, "goals": GOALS})
+    # ratio_to_raw in CPU time, which other jobs on the machine move far less than wall
+    # time: the replay's CPU seconds (this process and the engine's) per 1,000 tokens over
+    # the concurrent learn's (graph included)
+    learn_cpu = conc["cpu"]["main_s"] + conc["cpu"]["children_s"]
+    raw_ktok = max(1, raw["tokens"]) / 1000
+    line["instrument"]["raw_cpu_s_per_ktok"] = round(raw["cpu_s"] / raw_ktok, 3)
+    line["instrument"]["cpu_ratio_to_raw"] = (
+        round((raw["cpu_s"] / raw_ktok) / (learn_cpu / (max(1, conc["tokens"]) / 1000)), 3)
+        if learn_cpu else None)
     line["goals_met"] = bool(line["speedup"] and line["ratio_to_raw"]
                              and line["speedup"] >= GOALS["speedup"]
                              and line["ratio_to_raw"] >= GOALS["ratio_to_raw"])
@@ -403,24 +454,31 @@ def run_openai(model: Path, tmp: Path, *, tasks: list[Task], concurrency: int, s
     t0 = time.perf_counter()
     with vllm_server(model, seed=seed, log_file=tmp / "vllm-serve.log") as url:
         startup = time.perf_counter() - t0
-        # Enough connections for every sequence of a merged call at once.
+        # One in-flight cap over the tasks' concurrent calls: enough for every sequence
+        # of the tasks in flight at once.
         backend = OpenAIBackend(url, "tiny", concurrency=max(8, 4 * concurrency * samples),
                                 timeout=300.0)
         _warm_up(backend, tmp / "store-openai-warm-up", model="tiny", seed=seed,
                  samples=samples, max_tokens=max_tokens)
         runs = {}
-        for label, w in (("sequential", 1), ("concurrent", concurrency)):
-            with suppress(Exception):  # vLLM's dev route; without it the cache stays warm
-                import httpx
+        try:
+            for label, w in (("sequential", 1), ("concurrent", concurrency)):
+                with suppress(Exception):  # vLLM's dev route; without it the cache stays warm
+                    import httpx
 
-                httpx.post(url.removesuffix("/v1") + "/reset_prefix_cache", timeout=10.0)
-            settings = _settings(tmp / f"store-openai-{label}", backend="openai",
-                                 model="tiny", seed=seed, samples=samples,
-                                 max_tokens=max_tokens)
-            runs[label] = learn_once(backend, tasks, tmp / f"store-openai-{label}",
-                                     concurrency=w, settings=settings, rss=w > 1)
+                    httpx.post(url.removesuffix("/v1") + "/reset_prefix_cache", timeout=10.0)
+                settings = _settings(tmp / f"store-openai-{label}", backend="openai",
+                                     model="tiny", seed=seed, samples=samples,
+                                     max_tokens=max_tokens)
+                runs[label] = learn_once(backend, tasks, tmp / f"store-openai-{label}",
+                                         concurrency=w, settings=settings, rss=w > 1)
+        finally:
+            backend.close()
     line = _line("openai", len(tasks), concurrency, runs["sequential"], runs["concurrent"])
     line.update({"server": "vllm serve", "server_startup_s": round(startup, 1),
+                 # each task's requests go out at once under one in-flight cap: `calls`
+                 # are the tasks' own calls, not merged ones
+                 "continuous_batching": backend.capabilities.continuous_batching,
                  "goals": {"speedup": GOALS["speedup"]}})
     line["goals_met"] = bool(line["speedup"] and line["speedup"] >= GOALS["speedup"])
     return line

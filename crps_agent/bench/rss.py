@@ -53,3 +53,43 @@ class PeakRSS:
         if self._thread is not None:
             self._thread.join()
             self.peak_mb = max(self.peak_mb, self._sample())
+
+
+class CpuTime:
+    """CPU seconds (user + system) this process and its descendants (an engine's processes)
+    used inside the block: `main_s` and `children_s`. A child that exits inside the block
+    counts up to its last sample (taken at the start and end only: processes that start
+    and end inside it are missed)."""
+
+    def __init__(self) -> None:
+        self.main_s = 0.0
+        self.children_s = 0.0
+        self._start: dict[int, float] = {}
+
+    @staticmethod
+    def _sample() -> dict[int, float]:
+        import psutil
+
+        me = psutil.Process()
+        out = {}
+        for p in [me, *me.children(recursive=True)]:
+            with suppress(psutil.Error):
+                t = p.cpu_times()
+                out[p.pid] = t.user + t.system
+        return out
+
+    def __enter__(self) -> CpuTime:
+        self._start = self._sample()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import os
+
+        end = self._sample()
+        me = os.getpid()
+        for pid, t in end.items():
+            used = t - self._start.get(pid, 0.0)
+            if pid == me:
+                self.main_s = used
+            else:
+                self.children_s += used

@@ -50,3 +50,10 @@ def test_bench_learn_lines_at_a_tiny_size() -> None:
     assert vllm["sequences"] == vllm["engine_sequences"] == vllm["raw_sequences"]
     assert vllm["raw_tokens"] > 0 and vllm["raw_tok_s"] > 0 and vllm["ratio_to_raw"] > 0
     assert openai["server"] == "vllm serve" and "raw_tok_s" not in openai
+    # the load-insensitive instrument: engine steps of the stream, CPU of graph and engine
+    inst = vllm["instrument"]
+    assert inst["engine_steps"] > 0 and inst["mean_in_flight"] >= 1
+    assert 0 < inst["tokens_per_step"] <= inst["mean_in_flight"]
+    assert inst["graph_cpu_s"] > 0 and inst["engine_cpu_s"] > 0
+    assert inst["raw_cpu_s_per_ktok"] > 0 and inst["cpu_ratio_to_raw"] > 0
+    assert openai["instrument"]["engine_steps"] is None  # no stream in this process

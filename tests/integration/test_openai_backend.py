@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -197,13 +198,40 @@ def test_requests_run_concurrently(srv: OpenAIServer) -> None:
     assert srv.stats.max_in_flight == 1
 
 
+def test_calls_from_threads_share_one_in_flight_cap(srv: OpenAIServer) -> None:
+    """Tasks in flight each call `generate`: their requests go out at once, up to the
+    backend's one cap over all calls (not a cap per call), and none waits for another
+    call to finish."""
+    c = client(srv, concurrency=3)
+    assert c.capabilities.continuous_batching
+    srv.reset(Faults(delay=0.4))
+    jobs = [[GenerationRequest(prompt=f"{k} and {i}", max_tokens=3, seed=i) for i in range(2)]
+            for k in range(3)]
+    start = threading.Barrier(len(jobs))
+
+    def one(reqs: list[GenerationRequest]) -> list[list[Any]]:
+        start.wait(10)
+        return c.generate(reqs)
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        outs = list(pool.map(one, jobs))
+    took = time.perf_counter() - t0
+    assert [[len(r) for r in out] for out in outs] == [[1, 1]] * 3
+    assert srv.stats.max_in_flight == 3  # the cap, over the three calls together
+    assert took < 3.5 * 0.4  # 6 requests, 3 at a time: two rounds, not six
+    c.close()
+    assert c.generate(jobs[0][:1])[0]  # after close, a call starts the loop again
+    c.close()
+
+
 def test_works_inside_a_running_loop_and_from_threads(srv: OpenAIServer) -> None:
     c = client(srv)
     req = GenerationRequest(prompt="x", max_tokens=3, seed=5)
     expected = texts(c.generate([req])[0])
 
     async def inside() -> list[str]:
-        sync = texts(c.generate([req])[0])  # falls back to a worker thread
+        sync = texts(c.generate([req])[0])  # on the backend's own loop
         assert texts((await c.agenerate([req]))[0]) == sync
         return sync
 

@@ -11,8 +11,6 @@ import importlib.util
 import json
 import re
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +24,6 @@ from crps_agent.backends.vllm import (
     import_vllm,
     vllm_unavailable,
 )
-from crps_agent.bench.vllm_batching import engine_env, tiny_vllm_backend
 from crps_agent.errors import BackendError
 
 pytestmark = [pytest.mark.integration, pytest.mark.vllm]
@@ -41,26 +38,12 @@ SCHEMA: dict[str, Any] = {
     "required": ["insight", "applies", "kind"],
     "additionalProperties": False,
 }
-STARTUP: dict[str, float] = {}
+VLLM_ENGINE_KWARGS = {"enable_lora": True, "max_lora_rank": 8, "max_loras": 2}
 
 
 @pytest.fixture(scope="module")
-def backend(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
-            ) -> Iterator[VLLMBackend]:
-    reason = vllm_unavailable()
-    if reason is not None:
-        pytest.skip(f"vLLM cannot be imported here: {reason}")
-    with engine_env(tmp_path_factory.mktemp("vllm-cache")):
-        b = tiny_vllm_backend(tiny_model_dir, seed=0, enable_lora=True, max_lora_rank=8,
-                              max_loras=2)
-        t0 = time.perf_counter()
-        b.load()
-        STARTUP["engine_s"] = time.perf_counter() - t0
-        print(f"\nvLLM engine start-up: {STARTUP['engine_s']:.1f} s")
-        try:
-            yield b
-        finally:
-            b.close()
+def backend(vllm_backend: VLLMBackend) -> VLLMBackend:
+    return vllm_backend
 
 
 @pytest.fixture
@@ -96,7 +79,8 @@ def test_registered_and_capabilities(tiny_model_dir: Path) -> None:
     assert isinstance(b, Backend) and b.name == "vllm" and b._llm is None  # lazy engine
     assert (b.seed, b.dtype, b.enable_lora) == (3, "auto", False)
     assert b.capabilities == Capabilities(structured_output=True, logprobs=True,
-                                          prefix_caching=True, lora=True)
+                                          prefix_caching=True, lora=True,
+                                          continuous_batching=True)
 
 
 def test_clear_error_without_vllm(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -298,7 +282,8 @@ def test_prefix_cache_counts(backend: VLLMBackend) -> None:
             assert c.cached_tokens < c.prompt_tokens
     stats = backend.stats
     assert stats.sequences == 6 and stats.calls == 1
-    assert stats.cached_prompt_tokens == sum(c.cached_tokens for r in out for c in r)
+    assert stats.cached_prompt_tokens == sum(c.cached_tokens for r in out for c in r
+                                            if isinstance(c, VLLMCompletion))
     assert stats.prompt_tokens == sum(c.prompt_tokens for r in out for c in r)
     assert stats.prefix_cache_share > 0.6
     assert stats.as_dict()["prefix_cache_share"] == stats.prefix_cache_share

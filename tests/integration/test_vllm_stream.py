@@ -4,34 +4,24 @@ calls join one running batch (backends/vllm_stream.py) and get what one call giv
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 
 from crps_agent.backends.base import Completion, GenerationRequest
 from crps_agent.backends.coalesce import Coalescer
-from crps_agent.backends.vllm import VLLMBackend, vllm_unavailable
-from crps_agent.bench.vllm_batching import engine_env, tiny_vllm_backend
+from crps_agent.backends.vllm import VLLMBackend
 from crps_agent.errors import BackendError
 
 pytestmark = [pytest.mark.integration, pytest.mark.vllm]
 
 
+VLLM_ENGINE_KWARGS: dict[str, object] = {}  # no LoRA: continuous batching
+
+
 @pytest.fixture(scope="module")
-def backend(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
-            ) -> Iterator[VLLMBackend]:
-    reason = vllm_unavailable()
-    if reason is not None:
-        pytest.skip(f"vLLM cannot be imported here: {reason}")
-    with engine_env(tmp_path_factory.mktemp("vllm-cache")):
-        b = tiny_vllm_backend(tiny_model_dir, seed=0)  # no LoRA: continuous batching
-        b.load()
-        try:
-            yield b
-        finally:
-            b.close()
+def backend(vllm_backend: VLLMBackend) -> VLLMBackend:
+    return vllm_backend
 
 
 def texts(comps: list[Completion]) -> list[str]:
@@ -49,9 +39,20 @@ def test_concurrent_calls_share_the_engine_and_match_one_call(backend: VLLMBacke
         start.wait(30)
         return texts(backend.generate([r])[0])
 
+    if backend.stream_stats is not None:
+        backend.stream_stats.reset()
+    tokens = backend.stats.completion_tokens
     with ThreadPoolExecutor(len(reqs)) as pool:
         apart = list(pool.map(one, reqs))
     assert backend.stats.calls == calls + len(reqs)
+    # the instrument: the calls' sequences shared engine steps
+    stream = backend.stream_stats
+    assert stream is not None and stream.sequences == 3 * len(reqs)
+    assert stream.tokens == backend.stats.completion_tokens - tokens
+    assert stream.steps >= 24 and stream.steps < stream.tokens  # 24 = the longest sample
+    assert stream.to_dict()["mean_in_flight"] > 3  # more than one call's sequences at once
+    assert stream.to_dict()["max_in_flight"] <= 3 * len(reqs)
+    assert stream.driver_cpu_s > 0
     assert all(len(t) == 3 for t in apart)
     backend.continuous = False  # the same requests as one LLM.generate call
     try:

@@ -151,3 +151,40 @@ def test_learn_with_mcts_stores_the_tree_and_pairs_from_it(settings):
     assert josh and josh.tree is not None
     assert josh.stats.nodes >= 5 and totals["contrasts"] >= 3
     agent.close()
+
+
+def test_checkpoints_commit_without_an_fsync_each(settings) -> None:
+    """With tasks in flight every node's checkpoint commits under one lock; an fsync per
+    commit held the tasks out of the engine. WAL with synchronous NORMAL (1) still keeps
+    each commit across a killed process (tests/integration/test_resume_kill.py)."""
+    agent, _ = make_agent(settings)
+    try:
+        assert agent.graph is not None
+        conn = agent._conn
+        assert conn is not None
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1
+    finally:
+        agent.close()
+
+
+def test_workers_reaching_the_graph_together_share_one_graph_and_connection(settings) -> None:
+    """Tasks in flight first touch `graph` from their worker threads: two graphs would mean
+    two checkpoint connections to one file, locking each other out ("database is
+    locked")."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    agent, _ = make_agent(settings)
+    start = threading.Barrier(8)
+
+    def reach(_: int) -> tuple[object, object]:
+        start.wait(10)
+        return agent.graph, agent._conn
+
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            seen = list(pool.map(reach, range(8)))
+        assert len({id(g) for g, _ in seen}) == 1
+        assert len({id(c) for _, c in seen}) == 1
+    finally:
+        agent.close()

@@ -241,3 +241,41 @@ def test_a_worker_parked_on_a_lock_does_not_hold_a_merged_call() -> None:
     assert co.stats.full == 1 and co._blocked == 0
     with parked():  # no worker: nothing to count
         assert co._blocked == 0
+
+
+class Streaming(Recorder):
+    """A backend that batches concurrent calls itself: each call sleeps a while, so the
+    calls of concurrent workers overlap inside it."""
+
+    capabilities = Capabilities(continuous_batching=True)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inside = 0
+        self.most_inside = 0
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
+        with self._lock:
+            self.inside += 1
+            self.most_inside = max(self.most_inside, self.inside)
+        try:
+            time.sleep(0.1)
+            return super().generate(requests)
+        finally:
+            with self._lock:
+                self.inside -= 1
+
+
+def test_a_continuous_batching_backend_gets_each_call_at_once_unmerged() -> None:
+    inner = Streaming()
+    co = Coalescer(inner, max_wait=5.0)  # a merged call would wait here for busy workers
+    assert co.continuous
+    jobs = [[GenerationRequest(prompt=f"p{i}")] for i in range(4)]
+    t0 = time.monotonic()
+    replies = _run_workers(co, jobs)
+    assert time.monotonic() - t0 < 2.0
+    assert [r[0][0].text for r in replies] == [f"re:p{i}" for i in range(4)]  # type: ignore[index]
+    assert sorted(inner.calls) == [[f"p{i}"] for i in range(4)]  # one call per caller
+    assert inner.most_inside > 1  # concurrent, not one after the other
+    assert co.stats.calls == co.stats.callers == 4 and co.stats.busy_s > 0
+    assert not Coalescer(Recorder()).continuous

@@ -10,6 +10,7 @@ import pytest
 
 from crps_agent.embed_batch import SharedEmbeds
 from crps_agent.embedders import HashEmbedder, get_embedder
+from crps_agent.errors import CrpsError, EmbeddingError
 
 
 class Slow:
@@ -48,7 +49,7 @@ def test_threads_asking_together_share_a_call_and_get_their_own_vectors() -> Non
 def test_cached_texts_cost_no_call_and_the_cache_is_bounded() -> None:
     fn = Slow()
     shared = SharedEmbeds(fn, cache_size=2)
-    shared.prefetch(["a", "b"])
+    shared.embed(["a", "b"])
     assert shared.embed(["b", "a", "b"]) == fn.inner.embed(["b", "a", "b"])
     assert len(fn.calls) == 1 and shared.stats.hits == 3
     shared.embed(["c"])  # "b" (least recently asked) leaves the cache
@@ -77,6 +78,22 @@ def test_a_failed_call_fails_every_asker_of_its_batch_and_caches_nothing() -> No
     assert all(isinstance(o, ValueError) for o in outs)  # one call held both texts
     assert shared.embed(["fine"]) == fn.inner.embed(["fine"])  # asked again, computed
     assert fn.calls[-1] == ["fine"]
+
+
+def test_an_embedder_that_drops_a_vector_is_a_crps_error_and_nothing_is_cached() -> None:
+    calls: list[list[str]] = []
+
+    def short(texts: list[str]) -> list[list[float]]:
+        calls.append(texts)
+        return [[1.0]] * (len(texts) - 1)
+
+    shared = SharedEmbeds(short)
+    with pytest.raises(EmbeddingError, match="returned 1 vectors for 2 texts"):
+        shared.embed(["a", "b"])
+    assert isinstance(EmbeddingError("x"), CrpsError)
+    with pytest.raises(EmbeddingError):
+        shared.embed(["a", "b"])
+    assert len(calls) == 2 and shared.stats.texts == 0
 
 
 def test_minilm_vectors_do_not_depend_on_the_batch() -> None:

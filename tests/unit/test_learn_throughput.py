@@ -139,3 +139,22 @@ def test_skipped_line_where_vllm_is_absent(monkeypatch: pytest.MonkeyPatch) -> N
     rows: list[dict[str, Any]] = [json.loads(line) for line in res.stdout.splitlines()
                                   if line.startswith("{")]
     assert rows == [{"bench": "learn-throughput", "skipped": "vLLM is not installed"}]
+
+
+def test_instrument_splits_cpu_between_graph_driver_and_engine() -> None:
+    from crps_agent.bench.learn_throughput import instrument
+
+    run = {"tasks": 4, "tokens": 2000,
+           "cpu": {"main_s": 3.0, "children_s": 8.0, "load_before": 1.0, "load_after": 2.0},
+           "stream": {"steps": 100, "mean_in_flight": 12.5, "median_in_flight": 10.0,
+                      "tokens_per_step": 8.0, "driver_cpu_s": 0.5}}
+    got = instrument(run)
+    assert (got["engine_steps"], got["mean_in_flight"], got["tokens_per_step"]) == (100, 12.5,
+                                                                                    8.0)
+    assert (got["graph_cpu_s"], got["driver_cpu_s"], got["engine_cpu_s"]) == (2.5, 0.5, 8.0)
+    assert got["graph_cpu_s_per_task"] == 0.625 and got["engine_cpu_s_per_ktok"] == 4.0
+    # a backend without an engine stream in this process (openai): the whole process is
+    # graph, and no step counts
+    del run["stream"]
+    got = instrument(run)
+    assert got["engine_steps"] is None and got["graph_cpu_s"] == 3.0
