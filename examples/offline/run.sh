@@ -31,9 +31,10 @@ case "$STORE" in
 esac
 
 # The scripted model answers the same with or without notes, so: no admission (it makes an
-# insight active only on evidence that it helps, and would retire them all) and no note
-# dropout (counterfactual credit: it would split each search into several scripted calls).
-export CRPS_MEMORY__ADMISSION=0 CRPS_LEARN__DROPOUT=0
+# insight active only on evidence that it helps, and would retire them all), no note
+# dropout (counterfactual credit) and no exploration of young notes (each would split a
+# search into several scripted calls).
+export CRPS_MEMORY__ADMISSION=0 CRPS_LEARN__DROPOUT=0 CRPS_MEMORY__EXPLORE_SLOTS=0
 
 echo "== pass 1: learn from 3 problems, 4 attempts each"
 "$CLI" learn "$HERE/tasks.jsonl" "${COMMON[@]}" --budget 4 --json
