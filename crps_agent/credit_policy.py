@@ -85,9 +85,12 @@ def dropout_plan(note_ids: Sequence[str], n: int, share: float, seed: int,
                  explored: Sequence[str] = ()) -> list[str | None]:
     """Per sample, the id of the note it runs without (None: all notes). An `explored`
     note (given its place to be tried, memory/recall.py) runs without itself in n // 2 of
-    the samples (seeded), so one search is a balanced with/without test of it (2 against
-    2 of 4 can clear `clearly_helps`; a quarter's random dropout leaves it ~0.5 samples
-    without); the other samples drop the other notes at `share`."""
+    the samples (seeded) and with every note in the rest, so one search is a balanced
+    with/without test of it (2 against 2 of 4 can clear `clearly_helps`; a quarter's random
+    dropout leaves it ~0.5 samples without). The other notes are not dropped in such a
+    search: a sample lacking one of them is in neither of the explored note's arms
+    (`outcomes`), and dropping them in both samples with it left it no test at all in
+    about one search in 16. Without exploration the notes are dropped at `share`."""
     explored = [i for i in dict.fromkeys(explored) if i in note_ids]
     if not explored:
         if not note_ids or share <= 0.0:
@@ -98,10 +101,7 @@ def dropout_plan(note_ids: Sequence[str], n: int, share: float, seed: int,
     rng = random.Random(derive_seed(seed, "dropout", *explored))
     order = list(range(n))
     rng.shuffle(order)
-    others = [i for i in note_ids if i not in explored]
-    plan: list[str | None] = [
-        rng.choice(others) if others and share > 0.0 and rng.random() < share else None
-        for _ in range(n)]
+    plan: list[str | None] = [None] * n
     for j, idx in enumerate(order[:n // 2]):
         plan[idx] = explored[j % len(explored)]
     return plan
