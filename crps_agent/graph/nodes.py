@@ -280,22 +280,28 @@ def credit_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, 
 
 
 def _admission_context(state: AgentState) -> tuple[SearchResult, list[str]]:
-    """The search samples and notes admission tests candidates against. An explored note
-    (memory/recall.py) ran in only half the samples: the candidates are tested without it
-    and against the samples that lacked it, so its help (or harm) on the task is not
-    taken for theirs (it would be in every sample of the with arm and in half of the
-    without arm's)."""
+    """The search samples and notes admission tests candidates against: the samples whose
+    prompt held exactly the notes the with arm adds a candidate to, so the two arms differ
+    in the candidate only. A sample that ran without a recalled note (note dropout) would
+    otherwise sit in the without arm alone and make any candidate look helpful when that
+    note helps. An explored note (memory/recall.py) ran in only half the samples: the
+    candidates are tested without it and against the samples that lacked it, so its help
+    (or harm) on the task is not taken for theirs."""
     result = SearchResult.from_dict(state["result"])
-    notes = list(state.get("notes", []))
+    all_notes = list(state.get("notes", []))
+    ids = list(state.get("recalled_ids", []))
     explored = set(state.get("explored_ids", []))
-    if not explored:
-        return result, notes
-    ids = state.get("recalled_ids", [])
-    notes = [t for t, i in zip(notes, ids, strict=True) if i not in explored]
+    pairs = [(t, i) for t, i in zip(all_notes, ids, strict=True) if i not in explored]
+    want = {i for _, i in pairs}
+    exact = [t for t in result.trajectories if set(t.insight_ids) == want]
+    if exact:
+        return dataclasses.replace(result, trajectories=exact), [t for t, _ in pairs]
+    # No sample had exactly these notes (a search too small for its dropout plan): the
+    # nearest comparison is every sample without an explored note, else all of them.
     kept = [t for t in result.trajectories if not explored & set(t.insight_ids)]
-    if not kept:  # no sample ran without it: no test to take it out of
-        return result, list(state.get("notes", []))
-    return dataclasses.replace(result, trajectories=kept), notes
+    if explored and kept:
+        return dataclasses.replace(result, trajectories=kept), [t for t, _ in pairs]
+    return result, all_notes
 
 
 def admit_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:

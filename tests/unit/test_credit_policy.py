@@ -36,13 +36,14 @@ def test_dropout_plan_is_seeded_and_drops_about_the_share() -> None:
 
 def test_an_explored_note_runs_without_itself_in_half_the_samples() -> None:
     """A note recalled to be tried (memory/recall.py `reserve_exploration`) gets a balanced
-    within-task test: without it in n // 2 samples, with it in the rest, every seed; the
-    other notes keep their random dropout and are never dropped where it is."""
+    within-task test: without it in n // 2 samples, with every note in the rest, every
+    seed (the other notes are not dropped there: a sample lacking one is in neither of its
+    arms, and dropping both samples with it would leave it no test)."""
     for seed in range(50):
         plan = dropout_plan(["best", "young"], 4, 0.25, seed=seed, explored=["young"])
-        assert plan.count("young") == 2 and plan.count(None) + plan.count("best") == 2
+        assert plan.count("young") == 2 and plan.count(None) == 2
     plan = dropout_plan(["best", "young"], 4000, 0.25, seed=3, explored=["young"])
-    assert plan.count("young") == 2000 and 0.2 < plan.count("best") / 2000 < 0.3
+    assert plan.count("young") == 2000 and plan.count(None) == 2000
     assert plan == dropout_plan(["best", "young"], 4000, 0.25, seed=3, explored=["young"])
     # an explored id that is not among the notes changes nothing
     assert dropout_plan(["a", "b"], 8, 0.25, seed=1, explored=["zzz"]) == \
@@ -181,9 +182,38 @@ def test_admission_tests_candidates_without_the_explored_note() -> None:
                          "recalled_ids": ["best", "young"], "explored_ids": ["young"]}
     got, notes = _admission_context(state)
     assert notes == ["BEST"] and [t.text for t in got.trajectories] == ["a1", "a3"]
-    state["explored_ids"] = []
+
+
+def test_admission_without_arm_holds_every_note_of_the_with_arm() -> None:
+    """Note dropout ran some samples without one recalled note: those are in neither of
+    admission's arms (the with arm adds the candidate to every note), else a helpful
+    dropped note would make any candidate look helpful. A search with no sample holding
+    every note falls back to all of them."""
+    from crps_agent.graph.nodes import _admission_context
+    from crps_agent.graph.state import AgentState
+    from crps_agent.types import SearchResult, Trajectory, Verdict
+
+    task = Task(prompt="p", domain="math", reference="7", id="t")
+
+    def traj(k: int, ids: list[str], ok: bool) -> Trajectory:
+        return Trajectory(task_id="t", text=f"a{k}", steps=[], answer=None,
+                          verdict=Verdict(float(ok), ok), insight_ids=ids, search_id="s")
+
+    trajs = [traj(0, ["a", "b"], True), traj(1, ["a"], False), traj(2, ["a", "b"], True),
+             traj(3, ["b"], False)]
+    result = SearchResult(task=task, trajectories=trajs, best=trajs[0], search_id="s")
+    state: AgentState = {"result": result.to_dict(), "notes": ["A", "B"],
+                         "recalled_ids": ["a", "b"], "explored_ids": []}
     got, notes = _admission_context(state)
-    assert notes == ["BEST", "YOUNG"] and len(got.trajectories) == 4
+    assert notes == ["A", "B"] and [t.text for t in got.trajectories] == ["a0", "a2"]
+    lacking = SearchResult(task=task, trajectories=[trajs[1], trajs[3]], best=trajs[1],
+                           search_id="s")
+    state["result"] = lacking.to_dict()
+    got, notes = _admission_context(state)
+    assert notes == ["A", "B"] and [t.text for t in got.trajectories] == ["a1", "a3"]
+    state.update(result=result.to_dict(), notes=[], recalled_ids=[])
+    got, notes = _admission_context(state)
+    assert notes == [] and len(got.trajectories) == 4
 
 
 def test_a_notes_arms_differ_in_that_note_only() -> None:
