@@ -32,7 +32,8 @@ def test_cpu_time_splits_this_process_from_its_children() -> None:
             time.sleep(0.05)
     child.kill()
     child.wait()
-    assert 0.3 <= cpu.main_s < 3.0
+    # psutil counts in clock ticks (10 ms) where process_time is finer: a tick's slack.
+    assert 0.3 - 0.02 <= cpu.main_s < 3.0
     assert cpu.children_s >= 0.4
 
 
