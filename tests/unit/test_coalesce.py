@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import pytest
 
@@ -54,6 +55,26 @@ def _run_workers(co: Coalescer, jobs: list[list[GenerationRequest]],
 
     with ThreadPoolExecutor(len(jobs)) as pool:
         return list(pool.map(work, range(len(jobs))))
+
+
+@contextmanager
+def _busy_worker(co: Coalescer) -> Iterator[None]:
+    """Another registered worker, busy (not calling the model) until the block ends."""
+    entered, release = threading.Event(), threading.Event()
+
+    def busy() -> None:
+        with co.worker():
+            entered.set()
+            release.wait(10)
+
+    with ThreadPoolExecutor(1) as pool:
+        hold = pool.submit(busy)
+        entered.wait(10)
+        try:
+            yield
+        finally:
+            release.set()
+            hold.result(timeout=10)
 
 
 def test_n_workers_make_one_call_with_all_prompts() -> None:
@@ -129,20 +150,10 @@ def test_a_worker_that_leaves_or_dies_does_not_hold_the_others() -> None:
 def test_max_wait_sends_without_a_busy_worker() -> None:
     inner = Recorder()
     co = Coalescer(inner, max_wait=0.05)
-    release = threading.Event()
-
-    def busy() -> None:
-        with co.worker():
-            release.wait(10)
-
-    with ThreadPoolExecutor(2) as pool:
-        hold = pool.submit(busy)
-        with co.worker():
-            started = time.monotonic()
-            replies = co.generate([GenerationRequest(prompt="alone")])
-            waited = time.monotonic() - started
-        release.set()
-        hold.result(timeout=10)
+    with _busy_worker(co), co.worker():
+        started = time.monotonic()
+        replies = co.generate([GenerationRequest(prompt="alone")])
+        waited = time.monotonic() - started
     assert replies[0][0].text == "re:alone"
     assert 0.04 <= waited < 5
 
@@ -169,19 +180,9 @@ def test_stats_tell_full_calls_from_timed_out_ones_and_time_the_gaps() -> None:
     co = Coalescer(inner, max_wait=0.05)
     _run_workers(co, [[GenerationRequest(prompt=f"p{i}")] for i in range(3)])
     assert (co.stats.calls, co.stats.full, co.stats.timed_out) == (1, 1, 0)
-    release = threading.Event()
-
-    def busy() -> None:
-        with co.worker():
-            release.wait(10)
-
-    with ThreadPoolExecutor(1) as pool:
-        hold = pool.submit(busy)
-        with co.worker():
-            time.sleep(0.1)  # backend idle, nothing pending
-            co.generate([GenerationRequest(prompt="alone")])  # held until max_wait
-        release.set()
-        hold.result(timeout=10)
+    with _busy_worker(co), co.worker():
+        time.sleep(0.1)  # backend idle, nothing pending
+        co.generate([GenerationRequest(prompt="alone")])  # held until max_wait
     s = co.stats
     assert (s.calls, s.full, s.timed_out, s.callers) == (2, 1, 1, 4)
     assert 0.04 <= s.held_s < 5 and s.idle_s >= 0.09
@@ -197,21 +198,11 @@ class SlowRecorder(Recorder):
 
 def test_a_call_waits_for_busy_workers_a_share_of_the_last_call() -> None:
     co = Coalescer(SlowRecorder(), max_wait=0.01, wait_share=0.5)
-    release = threading.Event()
-
-    def busy() -> None:
-        with co.worker():
-            release.wait(10)
-
-    with ThreadPoolExecutor(1) as pool:
-        hold = pool.submit(busy)
-        with co.worker():
-            co.generate([GenerationRequest(prompt="first")])  # 0.3 s: patience 0.15 s
-            started = time.monotonic()
-            co.generate([GenerationRequest(prompt="second")])
-            waited = time.monotonic() - started - 0.3
-        release.set()
-        hold.result(timeout=10)
+    with _busy_worker(co), co.worker():
+        co.generate([GenerationRequest(prompt="first")])  # 0.3 s: patience 0.15 s
+        started = time.monotonic()
+        co.generate([GenerationRequest(prompt="second")])
+        waited = time.monotonic() - started - 0.3
     assert 0.12 <= waited < 2
     assert co.stats.timed_out == 2 and 0.12 <= co.stats.held_s < 3
 
