@@ -65,6 +65,25 @@ def _view(agent: Agent, report: LearnReport) -> dict[str, Any]:
     return out
 
 
+def _crash_after(monkeypatch: pytest.MonkeyPatch, channel: str) -> dict[str, Any]:
+    """Make the first task whose step writes `channel` die before that step's checkpoint
+    (its writes saved, not its checkpoint); later checkpoints of that task fail too. The
+    returned dict names the victim's thread once it died."""
+    real_put = SqliteSaver.put
+    victim: dict[str, Any] = {"thread": None}
+
+    def put(self: SqliteSaver, config: Any, checkpoint: Any, metadata: Any,
+            new_versions: Any) -> Any:
+        thread = config["configurable"]["thread_id"]
+        if victim["thread"] in (None, thread) and channel in new_versions:
+            victim["thread"] = thread
+            raise Crash(thread)
+        return real_put(self, config, checkpoint, metadata, new_versions)
+
+    monkeypatch.setattr(SqliteSaver, "put", put)
+    return victim
+
+
 @pytest.fixture(scope="module")
 def expected(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The store and reports of an uninterrupted run."""
@@ -84,24 +103,13 @@ def test_a_crash_after_a_nodes_saved_writes_resumes_the_rest_of_the_task(
         tmp_path: Path, node: str, concurrency: int, expected: dict[str, Any],
         monkeypatch: pytest.MonkeyPatch) -> None:
 
-    real_put = SqliteSaver.put
-    victim = {"thread": None}
-
-    def put(self: SqliteSaver, config: Any, checkpoint: Any, metadata: Any,
-            new_versions: Any) -> Any:
-        thread = config["configurable"]["thread_id"]
-        # The first task to finish `node` dies before its step's checkpoint.
-        if victim["thread"] in (None, thread) and WRITES[node] in new_versions:
-            victim["thread"] = thread
-            raise Crash(thread)
-        return real_put(self, config, checkpoint, metadata, new_versions)
-
-    monkeypatch.setattr(SqliteSaver, "put", put)
+    # The first task to finish `node` dies before its step's checkpoint.
+    victim = _crash_after(monkeypatch, WRITES[node])
     crashed = _agent(tmp_path / "killed")
     with pytest.raises(Crash):
         crashed.learn(_tasks(), run_id="r", concurrency=concurrency)
     crashed.close()
-    monkeypatch.setattr(SqliteSaver, "put", real_put)
+    monkeypatch.undo()
     assert victim["thread"] is not None
 
     resumed = _agent(tmp_path / "killed")
@@ -137,23 +145,12 @@ def test_draws_sharing_a_namespace_lose_nothing_through_a_crash_in_flight(
     one.close()
     assert expected["support"] > len(expected["texts"])  # some drafts merged
 
-    real_put = SqliteSaver.put
-    victim = {"thread": None}
-
-    def put(self: SqliteSaver, config: Any, checkpoint: Any, metadata: Any,
-            new_versions: Any) -> Any:
-        thread = config["configurable"]["thread_id"]
-        if victim["thread"] in (None, thread) and "store_before" in new_versions:
-            victim["thread"] = thread
-            raise Crash(thread)
-        return real_put(self, config, checkpoint, metadata, new_versions)
-
-    monkeypatch.setattr(SqliteSaver, "put", put)
+    _crash_after(monkeypatch, "store_before")
     crashed = _agent(tmp_path / "killed")
     with pytest.raises(Crash):
         crashed.learn(tasks, run_id="r", concurrency=3)
     crashed.close()
-    monkeypatch.setattr(SqliteSaver, "put", real_put)
+    monkeypatch.undo()
 
     resumed = _agent(tmp_path / "killed")
     report = resumed.learn(tasks, run_id="r", concurrency=3)
