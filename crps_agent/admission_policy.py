@@ -79,6 +79,8 @@ if TYPE_CHECKING:
 
 _GRID = 2000
 ADMISSION_KIND = "admission-evidence"
+# The reason of a test still inconclusive after a visit's samples: the candidate stays one.
+PROBATION = "probation"
 
 
 def _log_beta_pdf(alpha: float, beta: float) -> Any:
@@ -123,7 +125,7 @@ class AdmissionDecision:
     p_help: float
     admitted: bool
     # "helps", "no-evidence", "unconfirmed", "settled", "no-flip", "harms-neighbours",
-    # "unverified"
+    # "unverified", PROBATION (neither admitted nor rejected yet)
     reason: str
     neighbours: list[str] = field(default_factory=list)
     neighbour_with: Arm = field(default_factory=Arm)
@@ -297,6 +299,8 @@ def admit_candidates(task: Task, result: SearchResult, *, notes: Sequence[str],
                     t.admitted, t.reason = False, "no-flip"
             elif verdict == "reject":
                 t.reason = "no-evidence"
+            elif t.with_arm.n + mem.admission_rollouts > mem.admission_visit_rollouts:
+                t.reason = PROBATION  # inconclusive: tested on at the task's next search
             else:
                 still.append(t)
         undecided = still

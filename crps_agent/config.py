@@ -208,10 +208,16 @@ class MemorySettings(BaseModel):
     admission_confidence: float = Field(0.93, gt=0.5, lt=1.0, description="posterior "
                                         "P(p_with > p_without) that admits a candidate (at "
                                         "any stage of its sequential test)")
-    admission_max_rollouts: int = Field(32, ge=1, le=1024, description="most samples with "
-                                        "the candidate in one test: while the evidence is "
-                                        "inconclusive the test adds `admission_rollouts` "
-                                        "with and as many without, up to this")
+    admission_max_rollouts: int = Field(64, ge=1, le=1024, description="most samples with "
+                                        "the candidate over all its tests: while the "
+                                        "evidence is inconclusive a test adds "
+                                        "`admission_rollouts` with and as many without, up "
+                                        "to this")
+    admission_visit_rollouts: int = Field(32, ge=1, le=1024, description="most samples "
+                                          "with the candidate drawn on one visit of a "
+                                          "task; a test still inconclusive then keeps it a "
+                                          "candidate on probation, tested on when its task "
+                                          "is searched again (admission_policy.py)")
     admission_futility: float = Field(0.4, ge=0.0, lt=1.0, description="P(p_with > "
                                       "p_without) below which a test stops early and "
                                       "rejects (no sign of help)")

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 SAME_SYSTEM = "You compare two lessons for a problem solver. Reply with one JSON object only."
 # Reasons of a rejection that leave a candidate possibly redundant (no sign of help over
 # the notes it was tested against), as opposed to tested and found wanting.
-REDUNDANT_REASONS = ("no-evidence", "settled", "unconfirmed")
+REDUNDANT_REASONS = ("no-evidence", "settled", "unconfirmed", "probation")
 
 
 def same_messages(a: str, b: str) -> list[dict[str, str]]:

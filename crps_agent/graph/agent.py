@@ -189,7 +189,8 @@ def _report(state: dict[str, Any], resumed: bool = False) -> TaskReport:
         truncated=result.stats.truncated,
         ablated=bool(state.get("ablated", False)),
         admitted=sum(1 for c in state.get("admission", []) if c["admitted"]),
-        admission_rejected=sum(1 for c in state.get("admission", []) if not c["admitted"]),
+        admission_rejected=sum(1 for c in state.get("admission", []) if not c["admitted"]
+                               and not c.get("held")),
         retired=list(state.get("retired", [])), promoted=list(state.get("promoted", [])),
         crps=state.get("crps"),
         empty_completions=sum(1 for t in result.trajectories if not t.text.strip()),

@@ -9,7 +9,7 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
-from crps_agent.admission_policy import admit_candidates
+from crps_agent.admission_policy import PROBATION, admit_candidates
 from crps_agent.anchors import AnchorStore, anchor_rediscoveries, recall_notes
 from crps_agent.contrast import cross_contrasts, history_contrasts, pair_contrasts
 from crps_agent.credit_policy import credit_search, search_with_dropout
@@ -17,7 +17,7 @@ from crps_agent.errors import NotFoundError
 from crps_agent.graph.replay import applied, changed_ids, gained, restrict, snapshot
 from crps_agent.graph.state import AgentContext, AgentState
 from crps_agent.ledger import phase
-from crps_agent.memory.admission import settle
+from crps_agent.memory.admission import hold, on_probation, settle
 from crps_agent.memory.credit import should_ablate
 from crps_agent.memory.ingest import AddOutcome
 from crps_agent.redundancy import merge_redundant
@@ -171,6 +171,16 @@ def log_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any
     return {"store_before": snapshot(ctx.memory, task.namespace, task.domain)}
 
 
+def _with_probation(ctx: AgentContext, state: AgentState, task: Task, ids: list[str]
+                    ) -> list[str]:
+    """The task's new candidates and, while learning, those on probation on it: an
+    inconclusive test goes on at the task's next search (admission_policy.py)."""
+    if state.get("mode", "learn") == "learn" and ctx.settings.memory.admission:
+        ids = [*ids, *on_probation(ctx.memory.insights, task.id, task.namespace,
+                                   task.domain)]
+    return list(dict.fromkeys(ids))
+
+
 def store_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
     """Store the drafts (as candidates when admission is on), merging duplicates; then take
     the pre-image for `credit_node`. Skipped on a replay after the drafts were stored (the
@@ -204,7 +214,8 @@ def store_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, A
                              [AddOutcome(i, merged=True) for i in stored if i.id in known])
         update = {"added": added, "merged": len(new) - added,
                   "insights": [i.to_dict() for i in stored],
-                  "candidates": [i.id for i in stored if i.status == "candidate"]}
+                  "candidates": _with_probation(
+                      ctx, state, task, [i.id for i in stored if i.status == "candidate"])}
     else:
         with phase("merge"):  # merge and contradiction checks of the new insights
             outcomes = ctx.memory.remember(new, backend=ctx.backend)
@@ -212,8 +223,8 @@ def store_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, A
         update = {"added": sum(1 for o in outcomes if not o.merged),
                   "merged": sum(1 for o in outcomes if o.merged),
                   "insights": [o.insight.to_dict() for o in outcomes],
-                  "candidates": list(dict.fromkeys(o.insight.id for o in outcomes
-                                                   if o.insight.status == "candidate"))}
+                  "candidates": _with_probation(ctx, state, task, [
+                      o.insight.id for o in outcomes if o.insight.status == "candidate"])}
         credit_before = (snapshot(ctx.memory, task.namespace, task.domain)
                          if state.get("ablated") or state.get("recalled_ids") else None)
         return {**update, "credit_before": credit_before}
@@ -332,18 +343,23 @@ def admit_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, A
                                  state.get("recalled_ids", []), memory=ctx.memory,
                                  backend=ctx.backend, settings=ctx.settings,
                                  seed=_seed(state, ctx))
-    settle(ctx.memory.insights, {c.insight_id: c.admitted for c in checks})
+    merged = {m.candidate_id for m in merges}
+    held = [c.insight_id for c in checks if c.reason == PROBATION and c.insight_id not in merged]
+    hold(ctx.memory.insights, held, task.id)
+    settle(ctx.memory.insights, {c.insight_id: c.admitted for c in checks
+                                 if c.insight_id not in held})
     # An admitted note is anchored on the task it was learned on (crps_agent/anchors.py).
     AnchorStore(ctx.memory).add(task.namespace, {c.insight_id: [task.id, *c.helped]
                                                  for c in checks if c.admitted})
     for c in checks:
         log.info("admission on task %s: insight %s %s (%s, P(helps) %.2f, %d rollouts)",
-                 task.id, c.insight_id, "admitted" if c.admitted else "rejected",
+                 task.id, c.insight_id, "admitted" if c.admitted else
+                 "on probation" if c.insight_id in held else "rejected",
                  c.reason, c.p_help, c.rollouts)
     for m in merges:
         log.info("admission on task %s: insight %s merged into %s as support", task.id,
                  m.candidate_id, m.into)
-    return {"admission": [c.to_dict() for c in checks],
+    return {"admission": [{**c.to_dict(), "held": c.insight_id in held} for c in checks],
             "llm_calls": (1 if checks else 0) + (1 if any(c.neighbours for c in checks) else 0)
             + judged}
 

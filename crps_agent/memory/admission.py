@@ -22,6 +22,7 @@ from crps_agent.memory.events import Event, event_id
 from crps_agent.memory.records import ts
 
 MERGED = "merged:"  # on a candidate merged into an active note as support
+PROBATION = "probation:"  # on a candidate still under test, one per task it is tested on
 ABSORBED = "absorbed:"  # on the note, one per candidate it absorbed
 
 if TYPE_CHECKING:
@@ -47,6 +48,7 @@ def settle(store: InsightStore, decisions: dict[str, bool]) -> list[Insight]:
             if ins.status != "candidate":
                 continue
             ins.status = "active" if admitted else "retired"
+            ins.flags = [f for f in ins.flags if not f.startswith(PROBATION)]
             if admitted:  # admitted on a later test: no longer merged into another note
                 ins.flags = [f for f in ins.flags if not f.startswith(MERGED)]
             if not admitted and ADMISSION_REJECTED not in ins.flags:
@@ -86,3 +88,26 @@ def absorb(store: InsightStore, candidate_id: str, into: str) -> Insight | None:
 def merged_into(insight: Insight) -> str | None:
     """The id of the note a candidate was merged into as support, if any."""
     return next((f[len(MERGED):] for f in insight.flags if f.startswith(MERGED)), None)
+
+
+def hold(store: InsightStore, insight_ids: list[str], task_id: str) -> None:
+    """Keep candidates whose test is inconclusive on probation (admission_policy.py): they
+    stay candidates, never recalled, flagged "probation:<task id>" so the task's next
+    search tests them on."""
+    with write_lock(store.client):
+        for insight_id in insight_ids:
+            try:
+                ins = store.get(insight_id)
+            except NotFoundError:
+                continue
+            if ins.status == "candidate" and f"{PROBATION}{task_id}" not in ins.flags:
+                ins.flags = [*ins.flags, f"{PROBATION}{task_id}"]
+                _save(store, ins)
+
+
+def on_probation(store: InsightStore, task_id: str, namespace: str, domain: str
+                 ) -> list[str]:
+    """The ids of the candidates on probation on `task_id`."""
+    mark = f"{PROBATION}{task_id}"
+    return [i.id for i in store.list(namespace, domain, status="candidate")
+            if mark in i.flags]

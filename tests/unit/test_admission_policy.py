@@ -68,7 +68,10 @@ def test_a_tie_is_no_evidence_and_a_never_solved_task_needs_a_flip(
     agent = _agent(tmp_path, respond)
     report = agent.learn([half, never])
     assert [t.admitted for t in report.tasks] == [0, 0]
-    assert [t.admission_rejected for t in report.tasks] == [1, 1]
+    # a tie is inconclusive: on probation after the first task's visit (32 samples), not
+    # rejected; found again on the never-solved task, its pooled evidence drops below the
+    # futility bar there (no sample flipped) and it is rejected
+    assert [t.admission_rejected for t in report.tasks] == [0, 1]
     assert [i.status for i in agent.memory.insights.list()] == ["retired"]
     agent.close()
 
@@ -181,7 +184,7 @@ def test_an_inconclusive_test_draws_another_stage_with_both_arms(
 
 
 def test_the_look_verdicts_ask_for_confirmation_below_sure() -> None:
-    mem = MemorySettings()
+    mem = MemorySettings(admission_max_rollouts=32)  # four looks in all
     assert decide(0.995, 8, mem) == "admit"
     assert decide(0.985, 8, mem) == "confirm"  # clears the first bar (0.9825), not 0.99
     assert decide(0.95, 24, mem) == "confirm"
@@ -213,7 +216,7 @@ def test_a_fluke_that_carried_the_looks_is_not_confirmed(
             return (["\\boxed{7}"] * wins + ["\\boxed{5}"] * (8 - wins)) * (req.n // 8)
         return ["\\boxed{7}", "\\boxed{5}", "\\boxed{5}", "\\boxed{5}"] * (req.n // 4)
 
-    agent = _agent(tmp_path, respond, admission_neighbours=0)
+    agent = _agent(tmp_path, respond, admission_neighbours=0, admission_max_rollouts=32)
     report = agent.learn([task])
     # 10/16 against 3/12 cleared the second look's bar (the old test admitted here); the
     # confirmation stage's 1/8 against 2/8 rejects it
@@ -230,7 +233,7 @@ def _simulated_admission(effect: float, settings: MemorySettings, rng: random.Ra
     as the simulator draws it, the note shifting it by `effect` logits."""
     base = rng.uniform(0.15, 0.6)
     p_with = 1.0 / (1.0 + math.exp(-(math.log(base / (1.0 - base)) + effect)))
-    k = settings.admission_rollouts
+    k, visit = settings.admission_rollouts, settings.admission_visit_rollouts
     w = n_w = 0
     wo, n_wo = sum(rng.random() < base for _ in range(4)), 4  # the search's 4 samples
     cost = 0
@@ -241,11 +244,14 @@ def _simulated_admission(effect: float, settings: MemorySettings, rng: random.Ra
         n_w += k
         cost += k
         fresh_wo = 0
+        # a visit's first stage has the search's 4 samples as its without arm (probation
+        # goes on at the task's next search)
+        extra = 4 if n_w % visit == k and not confirming else k
         if n_w > k:
-            fresh_wo = sum(rng.random() < base for _ in range(k))
+            fresh_wo = sum(rng.random() < base for _ in range(extra))
             wo += fresh_wo
-            n_wo += k
-            cost += k
+            n_wo += extra
+            cost += 0 if extra == 4 else k
         p_help = prob_greater(w, n_w, wo, n_wo)
         if confirming:
             return confirmed(p_help, Arm(fresh_w, k), Arm(fresh_wo, k), settings), cost
@@ -276,7 +282,7 @@ def test_the_sequential_test_admits_real_effects_and_few_useless_notes() -> None
 def test_confirmation_cuts_false_admissions_at_the_same_power() -> None:
     """The confirmation stage and the extension (module doc): fewer useless and harmful
     notes admitted than by the looks alone, about as many real effects."""
-    new = MemorySettings()
+    new = MemorySettings(admission_max_rollouts=32)  # the one-visit test they were made on
     old = new.model_copy(update={"admission_sure": 0.9, "admission_extend": 1.0})
     trials = 1500
     rates: dict[tuple[str, float], float] = {}
@@ -288,3 +294,62 @@ def test_confirmation_cuts_false_admissions_at_the_same_power() -> None:
     assert rates["new", 0.0] <= 0.075 and rates["new", 0.0] <= rates["old", 0.0] - 0.01
     assert rates["new", -0.1] <= 0.055 and rates["new", -0.1] < rates["old", -0.1]
     assert rates["new", 1.0] >= rates["old", 1.0] - 0.03
+
+
+def test_an_inconclusive_visit_leaves_the_candidate_on_probation_until_its_task_returns(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test still inconclusive after a visit's samples neither admits nor rejects: the
+    candidate stays one (never recalled), and the task's next search tests it on, its
+    earlier samples pooled; the old one-visit test rejected it for good at its cap."""
+    monkeypatch.delenv("CRPS_CONFIG", raising=False)
+    from crps_agent.admission_policy import ADMISSION_KIND
+    from crps_agent.credit_policy import CreditEvents
+
+    task = Task(prompt="A rope of 14 m is cut into 2 pieces; how long is each?",
+                domain="math", reference="7", id="rope")
+    visit = {"n": 1}
+
+    def respond(req: GenerationRequest) -> str | list[str] | None:
+        if req.purpose == "reflect":
+            return _reflection(NOTE) if visit["n"] == 1 else _reflection()
+        if NOTE in req.text():  # a tie on the first visit, every sample on the second
+            good = 4 if visit["n"] == 1 else 8
+            return (["\\boxed{7}"] * good + ["\\boxed{5}"] * (8 - good)) * (req.n // 8)
+        return ["\\boxed{7}", "\\boxed{5}"] * (req.n // 2)
+
+    agent = _agent(tmp_path, respond, admission_neighbours=0)
+    report = agent.learn([task], run_id="v1")
+    assert (report.tasks[0].admitted, report.tasks[0].admission_rejected) == (0, 0)
+    [note] = agent.memory.insights.list()
+    assert note.status == "candidate" and "probation:rope" in note.flags
+    assert report.totals()["cost"]["admit"]["sequences"] == 32 + 24  # 4 stages, 3 without
+    assert agent.memory.recall(task.prompt, namespace=task.namespace, domain="math") == []
+
+    visit["n"] = 2
+    report = agent.learn([task], run_id="v2")  # the task again: no new candidate
+    assert (report.tasks[0].admitted, report.tasks[0].admission_rejected) == (1, 0)
+    note = agent.memory.insights.get(note.id)
+    assert note.status == "active" and not any(f.startswith("probation:") for f in note.flags)
+    pooled = CreditEvents(agent.memory, prefix="adm:", kind=ADMISSION_KIND).get_many(
+        [note.id])[note.id]
+    assert pooled.with_n > 32 and pooled.with_wins >= 16 + 8
+    agent.close()
+
+
+def test_probation_spends_the_error_over_every_visit_for_more_power() -> None:
+    """Operating characteristics of the test over visits (the figures of the module doc):
+    two visits' samples, with the error spent over all of them, admit more notes worth
+    +1.0 logit than the one-visit test, and no more useless ones."""
+    visits = MemorySettings()
+    one = visits.model_copy(update={"admission_max_rollouts": 32})
+    assert visits.admission_max_rollouts == 2 * visits.admission_visit_rollouts
+    trials = 1500
+    rates: dict[tuple[str, float], float] = {}
+    for name, settings in (("one", one), ("visits", visits)):
+        for effect in (1.0, 0.0):
+            rng = random.Random(11)
+            rates[name, effect] = sum(_simulated_admission(effect, settings, rng)[0]
+                                      for _ in range(trials)) / trials
+    assert rates["visits", 1.0] >= rates["one", 1.0] + 0.06
+    assert rates["visits", 0.0] <= 0.075
+    assert rates["visits", 0.0] <= rates["one", 0.0] + 0.01

@@ -91,7 +91,9 @@ def test_one_order_low_confidence_or_no_json_is_no_merge(tmp_path: Path, judge) 
     agent = _agent(tmp_path, judge)
     agent.learn([TASK])
     by_text = {i.text: i for i in agent.memory.insights.list()}
-    assert by_text[SAME].status == "retired" and merged_into(by_text[SAME]) is None
+    # not merged: rejected, or on probation while its test (a tie) is inconclusive
+    assert by_text[SAME].status in ("retired", "candidate")
+    assert merged_into(by_text[SAME]) is None
     assert by_text[NOTE].support == 1 and not any(
         f.startswith("absorbed:") for f in by_text[NOTE].flags)
     agent.close()
@@ -178,7 +180,7 @@ def test_the_bench_counts_a_merged_helpful_candidate_as_in_use(tmp_path: Path) -
 
 
 @pytest.mark.parametrize(("reason", "merged"), [
-    ("no-evidence", True), ("settled", True), ("unconfirmed", True),
+    ("no-evidence", True), ("settled", True), ("unconfirmed", True), ("probation", True),
     ("harms-neighbours", False), ("no-flip", False)])
 def test_which_rejections_can_be_merged(reason: str, merged: bool) -> None:
     """A candidate that cleared a look but not its confirmation stage ("unconfirmed") is,
