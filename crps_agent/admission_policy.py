@@ -8,14 +8,30 @@ For the candidates a learn task produced (DESIGN.md §4, issue 12.3):
    candidate added, with a seed of its own (not a replay of the search's samples).
 3. **Help, tested sequentially**: P(p_with > p_without) under independent Beta(prior_a,
    prior_b) posteriors of the two success rates. The test admits as soon as it reaches
-   the bar of its look (`admit_bar`: from 0.9825 at the first look of 8 samples to
-   `memory.admission_confidence`, 0.93, at the last of 32), i.e. a strict improvement (a
+   the bar of its look (`admit_bar`: from 0.99125 at the first look of 8 samples to
+   `memory.admission_confidence`, 0.93, at the last of 64), i.e. a strict improvement (a
    tie is no evidence), and rejects as soon as it falls below `memory.admission_futility`
    (0.4: no sign of help). In between the evidence is inconclusive, and the test draws
    another stage: `admission_rollouts` more samples with the candidate and as many
-   without it (one without arm shared by the task's undecided candidates), until the
-   with arm holds `memory.admission_max_rollouts` (32) samples; still undecided then, it
-   rejects. **Confirmation**: a candidate that clears its look's bar with P(help) below
+   without it (one without arm shared by the task's undecided candidates), up to
+   `memory.admission_visit_rollouts` (32) with it on one visit of the task.
+   **Probation**: still inconclusive after a visit, the candidate is neither admitted nor
+   rejected: it stays a candidate (never recalled), flagged "probation:<task id>", and
+   the task's next learn search (another epoch's draw) tests it on, the new search's
+   samples its without arm and its earlier samples pooled, until its tests together hold
+   `memory.admission_max_rollouts` (64) samples with it; still undecided then, it
+   rejects. The bars are spent over those 64 (8 looks: 0.99125 at the first, 0.965 at
+   the fourth, 0.93 at the eighth), whichever visit a look falls on, so a candidate
+   tested over several visits gets no more chances than one tested in one go. On the
+   binomial simulation below (a visit's first stage without arm: the search's 4 samples)
+   the one-visit test with 32 admitted 0.85 / 0.61 / 0.27 / 0.057 / 0.042 / 0.001 of
+   notes worth +1.5 / +1.0 / +0.5 / 0 / -0.1 / -1.0 logits at ~38 / 43 / 41 / 30 / 28 /
+   15 samples; over 64 in visits of 32 it admits 0.89 / 0.71 / 0.34 / 0.069 / 0.041 /
+   0.001 at ~43 / 56 / 59 / 45 / 40 / 16. In the hard simulated world the notes lost
+   at the old cap were weak helpful ones at 29/40 against 21/34 (P 0.83) and 22/40
+   against 13/34 (0.92): rejected for good, though one more visit's samples would
+   mostly have decided them. A task never drawn again leaves its candidate on
+   probation: not in use, as a rejection would be. **Confirmation**: a candidate that clears its look's bar with P(help) below
    `memory.admission_sure` (0.99), or that is still inconclusive at the cap with P(help)
    >= `memory.admission_extend` (0.85), draws one more stage (8 with, 8 without, past the
    cap) and is admitted only if the pooled P(help) is still >= `memory.admission_confirm`
@@ -34,9 +50,10 @@ For the candidates a learn task produced (DESIGN.md §4, issue 12.3):
    ~0.8 and ~0.6 for ~2.5x the rollouts, and the strict early bars keep a useless note's
    admission near 10% despite the repeated looks (the binomial figures are in
    tests/unit/test_admission_policy.py). The cap counts the samples of earlier tests
-   too: a candidate met again (a rediscovery after a rejection) is judged on the samples
-   of all its tests so far (kept in `crps_meta`, kind "admission-evidence") and tested on
-   until its tests together reach the cap, then no more (reason "settled"). Without
+   too: a candidate met again (a rediscovery, on probation or after a rejection) is
+   judged on the samples of all its tests so far (kept in `crps_meta`, kind
+   "admission-evidence") and tested on until its tests together reach the cap, then no
+   more (reason "settled"). Without
    that, a platitude the reflector proposes again and again got a new look each time and
    was eventually admitted by chance (3 of 5 platitudes in the default world). A
    candidate from a task never solved (no correct attempt in the whole log) must in
@@ -55,7 +72,8 @@ For the candidates a learn task produced (DESIGN.md §4, issue 12.3):
 
 Every check rollout is a backend call under the cost ledger's "admit" phase (the caller
 wraps it). A rejected candidate is retired with the flag "admission:rejected"
-(memory/admission.py `settle`); a rediscovery makes it a candidate again.
+(memory/admission.py `settle`); a rediscovery makes it a candidate again. A candidate on
+probation is kept by memory/admission.py `hold`.
 """
 
 from __future__ import annotations

@@ -225,7 +225,7 @@ class MemorySettings(BaseModel):
                                   "that admits a candidate at once; one that clears its "
                                   "look's bar below this is admitted only after a "
                                   "confirmation stage")
-    admission_confirm: float = Field(0.93, gt=0.5, lt=1.0, description="pooled P(p_with > "
+    admission_confirm: float = Field(0.95, gt=0.5, lt=1.0, description="pooled P(p_with > "
                                      "p_without) a candidate must keep after its "
                                      "confirmation stage (whose own samples with it must "
                                      "also win at least as often as those without)")

@@ -184,7 +184,8 @@ def test_an_inconclusive_test_draws_another_stage_with_both_arms(
 
 
 def test_the_look_verdicts_ask_for_confirmation_below_sure() -> None:
-    mem = MemorySettings(admission_max_rollouts=32)  # four looks in all
+    # the one-visit test (four looks in all) these verdicts were made on
+    mem = MemorySettings(admission_max_rollouts=32, admission_confirm=0.93)
     assert decide(0.995, 8, mem) == "admit"
     assert decide(0.985, 8, mem) == "confirm"  # clears the first bar (0.9825), not 0.99
     assert decide(0.95, 24, mem) == "confirm"
@@ -216,7 +217,8 @@ def test_a_fluke_that_carried_the_looks_is_not_confirmed(
             return (["\\boxed{7}"] * wins + ["\\boxed{5}"] * (8 - wins)) * (req.n // 8)
         return ["\\boxed{7}", "\\boxed{5}", "\\boxed{5}", "\\boxed{5}"] * (req.n // 4)
 
-    agent = _agent(tmp_path, respond, admission_neighbours=0, admission_max_rollouts=32)
+    agent = _agent(tmp_path, respond, admission_neighbours=0, admission_max_rollouts=32,
+                   admission_confirm=0.93)
     report = agent.learn([task])
     # 10/16 against 3/12 cleared the second look's bar (the old test admitted here); the
     # confirmation stage's 1/8 against 2/8 rejects it
@@ -282,7 +284,8 @@ def test_the_sequential_test_admits_real_effects_and_few_useless_notes() -> None
 def test_confirmation_cuts_false_admissions_at_the_same_power() -> None:
     """The confirmation stage and the extension (module doc): fewer useless and harmful
     notes admitted than by the looks alone, about as many real effects."""
-    new = MemorySettings(admission_max_rollouts=32)  # the one-visit test they were made on
+    # the one-visit test they were made on
+    new = MemorySettings(admission_max_rollouts=32, admission_confirm=0.93)
     old = new.model_copy(update={"admission_sure": 0.9, "admission_extend": 1.0})
     trials = 1500
     rates: dict[tuple[str, float], float] = {}
@@ -341,7 +344,7 @@ def test_probation_spends_the_error_over_every_visit_for_more_power() -> None:
     two visits' samples, with the error spent over all of them, admit more notes worth
     +1.0 logit than the one-visit test, and no more useless ones."""
     visits = MemorySettings()
-    one = visits.model_copy(update={"admission_max_rollouts": 32})
+    one = visits.model_copy(update={"admission_max_rollouts": 32, "admission_confirm": 0.93})
     assert visits.admission_max_rollouts == 2 * visits.admission_visit_rollouts
     trials = 1500
     rates: dict[tuple[str, float], float] = {}
