@@ -22,20 +22,16 @@ For the candidates a learn task produced (DESIGN.md §4, issue 12.3):
    `memory.admission_max_rollouts` (64) samples with it; still undecided then, it
    rejects. The bars are spent over those 64 (8 looks: 0.99125 at the first, 0.965 at
    the fourth, 0.93 at the eighth), whichever visit a look falls on, so a candidate
-   tested over several visits gets no more chances than one tested in one go. On the
-   binomial simulation below (a visit's first stage without arm: the search's 4 samples)
-   the one-visit test with 32 admitted 0.85 / 0.61 / 0.27 / 0.057 / 0.042 / 0.001 of
-   notes worth +1.5 / +1.0 / +0.5 / 0 / -0.1 / -1.0 logits at ~38 / 43 / 41 / 30 / 28 /
-   15 samples; over 64 in visits of 32 it admits 0.89 / 0.71 / 0.34 / 0.069 / 0.041 /
-   0.001 at ~43 / 56 / 59 / 45 / 40 / 16. In the hard simulated world the notes lost
-   at the old cap were weak helpful ones at 29/40 against 21/34 (P 0.83) and 22/40
-   against 13/34 (0.92): rejected for good, though one more visit's samples would
-   mostly have decided them. A task never drawn again leaves its candidate on
-   probation: not in use, as a rejection would be. **Confirmation**: a candidate that clears its look's bar with P(help) below
+   tested over several visits gets no more chances than one tested in one go. In the
+   hard simulated world the notes lost at the old one-visit cap of 32 were weak helpful
+   ones at 29/40 against 21/34 (P 0.83) and 22/40 against 13/34 (0.92): rejected for
+   good, where another visit's samples would mostly have decided them. A task never
+   drawn again leaves its candidate on probation: not in use, as a rejection would be.
+   **Confirmation**: a candidate that clears its look's bar with P(help) below
    `memory.admission_sure` (0.99), or that is still inconclusive at the cap with P(help)
    >= `memory.admission_extend` (0.85), draws one more stage (8 with, 8 without, past the
    cap) and is admitted only if the pooled P(help) is still >= `memory.admission_confirm`
-   (0.93) and that stage's own samples with it won at least as often as those without it
+   (0.95) and that stage's own samples with it won at least as often as those without it
    (reason "unconfirmed" otherwise). In the runs a harmful note was admitted at 9/24
    against 2/16 (P 0.95) and a platitude at 17/32 against 8/28 (0.97): a fluke that
    carried the earlier looks seldom repeats on fresh samples, while a real effect mostly
@@ -44,7 +40,14 @@ For the candidates a learn task produced (DESIGN.md §4, issue 12.3):
    0.84 / 0.60 / 0.066 / 0.043 / 0.001 for notes worth +1.5 / +1.0 / 0 / -0.1 / -1.0
    logits, for ~8 more samples per test of a helpful note and ~3 of a useless one: a
    quarter fewer false admissions at the same power (confirmation alone, without the
-   extension, cost the +1.0 note ~5 points of power).
+   extension, cost the +1.0 note ~5 points of power). Those figures are of the one-visit
+   test (cap 32, confirmation at 0.93). With probation (64 over visits of 32, a visit's
+   first stage against the new search's 4 samples) and confirmation at 0.95 the shares
+   are 0.88 / 0.69 / 0.32 / 0.059 / 0.034 / 0.001 for +1.5 / +1.0 / +0.5 / 0 / -0.1 /
+   -1.0 logits, at ~43 / 56 / 59 / 45 / 40 / 16 samples, against the one-visit test's
+   0.85 / 0.61 / 0.27 / 0.057 / 0.042 / 0.001 at ~38 / 43 / 41 / 30 / 28 / 15: 8 points
+   more power for a +1.0 note at the same false-admission rate (confirming at 0.93 the
+   visits gave 0.71 but admitted 0.069 of useless notes).
    One fixed shot of 8 against the search's 4 samples admits a note worth +1.5
    logits only about half the time and one worth +1.0 about a quarter; the stages reach
    ~0.8 and ~0.6 for ~2.5x the rollouts, and the strict early bars keep a useless note's

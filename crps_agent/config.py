@@ -246,6 +246,9 @@ class MemorySettings(BaseModel):
                                   "rejected for no evidence restates a recalled active "
                                   "note; if so merge it into that note as support "
                                   "(crps_agent/redundancy.py)")
+    merge_min_similarity: float = Field(0.2, ge=-1.0, le=1.0, description="cosine "
+                                        "similarity below which a candidate and a note "
+                                        "are not asked about as the same advice")
     merge_confidence: float = Field(0.8, ge=0.0, le=1.0, description="confidence the "
                                     "backend must give, in both orders, that a candidate "
                                     "and a note give the same advice before they merge")

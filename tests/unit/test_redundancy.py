@@ -46,10 +46,11 @@ def _judge(same_ab: bool, same_ba: bool, confidence: float = 0.9):  # type: igno
     return answer
 
 
-def _agent(tmp_path: Path, judge) -> Agent:  # type: ignore[no-untyped-def]
+def _agent(tmp_path: Path, judge, floor: float = -1.0) -> Agent:  # type: ignore[no-untyped-def]
     settings = load_settings(store=str(tmp_path / "store"), search={"n": 4}, domain="math",
                              memory={"embedder": "hash", "ablation_share": 0.0,
-                                     "min_similarity": -1.0, "admission_neighbours": 0})
+                                     "min_similarity": -1.0, "admission_neighbours": 0,
+                                     "merge_min_similarity": floor})
 
     def respond(req: GenerationRequest) -> str | list[str] | None:
         if req.purpose == "reflect":
@@ -81,6 +82,18 @@ def test_a_candidate_that_restates_the_recalled_note_is_merged_into_it(tmp_path:
     assert note.support == 2 and set(cand.evidence) <= set(note.evidence)
     assert "rope" in AnchorStore(agent.memory).get([note.id])[note.id]
     assert report.totals()["cost"]["merge"]["sequences"] == 2  # one question, both orders
+    agent.close()
+
+
+def test_a_note_below_the_similarity_floor_is_not_asked_about(tmp_path: Path) -> None:
+    """Same advice means the same topic: a pair below `merge_min_similarity` is never put
+    to the judge (each question is a chance for its error), however sure it would be."""
+    agent = _agent(tmp_path, _judge(True, True), floor=0.99)
+    report = agent.learn([TASK])
+    by_text = {i.text: i for i in agent.memory.insights.list()}
+    assert merged_into(by_text[SAME]) is None and by_text[NOTE].support == 1
+    assert "merge" not in report.totals()["cost"] or \
+        report.totals()["cost"]["merge"]["sequences"] == 0
     agent.close()
 
 
