@@ -85,6 +85,25 @@ def test_a_candidate_that_restates_the_recalled_note_is_merged_into_it(tmp_path:
     agent.close()
 
 
+@pytest.mark.parametrize(("p_help", "merged"), [(0.9, True), (0.5, True), (0.2, True),
+                                                (0.1, False), (0.02, False)])
+def test_a_candidate_its_own_test_finds_harmful_is_not_merged(p_help: float, merged: bool
+                                                              ) -> None:
+    """A restatement of a note in the prompt changes nothing (its test is a tie): one whose
+    samples say it hurts (P(harm) >= the harm bar, 0.85) is other advice, never merged."""
+    from crps_agent.admission_policy import AdmissionDecision, Arm
+    from crps_agent.redundancy import find_merges
+
+    note = Insight(text=NOTE, domain="math", id="note")
+    cand = Insight(text=SAME, domain="math", id="cand", status="candidate")
+    decision = AdmissionDecision("cand", "rope", Arm(4, 16), Arm(8, 16), p_help, False,
+                                 "no-evidence")
+    backend = ScriptedBackend().respond(
+        lambda req: json.dumps({"same": True, "confidence": 0.95}))
+    merges, _ = find_merges([decision], [cand], [note], backend, confidence=0.8, harm=0.85)
+    assert bool(merges) == merged
+
+
 def test_a_note_below_the_similarity_floor_is_not_asked_about(tmp_path: Path) -> None:
     """Same advice means the same topic: a pair below `merge_min_similarity` is never put
     to the judge (each question is a chance for its error), however sure it would be."""
