@@ -94,6 +94,7 @@ from crps_agent.search.budget import token_budget
 if TYPE_CHECKING:
     from crps_agent.backends.base import Backend
     from crps_agent.config import MemorySettings, SearchSettings, Settings
+    from crps_agent.credit_policy import NoteCredit
     from crps_agent.domains import Domain
     from crps_agent.memory.facade import Memory
     from crps_agent.types import Insight, SearchResult, Task
@@ -263,9 +264,13 @@ def confirmed(p_help: float, fresh_with: Arm, fresh_without: Arm, mem: MemorySet
 def admit_candidates(task: Task, result: SearchResult, *, notes: Sequence[str],
                      candidates: Sequence[Insight], memory: Memory, backend: Backend,
                      domains: dict[str, Domain] | Any, settings: Settings,
-                     seed: int) -> list[AdmissionDecision]:
+                     seed: int, earlier: dict[str, NoteCredit] | None = None
+                     ) -> list[AdmissionDecision]:
     """Test each candidate (see the module doc); one batched backend call per stage of the
-    sequential test, one for the neighbour checks of the candidates that help."""
+    sequential test, one for the neighbour checks of the candidates that help. `earlier`:
+    the candidates' evidence before this test (default: read from the store; a replay
+    passes what it was when the candidates were stored, so it never pools its own
+    first run's samples)."""
     if not candidates:
         return []
     domain = domains[task.domain]
@@ -277,7 +282,8 @@ def admit_candidates(task: Task, result: SearchResult, *, notes: Sequence[str],
 
     unsolved = never_solved(memory, task, result)
     evidence = CreditEvents(memory, prefix="adm:", kind=ADMISSION_KIND)
-    earlier = evidence.get_many([c.id for c in candidates])
+    stored = evidence.get_many([c.id for c in candidates if c.id not in (earlier or {})])
+    earlier = {**stored, **(earlier or {})}
     tests = {c.id: _Test(c, without=_arm(task, domain, result.trajectories))
              for c in candidates}
     # A candidate whose tests already drew the most samples a test may is settled: found

@@ -9,10 +9,10 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
-from crps_agent.admission_policy import PROBATION, admit_candidates
+from crps_agent.admission_policy import ADMISSION_KIND, PROBATION, admit_candidates
 from crps_agent.anchors import AnchorStore, anchor_rediscoveries, recall_notes
 from crps_agent.contrast import cross_contrasts, history_contrasts, pair_contrasts
-from crps_agent.credit_policy import credit_search, search_with_dropout
+from crps_agent.credit_policy import CreditEvents, NoteCredit, credit_search, search_with_dropout
 from crps_agent.errors import NotFoundError
 from crps_agent.graph.replay import applied, changed_ids, gained, restrict, snapshot
 from crps_agent.graph.state import AgentContext, AgentState
@@ -172,13 +172,17 @@ def log_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any
 
 
 def _with_probation(ctx: AgentContext, state: AgentState, task: Task, ids: list[str]
-                    ) -> list[str]:
-    """The task's new candidates and, while learning, those on probation on it: an
-    inconclusive test goes on at the task's next search (admission_policy.py)."""
+                    ) -> dict[str, Any]:
+    """The task's new candidates and, while learning, those on probation on it (an
+    inconclusive test goes on at the task's next search: admission_policy.py), with
+    their admission evidence so far."""
     if state.get("mode", "learn") == "learn" and ctx.settings.memory.admission:
         ids = [*ids, *on_probation(ctx.memory.insights, task.id, task.namespace,
                                    task.domain)]
-    return list(dict.fromkeys(ids))
+    ids = list(dict.fromkeys(ids))
+    earlier = CreditEvents(ctx.memory, prefix="adm:", kind=ADMISSION_KIND).get_many(ids)
+    return {"candidates": ids, "admission_earlier": {
+        i: [e.with_wins, e.with_n, e.without_wins, e.without_n] for i, e in earlier.items()}}
 
 
 def store_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
@@ -214,8 +218,8 @@ def store_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, A
                              [AddOutcome(i, merged=True) for i in stored if i.id in known])
         update = {"added": added, "merged": len(new) - added,
                   "insights": [i.to_dict() for i in stored],
-                  "candidates": _with_probation(
-                      ctx, state, task, [i.id for i in stored if i.status == "candidate"])}
+                  **_with_probation(ctx, state, task,
+                                    [i.id for i in stored if i.status == "candidate"])}
     else:
         with phase("merge"):  # merge and contradiction checks of the new insights
             outcomes = ctx.memory.remember(new, backend=ctx.backend)
@@ -223,7 +227,7 @@ def store_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, A
         update = {"added": sum(1 for o in outcomes if not o.merged),
                   "merged": sum(1 for o in outcomes if o.merged),
                   "insights": [o.insight.to_dict() for o in outcomes],
-                  "candidates": _with_probation(ctx, state, task, [
+                  **_with_probation(ctx, state, task, [
                       o.insight.id for o in outcomes if o.insight.status == "candidate"])}
         credit_before = (snapshot(ctx.memory, task.namespace, task.domain)
                          if state.get("ablated") or state.get("recalled_ids") else None)
@@ -337,7 +341,8 @@ def admit_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, A
             task, result, notes=notes,
             candidates=[c for c in candidates if c.status == "candidate"],
             memory=ctx.memory, backend=ctx.backend, domains=ctx.domains,
-            settings=ctx.settings, seed=_seed(state, ctx))
+            settings=ctx.settings, seed=_seed(state, ctx), earlier={
+                i: NoteCredit(i, *v) for i, v in state.get("admission_earlier", {}).items()})
     with phase("merge"):  # a rejected candidate that restates a recalled note is support
         merges, judged = merge_redundant(task.id, task.namespace, checks, candidates,
                                  state.get("recalled_ids", []), memory=ctx.memory,

@@ -44,6 +44,10 @@ class AgentState(TypedDict, total=False):
     llm_calls: Annotated[int, operator.add]
     ablated: bool  # run without insights (ablation): its verdict is a baseline sample
     candidates: list[str]  # new insights awaiting admission
+    # Their admission evidence before this search's test ([with wins, with n, without
+    # wins, without n]): taken with `candidates`, so a replayed admission does not pool
+    # its own first run's samples (admission_policy.py).
+    admission_earlier: dict[str, list[int]]
     admission: list[dict[str, Any]]  # AdmissionCheck dicts
     retired: list[str]  # insights retired by this task's credit
     promoted: list[str]  # insights promoted by this task's credit
