@@ -34,7 +34,13 @@ from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 from crps_agent.errors import StoreError
-from crps_agent.memory.chroma import META_VECTOR, existing, pages, where_clause
+from crps_agent.memory.chroma import (
+    META_VECTOR,
+    existing,
+    open_meta_collection,
+    pages,
+    where_clause,
+)
 from crps_agent.types import stable_id
 
 if TYPE_CHECKING:
@@ -206,15 +212,9 @@ class EventLog:
     # ------------------------------------------------------------------ reading records
 
     def _open(self) -> Collection | None:
-        if self._collection is None and self.read_only:
-            self._collection = existing(self.client, CREDIT_COLLECTION)
-        elif self._collection is None:
-            try:
-                self._collection = self.client.get_or_create_collection(
-                    CREDIT_COLLECTION, embedding_function=None, metadata={"kind": "crps-events"})
-            except Exception as exc:
-                raise StoreError(f"cannot open collection {CREDIT_COLLECTION!r}: {exc}"
-                                 ) from None
+        if self._collection is None:
+            self._collection = existing(self.client, CREDIT_COLLECTION) if self.read_only \
+                else open_meta_collection(self.client, CREDIT_COLLECTION, "crps-events")
         return self._collection
 
     def _records(self, where: Any = None) -> Iterator[Event | Snapshot]:
