@@ -179,10 +179,13 @@ def recall_notes(memory: Memory, query: str, *, namespace: str, domain: str | No
         for iid in anchored.get(tid, []):
             via[iid] = max(via.get(iid, -1.0), sim)
     explore = max(0, min(explore, k - 1))
-    if not via and not explore:
-        return memory.recall(query, namespace=namespace, domain=domain, k=k,
-                             token_budget=budget, exploration=exploration)
-    by_text = {r.insight.id: r for r in memory.insights.search(
+    if not via:  # by text alone: recall's own candidates are the relevant ones
+        chosen, ranked = memory.insights.recall_ranked(
+            query, namespace=namespace, domain=domain, k=k, token_budget=budget,
+            exploration=exploration)
+        if not explore:
+            return chosen
+    by_text = {} if not via else {r.insight.id: r for r in memory.insights.search(
         query, namespace=None if s.shared_namespaces else namespace, domain=domain,
         k=memory.insights.candidate_factor * k, status="active")
         if r.insight.namespace in spaces}
@@ -212,9 +215,7 @@ def recall_notes(memory: Memory, query: str, *, namespace: str, domain: str | No
         params = dataclasses.replace(params, exploration=exploration)
     if via:
         chosen = select(rank(pairs, params), None, k=k, token_budget=budget, params=params)
-    else:
-        chosen = memory.recall(query, namespace=namespace, domain=domain, k=k,
-                               token_budget=budget, exploration=exploration)
+        ranked = rank(relevant, params)
     if explore and k > 1:
         # Young notes are tried on any problem their text or anchors make relevant at
         # all, not only above the neighbours' floor: a new lesson has no anchors yet, and
@@ -228,7 +229,7 @@ def recall_notes(memory: Memory, query: str, *, namespace: str, domain: str | No
         anchored_picks = sum(1 for r in chosen if r.insight.id in via)
         slots = min(explore, k - max(1, anchored_picks))
         chosen = reserve_exploration(
-            chosen, rank(relevant, params), k=k, slots=slots,
-            evidence=explore_evidence(memory, [ins.id for ins, _ in relevant]),
+            chosen, ranked, k=k, slots=slots,
+            evidence=explore_evidence(memory, [r.insight.id for r in ranked]),
             min_evidence=s.explore_evidence, token_budget=budget)
     return [RecalledInsight(r.insight, r.similarity, r.score, r.explored) for r in chosen]

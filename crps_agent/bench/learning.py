@@ -54,7 +54,7 @@ from crps_agent.ledger import sum_costs
 if TYPE_CHECKING:
     from crps_agent.backends.base import Backend
     from crps_agent.config import Settings
-    from crps_agent.graph.agent import TaskReport
+    from crps_agent.graph.reports import TaskReport
     from crps_agent.memory.facade import Memory
     from crps_agent.types import Task
 

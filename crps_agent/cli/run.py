@@ -55,7 +55,8 @@ def learn(tasks: str, fmt: str, limit: int | None, offset: int, run_id: str | No
     printed --run-id to retry them."""
     import uuid
 
-    from crps_agent.graph.agent import Agent, TaskReport
+    from crps_agent.graph.agent import Agent
+    from crps_agent.graph.reports import TaskReport
     from crps_agent.tasks import load_tasks
 
     show_logs(verbose)

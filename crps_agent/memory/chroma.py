@@ -387,13 +387,15 @@ class Pointers:
         return self.names.get(name, name)
 
 
-def open_meta_collection(client: ClientAPI) -> Collection:
-    """The `crps_meta` collection (created if missing): small records with a dummy vector."""
+def open_meta_collection(client: ClientAPI, name: str = META_COLLECTION,
+                         kind: str = "crps-meta") -> Collection:
+    """A collection of small records with a dummy vector (`META_VECTOR`), created if
+    missing: `crps_meta` by default."""
     try:
-        return client.get_or_create_collection(
-            META_COLLECTION, embedding_function=None, metadata={"kind": "crps-meta"})
+        return client.get_or_create_collection(name, embedding_function=None,
+                                               metadata={"kind": kind})
     except Exception as exc:
-        raise StoreError(f"cannot open collection {META_COLLECTION!r}: {exc}") from None
+        raise StoreError(f"cannot open collection {name!r}: {exc}") from None
 
 
 def read_pointers(client: ClientAPI) -> Pointers:

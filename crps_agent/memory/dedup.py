@@ -23,7 +23,6 @@ import functools
 import hashlib
 import re
 import time
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -112,8 +111,8 @@ class Candidate(NamedTuple):
 
 class BatchIndex:
     """The insights already placed in a batch, per (namespace, domain), so that later ones
-    can merge into earlier ones. Rows are appended to one preallocated matrix per group:
-    each lookup is a single matrix-vector product."""
+    can merge into earlier ones: each lookup is one product of the group's placed vectors
+    (a batch has at most a few hundred)."""
 
     def __init__(self, insights: Sequence[Insight], embeddings: Sequence[Sequence[float]]
                  ) -> None:
@@ -121,27 +120,22 @@ class BatchIndex:
 
         self._vectors = np.asarray(embeddings, dtype=np.float32)
         self._keys = [(ins.namespace, ins.domain) for ins in insights]
-        sizes = Counter(self._keys)
-        dim = self._vectors.shape[1] if len(self._vectors) else 0
-        self._rows = {key: np.empty((n, dim), dtype=np.float32) for key, n in sizes.items()}
-        # per group, by row: (target id, target text, the placed insight's normalised text)
-        self._targets: dict[tuple[str, str], list[tuple[str, str, str]]] = {
-            k: [] for k in sizes}
+        # per group: (batch index, target id, target text, the placed insight's normalised text)
+        self._placed: dict[tuple[str, str], list[tuple[int, str, str, str]]] = {}
 
     def earlier(self, index: int, norm: str, low: float) -> builtins.list[Candidate]:
         """The insights placed before the `index`-th in its group with cosine >= `low` or
         the normalised text `norm`, in the order they were placed."""
-        key = self._keys[index]
-        targets = self._targets[key]
-        sims = (self._rows[key][: len(targets)] @ self._vectors[index]).tolist()
+        placed = self._placed.get(self._keys[index], [])
+        if not placed:
+            return []
+        sims = (self._vectors[[p[0] for p in placed]] @ self._vectors[index]).tolist()
         return [Candidate(target, text, same == norm, sim)
-                for (target, text, same), sim in zip(targets, sims, strict=True)
+                for (_, target, text, same), sim in zip(placed, sims, strict=True)
                 if sim >= low or same == norm]
 
     def place(self, index: int, norm: str, target: str, text: str) -> None:
-        key = self._keys[index]
-        self._rows[key][len(self._targets[key])] = self._vectors[index]
-        self._targets[key].append((target, text, norm))
+        self._placed.setdefault(self._keys[index], []).append((index, target, text, norm))
 
 
 def merge_target(text: str, candidates: Sequence[Candidate], threshold: float) -> str | None:

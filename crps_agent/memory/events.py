@@ -30,11 +30,17 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 from crps_agent.errors import StoreError
-from crps_agent.memory.chroma import META_VECTOR, existing, pages, where_clause
+from crps_agent.memory.chroma import (
+    META_VECTOR,
+    existing,
+    open_meta_collection,
+    pages,
+    where_clause,
+)
 from crps_agent.types import stable_id
 
 if TYPE_CHECKING:
@@ -112,13 +118,14 @@ class Event:
         return Tally(uses=1, wins=int(self.win), losses=int(not self.win))
 
 
-@dataclass(frozen=True)
+@dataclass
 class Snapshot:
-    """The folded events of one target, and the ids of every event folded into it."""
+    """What one target's records add up to, and the ids of every event counted in it: a
+    stored snapshot record, or the fold of a target's records (`_fold`)."""
 
     key: Key
-    counts: Tally
-    covered: frozenset[str]
+    counts: Tally = NOTHING
+    covered: set[str] = field(default_factory=set)
 
     @property
     def id(self) -> str:
@@ -126,6 +133,14 @@ class Snapshot:
 
     def meta(self) -> dict[str, Any]:
         return {"kind": _SNAP + self.key[0], **_target(self.key), **self.counts.meta()}
+
+    def count(self, event: Event) -> bool:
+        """Add `event` unless it is counted already; whether it was new."""
+        if event.id in self.covered:
+            return False
+        self.covered.add(event.id)
+        self.counts += event.tally()
+        return True
 
 
 @dataclass(frozen=True)
@@ -159,26 +174,22 @@ def _parse(rid: str, meta: dict[str, Any], doc: Any) -> Event | Snapshot:
                   bool(meta.get("win")), str(meta.get("namespace", "")),
                   str(meta.get("domain", "")), Tally.from_meta(meta))
     if kind.startswith(_SNAP):
-        return Snapshot(event.key, event.counts or NOTHING, frozenset(str(doc or "").split()))
+        return Snapshot(event.key, event.counts or NOTHING, set(str(doc or "").split()))
     return event
 
 
-def _fold(records: Iterable[Event | Snapshot]) -> tuple[dict[Key, Tally], set[str]]:
-    """Snapshots plus the events they do not cover, per target; and every id counted."""
+def _fold(records: Iterable[Event | Snapshot]) -> dict[Key, Snapshot]:
+    """Per target: its snapshot plus the events that the snapshot does not cover."""
     events: list[Event] = []
-    totals: dict[Key, Tally] = {}
-    covered: set[str] = set()
+    folded: dict[Key, Snapshot] = {}
     for rec in records:
         if isinstance(rec, Snapshot):
-            totals[rec.key] = totals.get(rec.key, NOTHING) + rec.counts
-            covered |= rec.covered
+            folded[rec.key] = rec  # one per target: its id is derived from the key
         else:
             events.append(rec)
     for ev in events:
-        if ev.id not in covered:
-            covered.add(ev.id)
-            totals[ev.key] = totals.get(ev.key, NOTHING) + ev.tally()
-    return totals, covered
+        folded.setdefault(ev.key, Snapshot(ev.key)).count(ev)
+    return folded
 
 
 class EventLog:
@@ -195,22 +206,15 @@ class EventLog:
         self.extra = extra
         self._collection: Collection | None = None
         self._lock = threading.RLock()
-        self._seen: set[str] | None = None  # local: every event id counted
-        self._totals: dict[Key, Tally] = {}  # local: the fold
+        self._folded: dict[Key, Snapshot] | None = None  # local: the whole log, folded
         self._recent: dict[Key, tuple[float, Tally]] = {}  # server baselines
 
     # ------------------------------------------------------------------ reading records
 
     def _open(self) -> Collection | None:
-        if self._collection is None and self.read_only:
-            self._collection = existing(self.client, CREDIT_COLLECTION)
-        elif self._collection is None:
-            try:
-                self._collection = self.client.get_or_create_collection(
-                    CREDIT_COLLECTION, embedding_function=None, metadata={"kind": "crps-events"})
-            except Exception as exc:
-                raise StoreError(f"cannot open collection {CREDIT_COLLECTION!r}: {exc}"
-                                 ) from None
+        if self._collection is None:
+            self._collection = existing(self.client, CREDIT_COLLECTION) if self.read_only \
+                else open_meta_collection(self.client, CREDIT_COLLECTION, "crps-events")
         return self._collection
 
     def _records(self, where: Any = None) -> Iterator[Event | Snapshot]:
@@ -226,17 +230,23 @@ class EventLog:
                 raise StoreError(f"cannot read the counter events: {exc}") from None
         yield from self.extra
 
-    def _load(self) -> None:
-        """Read the whole log into memory (local mode, once)."""
-        if self._seen is None:
-            self._totals, self._seen = _fold(self._records())
+    def _local(self) -> dict[Key, Snapshot]:
+        """The whole log, read once and folded (local mode)."""
+        if self._folded is None:
+            self._folded = _fold(self._records())
+        return self._folded
 
-    def _query(self, group: str, keys: Iterable[Key], **cond: Any) -> dict[Key, Tally]:
-        """The folded totals of `keys` of one group, read from Chroma (server mode);
-        `cond` (`where_clause` conditions) narrows the records read."""
+    def _totals(self, keys: Sequence[Key], **cond: Any) -> dict[Key, Tally]:
+        """The folded totals of `keys` (of one group): from memory (local mode), else from
+        the records of that group that `cond` (`where_clause` conditions) selects."""
+        with self._lock:
+            if self.local:
+                folded = self._local()
+                return {k: folded[k].counts if k in folded else NOTHING for k in keys}
+        group = keys[0][0] if keys else COUNTER
         kinds = [*(["credit", "support"] if group == COUNTER else [group]), _SNAP + group]
-        totals, _ = _fold(self._records(where_clause(kind=kinds, **cond)))
-        return {key: totals.get(key, NOTHING) for key in keys}
+        folded = _fold(self._records(where_clause(kind=kinds, **cond)))
+        return {k: folded[k].counts if k in folded else NOTHING for k in keys}
 
     # ------------------------------------------------------------------ the public API
 
@@ -252,9 +262,9 @@ class EventLog:
         assert collection is not None
         with self._lock:
             if self.local:
-                self._load()
-                assert self._seen is not None
-                batch = [ev for ev in batch if ev.id not in self._seen]
+                folded = self._local()
+                batch = [ev for ev in batch
+                         if ev.key not in folded or ev.id not in folded[ev.key].covered]
                 if not batch:
                     return set()
             try:
@@ -265,58 +275,45 @@ class EventLog:
                 raise StoreError(f"cannot record {len(batch)} counter event(s): {exc}"
                                  ) from None
             if self.local:
-                assert self._seen is not None
                 for ev in batch:
-                    self._seen.add(ev.id)
-                    self._totals[ev.key] = self._totals.get(ev.key, NOTHING) + ev.tally()
+                    folded.setdefault(ev.key, Snapshot(ev.key)).count(ev)
             self._recent = {}  # a baseline may have changed
         return {ev.id for ev in batch}
 
-    def _totals_of(self, group: str, ids: Iterable[str]) -> dict[str, Tally]:
+    def _of_insights(self, group: str, ids: Iterable[str]) -> dict[str, Tally]:
         wanted = list(dict.fromkeys(ids))
-        if not wanted:
-            return {}
-        with self._lock:
-            if self.local:
-                self._load()
-                found = {i: self._totals.get((group, i, "")) for i in wanted}
-                return {i: t for i, t in found.items() if t is not None}
         out: dict[str, Tally] = {}
         for start in range(0, len(wanted), _PAGE):
             chunk = wanted[start:start + _PAGE]
-            got = self._query(group, [(group, i, "") for i in chunk], insight=chunk)
+            got = self._totals([(group, i, "") for i in chunk], insight=chunk)
             out.update({k[1]: t for k, t in got.items() if t is not NOTHING})
         return out
 
     def tallies(self, ids: Iterable[str]) -> dict[str, Tally]:
         """What the credit and support events add to each insight of `ids` (only those
         that have events)."""
-        return self._totals_of(COUNTER, ids)
+        return self._of_insights(COUNTER, ids)
 
     def pairs(self, kind: str, ids: Iterable[str]) -> dict[str, Tally]:
         """The with/without outcomes of events of `kind` per insight of `ids` (only those
         that have events)."""
         if kind in ("credit", "support", "baseline") or kind.startswith(_SNAP):
             raise ValueError(f"{kind!r} is not a kind of with/without outcome events")
-        return self._totals_of(kind, ids)
+        return self._of_insights(kind, ids)
 
     def baselines(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Tally]:
-        """The baseline verdicts (uses/wins/losses) recorded per (namespace, domain)."""
-        wanted = list(dict.fromkeys(keys))
-        with self._lock:
-            if self.local:
-                self._load()
-                return {k: self._totals.get(("baseline", *k), NOTHING) for k in wanted}
+        """The baseline verdicts (uses/wins/losses) recorded per (namespace, domain); a
+        server's are re-read after `BASELINE_TTL_S`."""
+        full: list[Key] = [("baseline", *k) for k in dict.fromkeys(keys)]
         now = time.monotonic()
-        full: list[Key] = [("baseline", *k) for k in wanted]
-        if wanted and all(k in self._recent and now - self._recent[k][0] < BASELINE_TTL_S
-                          for k in full):
-            return {(k[1], k[2]): self._recent[k][1] for k in full}
-        if not wanted:
-            return {}
-        spaces = None if len(wanted) > 8 else sorted({k[0] for k in wanted})
-        got = self._query("baseline", full, namespace=spaces)
-        self._recent.update({k: (now, v) for k, v in got.items()})
+        if self.local or not all(k in self._recent and now - self._recent[k][0]
+                                 < BASELINE_TTL_S for k in full):
+            spaces = None if len(full) > 8 else sorted({k[1] for k in full})
+            got = self._totals(full, namespace=spaces)
+            if not self.local:
+                self._recent.update({k: (now, v) for k, v in got.items()})
+        else:
+            got = {k: self._recent[k][1] for k in full}
         return {(k[1], k[2]): v for k, v in got.items()}
 
     def pending(self) -> int:
@@ -332,22 +329,12 @@ class EventLog:
         collection = self._open()
         assert collection is not None
         with self._lock:
-            snaps: dict[Key, Snapshot] = {}
-            events: dict[Key, list[Event]] = {}
-            for rec in self._records():
-                if isinstance(rec, Snapshot):
-                    snaps[rec.key] = rec  # one per target: its id is derived from the key
-                else:
-                    events.setdefault(rec.key, []).append(rec)
-            written: list[Snapshot] = []
-            folded = 0
-            for key, evs in events.items():
-                snap = snaps.get(key) or Snapshot(key, NOTHING, frozenset())
-                fresh = {ev.id: ev for ev in evs if ev.id not in snap.covered}
-                if fresh:
-                    counts = sum((ev.tally() for ev in fresh.values()), snap.counts)
-                    written.append(Snapshot(key, counts, snap.covered | set(fresh)))
-                    folded += len(fresh)
+            records = list(self._records())
+            stored = {r.key: r.covered for r in records if isinstance(r, Snapshot)}
+            events = [r for r in records if isinstance(r, Event)]
+            fresh = {ev.id: ev.key for ev in events if ev.id not in stored.get(ev.key, ())}
+            folded = _fold(records)
+            written = [folded[key] for key in dict.fromkeys(fresh.values())]
             for start in range(0, len(written), _PAGE // 10):
                 part = written[start:start + _PAGE // 10]
                 collection.upsert(ids=[s.id for s in part],
@@ -355,8 +342,8 @@ class EventLog:
                                   metadatas=[s.meta() for s in part],
                                   documents=["\n".join(sorted(s.covered)) for s in part])
             # Only now: every event deleted below is covered by a stored snapshot.
-            done = [ev.id for evs in events.values() for ev in evs]
+            done = [ev.id for ev in events]
             for start in range(0, len(done), _PAGE):
                 collection.delete(ids=done[start:start + _PAGE])
             self._recent = {}
-        return Compaction(folded, len(written), len(done))
+        return Compaction(len(fresh), len(written), len(done))

@@ -276,12 +276,23 @@ class InsightStore:
         `shared_namespaces`) when asked for explicitly. `exploration` overrides the bonus
         weight for this call (0: a frozen evaluation). Unset limits come from the settings;
         k or budget 0 recall nothing. One embed call and one index query."""
+        return self.recall_ranked(query, namespace=namespace, domain=domain, k=k,
+                                  token_budget=token_budget, min_similarity=min_similarity,
+                                  shared=shared, exploration=exploration)[0]
+
+    def recall_ranked(self, query: str, *, namespace: Namespace = "default",
+                      domain: str | None = None, k: int | None = None,
+                      token_budget: int | None = None, min_similarity: float | None = None,
+                      shared: builtins.list[Namespace] | None = None,
+                      exploration: float | None = None
+                      ) -> tuple[builtins.list[RecalledInsight], builtins.list[RecalledInsight]]:
+        """`recall`'s choice, and every candidate it chose from, ranked (best first)."""
         s = self.settings
         k = s.recall_k if k is None else k
         token_budget = s.token_budget if token_budget is None else token_budget
         min_similarity = s.min_similarity if min_similarity is None else min_similarity
         if k <= 0 or token_budget <= 0:
-            return []
+            return [], []
         shared = builtins.list(s.shared_namespaces) if shared is None else shared
         filters = self._filters([namespace, *shared], domain, "active")
         params = self.rank_params
@@ -296,7 +307,7 @@ class InsightStore:
         ranked = rank([(ins, hit.similarity) for ins, hit in rows], params)
         chosen = select(ranked, [vectors[r.insight.id] for r in ranked] if diverse else None,
                         k=k, token_budget=token_budget, params=params)
-        return [RecalledInsight(r.insight, r.similarity, r.score) for r in chosen]
+        return [RecalledInsight(r.insight, r.similarity, r.score) for r in chosen], ranked
 
     # ----------------------------------------------------------------------- writing
 

@@ -31,10 +31,6 @@ TRAJECTORY = "trajectory"
 SEARCH = "search"
 
 
-def _search_id(search_id: str) -> str:
-    return f"s:{search_id}"
-
-
 def _namespace(namespace: str | None) -> str | None:
     return None if namespace is None else validate_namespace(namespace)
 
@@ -74,40 +70,22 @@ class TrajectoryLog:
         embedding = self._embed_prompt(task.prompt)
         common = {"search_id": result.search_id, "namespace": namespace,
                   "domain": task.domain, "created_at": time.time()}
-        task_dict = task.to_dict()
-        ids: list[str] = []
-        documents: list[str] = []
-        metadatas: list[dict[str, Any]] = []
-        for index, traj in enumerate(result.trajectories):
-            ids.append(f"t:{result.search_id}:{index:05d}")
-            documents.append(json.dumps({**traj.to_dict(), "task": task_dict,
-                                         "namespace": namespace}))
-            metadatas.append({
-                **common,
-                "kind": TRAJECTORY,
-                "task_id": traj.task_id,
-                "correct": bool(traj.verdict.correct),
-                "reward": float(traj.verdict.reward),
-                "answer": traj.answer if traj.answer is not None else "",
-                "tokens": int(traj.tokens),
-                "n_insights": len(traj.insight_ids),
-                "trajectory_id": traj.id,
-                "index": index,
-            })
-        record = result.to_dict()
-        record.pop("trajectories")
-        record["namespace"] = namespace
-        record["n_trajectories"] = len(result.trajectories)
-        ids.append(_search_id(result.search_id))
-        documents.append(json.dumps(record))
-        metadatas.append({
-            **common,
-            "kind": SEARCH,
-            "task_id": task.id,
-            "solved": result.solved,
-            "n_trajectories": len(result.trajectories),
-            "n_correct": result.n_correct,
-        })
+        ids = [f"t:{result.search_id}:{i:05d}" for i in range(len(result.trajectories))]
+        documents = [json.dumps({**t.to_dict(), "task": task.to_dict(), "namespace": namespace})
+                     for t in result.trajectories]
+        metadatas: list[dict[str, Any]] = [{
+            **common, "kind": TRAJECTORY, "task_id": t.task_id,
+            "correct": bool(t.verdict.correct), "reward": float(t.verdict.reward),
+            "answer": t.answer if t.answer is not None else "", "tokens": int(t.tokens),
+            "n_insights": len(t.insight_ids), "trajectory_id": t.id, "index": i,
+        } for i, t in enumerate(result.trajectories)]
+        n = len(result.trajectories)
+        ids.append(f"s:{result.search_id}")
+        record = {k: v for k, v in result.to_dict().items() if k != "trajectories"}
+        documents.append(json.dumps({**record, "namespace": namespace, "n_trajectories": n}))
+        metadatas.append({**common, "kind": SEARCH, "task_id": task.id,
+                          "solved": result.solved, "n_trajectories": n,
+                          "n_correct": result.n_correct})
         # Re-adding a search with fewer trajectories must not leave stale ones behind.
         with write_lock(self.client):
             self.collection.delete(
@@ -119,37 +97,32 @@ class TrajectoryLog:
                 metadatas=metadatas,  # type: ignore[arg-type]
             )
 
-    def _documents(self, where: dict[str, Any] | None) -> list[dict[str, Any]]:
-        """Decoded trajectory documents, oldest search first, in search order."""
-        return _oldest_first(self.collection.get(where=where,
+    def _trajectories(self, **where: Any) -> list[dict[str, Any]]:
+        """The decoded trajectory documents matching `where` (`where_clause` conditions),
+        oldest search first, in search order."""
+        return _oldest_first(self.collection.get(where=where_clause(kind=TRAJECTORY, **where),
                                                  include=["documents", "metadatas"]))
-
-    def _trajectories(self, where: dict[str, Any] | None) -> list[Trajectory]:
-        return [Trajectory.from_dict(d) for d in self._documents(where)]
 
     def attempts(self, *, namespace: str | None = None, domain: str | None = None,
                  correct: bool | None = None) -> list[tuple[Task, Trajectory]]:
         """Every logged attempt with its task, oldest search first (for exports)."""
-        docs = self._documents(where_clause(kind=TRAJECTORY, namespace=_namespace(namespace),
-                                            domain=domain, correct=correct))
+        docs = self._trajectories(namespace=_namespace(namespace), domain=domain,
+                                  correct=correct)
         return [(Task.from_dict(d["task"]), Trajectory.from_dict(d)) for d in docs]
 
     def for_task(self, task_id: str, namespace: str | None = None) -> list[Trajectory]:
         """Every logged attempt at a task (in `namespace`, else in any), oldest search
         first, in search order."""
-        return self._trajectories(where_clause(kind=TRAJECTORY, task_id=task_id,
-                                               namespace=_namespace(namespace)))
+        return [Trajectory.from_dict(d) for d in
+                self._trajectories(task_id=task_id, namespace=_namespace(namespace))]
 
     def search_result(self, search_id: str) -> SearchResult:
         """The logged SearchResult with this id, trajectories included."""
-        res = self.collection.get(ids=[_search_id(search_id)], include=["documents"])
+        res = self.collection.get(ids=[f"s:{search_id}"], include=["documents"])
         if not res["ids"]:
             raise NotFoundError(f"no logged search with id {search_id!r}")
         record = json.loads((res["documents"] or [""])[0] or "{}")
-        record["trajectories"] = [
-            t.to_dict()
-            for t in self._trajectories(where_clause(kind=TRAJECTORY, search_id=search_id))
-        ]
+        record["trajectories"] = self._trajectories(search_id=search_id)
         return SearchResult.from_dict(record)
 
     def latest_search(self, task_id: str, namespace: str | None = None) -> str | None:

@@ -49,6 +49,8 @@ def test_bench_learn_lines_at_a_tiny_size() -> None:
     # the recording holds exactly what the concurrent run asked of the engine
     assert vllm["sequences"] == vllm["engine_sequences"] == vllm["raw_sequences"]
     assert vllm["raw_tokens"] > 0 and vllm["raw_tok_s"] > 0 and vllm["ratio_to_raw"] > 0
+    # the ceiling is the replay against the one-at-a-time run, in the line's own figures
+    assert abs(vllm["speedup_ceiling"] - vllm["raw_tok_s"] / vllm["sequential_tok_s"]) < 0.011
     assert openai["server"] == "vllm serve" and "raw_tok_s" not in openai
     # the load-insensitive instrument: engine steps of the stream, CPU of graph and engine
     inst = vllm["instrument"]

@@ -8,6 +8,9 @@ evidence and anchors; the best note always keeps its place; a frozen evaluation
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from crps_agent.anchors import AnchorStore, recall_notes
 from crps_agent.config import MemorySettings
@@ -143,3 +146,31 @@ def test_a_young_note_takes_the_place_of_a_guess_not_of_an_anchored_lesson(
         == {h.id, h2.id}
     memory.close()
     memory2.close()
+
+
+def test_exploring_without_anchors_reads_the_index_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no anchored lesson near the problem, recall's own candidates are the relevant
+    ones: one index query serves the choice and the young note's place."""
+    memory = _memory(tmp_path)
+    hub1 = _add(memory, "For joint work, add the fractions of the job done per hour.", 30, 6,
+               without=12)
+    hub2 = _add(memory, "Do not take the arithmetic mean of two speeds.", 28, 6, without=10)
+    young = _add(memory, "Rewrite all measurements in the unit the question asks for.", 0, 0)
+    chosen, ranked = memory.insights.recall_ranked("ribbon lengths", domain="math")
+    assert chosen == memory.recall("ribbon lengths", domain="math")
+    assert {r.insight.id for r in ranked} == {hub1.id, hub2.id, young.id}
+    assert [r.score for r in ranked] == sorted((r.score for r in ranked), reverse=True)
+    queries: list[object] = []
+    nearest = memory.insights.index.nearest
+
+    def counted(*a: Any, **kw: Any) -> Any:
+        queries.append(a)
+        return nearest(*a, **kw)
+
+    monkeypatch.setattr(memory.insights.index, "nearest", counted)
+    notes = recall_notes(memory, "ribbon lengths", namespace="default", domain="math",
+                         explore=1)
+    assert young.id in {r.insight.id for r in notes} and len(notes) == 2
+    assert len(queries) == 1
+    memory.close()
