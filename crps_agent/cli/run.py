@@ -166,6 +166,11 @@ def _print_summary(totals: dict[str, Any], resume: str) -> None:
               f"{totals['insights_merged']} merged, rejected {totals['rejected'] or 'none'}, "
               f"{totals['truncated']} attempts truncated, {totals['empty_completions']} empty, "
               f"{totals['failed']} failed, {totals['wall_s']} s", markup=False)
+    admission = (totals["insights_admitted"], totals["insights_admission_rejected"],
+                 totals["insights_on_probation"])
+    if any(admission):
+        con.print("admission: {} admitted, {} rejected, {} on probation (tested on when "
+                  "their task is drawn again)".format(*admission), markup=False)
     if totals["stopped"]:
         con.print(f"stopped early: {totals['stopped']}", markup=False)
     for exported in totals["exports"]:

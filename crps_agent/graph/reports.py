@@ -31,6 +31,7 @@ class TaskReport:
     ablated: bool = False  # run without insights: its verdict went to the baseline
     admitted: int = 0  # candidate insights that passed their admission check
     admission_rejected: int = 0
+    on_probation: int = 0  # candidates whose test was inconclusive: tested on at a next visit
     retired: list[str] = field(default_factory=list)  # retired by this task's credit
     promoted: list[str] = field(default_factory=list)
     crps: dict[str, Any] | None = None  # export / fine-tune / adoption run after this task
@@ -66,6 +67,7 @@ class LearnReport:
             "insights_merged": sum(t.insights_merged for t in self.tasks),
             "insights_admitted": sum(t.admitted for t in self.tasks),
             "insights_admission_rejected": sum(t.admission_rejected for t in self.tasks),
+            "insights_on_probation": sum(t.on_probation for t in self.tasks),
             "insights_retired": sum(len(t.retired) for t in self.tasks),
             "insights_promoted": sum(len(t.promoted) for t in self.tasks),
             "ablated": sum(t.ablated for t in self.tasks),
@@ -102,6 +104,7 @@ def task_report(state: dict[str, Any], resumed: bool = False) -> TaskReport:
         admitted=sum(1 for c in state.get("admission", []) if c["admitted"]),
         admission_rejected=sum(1 for c in state.get("admission", []) if not c["admitted"]
                                and not c.get("held")),
+        on_probation=sum(1 for c in state.get("admission", []) if c.get("held")),
         retired=list(state.get("retired", [])), promoted=list(state.get("promoted", [])),
         crps=state.get("crps"),
         empty_completions=sum(1 for t in result.trajectories if not t.text.strip()),

@@ -176,6 +176,7 @@ def test_an_inconclusive_test_draws_another_stage_with_both_arms(
     # with (10/16) and 8 without (3/12): P ~ 0.98 clears the bar but not 0.99, so a
     # confirmation stage (15/24 against 5/20; its own 5/8 against 2/8) admits
     assert (report.tasks[0].admitted, report.tasks[0].admission_rejected) == (1, 0)
+    assert report.totals()["insights_on_probation"] == 0
     admits = [req for req, _ in agent.backend.calls  # type: ignore[attr-defined]
               if "admission" in req.meta]
     assert sorted(r.meta["admission"] for r in admits).count("without") == 2
@@ -323,6 +324,7 @@ def test_an_inconclusive_visit_leaves_the_candidate_on_probation_until_its_task_
     agent = _agent(tmp_path, respond, admission_neighbours=0)
     report = agent.learn([task], run_id="v1")
     assert (report.tasks[0].admitted, report.tasks[0].admission_rejected) == (0, 0)
+    assert report.totals()["insights_on_probation"] == report.tasks[0].on_probation == 1
     [note] = agent.memory.insights.list()
     assert note.status == "candidate" and "probation:rope" in note.flags
     assert report.totals()["cost"]["admit"]["sequences"] == 32 + 24  # 4 stages, 3 without
