@@ -33,15 +33,19 @@ def _write(path, rows):
 
 def test_agent_learns_over_sim_tasks_end_to_end(tmp_path, monkeypatch):
     monkeypatch.delenv("CRPS_CONFIG", raising=False)
-    # No note dropout: every learn prompt of the second pass carries the recalled notes.
+    # No note dropout and no exploration (which runs half a search without the note it
+    # tries): every learn prompt of the second pass carries the recalled notes. Fixed run
+    # ids, one task at a time: the same draws every run (a run id drawn at random made
+    # this fail once in CI).
     settings = load_settings(store=str(tmp_path / "store"), backend="sim",
                              memory={"embedder": "hash", "min_similarity": -1.0,
-                                     "ablation_share": 0.0}, learn={"dropout": 0.0},
+                                     "ablation_share": 0.0, "explore_slots": 0},
+                             learn={"dropout": 0.0, "concurrency": 1},
                              search={"n": 4}, sim={"reflect_mix": {"malformed": 0.3}})
     backend = Recording(SimBackend.from_settings(settings))
     agent = Agent(settings, backend=backend)
     rows = task_rows(settings.sim, 6)
-    report = agent.learn(load_tasks(_write(tmp_path / "train.jsonl", rows)))
+    report = agent.learn(load_tasks(_write(tmp_path / "train.jsonl", rows)), run_id="first")
     totals = report.totals()
     assert totals["tasks"] == 6 and totals["attempts"] == 24
     assert 0 < totals["correct_attempts"] < 24 and totals["contrasts"] > 0
@@ -51,13 +55,14 @@ def test_agent_learns_over_sim_tasks_end_to_end(tmp_path, monkeypatch):
     truth = load_truth(settings)
     stored = agent.memory.insights.list(namespace="default")
     assert stored and all(truth.classify(i.text) is not None for i in stored)
+    assert any(i.status == "active" for i in stored)
     agent.close()
 
     # a second pass on other tasks recalls what was learned into the solve prompts
     backend.requests.clear()
     agent2 = Agent(settings, backend=backend)
     more = task_rows(settings.sim, 10)[6:]
-    agent2.learn(load_tasks(_write(tmp_path / "more.jsonl", more)))
+    agent2.learn(load_tasks(_write(tmp_path / "more.jsonl", more)), run_id="second")
     solves = [r for r in backend.requests if r.purpose == "solve"
               and "admission" not in r.meta]
     assert solves and all("<notes>" in r.messages[1]["content"] for r in solves)
