@@ -49,6 +49,10 @@ def test_bench_learn_lines_at_a_tiny_size() -> None:
     # the recording holds exactly what the concurrent run asked of the engine
     assert vllm["sequences"] == vllm["engine_sequences"] == vllm["raw_sequences"]
     assert vllm["raw_tokens"] > 0 and vllm["raw_tok_s"] > 0 and vllm["ratio_to_raw"] > 0
+    # the raw engine held at the learn's own mean batch: the loop's overhead apart from it
+    assert vllm["steady_in_flight"] == max(1, round(vllm["instrument"]["mean_in_flight"]))
+    assert vllm["steady_tok_s"] > 0
+    assert abs(vllm["ratio_to_steady"] - vllm["tok_s"] / vllm["steady_tok_s"]) < 0.0011
     # the ceiling is the replay against the one-at-a-time run, in the line's own figures
     assert abs(vllm["speedup_ceiling"] - vllm["raw_tok_s"] / vllm["sequential_tok_s"]) < 0.011
     assert openai["server"] == "vllm serve" and "raw_tok_s" not in openai
