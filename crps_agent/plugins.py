@@ -15,7 +15,7 @@ The built-ins (`crps_agent.builtins`) are registered through the same entry-poin
 from __future__ import annotations
 
 import importlib.metadata
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -102,9 +102,9 @@ class Registry:
             raise PluginError(f"unknown task format '{name}' (known: {known})") from None
 
 
-def _dist_of(module: object) -> tuple[str, str]:
+def _dist_of(module: object, packages: Mapping[str, list[str]]) -> tuple[str, str]:
     top = getattr(module, "__name__", "").split(".")[0]
-    for dist in importlib.metadata.packages_distributions().get(top, []):
+    for dist in packages.get(top, []):
         try:
             return dist, importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
@@ -114,8 +114,19 @@ def _dist_of(module: object) -> tuple[str, str]:
 
 def _collect(pm: pluggy.PluginManager) -> Registry:
     reg = Registry()
+    # Entry-point plugins know their distribution; the rest (built-ins, plugins registered
+    # in code) are looked up in one scan of the installed packages, which takes most of a
+    # second with vLLM installed: once per registry, not once per plugin.
+    loaded = {id(plugin): (dist.project_name, dist.version)
+              for plugin, dist in pm.list_plugin_distinfo()}
+    packages: Mapping[str, list[str]] | None = None
     for name, plugin in pm.list_name_plugin():
-        package, version = _dist_of(plugin)
+        if id(plugin) in loaded:
+            package, version = loaded[id(plugin)]
+        else:
+            if packages is None:
+                packages = importlib.metadata.packages_distributions()
+            package, version = _dist_of(plugin, packages)
         who = Registered(plugin=name, package=package, version=version)
         reg.plugins.append(who)
 
