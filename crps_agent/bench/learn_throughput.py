@@ -419,6 +419,9 @@ def run_vllm(model: Path, tmp: Path, *, tasks: list[Task], concurrency: int, sam
     learn_cpu = conc["cpu"]["main_s"] + conc["cpu"]["children_s"]
     raw_ktok = max(1, raw["tokens"]) / 1000
     line["instrument"]["raw_cpu_s_per_ktok"] = round(raw["cpu_s"] / raw_ktok, 3)
+    if steady is not None:  # the engine at the learn's batch, with the CPU to itself
+        line["instrument"]["steady_cpu_s_per_ktok"] = round(
+            steady["cpu_s"] / (max(1, steady["tokens"]) / 1000), 3)
     line["instrument"]["cpu_ratio_to_raw"] = (
         round((raw["cpu_s"] / raw_ktok) / (learn_cpu / (max(1, conc["tokens"]) / 1000)), 3)
         if learn_cpu else None)

@@ -62,4 +62,5 @@ def test_bench_learn_lines_at_a_tiny_size() -> None:
     assert 0 < inst["tokens_per_step"] <= inst["mean_in_flight"]
     assert inst["graph_cpu_s"] > 0 and inst["engine_cpu_s"] > 0
     assert inst["raw_cpu_s_per_ktok"] > 0 and inst["cpu_ratio_to_raw"] > 0
+    assert inst["steady_cpu_s_per_ktok"] > 0
     assert openai["instrument"]["engine_steps"] is None  # no stream in this process
