@@ -50,6 +50,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from crps_agent.errors import ParseError
+from crps_agent.memory.admission import PROBATION
 
 if TYPE_CHECKING:
     from crps_agent.admission_policy import AdmissionDecision
@@ -61,7 +62,7 @@ if TYPE_CHECKING:
 SAME_SYSTEM = "You compare two lessons for a problem solver. Reply with one JSON object only."
 # Reasons of a rejection that leave a candidate possibly redundant (no sign of help over
 # the notes it was tested against), as opposed to tested and found wanting.
-REDUNDANT_REASONS = ("no-evidence", "settled", "unconfirmed", "probation")
+REDUNDANT_REASONS = ("no-evidence", "settled", "unconfirmed", PROBATION)
 
 
 def same_messages(a: str, b: str) -> list[dict[str, str]]:
