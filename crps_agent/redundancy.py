@@ -148,16 +148,22 @@ def merge_redundant(task_id: str, namespace: str, decisions: Sequence[AdmissionD
     backend calls (0 or 1)."""
     if not settings.memory.merge_redundant or not recalled_ids:
         return [], 0
+    import numpy as np
+
     from crps_agent.anchors import AnchorStore
     from crps_agent.memory.admission import absorb
 
     recalled = list(memory.insights.get_many(recalled_ids).values())
-    import numpy as np
-
+    notes = [*candidates, *recalled]
+    # The store holds the embedding of every stored text: only a text it lacks (a note
+    # deleted meanwhile) is embedded again.
+    stored = memory.insights.embeddings(n.id for n in notes)
+    raw = {n.text: stored[n.id] for n in notes if n.id in stored}
+    missing = [t for t in dict.fromkeys(n.text for n in notes) if t not in raw]
+    raw.update(zip(missing, memory.embedder.embed(missing) if missing else [], strict=True))
     floor = settings.memory.merge_min_similarity
-    texts = list(dict.fromkeys([*(c.text for c in candidates), *(n.text for n in recalled)]))
-    vectors = {t: v / (np.linalg.norm(v) or 1.0) for t, v in zip(
-        texts, np.asarray(memory.embedder.embed(texts), dtype=float), strict=True)}
+    vectors = {t: v / (np.linalg.norm(v) or 1.0) for t, v in
+               ((t, np.asarray(v, dtype=float)) for t, v in raw.items())}
 
     def related(a: str, b: str) -> bool:
         return float(vectors[a] @ vectors[b]) >= floor

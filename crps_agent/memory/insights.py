@@ -241,11 +241,15 @@ class InsightStore:
         items.sort(key=lambda i: (i.created_at, i.id), reverse=True)
         return items if limit is None else items[: max(0, limit)]
 
+    def embeddings(self, ids: Iterable[str]) -> dict[str, Any]:
+        """The stored embeddings of the insights of `ids` that exist (exact ids)."""
+        return self.index.embeddings(builtins.list(dict.fromkeys(ids)))
+
     def with_embeddings(self, namespace: Namespace | None = None, domain: str | None = None
                         ) -> builtins.list[tuple[Insight, Any]]:
         """(insight, embedding) of the insights matching the filters, oldest first."""
         items = self._folded(self.index.where(self._filters(namespace, domain, None)))
-        vectors = self.index.embeddings([i.id for i in items])
+        vectors = self.embeddings(i.id for i in items)
         rows = [(i, vectors[i.id]) for i in items if i.id in vectors]
         return sorted(rows, key=lambda r: (r[0].created_at, r[0].id))
 
