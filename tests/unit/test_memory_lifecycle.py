@@ -118,17 +118,17 @@ def test_judge_retires_promotes_and_respects_gates() -> None:
     base = Baseline("default", "math", wins=5, losses=5)
     bad = ins(UNITS, uses=10, wins=0, losses=10)
     good = ins(PARITY, uses=10, wins=10, losses=0)
-    assert judge(bad, base, cfg).action == "retire"
-    assert judge(good, base, cfg).action == "promote"
+    assert judge(bad, base, cfg) == "retire"
+    assert judge(good, base, cfg) == "promote"
     good.promoted = True
-    assert judge(good, base, cfg).action == "keep"
+    assert judge(good, base, cfg) == "keep"
     assert judge(ins(PARITY, uses=10, wins=5, losses=5, promoted=True), base,
-                 cfg).action == "demote"
-    assert judge(ins(UNITS, uses=4, losses=4), base, cfg).action == "keep"  # too few uses
-    assert judge(bad, Baseline("default", "math", 2, 2), cfg).action == "keep"  # baseline
-    assert judge(bad, None, cfg).action == "keep"
+                 cfg) == "demote"
+    assert judge(ins(UNITS, uses=4, losses=4), base, cfg) == "keep"  # too few uses
+    assert judge(bad, Baseline("default", "math", 2, 2), cfg) == "keep"  # baseline
+    assert judge(bad, None, cfg) == "keep"
     assert judge(ins(UNITS, uses=10, losses=10, flags=[RESTORED]), base,
-                 cfg).action == "keep"  # a person restored it
+                 cfg) == "keep"  # a person restored it
 
 
 def test_record_outcome_retires_below_baseline_and_promotes_above(tmp_path: Path) -> None:
