@@ -23,8 +23,8 @@ import functools
 import hashlib
 import re
 import time
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, NamedTuple
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from crps_agent.errors import ParseError
 from crps_agent.types import INSIGHT_KINDS, Insight
@@ -96,73 +96,6 @@ def flag_contradiction(a: Insight, b: Insight) -> None:
             one.contradicts = [*one.contradicts, other.id]
         if CONTRADICTION not in one.flags:
             one.flags = [*one.flags, CONTRADICTION]
-
-
-class Candidate(NamedTuple):
-    """A stored insight or one placed earlier in a batch that an added insight is compared
-    with: what it merges into, its text, whether the normalised texts are the same, and
-    the cosine similarity."""
-
-    target: str
-    text: str
-    same: bool
-    similarity: float
-
-
-class BatchIndex:
-    """The insights already placed in a batch, per (namespace, domain), so that later ones
-    can merge into earlier ones: each lookup is one product of the group's placed vectors
-    (a batch has at most a few hundred)."""
-
-    def __init__(self, insights: Sequence[Insight], embeddings: Sequence[Sequence[float]]
-                 ) -> None:
-        import numpy as np
-
-        self._vectors = np.asarray(embeddings, dtype=np.float32)
-        self._keys = [(ins.namespace, ins.domain) for ins in insights]
-        # per group: (batch index, target id, target text, the placed insight's normalised text)
-        self._placed: dict[tuple[str, str], list[tuple[int, str, str, str]]] = {}
-
-    def earlier(self, index: int, norm: str, low: float) -> builtins.list[Candidate]:
-        """The insights placed before the `index`-th in its group with cosine >= `low` or
-        the normalised text `norm`, in the order they were placed."""
-        placed = self._placed.get(self._keys[index], [])
-        if not placed:
-            return []
-        sims = (self._vectors[[p[0] for p in placed]] @ self._vectors[index]).tolist()
-        return [Candidate(target, text, same == norm, sim)
-                for (_, target, text, same), sim in zip(placed, sims, strict=True)
-                if sim >= low or same == norm]
-
-    def place(self, index: int, norm: str, target: str, text: str) -> None:
-        self._placed.setdefault(self._keys[index], []).append((index, target, text, norm))
-
-
-def merge_target(text: str, candidates: Sequence[Candidate], threshold: float) -> str | None:
-    """The candidate an insight with `text` merges into (None: none): the most similar one
-    with the same normalised text or at least `threshold` similar without likely
-    contradicting it (on a tie, the one listed first)."""
-    threshold -= 1e-6  # float noise on exact duplicates
-    for c in sorted(candidates, key=lambda c: -c.similarity):
-        if c.same or (c.similarity >= threshold and not likely_contradiction(text, c.text)):
-            return c.target
-    return None
-
-
-def flag_pairs(pairs: Sequence[tuple[str, str]], pending: dict[str, Insight],
-               stored: dict[str, Insight],
-               verdicts: Mapping[tuple[str, str], bool] | None = None) -> None:
-    """Flag each (id, id) pair of likely contradictions, unless `verdicts` (by the pair's
-    texts, from `confirm_contradictions` run before any lock) says it is none; flagged
-    insights go to `pending` to be written."""
-    def find(iid: str) -> Insight:
-        return pending.get(iid) or stored[iid]
-
-    for a, b in dict.fromkeys(pairs):
-        first, second = find(a), find(b)
-        if (verdicts or {}).get((first.text, second.text), True):
-            flag_contradiction(first, second)
-            pending[first.id], pending[second.id] = first, second
 
 
 # ------------------------------------------------------------------------------ merging
