@@ -1,4 +1,4 @@
-"""Memory: insights and the trajectory log in ChromaDB (see DESIGN.md §4, §6).
+"""Memory: insights and the trajectory log in ChromaDB (docs/architecture.md).
 
 The names below are loaded on first access, so `import crps_agent.memory` stays cheap:
 chromadb is imported only when a store is opened, MiniLM's weights are read only on its

@@ -1,12 +1,8 @@
-"""Dedup, merge and contradiction detection for insights (DESIGN.md §4).
+"""Dedup, merge and contradiction detection for insights (how an add uses them: ingest.py).
 
-Adding an insight goes through three levels:
-1. exact: the same normalised text (`text_hash`: lowercase, collapsed whitespace, outer
-   punctuation dropped) in the same namespace and domain;
-2. embedding: cosine >= the dedup threshold in the same namespace and domain;
-3. optional LLM merge (crps_agent/consolidation.py, on request): a cluster of related
-   insights is rewritten by the backend into one clearer insight (`combine` here keeps
-   the union of evidence, tags and flags and the summed counters).
+Duplicates: the same normalised text (`text_hash`: lowercase, collapsed whitespace, outer
+punctuation dropped), or cosine >= the dedup threshold, in the same namespace and domain;
+an LLM merge of a cluster (crps_agent/consolidation.py) keeps what `combine` does.
 
 A pair that is similar (cosine >= `contradiction_min_similarity`, even above the dedup
 threshold) but carries opposite cues (`likely_contradiction`: a different parity of

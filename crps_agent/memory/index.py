@@ -1,14 +1,8 @@
-"""How an InsightStore reads its records: an in-memory mirror, or Chroma itself.
-
-- `LocalIndex` (an embedded store: one writer, this process or nobody) reads the whole
-  collection once and answers from memory. A query is an exact scan, one matrix-vector
-  product (~1 ms at 10k x 384) with the filter on integer columns, so a filter that
-  matches most records costs nothing extra (Chroma's filtered HNSW query costs ~0.5 s at
-  100k then, and ~0.1 ms per record it returns). The store reports each of its writes.
-- `RemoteIndex` (a server, where other processes write; or a store above
-  `record_cache_size`) asks Chroma every time.
-
-Cached records are immutable: read-only metadata, and `clone` hands out the insight.
+"""How an InsightStore reads its records (docs/architecture.md, "How a recall reads data"):
+`LocalIndex`, an in-memory mirror of an embedded store that the store tells of its writes,
+answers by an exact scan (Chroma's filtered HNSW query costs ~0.5 s at 100k when the filter
+matches most records, and ~0.1 ms per record it returns); `RemoteIndex` asks Chroma every
+time. Cached records are immutable: read-only metadata, and `clone` hands out the insight.
 """
 
 from __future__ import annotations

@@ -18,13 +18,9 @@ ranking.
 
 While learning, `reserve_exploration` may give one of the k places to a young note, the
 relevant candidate with the least counterfactual evidence (fewer than
-`memory.explore_evidence` paired samples without it, credit_policy.py): a note that never
-reaches a prompt gets no with/without samples, no anchors and no wins, so its score stays
-below the established notes' wherever those are nearly as relevant (see
-crps_agent/anchors.py). The search runs an explored note in half of its samples (a
-balanced within-task test) and its outcome is credited through that test only, not as a
-raw win or loss: tried on a problem it may not fit, it would otherwise carry that
-problem's failures into its utility. A frozen evaluation never explores.
+`memory.explore_evidence` paired samples without it): a note that never reaches a prompt
+gets no evidence, so its score stays below the established notes' (why, and how an
+explored note is tested and credited: docs/architecture.md, "Exploration while learning").
 """
 
 from __future__ import annotations
