@@ -17,6 +17,7 @@ means absent: any other failure to read the pointer is an error, never generatio
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import shutil
 import tempfile
@@ -141,23 +142,10 @@ def ownership(path: Path) -> Owner | None:
     return _OWNED.get(path.resolve())
 
 
-def release_ownership(path: Path) -> None:
-    """One client of this process is done writing the store; with the last one, the next
-    writer (another process) may open it."""
-    with _OWNED_LOCK:
-        owner = _OWNED.get(path.resolve())
-        if owner is None:
-            return
-        owner.users -= 1
-        if owner.users > 0:
-            return
-        del _OWNED[path.resolve()]
-    owner.lock.release(force=True)
-
-
 def close_client(client: ClientAPI, store: str, *, read_only: bool = False) -> None:
     """Close a client from `open_client(store, read_only=...)`: Chroma's resources and,
-    for a writer of a directory, its share of the owner lock."""
+    for a writer of a directory, its share of the owner lock (with the last share, the
+    next writer, another process, may open the store)."""
     with _OWNED_LOCK:
         _LOCKS.pop(id(client), None)
     try:
@@ -165,28 +153,34 @@ def close_client(client: ClientAPI, store: str, *, read_only: bool = False) -> N
     finally:
         path = local_store_path(store)
         if path is not None and not read_only:
-            release_ownership(path)
+            with _OWNED_LOCK:  # held while releasing: no thread here takes it meanwhile
+                owner = _OWNED.get(path.resolve())
+                if owner is not None:
+                    owner.users -= 1
+                    if owner.users == 0:
+                        del _OWNED[path.resolve()]
+                        owner.lock.release(force=True)
 
 
 def check_database(path: Path) -> None:
     """Refuse a store directory whose database is missing, empty or not SQLite while other
     store files are there (Chroma would open it as a new, empty store)."""
-    db = path / DATABASE
-    others = [p.name for p in path.iterdir()
-              if _UUID_DIR.match(p.name) or p.name.startswith(DATABASE + "-")]
+    head: bytes | None = None  # None: no database
     try:
-        size = db.stat().st_size if db.exists() else None
-        with db.open("rb") if size else contextlib.nullcontext() as fh:
-            head = fh.read(len(_SQLITE_MAGIC)) if fh is not None else b""
+        with (path / DATABASE).open("rb") as fh:
+            head = fh.read(len(_SQLITE_MAGIC))
+    except FileNotFoundError:
+        pass
     except OSError as exc:
         raise DamagedStoreError(f"the store {str(path)!r} is damaged: {DATABASE} cannot be "
                                 f"read ({exc.strerror or exc})") from None
-    if size is None and others:
-        problem = "is missing"
-    elif size == 0 and others:
-        problem = "is empty"
-    elif size and head != _SQLITE_MAGIC:
+    if head:
+        if head == _SQLITE_MAGIC:
+            return
         problem = "is not a SQLite database"
+    elif any(_UUID_DIR.match(p.name) or p.name.startswith(DATABASE + "-")
+             for p in path.iterdir()):
+        problem = "is missing" if head is None else "is empty"
     else:
         return
     raise DamagedStoreError(
@@ -195,8 +189,6 @@ def check_database(path: Path) -> None:
 
 
 def _writable(path: Path) -> bool:
-    import os
-
     db = path / DATABASE
     return os.access(path, os.W_OK) and (not db.exists() or os.access(db, os.W_OK))
 
@@ -316,23 +308,17 @@ def is_server_client(client: Any) -> bool:
         return False
 
 
-def is_not_found(exc: BaseException) -> bool:
-    """Whether a Chroma error says that something does not exist (and nothing else)."""
+def existing(client: ClientAPI, name: str, what: str | None = None) -> Collection | None:
+    """The collection `name`, None only if Chroma says it does not exist: any other failure
+    is a `StoreError` ("cannot read {what}"), since an empty stand-in would hide the data."""
     from chromadb.errors import NotFoundError as ChromaNotFound
 
-    if isinstance(exc, ChromaNotFound):
-        return True
-    text = str(exc).lower()
-    return "does not exist" in text or ("not found" in text and "collection" in text)
-
-
-def existing(client: ClientAPI, name: str, what: str | None = None) -> Collection | None:
-    """The collection `name`, None only if it does not exist: any other failure is a
-    `StoreError` ("cannot read {what}"), since an empty stand-in would hide the data."""
     try:
         return client.get_collection(name, embedding_function=None)
     except Exception as exc:
-        if is_not_found(exc):
+        text = str(exc).lower()
+        if isinstance(exc, ChromaNotFound) or "does not exist" in text or (
+                "not found" in text and "collection" in text):
             return None
         raise StoreError(f"cannot read {what or f'collection {name!r}'}: {exc}") from None
 
@@ -454,7 +440,10 @@ def open_collection(client: ClientAPI, name: str, embedder: Embedder, *,
     except Exception as exc:
         raise StoreError(f"cannot open collection {name!r}: {exc}") from None
 
-    space = _space(collection)
+    try:
+        space = (collection.configuration.get("hnsw") or {}).get("space")
+    except Exception:  # pragma: no cover - configuration layout changed
+        space = None
     if space not in (None, "cosine"):
         raise StoreError(
             f"collection {name!r} uses distance {space!r}; crps-agent needs 'cosine'. "
@@ -474,20 +463,11 @@ def open_collection(client: ClientAPI, name: str, embedder: Embedder, *,
     return collection
 
 
-def built_with(client: ClientAPI, name: str = "insights") -> str | None:
-    """The embedder the store's collection `name` was built with, None if it has none."""
-    collection = existing(client, read_pointers(client).physical(name))
+def built_with(client: ClientAPI) -> str | None:
+    """The embedder the store's insights were built with, None if it has none."""
+    collection = existing(client, read_pointers(client).physical("insights"))
     stored = None if collection is None else (collection.metadata or {}).get("embedder")
     return None if stored is None else str(stored)
-
-
-def _space(collection: Collection) -> str | None:
-    try:
-        config: Any = collection.configuration
-        hnsw = config.get("hnsw") or {}
-        return hnsw.get("space")
-    except Exception:  # pragma: no cover - configuration layout changed
-        return None
 
 
 def where_clause(**conditions: Any) -> dict[str, Any] | None:
