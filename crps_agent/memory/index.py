@@ -26,8 +26,6 @@ if TYPE_CHECKING:
 
     from crps_agent.types import Insight
 
-__all__ = ["Filters", "Hit", "LocalIndex", "Record", "RemoteIndex", "clone"]
-
 # key (one of records.FILTER_KEYS) -> value, or a list/tuple/set of values (any of them)
 Filters = Mapping[str, Any]
 _PAGE = 2000
@@ -157,40 +155,31 @@ class LocalIndex:
     # ------------------------------------------------------------------ loading
 
     def _load(self) -> None:
-        if self._loaded:
-            return
+        """Documents and metadata (SQLite), once; the vectors follow when a query needs them."""
         with self._lock:
-            if self._loaded:
-                return
-            for attempt in range(_LOAD_TRIES):
-                try:
-                    self._load_once()
+            for attempt in range(1, _LOAD_TRIES + 1):
+                if self._loaded:
                     return
+                try:
+                    for page in pages(self.collection, ["documents", "metadatas"], size=_PAGE):
+                        self._put((rid, doc, meta, None) for rid, doc, meta in page)
+                    self._loaded = True
                 except Exception as exc:
-                    if self.reopen is None or attempt == _LOAD_TRIES - 1:
+                    if self.reopen is None or attempt == _LOAD_TRIES:
                         raise StoreError(f"cannot read the insights of the store: {exc}"
                                          ) from None
                     # a snapshot taken while its writer was mid-write: take another
                     log.info("re-reading the store (%s)", exc)
-                    time.sleep(0.2 * (attempt + 1))
+                    time.sleep(0.2 * attempt)
                     self.collection = self.reopen()
                     self._clear()
-
-    def _load_once(self) -> None:
-        """Documents and metadata (SQLite); the vectors follow when a query needs them."""
-        with self._lock:
-            for page in pages(self.collection, ["documents", "metadatas"], size=_PAGE):
-                self._put((rid, doc, meta, None) for rid, doc, meta in page)
-            self._loaded = True
 
     def _load_vectors(self) -> None:
         """The embeddings of the loaded records. Chroma's local mode cannot read those that
         another process has not flushed yet (a read-only open beside a writer): then the
         store's own embedder computes them from the texts."""
-        self._load()
-        if self._vectors:
-            return
         with self._lock:
+            self._load()
             if self._vectors:
                 return
             ids = list(self._rows)
@@ -214,11 +203,11 @@ class LocalIndex:
     def _set_vectors(self, ids: Sequence[str], vectors: Any) -> None:
         import numpy as np
 
-        assert self._matrix is not None or not ids
-        for rid, emb in zip(ids, vectors, strict=True):
-            vec = np.asarray(emb, dtype=np.float32)
-            norm = float(np.linalg.norm(vec))
-            self._matrix[self._rows[rid]] = vec / norm if norm > 0 else vec  # type: ignore[index]
+        if ids:
+            assert self._matrix is not None
+            mat = np.asarray(vectors, dtype=np.float32).reshape(len(ids), self.dim)
+            norms = np.linalg.norm(mat, axis=1, keepdims=True)
+            self._matrix[[self._rows[i] for i in ids]] = mat / np.where(norms > 0, norms, 1.0)
 
     # ------------------------------------------------------------------ keeping
 
@@ -286,13 +275,9 @@ class LocalIndex:
     def records(self, ids: Sequence[str]) -> dict[str, Record]:
         self._load()
         with self._lock:
-            out: dict[str, Record] = {}
-            for rid in ids:
-                row = self._rows.get(rid)
-                rec = None if row is None else self._records[row]
-                if rec is not None:
-                    out[rid] = rec
-            return out
+            rows = ((rid, self._rows.get(rid)) for rid in ids)
+            return {rid: rec for rid, row in rows
+                    if row is not None and (rec := self._records[row]) is not None}
 
     def where(self, filters: Filters) -> list[Record]:
         self._load()
