@@ -248,10 +248,9 @@ class InsightStore:
     def with_embeddings(self, namespace: Namespace | None = None, domain: str | None = None
                         ) -> builtins.list[tuple[Insight, Any]]:
         """(insight, embedding) of the insights matching the filters, oldest first."""
-        items = self._folded(self.index.where(self._filters(namespace, domain, None)))
+        items = self.list(namespace, domain)[::-1]
         vectors = self.embeddings(i.id for i in items)
-        rows = [(i, vectors[i.id]) for i in items if i.id in vectors]
-        return sorted(rows, key=lambda r: (r[0].created_at, r[0].id))
+        return [(i, vectors[i.id]) for i in items if i.id in vectors]
 
     def _query(self, query: str, n: int, filters: Filters, embeddings: bool = False,
                min_similarity: float | None = None) -> builtins.list[tuple[Insight, Hit]]:
@@ -340,41 +339,30 @@ class InsightStore:
         return metas
 
     def persist(self, insights: Iterable[Insight], *, counters: bool = False,
-                embeddings: dict[str, Any] | None = None) -> None:
-        """Write the metadata of stored insights (and the text and embedding of those in
-        `embeddings`). Their counters are left as stored (events add to them) unless
-        `counters`: then the stored base is set so that base + events = the given values."""
-        items = builtins.list(insights)
-        if not items:
-            return
-        ids = [i.id for i in items]
-        metas = self._metas(items, counters=counters)
-        embeddings = embeddings or {}
-        changed = [n for n, i in enumerate(ids) if i in embeddings]
-        if changed:
-            self.collection.update(ids=[ids[n] for n in changed],
-                                   embeddings=[embeddings[ids[n]] for n in changed],
-                                   documents=[items[n].text for n in changed],
-                                   metadatas=[metas[n] for n in changed])
-        rest = [n for n, i in enumerate(ids) if i not in embeddings]
-        if rest:
-            self.collection.update(ids=[ids[n] for n in rest],
-                                   metadatas=[metas[n] for n in rest])
-        self.index.stored([(i.id, i.text, meta, embeddings.get(i.id))
-                           for i, meta in zip(items, metas, strict=True)])
+                embeddings: builtins.list[Any] | None = None) -> None:
+        """Write the metadata of stored insights (with `embeddings`, one per insight, their
+        texts and embeddings too). Their counters are left as stored (events add to them)
+        unless `counters`: then the stored base is set so that base + events = the given
+        values."""
+        self._write(builtins.list(insights), embeddings, counters=counters)
 
     def insert(self, insights: builtins.list[Insight], embeddings: builtins.list[Any]) -> None:
         """Add new insights (ids the store does not have) with their embeddings; their
         counters are stored so that, with any events left from an earlier insight of the
         same id, they read as given."""
-        if not insights:
+        self._write(insights, embeddings, counters=True, add=True)
+
+    def _write(self, items: builtins.list[Insight], embeddings: builtins.list[Any] | None, *,
+               counters: bool, add: bool = False) -> None:
+        if not items:
             return
-        metas = self._metas(insights, counters=True)
-        self.collection.add(ids=[i.id for i in insights], embeddings=embeddings,
-                            documents=[i.text for i in insights],
-                            metadatas=metas)  # type: ignore[arg-type]
-        self.index.stored([(i.id, i.text, m, e)
-                           for i, m, e in zip(insights, metas, embeddings, strict=True)])
+        metas = self._metas(items, counters=counters)
+        texts: dict[str, Any] = {} if embeddings is None else {
+            "embeddings": embeddings, "documents": [i.text for i in items]}
+        write = self.collection.add if add else self.collection.update
+        write(ids=[i.id for i in items], metadatas=metas, **texts)  # type: ignore[arg-type]
+        self.index.stored(zip([i.id for i in items], [i.text for i in items], metas,
+                              embeddings or [None] * len(items), strict=True))
 
     def record_outcome(self, insight_ids: builtins.list[str], correct: bool, *,
                        event_id: str | None = None) -> builtins.list[Insight]:
@@ -473,7 +461,7 @@ class InsightStore:
             vectors = None
             if insight.text != old.text:
                 insight.embedder = self.embedder.name
-                vectors = {insight.id: self.embedder.embed([insight.text])[0]}
+                vectors = self.embedder.embed([insight.text])
             self.persist([insight], counters=True, embeddings=vectors)
 
     def delete(self, insight_id: str) -> None:
