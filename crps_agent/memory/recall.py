@@ -83,6 +83,14 @@ def _conflict(a: Insight, b: Insight) -> bool:
     return a.id in b.contradicts or b.id in a.contradicts
 
 
+def _fits(r: RecalledInsight, notes: Sequence[RecalledInsight], token_budget: int) -> bool:
+    """Whether `r` may join `notes`: not among them, within `token_budget` tokens, and in
+    conflict with none of them."""
+    return (r.insight.id not in {c.insight.id for c in notes}
+            and estimate_tokens(r.insight.text) <= token_budget
+            and not any(_conflict(r.insight, c.insight) for c in notes))
+
+
 def select(ranked: Sequence[RecalledInsight], vectors: Sequence[Any] | None, *, k: int,
            token_budget: int, params: RankParams) -> list[RecalledInsight]:
     """Greedy MMR selection of at most k notes within `token_budget` tokens. `vectors` are
@@ -135,14 +143,10 @@ def explore_pick(candidates: Sequence[RecalledInsight], chosen: Sequence[Recalle
     in conflict with a chosen note and fits in `token_budget` tokens; the one with the
     least evidence first, then the most relevant (similarity), then the best score. None
     when there is none."""
-    taken = {c.insight.id for c in chosen}
     young = [r for r in candidates
-             if r.insight.id not in taken and evidence.get(r.insight.id, 0) < min_evidence
-             and not any(_conflict(r.insight, c.insight) for c in chosen)
-             and estimate_tokens(r.insight.text) <= token_budget]
-    if not young:
-        return None
-    return min(young, key=lambda r: (evidence.get(r.insight.id, 0), -r.similarity, -r.score))
+             if evidence.get(r.insight.id, 0) < min_evidence and _fits(r, chosen, token_budget)]
+    return min(young, key=lambda r: (evidence.get(r.insight.id, 0), -r.similarity, -r.score),
+               default=None)
 
 
 def reserve_exploration(chosen: Sequence[RecalledInsight],
@@ -169,8 +173,6 @@ def reserve_exploration(chosen: Sequence[RecalledInsight],
     for r in list(chosen)[k - slots:]:
         if len(keep) >= k:
             break
-        if (r.insight.id not in {c.insight.id for c in keep}
-                and estimate_tokens(r.insight.text) <= left(keep)
-                and not any(_conflict(r.insight, c.insight) for c in keep)):
+        if _fits(r, keep, left(keep)):
             keep.append(r)
     return keep
