@@ -56,20 +56,13 @@ def text_hash(namespace: str, domain: str, text: str) -> str:
     return hashlib.sha256(raw.encode("utf-8")).hexdigest()[:24]
 
 
-def _tokens(text: str) -> list[str]:
-    return _TOKEN.findall(text.lower().replace("\u2019", "'"))
-
-
-def _negations(tokens: list[str]) -> int:
-    return sum(1 for t in tokens if t in NEGATIONS or t.endswith("n't"))
-
-
 @functools.lru_cache(maxsize=8192)
 def _cues(text: str) -> tuple[int, frozenset[str]]:
     """(negation parity, words) of a text: a batch compares each new insight with up to
     five stored neighbours and every similar earlier one, so texts recur."""
-    tokens = _tokens(text)
-    return _negations(tokens) % 2, frozenset(tokens)
+    tokens = _TOKEN.findall(text.lower().replace("\u2019", "'"))
+    negations = sum(1 for t in tokens if t in NEGATIONS or t.endswith("n't"))
+    return negations % 2, frozenset(tokens)
 
 
 def likely_contradiction(a: str, b: str) -> bool:
@@ -130,8 +123,8 @@ def combine(insights: Sequence[Insight], *, text: str | None = None,
     )
 
 
-def confirm_contradictions(pairs: Sequence[tuple[str, str]], backend: Backend, *,
-                           seed: int | None = None) -> builtins.list[bool]:
+def confirm_contradictions(pairs: Sequence[tuple[str, str]], backend: Backend
+                           ) -> builtins.list[bool]:
     """Ask the backend whether each (a, b) pair gives opposite advice (one batched call).
     An unusable reply keeps the pair flagged (True): a person reviews it."""
     if not pairs:
@@ -146,7 +139,7 @@ def confirm_contradictions(pairs: Sequence[tuple[str, str]], backend: Backend, *
                       f"Lesson A: {a}\nLesson B: {b}\n\nDo they give opposite advice (one "
                       "recommends what the other advises against)? Reply "
                       '{"contradiction": true|false, "reason": "<short>"}')}],
-        n=1, temperature=0.0, max_tokens=128, seed=seed, purpose="contradiction")
+        n=1, temperature=0.0, max_tokens=128, purpose="contradiction")
         for a, b in pairs]
     out: builtins.list[bool] = []
     for comps in backend.generate(requests):
