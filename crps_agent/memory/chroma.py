@@ -264,16 +264,13 @@ def open_client(store: str, *, read_only: bool = False) -> ClientAPI:
     path = Path(store).expanduser()
     if path.exists() and not path.is_dir():
         raise StoreError(f"store {str(path)!r} exists and is not a directory")
-    if read_only and not path.is_dir():
-        raise NotFoundError(f"no store at {str(path)!r} yet: run `crps-agent learn TASKS` "
-                            "to make one, or pass --store DIR")
     try:
         if path.is_dir():
             check_database(path)
         if read_only:
             if not (path / DATABASE).exists():
-                raise NotFoundError(f"no store at {str(path)!r} yet (no {DATABASE} in it): "
-                                    "run `crps-agent learn TASKS` to make one")
+                raise NotFoundError(f"no store at {str(path)!r} yet: run `crps-agent learn "
+                                    "TASKS` to make one, or pass --store DIR")
             direct = _writable(path) and not _written_elsewhere(path)
             where = path if direct else _private_copy(path)
         else:

@@ -213,8 +213,6 @@ class EventLog:
                 for page in pages(collection, ["metadatas", "documents"], where=where,
                                   size=_PAGE):
                     yield from (_parse(rid, meta, doc) for rid, doc, meta in page)
-            except StoreError:
-                raise
             except Exception as exc:
                 raise StoreError(f"cannot read the counter events: {exc}") from None
         yield from self.extra

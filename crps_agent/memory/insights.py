@@ -206,19 +206,15 @@ class InsightStore:
         """The full id for `insight_id` or a unique prefix of one (at least 4 characters)."""
         if self.index.records([insight_id]):
             return insight_id
-        if len(insight_id) >= _MIN_PREFIX:
-            matches = [i for i in self._ids() if i.startswith(insight_id)]
-            if len(matches) == 1:
-                return matches[0]
-            if len(matches) > 1:
-                shown = ", ".join(sorted(matches)[:5])
-                raise NotFoundError(
-                    f"insight id prefix {insight_id!r} is ambiguous: it matches "
-                    f"{len(matches)} insights ({shown}); give more characters"
-                )
-        raise NotFoundError(
-            f"no insight with id {insight_id!r} (see `crps-agent insights list`)"
-        )
+        matches = sorted(i for i in self._ids() if i.startswith(insight_id)) \
+            if len(insight_id) >= _MIN_PREFIX else []
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            raise NotFoundError(f"insight id prefix {insight_id!r} is ambiguous: it matches "
+                                f"{len(matches)} insights ({', '.join(matches[:5])}); give "
+                                "more characters")
+        raise NotFoundError(f"no insight with id {insight_id!r} (see `crps-agent insights list`)")
 
     def get(self, insight_id: str) -> Insight:
         """The insight with this id, or with this unique id prefix (>= 4 characters)."""
