@@ -36,14 +36,8 @@ class Memory:
     the store was built with, else MiniLM.
     """
 
-    def __init__(
-        self,
-        store: str | Path = "./store",
-        *,
-        embedder: str | Embedder | None = None,
-        settings: MemorySettings | None = None,
-        read_only: bool = False,
-    ) -> None:
+    def __init__(self, store: str | Path = "./store", *, embedder: str | Embedder | None = None,
+                 settings: MemorySettings | None = None, read_only: bool = False) -> None:
         self.store = str(store)
         self.local_path: Path | None = local_store_path(self.store)
         self.read_only = read_only
@@ -60,9 +54,8 @@ class Memory:
         if embedder is None:  # as told, else what the store was built with, else MiniLM
             embedder = (settings.embedder if settings is not None else None) \
                 or built_with(self.client) or "minilm"
-        self.embedder: Embedder = (
-            get_embedder(embedder) if isinstance(embedder, str) else embedder
-        )
+        self.embedder: Embedder = get_embedder(embedder) if isinstance(embedder, str) \
+            else embedder
         if settings is None:
             settings = MemorySettings.model_validate({"embedder": self.embedder.name})
         self.settings = settings
@@ -79,18 +72,10 @@ class Memory:
         return cls(settings.store, embedder=settings.memory.embedder, settings=settings.memory,
                    read_only=read_only)
 
-    def recall(
-        self,
-        query: str,
-        *,
-        namespace: Namespace = "default",
-        domain: str | None = None,
-        k: int | None = None,
-        token_budget: int | None = None,
-        min_similarity: float | None = None,
-        shared: list[Namespace] | None = None,
-        exploration: float | None = None,
-    ) -> list[RecalledInsight]:
+    def recall(self, query: str, *, namespace: Namespace = "default", domain: str | None = None,
+               k: int | None = None, token_budget: int | None = None,
+               min_similarity: float | None = None, shared: list[Namespace] | None = None,
+               exploration: float | None = None) -> list[RecalledInsight]:
         """The insights to put in the prompt for `query` (`InsightStore.recall`; unset
         limits and `shared` come from the settings)."""
         return self.insights.recall(
