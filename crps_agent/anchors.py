@@ -187,7 +187,7 @@ def recall_notes(memory: Memory, query: str, *, namespace: str, domain: str | No
             return chosen
     by_text = {} if not via else {r.insight.id: r for r in memory.insights.search(
         query, namespace=None if s.shared_namespaces else namespace, domain=domain,
-        k=memory.insights.candidate_factor * k, status="active")
+        k=s.recall_candidates * k, status="active")
         if r.insight.namespace in spaces}
     # The query has neighbours whose lessons are known: a note must be as relevant as a
     # neighbour is close. A note's text scores only 0.1-0.35 against a problem (MiniLM), so

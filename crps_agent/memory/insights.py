@@ -106,11 +106,6 @@ class InsightStore:
             lambda query: self.embedder.embed([query])[0])
 
     @property
-    def candidate_factor(self) -> int:
-        """Recall fetches k x this many candidates to re-rank and diversify."""
-        return self.settings.recall_candidates
-
-    @property
     def rank_params(self) -> RankParams:
         s = self.settings
         return RankParams(prior_a=s.prior_a, prior_b=s.prior_b, exploration=s.exploration,
@@ -299,7 +294,7 @@ class InsightStore:
             params = dataclasses.replace(params, exploration=exploration)
         diverse = params.mmr_lambda < 1.0
         rows = [(ins, hit) for ins, hit in
-                self._query(query, self.candidate_factor * k, filters, embeddings=diverse,
+                self._query(query, s.recall_candidates * k, filters, embeddings=diverse,
                             min_similarity=min_similarity)
                 if hit.similarity >= min_similarity]
         vectors = {ins.id: hit.embedding for ins, hit in rows}
