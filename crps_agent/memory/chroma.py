@@ -58,13 +58,9 @@ _LOCKS: dict[int, threading.RLock] = {}  # id(client) -> its in-process write lo
 _COPIES: list[tempfile.TemporaryDirectory[str]] = []  # read-only stores' copies: kept to exit
 
 
-def is_server_url(store: str) -> bool:
-    return store.startswith(("http://", "https://"))
-
-
 def local_store_path(store: str) -> Path | None:
     """The directory of an embedded store, or None for a server URL."""
-    return None if is_server_url(store) else Path(store).expanduser()
+    return None if store.startswith(("http://", "https://")) else Path(store).expanduser()
 
 
 def store_dir(store: str, name: str) -> Path:
@@ -81,15 +77,6 @@ def _settings() -> Any:
     from chromadb.config import Settings
 
     return Settings(anonymized_telemetry=False)
-
-
-def _busy(path: Path) -> StoreBusyError:
-    return StoreBusyError(
-        f"the store {str(path)!r} is open for writing in another process (an embedded store "
-        "has one writer). To share it, serve it: `chroma run --path DIR --port 8000` and use "
-        "--store http://localhost:8000, or run `crps-agent serve` and talk to its HTTP API; "
-        "read-only commands (insights list/search/show/stats/export, tree show) work "
-        "beside the writer")
 
 
 @dataclass
@@ -130,7 +117,13 @@ def take_ownership(path: Path) -> Owner:
                 raise StoreError(f"cannot take the owner lock of the store {str(path)!r}: "
                                  f"{exc.strerror or exc}") from None
             if lock is None:
-                raise _busy(path)
+                raise StoreBusyError(
+                    f"the store {str(path)!r} is open for writing in another process (an "
+                    "embedded store has one writer). To share it, serve it: `chroma run "
+                    "--path DIR --port 8000` and use --store http://localhost:8000, or run "
+                    "`crps-agent serve` and talk to its HTTP API; read-only commands "
+                    "(insights list/search/show/stats/export, tree show) work beside the "
+                    "writer")
             owner = _OWNED[key] = Owner(lock)
         owner.users += 1
         return owner
@@ -243,7 +236,8 @@ def open_client(store: str, *, read_only: bool = False) -> ClientAPI:
     except ImportError as exc:  # pragma: no cover - a core dependency
         raise StoreError(f"chromadb is not installed ({exc}): pip install chromadb") from None
 
-    if is_server_url(store):
+    path = local_store_path(store)
+    if path is None:
         url = urlparse(store)
         ssl = url.scheme == "https"
         if not url.hostname:
@@ -261,7 +255,6 @@ def open_client(store: str, *, read_only: bool = False) -> ClientAPI:
                 "`chroma run --path DIR --port PORT`, or use a local directory as the store"
             ) from None
 
-    path = Path(store).expanduser()
     if path.exists() and not path.is_dir():
         raise StoreError(f"store {str(path)!r} exists and is not a directory")
     try:
