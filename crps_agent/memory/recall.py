@@ -122,13 +122,10 @@ def select(ranked: Sequence[RecalledInsight], vectors: Sequence[Any] | None, *, 
         item = ranked[pick]
         if gram is not None and chosen and max_sim[pick] >= params.near_duplicate:
             continue
-        if any(_conflict(item.insight, c.insight) for c in chosen):
-            continue
-        cost = estimate_tokens(item.insight.text)
-        if used + cost > token_budget:
+        if not _fits(item, chosen, token_budget - used):
             continue
         chosen.append(item)
-        used += cost
+        used += estimate_tokens(item.insight.text)
         if gram is not None:
             row = gram[pick]
             max_sim = [m if m >= g else g for m, g in zip(max_sim, row, strict=True)]
