@@ -161,8 +161,6 @@ def recall_notes(memory: Memory, query: str, *, namespace: str, domain: str | No
     """The notes for `query`, relevance counting the notes' anchors (see the module doc).
     `explore` (learn only): places of the k given to young notes
     (`memory/recall.py` `reserve_exploration`)."""
-    import dataclasses
-
     from crps_agent.errors import NotFoundError
     from crps_agent.memory.recall import RecalledInsight, rank, reserve_exploration, select
 
@@ -210,9 +208,7 @@ def recall_notes(memory: Memory, query: str, *, namespace: str, domain: str | No
             relevant.append((ins, relevance))
         if relevance >= floor:
             pairs.append((ins, relevance))
-    params = memory.insights.rank_params
-    if exploration is not None:
-        params = dataclasses.replace(params, exploration=exploration)
+    params = s if exploration is None else s.model_copy(update={"exploration": exploration})
     if via:
         chosen = select(rank(pairs, params), None, k=k, token_budget=budget, params=params)
         ranked = rank(relevant, params)

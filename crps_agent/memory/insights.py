@@ -32,7 +32,7 @@ from crps_agent.memory.events import NOTHING, Event, EventLog, Tally, event_id, 
 from crps_agent.memory.index import Filters, Hit, LocalIndex, Record, RemoteIndex, clone
 from crps_agent.memory.ingest import AddOutcome, add_locked, plan_pairs
 from crps_agent.memory.legacy import counter_events, migrate_counters, upgrade_layout
-from crps_agent.memory.recall import RankParams, RecalledInsight, rank, select
+from crps_agent.memory.recall import RecalledInsight, rank, select
 from crps_agent.memory.records import LAYOUT, to_meta, ts
 from crps_agent.namespaces import Namespace, validate_namespace, validate_namespaces
 from crps_agent.types import Insight
@@ -104,13 +104,6 @@ class InsightStore:
         # and again when it reflects on it.
         self._embed_query = functools.lru_cache(maxsize=_QUERY_CACHE)(
             lambda query: self.embedder.embed([query])[0])
-
-    @property
-    def rank_params(self) -> RankParams:
-        s = self.settings
-        return RankParams(prior_a=s.prior_a, prior_b=s.prior_b, exploration=s.exploration,
-                          promotion_boost=s.promotion_boost, mmr_lambda=s.mmr_lambda,
-                          near_duplicate=s.dedup_threshold)
 
     def utility(self, insight: Insight) -> float:
         return utility(insight, self.settings.prior_a, self.settings.prior_b)
@@ -289,9 +282,7 @@ class InsightStore:
             return [], []
         shared = builtins.list(s.shared_namespaces) if shared is None else shared
         filters = self._filters([namespace, *shared], domain, "active")
-        params = self.rank_params
-        if exploration is not None:
-            params = dataclasses.replace(params, exploration=exploration)
+        params = s if exploration is None else s.model_copy(update={"exploration": exploration})
         diverse = params.mmr_lambda < 1.0
         rows = [(ins, hit) for ins, hit in
                 self._query(query, s.recall_candidates * k, filters, embeddings=diverse,

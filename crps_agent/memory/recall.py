@@ -29,11 +29,14 @@ import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from crps_agent.backends.base import estimate_tokens
 from crps_agent.memory.credit import utility
 from crps_agent.types import Insight
+
+if TYPE_CHECKING:
+    from crps_agent.config import MemorySettings
 
 
 @dataclass
@@ -47,16 +50,6 @@ class RecalledInsight:
     explored: bool = False  # given a place by `reserve_exploration`, not by its score
 
 
-@dataclass(frozen=True)
-class RankParams:
-    prior_a: float = 1.0
-    prior_b: float = 1.0
-    exploration: float = 0.1
-    promotion_boost: float = 1.25
-    mmr_lambda: float = 0.7
-    near_duplicate: float = 0.9
-
-
 def exploration_bonus(uses: int, total_uses: int, c: float) -> float:
     """UCB-style bonus: c x sqrt(ln(1 + total_uses) / (1 + uses))."""
     if c <= 0.0 or total_uses <= 0:
@@ -64,15 +57,18 @@ def exploration_bonus(uses: int, total_uses: int, c: float) -> float:
     return c * math.sqrt(math.log1p(total_uses) / (1.0 + uses))
 
 
-def score(insight: Insight, similarity: float, total_uses: int, params: RankParams) -> float:
+def score(insight: Insight, similarity: float, total_uses: int, params: MemorySettings
+          ) -> float:
     value = utility(insight, params.prior_a, params.prior_b)
     value += exploration_bonus(insight.uses, total_uses, params.exploration)
     boost = params.promotion_boost if insight.promoted else 1.0
     return similarity * value * boost
 
 
-def rank(pairs: Sequence[tuple[Insight, float]], params: RankParams) -> list[RecalledInsight]:
-    """Candidates scored, best first (ties: the more similar first)."""
+def rank(pairs: Sequence[tuple[Insight, float]], params: MemorySettings
+         ) -> list[RecalledInsight]:
+    """Candidates scored (`params`: the store's settings, perhaps with another
+    `exploration`), best first (ties: the more similar first)."""
     total = sum(ins.uses for ins, _ in pairs)
     ranked = [RecalledInsight(ins, sim, score(ins, sim, total, params)) for ins, sim in pairs]
     ranked.sort(key=lambda r: (r.score, r.similarity), reverse=True)
@@ -92,7 +88,7 @@ def _fits(r: RecalledInsight, notes: Sequence[RecalledInsight], token_budget: in
 
 
 def select(ranked: Sequence[RecalledInsight], vectors: Sequence[Any] | None, *, k: int,
-           token_budget: int, params: RankParams) -> list[RecalledInsight]:
+           token_budget: int, params: MemorySettings) -> list[RecalledInsight]:
     """Greedy MMR selection of at most k notes within `token_budget` tokens. `vectors` are
     the candidates' (normalised) embeddings in `ranked` order; None disables the diversity
     terms (contradictions are still kept apart)."""
@@ -120,7 +116,7 @@ def select(ranked: Sequence[RecalledInsight], vectors: Sequence[Any] | None, *, 
             pick = max(remaining, key=lambda i: relevance[i] - (1.0 - lam) * max_sim[i])
         remaining.remove(pick)
         item = ranked[pick]
-        if gram is not None and chosen and max_sim[pick] >= params.near_duplicate:
+        if gram is not None and chosen and max_sim[pick] >= params.dedup_threshold:
             continue
         if not _fits(item, chosen, token_budget - used):
             continue

@@ -32,7 +32,7 @@ from crps_agent.memory.credit import (
     utility,
 )
 from crps_agent.memory.dedup import CONTRADICTION, likely_contradiction, text_hash
-from crps_agent.memory.recall import RankParams, exploration_bonus, rank, select
+from crps_agent.memory.recall import exploration_bonus, rank, select
 from crps_agent.namespaces import decode_namespace, encode_namespace, validate_namespace
 from crps_agent.plugins import get_registry
 from crps_agent.types import Insight, Task
@@ -425,11 +425,11 @@ def test_exploration_bonus_favours_young_insights() -> None:
     rookie = ins("rookie")
     assert exploration_bonus(0, 20, 0.1) > exploration_bonus(20, 20, 0.1) > 0
     assert exploration_bonus(0, 0, 0.1) == 0.0
-    ranked = rank([(veteran, 0.50), (rookie, 0.46)], RankParams(exploration=0.1))
+    ranked = rank([(veteran, 0.50), (rookie, 0.46)], MemorySettings(exploration=0.1))
     assert [r.insight.text for r in ranked] == ["rookie", "veteran"]
-    greedy = rank([(veteran, 0.50), (rookie, 0.46)], RankParams(exploration=0.0))
+    greedy = rank([(veteran, 0.50), (rookie, 0.46)], MemorySettings(exploration=0.0))
     assert [r.insight.text for r in greedy] == ["veteran", "rookie"]
-    promoted = rank([(ins("p", promoted=True), 0.40), (ins("q"), 0.45)], RankParams())
+    promoted = rank([(ins("p", promoted=True), 0.40), (ins("q"), 0.45)], MemorySettings())
     assert promoted[0].insight.text == "p"
 
 
@@ -448,9 +448,9 @@ def test_mmr_keeps_near_identical_bullets_from_filling_the_budget(tmp_path: Path
     top2 = plain.recall(query, namespace="default", domain="math", k=2, min_similarity=-1)
     assert {r.insight.text for r in top2} == {a, b}
     # select() directly: a near-identical pair above the dedup threshold is never both shown
-    twins = rank([(ins("x"), 0.9), (ins("y"), 0.8)], RankParams())
+    twins = rank([(ins("x"), 0.9), (ins("y"), 0.8)], MemorySettings())
     picked = select(twins, [[1.0, 0.0], [1.0, 0.0]], k=2, token_budget=100,
-                    params=RankParams(mmr_lambda=0.9))
+                    params=MemorySettings(mmr_lambda=0.9))
     assert [p.insight.text for p in picked] == ["x"]
 
 
