@@ -4,14 +4,9 @@
 created with `embedding_function=None`: we always pass embeddings ourselves (otherwise
 Chroma attaches its default ONNX embedder, which tries to download a model).
 
-One owner per embedded store: Chroma's local mode keeps every HNSW index in the memory of
-the process that loaded it and never notices another process's writes (two writers corrupt
-a store), so a writer takes `<store>/.owner.lock` (`filelock`: the OS releases it even on
-SIGKILL) and a second writer gets a `StoreBusyError`. Read-only opens take no lock.
-
-Generations: `reindex` writes new collections `<name>.g<N>` and then switches one pointer
-record (id `collections` in `crps_meta`), so the switch is one write. Only "not found"
-means absent: any other failure to read the pointer is an error, never generation 0.
+Why one owner per embedded store (`<store>/.owner.lock`), how read-only opens read beside a
+writer, and the generations `reindex` switches between (a pointer record in `crps_meta`):
+docs/architecture.md, "How a write stays consistent" and "The store".
 """
 
 from __future__ import annotations
