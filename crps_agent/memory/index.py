@@ -138,14 +138,18 @@ class LocalIndex:
         self._clear()
 
     def _clear(self) -> None:
+        import numpy as np
+
         self._loaded = False
         self._vectors = False
         # Rows are never reused: a removed record's row stays empty (removals are rare).
         self._rows: dict[str, int] = {}  # id -> row
         self._records: list[Record | None] = []  # by row, None past the end or removed
         self._used = 0  # rows handed out
-        self._matrix: np.ndarray | None = None  # rows x dim, unit length, float32
-        self._codes: dict[str, np.ndarray] = {}  # filter key -> int32 code per row
+        self._matrix: np.ndarray = np.zeros((0, self.dim), dtype=np.float32)  # unit rows
+        # per row, a code per filter key (FILTER_KEYS order): >= 1 for a value (absent
+        # included), 0 for a row not handed out yet, -1 for a removed record's row
+        self._codes: np.ndarray = np.zeros((0, len(FILTER_KEYS)), dtype=np.int32)
         self._vocab: dict[str, dict[Any, int]] = {key: {} for key in FILTER_KEYS}
 
     def __len__(self) -> int:
@@ -204,7 +208,6 @@ class LocalIndex:
         import numpy as np
 
         if ids:
-            assert self._matrix is not None
             mat = np.asarray(vectors, dtype=np.float32).reshape(len(ids), self.dim)
             norms = np.linalg.norm(mat, axis=1, keepdims=True)
             self._matrix[[self._rows[i] for i in ids]] = mat / np.where(norms > 0, norms, 1.0)
@@ -221,20 +224,11 @@ class LocalIndex:
     def _grow(self, need: int) -> None:
         import numpy as np
 
-        size = 0 if self._matrix is None else self._matrix.shape[0]
-        if need <= size:
-            return
-        new = max(need, 2 * size, 256)
-        matrix = np.zeros((new, self.dim), dtype=np.float32)
-        if self._matrix is not None:
-            matrix[:size] = self._matrix
-        self._matrix = matrix
-        for key in FILTER_KEYS:
-            codes = np.zeros(new, dtype=np.int32)
-            if key in self._codes:
-                codes[:size] = self._codes[key]
-            self._codes[key] = codes
-        self._records.extend([None] * (new - len(self._records)))
+        size = len(self._records)
+        if need > size:  # doubling: appends stay amortised O(1)
+            more = ((0, max(need, 2 * size, 256) - size), (0, 0))
+            self._matrix, self._codes = np.pad(self._matrix, more), np.pad(self._codes, more)
+            self._records.extend([None] * more[0][1])
 
     def _put(self, rows: Iterable[tuple[str, str | None, Mapping[str, Any] | None, Any]]
              ) -> None:
@@ -248,8 +242,7 @@ class LocalIndex:
             if emb is not None:
                 self._set_vectors([rid], [emb])
             self._records[row] = rec
-            for key in FILTER_KEYS:
-                self._codes[key][row] = self._code(key, rec.meta.get(key))
+            self._codes[row] = [self._code(key, rec.meta.get(key)) for key in FILTER_KEYS]
 
     def stored(self, records: Iterable[tuple[str, str, Mapping[str, Any], Any]]) -> None:
         """Records this process has just written (id, document, metadata, embedding or
@@ -264,11 +257,9 @@ class LocalIndex:
                 return
             for rid in ids:
                 row = self._rows.pop(rid, None)
-                if row is None:
-                    continue
-                self._records[row] = None
-                for key in FILTER_KEYS:
-                    self._codes[key][row] = -1  # matches nothing
+                if row is not None:
+                    self._records[row] = None
+                    self._codes[row] = -1  # matches nothing
 
     # ------------------------------------------------------------------ reading
 
@@ -289,17 +280,14 @@ class LocalIndex:
     def embeddings(self, ids: Sequence[str]) -> dict[str, Any]:
         self._load_vectors()
         with self._lock:
-            assert self._matrix is not None or not ids
-            return {rid: self._matrix[row].copy() for rid in ids  # type: ignore[index]
+            return {rid: self._matrix[row].copy() for rid in ids
                     if (row := self._rows.get(rid)) is not None}
 
     def _mask(self, filters: Filters) -> np.ndarray:
         import numpy as np
 
         size = len(self._records)
-        mask = np.zeros(size, dtype=bool)
-        if self._rows:
-            mask[list(self._rows.values())] = True
+        mask = self._codes[:, 0] > 0  # the stored records
         for key, value in filters.items():
             if value is None:
                 continue
@@ -308,7 +296,7 @@ class LocalIndex:
             codes = [c for v in values if (c := vocab.get((type(v), v))) is not None]
             if not codes:
                 return np.zeros(size, dtype=bool)
-            mask &= np.isin(self._codes[key][:size], codes)
+            mask &= np.isin(self._codes[:, FILTER_KEYS.index(key)], codes)
         return mask
 
     def nearest(self, queries: Sequence[Sequence[float]], n: int, filters: Filters, *,
@@ -319,7 +307,7 @@ class LocalIndex:
         import numpy as np
 
         self._load_vectors()
-        if n <= 0 or not queries or self._matrix is None:
+        if n <= 0 or not queries:
             return [[] for _ in queries]
         with self._lock:
             mask = self._mask(filters)
