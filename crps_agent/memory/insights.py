@@ -301,24 +301,19 @@ class InsightStore:
         """The metadata to store for `items`. Counters: with `counters`, the base such that
         base + events = the given values; else the stored base, kept (events add to it)."""
         ids = [i.id for i in items]
-        bases: builtins.list[Tally | Insight]
         if counters:
             tallies = self.events.tallies(ids)
-            bases = [tallies.get(i, NOTHING) for i in ids]
+            bases = [{n: getattr(i, n) - getattr(tallies.get(i.id, NOTHING), n)
+                      for n in _COUNTERS} for i in items]
         else:
             found = self.index.records(ids)
-            for i in ids:
-                if i not in found:
-                    raise NotFoundError(f"no insight with id {i!r}")
-            bases = [found[i].insight for i in ids]
-        metas = []
-        for ins, base in zip(items, bases, strict=True):
-            row = clone(ins)
-            for name in _COUNTERS:
-                setattr(row, name, getattr(ins, name) - getattr(base, name) if counters
-                        else getattr(base, name))
-            metas.append(to_meta(row))
-        return metas
+            if missing := [i for i in ids if i not in found]:
+                raise NotFoundError(f"no insight with id {missing[0]!r}")
+            bases = [{n: getattr(found[i].insight, n) for n in _COUNTERS} for i in ids]
+        rows = [clone(i) for i in items]
+        for row, base in zip(rows, bases, strict=True):
+            row.__dict__.update(base)
+        return [to_meta(row) for row in rows]
 
     def persist(self, insights: Iterable[Insight], *, counters: bool = False,
                 embeddings: builtins.list[Any] | None = None) -> None:
