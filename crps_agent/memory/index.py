@@ -7,7 +7,9 @@ time. Cached records are immutable: read-only metadata, and `clone` hands out th
 
 from __future__ import annotations
 
+import itertools
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -68,6 +70,12 @@ def _record(rid: str, document: str | None, meta: Mapping[str, Any] | None) -> R
     return Record(rid, document or "", MappingProxyType(dict(meta or {})))
 
 
+def _down_to(min_similarity: float | None, hits: Iterable[Hit]) -> list[Hit]:
+    """`hits` (most similar first) while at least `min_similarity` (float noise allowed)."""
+    floor = -math.inf if min_similarity is None else min_similarity - 1e-6
+    return list(itertools.takewhile(lambda h: h.similarity >= floor, hits))
+
+
 class RemoteIndex:
     """Reads straight from Chroma (see the module doc)."""
 
@@ -104,18 +112,11 @@ class RemoteIndex:
         res: Any = self.collection.query(query_embeddings=vectors,
                                          n_results=n, where=where_clause(**filters),
                                          include=include)
-        out: list[list[Hit]] = []
-        for r, ids in enumerate(res["ids"]):
-            row: list[Hit] = []
-            for j, rid in enumerate(ids):
-                sim = 1.0 - float(res["distances"][r][j])
-                if min_similarity is not None and sim < min_similarity - 1e-9:
-                    break  # nearest first
-                emb = res["embeddings"][r][j] if embeddings else None
-                row.append(Hit(_record(rid, res["documents"][r][j], res["metadatas"][r][j]),
-                               sim, emb))
-            out.append(row)
-        return out
+        return [_down_to(min_similarity, (
+            Hit(_record(rid, res["documents"][r][j], res["metadatas"][r][j]),
+                1.0 - float(res["distances"][r][j]),
+                res["embeddings"][r][j] if embeddings else None) for j, rid in enumerate(ids)))
+            for r, ids in enumerate(res["ids"])]
 
     def stored(self, records: Iterable[tuple[str, str, Mapping[str, Any], Any]]) -> None:
         """Nothing is kept (other processes write a server's collections)."""
@@ -320,22 +321,15 @@ class LocalIndex:
             q = q / np.where(norms > 0, norms, 1.0)
             # all rows when most match: one contiguous product beats gathering the subset
             dense = len(rows) * 2 > mask.shape[0]
-            sims_all = (self._matrix[:mask.shape[0]] @ q.T) if dense else \
-                (self._matrix[rows] @ q.T)
+            sims_all = (self._matrix if dense else self._matrix[rows]) @ q.T
             for r in range(q.shape[0]):
                 sims = sims_all[rows, r] if dense else sims_all[:, r]
                 take = min(n, len(rows))
                 top = np.argpartition(-sims, take - 1)[:take] if take < len(rows) \
                     else np.arange(len(rows))
                 top = top[np.argsort(-sims[top], kind="stable")]
-                row: list[Hit] = []
-                for t in top.tolist():
-                    sim = float(sims[t])
-                    if min_similarity is not None and sim < min_similarity - 1e-6:
-                        break
-                    at = int(rows[t])
-                    rec = self._records[at]
-                    assert rec is not None
-                    row.append(Hit(rec, sim, self._matrix[at].copy() if embeddings else None))
-                out.append(row)
+                out.append(_down_to(min_similarity, (
+                    Hit(self._records[rows[t]], float(sims[t]),  # a matching row: stored
+                        self._matrix[rows[t]].copy() if embeddings else None)
+                    for t in top.tolist())))
             return out
