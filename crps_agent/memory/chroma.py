@@ -100,7 +100,7 @@ def _try_lock(path: Path) -> Any | None:
 
 def take_ownership(path: Path) -> Owner:
     """Hold the owner lock of an embedded store until every client that took it is closed
-    (`release_ownership`), or the process ends. Re-entrant: the clients of this process
+    (`close_client`), or the process ends. Re-entrant: the clients of this process
     share it. Raises `StoreBusyError` when another process holds it."""
     key = path.resolve()
     with _OWNED_LOCK:

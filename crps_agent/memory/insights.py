@@ -145,7 +145,7 @@ class InsightStore:
         """Merge stored insights (ids or unique prefixes) into one: the representative's id
         (most support), `text`/`kind` or the representative's, summed counters, the union
         of evidence, tags and flags (dedup.combine). Re-embeds when the text changes; the
-        other members are deleted. See `dedup.merge_cluster` for an LLM-written text."""
+        other members are deleted. See `consolidation.merge_cluster` for an LLM-written text."""
         self._writable()
         with write_lock(self.client):
             full = list(dict.fromkeys(self.resolve_id(i) for i in ids))
