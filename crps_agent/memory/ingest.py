@@ -95,9 +95,9 @@ def _plan(store: InsightStore, insights: builtins.list[Insight],
 
     take(ins.id for ins in insights)
     exact = _by_hash(store, take, insights)
-    nearest = _nearest_stored(store, take, insights, embeddings)
     low = store.settings.contradiction_min_similarity
-    floor = min(store.settings.dedup_threshold, low)
+    floor = min(store.settings.dedup_threshold, low)  # below it, neither merge nor flag
+    nearest = _nearest_stored(store, take, insights, embeddings, floor)
     vectors = np.asarray(embeddings, dtype=np.float32)
     # per (namespace, domain), the insights placed so far: (batch index, what it went into,
     # that one's text, the placed insight's normalised text); a batch has a few hundred
@@ -189,15 +189,14 @@ def _by_hash(store: InsightStore, take: Take, insights: builtins.list[Insight]
 
 
 def _nearest_stored(store: InsightStore, take: Take, insights: builtins.list[Insight],
-                    embeddings: builtins.list[builtins.list[float]]
+                    embeddings: builtins.list[builtins.list[float]], floor: float
                     ) -> dict[int, builtins.list[tuple[Insight, float]]]:
-    """Up to `NEAR_K` stored insights of the same namespace and domain that could merge or
-    contradict, most similar first, by batch index."""
+    """Up to `NEAR_K` stored insights of the same namespace and domain at cosine >= `floor`
+    (those that could merge or contradict), most similar first, by batch index."""
     groups: dict[tuple[str, str], builtins.list[int]] = {}
     for i, ins in enumerate(insights):
         groups.setdefault((ins.namespace, ins.domain), []).append(i)
     out: dict[int, builtins.list[tuple[Insight, float]]] = {}
-    floor = min(store.settings.dedup_threshold, store.settings.contradiction_min_similarity)
     for (namespace, domain), idx in groups.items():
         rows = store.index.nearest([embeddings[i] for i in idx], NEAR_K,
                                    {"namespace": namespace, "domain": domain},

@@ -54,8 +54,7 @@ _COUNTERS = ("uses", "wins", "losses", "support")
 def _with(insight: Insight, tally: Tally) -> Insight:
     """A private copy of a base insight with its events' counters added."""
     out = clone(insight)
-    for name in _COUNTERS:
-        setattr(out, name, getattr(out, name) + getattr(tally, name))
+    out.__dict__.update({n: getattr(insight, n) + getattr(tally, n) for n in _COUNTERS})
     return out
 
 

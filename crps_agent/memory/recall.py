@@ -17,10 +17,8 @@ remaining token budget (a shorter one further down may still fit). lambda = 1 is
 ranking.
 
 While learning, `reserve_exploration` may give one of the k places to a young note, the
-relevant candidate with the least counterfactual evidence (fewer than
-`memory.explore_evidence` paired samples without it): a note that never reaches a prompt
-gets no evidence, so its score stays below the established notes' (why, and how an
-explored note is tested and credited: docs/architecture.md, "Exploration while learning").
+relevant candidate with the least counterfactual evidence (why, and how an explored note
+is tested and credited: docs/architecture.md, "Exploration while learning").
 """
 
 from __future__ import annotations
