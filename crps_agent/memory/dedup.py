@@ -69,13 +69,9 @@ def likely_contradiction(a: str, b: str) -> bool:
     """Whether two (similar) texts likely give opposite advice: a different parity of
     negation cues, or an antonym pair split between them."""
     (pa, sa), (pb, sb) = _cues(a), _cues(b)
-    if pa != pb:
-        return True
-    for x, y in ANTONYMS:
-        if (x in sa and y not in sa and y in sb and x not in sb) or \
-                (y in sa and x not in sa and x in sb and y not in sb):
-            return True
-    return False
+    return pa != pb or any((x in sa and y not in sa and y in sb and x not in sb)
+                           or (y in sa and x not in sa and x in sb and y not in sb)
+                           for x, y in ANTONYMS)
 
 
 def flag_contradiction(a: Insight, b: Insight) -> None:
