@@ -123,13 +123,11 @@ class Snapshot:
     def meta(self) -> dict[str, Any]:
         return {"kind": _SNAP + self.key[0], **_target(self.key), **self.counts.meta()}
 
-    def count(self, event: Event) -> bool:
-        """Add `event` unless it is counted already; whether it was new."""
-        if event.id in self.covered:
-            return False
-        self.covered.add(event.id)
-        self.counts += event.tally()
-        return True
+    def count(self, event: Event) -> None:
+        """Add `event` unless it is counted already."""
+        if event.id not in self.covered:
+            self.covered.add(event.id)
+            self.counts += event.tally()
 
 
 @dataclass(frozen=True)
