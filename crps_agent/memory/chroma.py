@@ -98,7 +98,7 @@ def _try_lock(path: Path) -> Any | None:
     return lock
 
 
-def take_ownership(path: Path) -> Owner:
+def take_ownership(path: Path) -> None:
     """Hold the owner lock of an embedded store until every client that took it is closed
     (`close_client`), or the process ends. Re-entrant: the clients of this process
     share it. Raises `StoreBusyError` when another process holds it."""
@@ -121,7 +121,6 @@ def take_ownership(path: Path) -> Owner:
                     "writer")
             owner = _OWNED[key] = Owner(lock)
         owner.users += 1
-        return owner
 
 
 def ownership(path: Path) -> Owner | None:
