@@ -65,8 +65,7 @@ class Memory:
 
     @classmethod
     def from_settings(cls, settings: Settings, *, read_only: bool = False) -> Memory:
-        return cls(settings.store, embedder=settings.memory.embedder, settings=settings.memory,
-                   read_only=read_only)
+        return cls(settings.store, settings=settings.memory, read_only=read_only)
 
     def recall(self, query: str, *, namespace: Namespace = "default", domain: str | None = None,
                k: int | None = None, token_budget: int | None = None,
