@@ -136,11 +136,10 @@ def reindex(client: ClientAPI, embedder: Embedder, *, progress: Progress | None 
             new = open_collection(client, logical, embedder, physical=new_names[logical])
             if logical == "insights":
                 upgrade_layout(client, new)  # empty: marks it; the copy writes layout 2
-            pairs.append((logical, old, new))
-        for logical, old, new in pairs:
             if old is not None:
                 _copy(pages(old, _INCLUDE, size=_BATCH), old.count(), new, logical, embedder,
                       progress)
+            pairs.append((logical, old, new))
         if read_pointers(client).generation != current.generation:
             raise StoreError("another reindex switched the store meanwhile; nothing "
                              "was changed by this one")
