@@ -88,6 +88,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
 from crps_agent.backends.base import GenerationRequest
+from crps_agent.memory.admission import PROBATION
 from crps_agent.sampler import derive_seed
 from crps_agent.search.budget import token_budget
 
@@ -101,8 +102,6 @@ if TYPE_CHECKING:
 
 _GRID = 2000
 ADMISSION_KIND = "admission-evidence"
-# The reason of a test still inconclusive after a visit's samples: the candidate stays one.
-PROBATION = "probation"
 
 
 def _log_beta_pdf(alpha: float, beta: float) -> Any:

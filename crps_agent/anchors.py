@@ -161,8 +161,6 @@ def recall_notes(memory: Memory, query: str, *, namespace: str, domain: str | No
     """The notes for `query`, relevance counting the notes' anchors (see the module doc).
     `explore` (learn only): places of the k given to young notes
     (`memory/recall.py` `reserve_exploration`)."""
-    import dataclasses
-
     from crps_agent.errors import NotFoundError
     from crps_agent.memory.recall import RecalledInsight, rank, reserve_exploration, select
 
@@ -187,7 +185,7 @@ def recall_notes(memory: Memory, query: str, *, namespace: str, domain: str | No
             return chosen
     by_text = {} if not via else {r.insight.id: r for r in memory.insights.search(
         query, namespace=None if s.shared_namespaces else namespace, domain=domain,
-        k=memory.insights.candidate_factor * k, status="active")
+        k=s.recall_candidates * k, status="active")
         if r.insight.namespace in spaces}
     # The query has neighbours whose lessons are known: a note must be as relevant as a
     # neighbour is close. A note's text scores only 0.1-0.35 against a problem (MiniLM), so
@@ -210,9 +208,7 @@ def recall_notes(memory: Memory, query: str, *, namespace: str, domain: str | No
             relevant.append((ins, relevance))
         if relevance >= floor:
             pairs.append((ins, relevance))
-    params = memory.insights.rank_params
-    if exploration is not None:
-        params = dataclasses.replace(params, exploration=exploration)
+    params = s if exploration is None else s.model_copy(update={"exploration": exploration})
     if via:
         chosen = select(rank(pairs, params), None, k=k, token_budget=budget, params=params)
         ranked = rank(relevant, params)

@@ -306,9 +306,10 @@ def _import_batch(store: InsightStore, chunk: builtins.list[Insight],
             report.unchanged += 1
     if new:
         store.insert(new, store.embedder.embed([i.text for i in new]))
-    vectors = dict(zip([i.id for i in embed], store.embedder.embed([i.text for i in embed]),
-                       strict=True)) if embed else None
-    store.persist([*embed, *meta_only], counters=True, embeddings=vectors)
+    if embed:
+        vectors = store.embedder.embed([i.text for i in embed])
+        store.persist(embed, counters=True, embeddings=vectors)
+    store.persist(meta_only, counters=True)
 
 
 def summary(store: InsightStore, namespace: Namespace | None = None) -> dict[str, Any]:

@@ -50,6 +50,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from crps_agent.errors import ParseError
+from crps_agent.memory.admission import PROBATION
 
 if TYPE_CHECKING:
     from crps_agent.admission_policy import AdmissionDecision
@@ -61,7 +62,7 @@ if TYPE_CHECKING:
 SAME_SYSTEM = "You compare two lessons for a problem solver. Reply with one JSON object only."
 # Reasons of a rejection that leave a candidate possibly redundant (no sign of help over
 # the notes it was tested against), as opposed to tested and found wanting.
-REDUNDANT_REASONS = ("no-evidence", "settled", "unconfirmed", "probation")
+REDUNDANT_REASONS = ("no-evidence", "settled", "unconfirmed", PROBATION)
 
 
 def same_messages(a: str, b: str) -> list[dict[str, str]]:
@@ -147,16 +148,22 @@ def merge_redundant(task_id: str, namespace: str, decisions: Sequence[AdmissionD
     backend calls (0 or 1)."""
     if not settings.memory.merge_redundant or not recalled_ids:
         return [], 0
+    import numpy as np
+
     from crps_agent.anchors import AnchorStore
     from crps_agent.memory.admission import absorb
 
     recalled = list(memory.insights.get_many(recalled_ids).values())
-    import numpy as np
-
+    notes = [*candidates, *recalled]
+    # The store holds the embedding of every stored text: only a text it lacks (a note
+    # deleted meanwhile) is embedded again.
+    stored = memory.insights.embeddings(n.id for n in notes)
+    raw = {n.text: stored[n.id] for n in notes if n.id in stored}
+    missing = [t for t in dict.fromkeys(n.text for n in notes) if t not in raw]
+    raw.update(zip(missing, memory.embedder.embed(missing) if missing else [], strict=True))
     floor = settings.memory.merge_min_similarity
-    texts = list(dict.fromkeys([*(c.text for c in candidates), *(n.text for n in recalled)]))
-    vectors = {t: v / (np.linalg.norm(v) or 1.0) for t, v in zip(
-        texts, np.asarray(memory.embedder.embed(texts), dtype=float), strict=True)}
+    vectors = {t: v / (np.linalg.norm(v) or 1.0) for t, v in
+               ((t, np.asarray(v, dtype=float)) for t, v in raw.items())}
 
     def related(a: str, b: str) -> bool:
         return float(vectors[a] @ vectors[b]) >= floor

@@ -274,7 +274,7 @@ def _recall(memory: Any, embedder: Any, queries: list[str], warm: list[str], k: 
             "p99_ms": round(_pct(store_ms, 0.99), 3), "raw_p50_ms": round(raw_p50, 3),
             "raw_p99_ms": round(_pct(raw_ms, 0.99), 3),
             "ratio": round(p50 / raw_p50, 3) if raw_p50 else None, "queries": len(queries),
-            "k": k, "candidates": memory.insights.candidate_factor * k,
+            "k": k, "candidates": memory.insights.settings.recall_candidates * k,
             "mirrored": memory.warm() > 0,
             "preloaded": preloaded, "preload_s": round(preload_s, 2)}
 

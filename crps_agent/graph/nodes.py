@@ -9,7 +9,7 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
-from crps_agent.admission_policy import ADMISSION_KIND, PROBATION, admit_candidates
+from crps_agent.admission_policy import ADMISSION_KIND, admit_candidates
 from crps_agent.anchors import AnchorStore, anchor_rediscoveries, recall_notes
 from crps_agent.contrast import cross_contrasts, history_contrasts, pair_contrasts
 from crps_agent.credit_policy import CreditEvents, NoteCredit, credit_search, search_with_dropout
@@ -17,7 +17,7 @@ from crps_agent.errors import NotFoundError
 from crps_agent.graph.replay import applied, changed_ids, gained, restrict, snapshot
 from crps_agent.graph.state import AgentContext, AgentState
 from crps_agent.ledger import phase
-from crps_agent.memory.admission import hold, on_probation, settle
+from crps_agent.memory.admission import PROBATION, hold, on_probation, settle
 from crps_agent.memory.credit import should_ablate
 from crps_agent.memory.ingest import AddOutcome
 from crps_agent.redundancy import merge_redundant

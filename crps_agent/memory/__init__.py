@@ -1,4 +1,4 @@
-"""Memory: insights and the trajectory log in ChromaDB (see DESIGN.md §4, §6).
+"""Memory: insights and the trajectory log in ChromaDB (docs/architecture.md).
 
 The names below are loaded on first access, so `import crps_agent.memory` stays cheap:
 chromadb is imported only when a store is opened, MiniLM's weights are read only on its
@@ -16,29 +16,15 @@ if TYPE_CHECKING:
     from crps_agent.memory.insights import AddOutcome, InsightStore, RecalledInsight
     from crps_agent.memory.trajectories import TrajectoryLog
 
-_EXPORTS = {
-    "Memory": "crps_agent.memory.facade",
-    "InsightStore": "crps_agent.memory.insights",
-    "RecalledInsight": "crps_agent.memory.insights",
-    "AddOutcome": "crps_agent.memory.insights",
-    "TrajectoryLog": "crps_agent.memory.trajectories",
-    "Embedder": "crps_agent.embedders",
-    "HashEmbedder": "crps_agent.embedders",
-    "MiniLMEmbedder": "crps_agent.embedders",
-    "get_embedder": "crps_agent.embedders",
-}
+_EXPORTS = {name: module for module, names in {
+    "crps_agent.memory.facade": ["Memory"],
+    "crps_agent.memory.insights": ["AddOutcome", "InsightStore", "RecalledInsight"],
+    "crps_agent.memory.trajectories": ["TrajectoryLog"],
+    "crps_agent.embedders": ["Embedder", "HashEmbedder", "MiniLMEmbedder", "get_embedder"],
+}.items() for name in names}
 
-__all__ = [
-    "AddOutcome",
-    "Embedder",
-    "HashEmbedder",
-    "InsightStore",
-    "Memory",
-    "MiniLMEmbedder",
-    "RecalledInsight",
-    "TrajectoryLog",
-    "get_embedder",
-]
+__all__ = ["AddOutcome", "Embedder", "HashEmbedder", "InsightStore", "Memory", "MiniLMEmbedder",
+           "RecalledInsight", "TrajectoryLog", "get_embedder"]
 
 
 def __getattr__(name: str) -> Any:

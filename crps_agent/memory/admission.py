@@ -22,8 +22,10 @@ from crps_agent.memory.events import Event, event_id
 from crps_agent.memory.records import ts
 
 MERGED = "merged:"  # on a candidate merged into an active note as support
-PROBATION = "probation:"  # on a candidate still under test, one per task it is tested on
 ABSORBED = "absorbed:"  # on the note, one per candidate it absorbed
+# Admission's reason for a test still inconclusive after a visit (admission_policy.py), and
+# the flag that keeps such a candidate under test: "probation:<task id>", one per task.
+PROBATION = "probation"
 
 if TYPE_CHECKING:
     from crps_agent.memory.insights import InsightStore
@@ -48,7 +50,7 @@ def settle(store: InsightStore, decisions: dict[str, bool]) -> list[Insight]:
             if ins.status != "candidate":
                 continue
             ins.status = "active" if admitted else "retired"
-            ins.flags = [f for f in ins.flags if not f.startswith(PROBATION)]
+            ins.flags = [f for f in ins.flags if not f.startswith(f"{PROBATION}:")]
             if admitted:  # admitted on a later test: no longer merged into another note
                 ins.flags = [f for f in ins.flags if not f.startswith(MERGED)]
             if not admitted and ADMISSION_REJECTED not in ins.flags:
@@ -100,14 +102,14 @@ def hold(store: InsightStore, insight_ids: list[str], task_id: str) -> None:
                 ins = store.get(insight_id)
             except NotFoundError:
                 continue
-            if ins.status == "candidate" and f"{PROBATION}{task_id}" not in ins.flags:
-                ins.flags = [*ins.flags, f"{PROBATION}{task_id}"]
+            if ins.status == "candidate" and f"{PROBATION}:{task_id}" not in ins.flags:
+                ins.flags = [*ins.flags, f"{PROBATION}:{task_id}"]
                 _save(store, ins)
 
 
 def on_probation(store: InsightStore, task_id: str, namespace: str, domain: str
                  ) -> list[str]:
     """The ids of the candidates on probation on `task_id`."""
-    mark = f"{PROBATION}{task_id}"
+    mark = f"{PROBATION}:{task_id}"
     return [i.id for i in store.list(namespace, domain, status="candidate")
             if mark in i.flags]

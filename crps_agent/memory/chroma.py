@@ -4,19 +4,15 @@
 created with `embedding_function=None`: we always pass embeddings ourselves (otherwise
 Chroma attaches its default ONNX embedder, which tries to download a model).
 
-One owner per embedded store: Chroma's local mode keeps every HNSW index in the memory of
-the process that loaded it and never notices another process's writes (two writers corrupt
-a store), so a writer takes `<store>/.owner.lock` (`filelock`: the OS releases it even on
-SIGKILL) and a second writer gets a `StoreBusyError`. Read-only opens take no lock.
-
-Generations: `reindex` writes new collections `<name>.g<N>` and then switches one pointer
-record (id `collections` in `crps_meta`), so the switch is one write. Only "not found"
-means absent: any other failure to read the pointer is an error, never generation 0.
+Why one owner per embedded store (`<store>/.owner.lock`), how read-only opens read beside a
+writer, and the generations `reindex` switches between (a pointer record in `crps_meta`):
+docs/architecture.md, "How a write stays consistent" and "The store".
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import shutil
 import tempfile
@@ -57,13 +53,9 @@ _LOCKS: dict[int, threading.RLock] = {}  # id(client) -> its in-process write lo
 _COPIES: list[tempfile.TemporaryDirectory[str]] = []  # read-only stores' copies: kept to exit
 
 
-def is_server_url(store: str) -> bool:
-    return store.startswith(("http://", "https://"))
-
-
 def local_store_path(store: str) -> Path | None:
     """The directory of an embedded store, or None for a server URL."""
-    return None if is_server_url(store) else Path(store).expanduser()
+    return None if store.startswith(("http://", "https://")) else Path(store).expanduser()
 
 
 def store_dir(store: str, name: str) -> Path:
@@ -80,15 +72,6 @@ def _settings() -> Any:
     from chromadb.config import Settings
 
     return Settings(anonymized_telemetry=False)
-
-
-def _busy(path: Path) -> StoreBusyError:
-    return StoreBusyError(
-        f"the store {str(path)!r} is open for writing in another process (an embedded store "
-        "has one writer). To share it, serve it: `chroma run --path DIR --port 8000` and use "
-        "--store http://localhost:8000, or run `crps-agent serve` and talk to its HTTP API; "
-        "read-only commands (insights list/search/show/stats/export, tree show) work "
-        "beside the writer")
 
 
 @dataclass
@@ -115,9 +98,9 @@ def _try_lock(path: Path) -> Any | None:
     return lock
 
 
-def take_ownership(path: Path) -> Owner:
+def take_ownership(path: Path) -> None:
     """Hold the owner lock of an embedded store until every client that took it is closed
-    (`release_ownership`), or the process ends. Re-entrant: the clients of this process
+    (`close_client`), or the process ends. Re-entrant: the clients of this process
     share it. Raises `StoreBusyError` when another process holds it."""
     key = path.resolve()
     with _OWNED_LOCK:
@@ -129,10 +112,15 @@ def take_ownership(path: Path) -> Owner:
                 raise StoreError(f"cannot take the owner lock of the store {str(path)!r}: "
                                  f"{exc.strerror or exc}") from None
             if lock is None:
-                raise _busy(path)
+                raise StoreBusyError(
+                    f"the store {str(path)!r} is open for writing in another process (an "
+                    "embedded store has one writer). To share it, serve it: `chroma run "
+                    "--path DIR --port 8000` and use --store http://localhost:8000, or run "
+                    "`crps-agent serve` and talk to its HTTP API; read-only commands "
+                    "(insights list/search/show/stats/export, tree show) work beside the "
+                    "writer")
             owner = _OWNED[key] = Owner(lock)
         owner.users += 1
-        return owner
 
 
 def ownership(path: Path) -> Owner | None:
@@ -141,23 +129,10 @@ def ownership(path: Path) -> Owner | None:
     return _OWNED.get(path.resolve())
 
 
-def release_ownership(path: Path) -> None:
-    """One client of this process is done writing the store; with the last one, the next
-    writer (another process) may open it."""
-    with _OWNED_LOCK:
-        owner = _OWNED.get(path.resolve())
-        if owner is None:
-            return
-        owner.users -= 1
-        if owner.users > 0:
-            return
-        del _OWNED[path.resolve()]
-    owner.lock.release(force=True)
-
-
 def close_client(client: ClientAPI, store: str, *, read_only: bool = False) -> None:
     """Close a client from `open_client(store, read_only=...)`: Chroma's resources and,
-    for a writer of a directory, its share of the owner lock."""
+    for a writer of a directory, its share of the owner lock (with the last share, the
+    next writer, another process, may open the store)."""
     with _OWNED_LOCK:
         _LOCKS.pop(id(client), None)
     try:
@@ -165,28 +140,34 @@ def close_client(client: ClientAPI, store: str, *, read_only: bool = False) -> N
     finally:
         path = local_store_path(store)
         if path is not None and not read_only:
-            release_ownership(path)
+            with _OWNED_LOCK:  # held while releasing: no thread here takes it meanwhile
+                owner = _OWNED.get(path.resolve())
+                if owner is not None:
+                    owner.users -= 1
+                    if owner.users == 0:
+                        del _OWNED[path.resolve()]
+                        owner.lock.release(force=True)
 
 
 def check_database(path: Path) -> None:
     """Refuse a store directory whose database is missing, empty or not SQLite while other
     store files are there (Chroma would open it as a new, empty store)."""
-    db = path / DATABASE
-    others = [p.name for p in path.iterdir()
-              if _UUID_DIR.match(p.name) or p.name.startswith(DATABASE + "-")]
+    head: bytes | None = None  # None: no database
     try:
-        size = db.stat().st_size if db.exists() else None
-        with db.open("rb") if size else contextlib.nullcontext() as fh:
-            head = fh.read(len(_SQLITE_MAGIC)) if fh is not None else b""
+        with (path / DATABASE).open("rb") as fh:
+            head = fh.read(len(_SQLITE_MAGIC))
+    except FileNotFoundError:
+        pass
     except OSError as exc:
         raise DamagedStoreError(f"the store {str(path)!r} is damaged: {DATABASE} cannot be "
                                 f"read ({exc.strerror or exc})") from None
-    if size is None and others:
-        problem = "is missing"
-    elif size == 0 and others:
-        problem = "is empty"
-    elif size and head != _SQLITE_MAGIC:
+    if head:
+        if head == _SQLITE_MAGIC:
+            return
         problem = "is not a SQLite database"
+    elif any(_UUID_DIR.match(p.name) or p.name.startswith(DATABASE + "-")
+             for p in path.iterdir()):
+        problem = "is missing" if head is None else "is empty"
     else:
         return
     raise DamagedStoreError(
@@ -195,8 +176,6 @@ def check_database(path: Path) -> None:
 
 
 def _writable(path: Path) -> bool:
-    import os
-
     db = path / DATABASE
     return os.access(path, os.W_OK) and (not db.exists() or os.access(db, os.W_OK))
 
@@ -251,7 +230,8 @@ def open_client(store: str, *, read_only: bool = False) -> ClientAPI:
     except ImportError as exc:  # pragma: no cover - a core dependency
         raise StoreError(f"chromadb is not installed ({exc}): pip install chromadb") from None
 
-    if is_server_url(store):
+    path = local_store_path(store)
+    if path is None:
         url = urlparse(store)
         ssl = url.scheme == "https"
         if not url.hostname:
@@ -269,19 +249,15 @@ def open_client(store: str, *, read_only: bool = False) -> ClientAPI:
                 "`chroma run --path DIR --port PORT`, or use a local directory as the store"
             ) from None
 
-    path = Path(store).expanduser()
     if path.exists() and not path.is_dir():
         raise StoreError(f"store {str(path)!r} exists and is not a directory")
-    if read_only and not path.is_dir():
-        raise NotFoundError(f"no store at {str(path)!r} yet: run `crps-agent learn TASKS` "
-                            "to make one, or pass --store DIR")
     try:
         if path.is_dir():
             check_database(path)
         if read_only:
             if not (path / DATABASE).exists():
-                raise NotFoundError(f"no store at {str(path)!r} yet (no {DATABASE} in it): "
-                                    "run `crps-agent learn TASKS` to make one")
+                raise NotFoundError(f"no store at {str(path)!r} yet: run `crps-agent learn "
+                                    "TASKS` to make one, or pass --store DIR")
             direct = _writable(path) and not _written_elsewhere(path)
             where = path if direct else _private_copy(path)
         else:
@@ -316,23 +292,17 @@ def is_server_client(client: Any) -> bool:
         return False
 
 
-def is_not_found(exc: BaseException) -> bool:
-    """Whether a Chroma error says that something does not exist (and nothing else)."""
+def existing(client: ClientAPI, name: str, what: str | None = None) -> Collection | None:
+    """The collection `name`, None only if Chroma says it does not exist: any other failure
+    is a `StoreError` ("cannot read {what}"), since an empty stand-in would hide the data."""
     from chromadb.errors import NotFoundError as ChromaNotFound
 
-    if isinstance(exc, ChromaNotFound):
-        return True
-    text = str(exc).lower()
-    return "does not exist" in text or ("not found" in text and "collection" in text)
-
-
-def existing(client: ClientAPI, name: str, what: str | None = None) -> Collection | None:
-    """The collection `name`, None only if it does not exist: any other failure is a
-    `StoreError` ("cannot read {what}"), since an empty stand-in would hide the data."""
     try:
         return client.get_collection(name, embedding_function=None)
     except Exception as exc:
-        if is_not_found(exc):
+        text = str(exc).lower()
+        if isinstance(exc, ChromaNotFound) or "does not exist" in text or (
+                "not found" in text and "collection" in text):
             return None
         raise StoreError(f"cannot read {what or f'collection {name!r}'}: {exc}") from None
 
@@ -454,7 +424,10 @@ def open_collection(client: ClientAPI, name: str, embedder: Embedder, *,
     except Exception as exc:
         raise StoreError(f"cannot open collection {name!r}: {exc}") from None
 
-    space = _space(collection)
+    try:
+        space = (collection.configuration.get("hnsw") or {}).get("space")
+    except Exception:  # pragma: no cover - configuration layout changed
+        space = None
     if space not in (None, "cosine"):
         raise StoreError(
             f"collection {name!r} uses distance {space!r}; crps-agent needs 'cosine'. "
@@ -474,20 +447,11 @@ def open_collection(client: ClientAPI, name: str, embedder: Embedder, *,
     return collection
 
 
-def built_with(client: ClientAPI, name: str = "insights") -> str | None:
-    """The embedder the store's collection `name` was built with, None if it has none."""
-    collection = existing(client, read_pointers(client).physical(name))
+def built_with(client: ClientAPI) -> str | None:
+    """The embedder the store's insights were built with, None if it has none."""
+    collection = existing(client, read_pointers(client).physical("insights"))
     stored = None if collection is None else (collection.metadata or {}).get("embedder")
     return None if stored is None else str(stored)
-
-
-def _space(collection: Collection) -> str | None:
-    try:
-        config: Any = collection.configuration
-        hnsw = config.get("hnsw") or {}
-        return hnsw.get("space")
-    except Exception:  # pragma: no cover - configuration layout changed
-        return None
 
 
 def where_clause(**conditions: Any) -> dict[str, Any] | None:

@@ -81,39 +81,32 @@ class Baseline:
         return beta_mean(self.wins, self.losses, a, b)
 
 
-@dataclass(frozen=True)
-class Judgement:
-    """What credit decides for one insight: "retire", "promote", "demote" or "keep"."""
-
-    action: str
-    p_below: float | None = None
-
-
-def judge(insight: Insight, baseline: Baseline | None, settings: MemorySettings) -> Judgement:
-    """Retire, promote, demote (drop a promotion) or keep an insight (see the module doc)."""
+def judge(insight: Insight, baseline: Baseline | None, settings: MemorySettings) -> str:
+    """"retire", "promote", "demote" (drop a promotion) or "keep" an insight (see the
+    module doc)."""
     if (baseline is None or insight.status != "active"
             or insight.uses < settings.credit_min_uses
             or baseline.n < settings.credit_min_baseline):
-        return Judgement("keep")
+        return "keep"
     below = prob_below(insight.wins, insight.losses, baseline.wins, baseline.losses,
                        settings.prior_a, settings.prior_b)
     if below >= settings.credit_confidence and RESTORED not in insight.flags:
-        return Judgement("retire", below)
+        return "retire"
     if 1.0 - below >= settings.credit_confidence:
-        return Judgement("keep" if insight.promoted else "promote", below)
-    return Judgement("demote" if insight.promoted else "keep", below)
+        return "keep" if insight.promoted else "promote"
+    return "demote" if insight.promoted else "keep"
 
 
-def apply_judgement(insight: Insight, judgement: Judgement) -> bool:
-    """Apply a judgement to `insight` in place; True if anything changed."""
-    if judgement.action == "retire":
+def apply_judgement(insight: Insight, action: str) -> bool:
+    """Apply `judge`'s action to `insight` in place; True if anything changed."""
+    if action == "retire":
         insight.status = "retired"
         insight.promoted = False
         if RETIRED_BELOW_BASELINE not in insight.flags:
             insight.flags = [*insight.flags, RETIRED_BELOW_BASELINE]
         return True
-    if judgement.action in ("promote", "demote"):
-        insight.promoted = judgement.action == "promote"
+    if action in ("promote", "demote"):
+        insight.promoted = action == "promote"
         return True
     return False
 

@@ -1,12 +1,8 @@
-"""Dedup, merge and contradiction detection for insights (DESIGN.md §4).
+"""Dedup, merge and contradiction detection for insights (how an add uses them: ingest.py).
 
-Adding an insight goes through three levels:
-1. exact: the same normalised text (`text_hash`: lowercase, collapsed whitespace, outer
-   punctuation dropped) in the same namespace and domain;
-2. embedding: cosine >= the dedup threshold in the same namespace and domain;
-3. optional LLM merge (crps_agent/consolidation.py, on request): a cluster of related
-   insights is rewritten by the backend into one clearer insight (`combine` here keeps
-   the union of evidence, tags and flags and the summed counters).
+Duplicates: the same normalised text (`text_hash`: lowercase, collapsed whitespace, outer
+punctuation dropped), or cosine >= the dedup threshold, in the same namespace and domain;
+an LLM merge of a cluster (crps_agent/consolidation.py) keeps what `combine` does.
 
 A pair that is similar (cosine >= `contradiction_min_similarity`, even above the dedup
 threshold) but carries opposite cues (`likely_contradiction`: a different parity of
@@ -23,8 +19,8 @@ import functools
 import hashlib
 import re
 import time
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, NamedTuple
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from crps_agent.errors import ParseError
 from crps_agent.types import INSIGHT_KINDS, Insight
@@ -60,33 +56,22 @@ def text_hash(namespace: str, domain: str, text: str) -> str:
     return hashlib.sha256(raw.encode("utf-8")).hexdigest()[:24]
 
 
-def _tokens(text: str) -> list[str]:
-    return _TOKEN.findall(text.lower().replace("\u2019", "'"))
-
-
-def _negations(tokens: list[str]) -> int:
-    return sum(1 for t in tokens if t in NEGATIONS or t.endswith("n't"))
-
-
 @functools.lru_cache(maxsize=8192)
 def _cues(text: str) -> tuple[int, frozenset[str]]:
     """(negation parity, words) of a text: a batch compares each new insight with up to
     five stored neighbours and every similar earlier one, so texts recur."""
-    tokens = _tokens(text)
-    return _negations(tokens) % 2, frozenset(tokens)
+    tokens = _TOKEN.findall(text.lower().replace("\u2019", "'"))
+    negations = sum(1 for t in tokens if t in NEGATIONS or t.endswith("n't"))
+    return negations % 2, frozenset(tokens)
 
 
 def likely_contradiction(a: str, b: str) -> bool:
     """Whether two (similar) texts likely give opposite advice: a different parity of
     negation cues, or an antonym pair split between them."""
     (pa, sa), (pb, sb) = _cues(a), _cues(b)
-    if pa != pb:
-        return True
-    for x, y in ANTONYMS:
-        if (x in sa and y not in sa and y in sb and x not in sb) or \
-                (y in sa and x not in sa and x in sb and y not in sb):
-            return True
-    return False
+    return pa != pb or any((x in sa and y not in sa and y in sb and x not in sb)
+                           or (y in sa and x not in sa and x in sb and y not in sb)
+                           for x, y in ANTONYMS)
 
 
 def flag_contradiction(a: Insight, b: Insight) -> None:
@@ -96,73 +81,6 @@ def flag_contradiction(a: Insight, b: Insight) -> None:
             one.contradicts = [*one.contradicts, other.id]
         if CONTRADICTION not in one.flags:
             one.flags = [*one.flags, CONTRADICTION]
-
-
-class Candidate(NamedTuple):
-    """A stored insight or one placed earlier in a batch that an added insight is compared
-    with: what it merges into, its text, whether the normalised texts are the same, and
-    the cosine similarity."""
-
-    target: str
-    text: str
-    same: bool
-    similarity: float
-
-
-class BatchIndex:
-    """The insights already placed in a batch, per (namespace, domain), so that later ones
-    can merge into earlier ones: each lookup is one product of the group's placed vectors
-    (a batch has at most a few hundred)."""
-
-    def __init__(self, insights: Sequence[Insight], embeddings: Sequence[Sequence[float]]
-                 ) -> None:
-        import numpy as np
-
-        self._vectors = np.asarray(embeddings, dtype=np.float32)
-        self._keys = [(ins.namespace, ins.domain) for ins in insights]
-        # per group: (batch index, target id, target text, the placed insight's normalised text)
-        self._placed: dict[tuple[str, str], list[tuple[int, str, str, str]]] = {}
-
-    def earlier(self, index: int, norm: str, low: float) -> builtins.list[Candidate]:
-        """The insights placed before the `index`-th in its group with cosine >= `low` or
-        the normalised text `norm`, in the order they were placed."""
-        placed = self._placed.get(self._keys[index], [])
-        if not placed:
-            return []
-        sims = (self._vectors[[p[0] for p in placed]] @ self._vectors[index]).tolist()
-        return [Candidate(target, text, same == norm, sim)
-                for (_, target, text, same), sim in zip(placed, sims, strict=True)
-                if sim >= low or same == norm]
-
-    def place(self, index: int, norm: str, target: str, text: str) -> None:
-        self._placed.setdefault(self._keys[index], []).append((index, target, text, norm))
-
-
-def merge_target(text: str, candidates: Sequence[Candidate], threshold: float) -> str | None:
-    """The candidate an insight with `text` merges into (None: none): the most similar one
-    with the same normalised text or at least `threshold` similar without likely
-    contradicting it (on a tie, the one listed first)."""
-    threshold -= 1e-6  # float noise on exact duplicates
-    for c in sorted(candidates, key=lambda c: -c.similarity):
-        if c.same or (c.similarity >= threshold and not likely_contradiction(text, c.text)):
-            return c.target
-    return None
-
-
-def flag_pairs(pairs: Sequence[tuple[str, str]], pending: dict[str, Insight],
-               stored: dict[str, Insight],
-               verdicts: Mapping[tuple[str, str], bool] | None = None) -> None:
-    """Flag each (id, id) pair of likely contradictions, unless `verdicts` (by the pair's
-    texts, from `confirm_contradictions` run before any lock) says it is none; flagged
-    insights go to `pending` to be written."""
-    def find(iid: str) -> Insight:
-        return pending.get(iid) or stored[iid]
-
-    for a, b in dict.fromkeys(pairs):
-        first, second = find(a), find(b)
-        if (verdicts or {}).get((first.text, second.text), True):
-            flag_contradiction(first, second)
-            pending[first.id], pending[second.id] = first, second
 
 
 # ------------------------------------------------------------------------------ merging
@@ -201,8 +119,8 @@ def combine(insights: Sequence[Insight], *, text: str | None = None,
     )
 
 
-def confirm_contradictions(pairs: Sequence[tuple[str, str]], backend: Backend, *,
-                           seed: int | None = None) -> builtins.list[bool]:
+def confirm_contradictions(pairs: Sequence[tuple[str, str]], backend: Backend
+                           ) -> builtins.list[bool]:
     """Ask the backend whether each (a, b) pair gives opposite advice (one batched call).
     An unusable reply keeps the pair flagged (True): a person reviews it."""
     if not pairs:
@@ -217,7 +135,7 @@ def confirm_contradictions(pairs: Sequence[tuple[str, str]], backend: Backend, *
                       f"Lesson A: {a}\nLesson B: {b}\n\nDo they give opposite advice (one "
                       "recommends what the other advises against)? Reply "
                       '{"contradiction": true|false, "reason": "<short>"}')}],
-        n=1, temperature=0.0, max_tokens=128, seed=seed, purpose="contradiction")
+        n=1, temperature=0.0, max_tokens=128, purpose="contradiction")
         for a, b in pairs]
     out: builtins.list[bool] = []
     for comps in backend.generate(requests):

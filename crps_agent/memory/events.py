@@ -1,27 +1,16 @@
-"""Counters as append-only events, folded on read and compacted into snapshots.
+"""Counters as append-only events, folded on read and compacted into snapshots (why events
+and not a lock, and how a compaction survives a crash: docs/architecture.md, "How a write
+stays consistent").
 
-Why events: a counter that is read, incremented and written back loses increments when two
-processes do it at once (two processes crediting one insight 50 times each left `uses` at
-71), and a lock that spans processes stalls everyone when its holder dies. So each counted
-thing is one record of `crps_credit`, added under a deterministic id when the caller has
-one: Chroma ignores an `add` of an id it has, so a replay counts once, and a server applies
-each `add` atomically, so any number of processes can count into the same insights.
-
-What a kind folds into (its *group*): `credit` (uses, wins or losses + 1) and `support`
-into the insight's counters, on top of its record's base counters; `baseline` into the
-verdicts of a (namespace, domain); any other kind (`cf-credit`, `admission-evidence`) into
-that kind's with/without outcomes of the insight (credit_policy.py).
-
-Compaction writes one snapshot per target (kind `snap:<group>`) listing every event id it
-covers, and only then deletes those events. The fold is snapshot + the events it does not
-cover, so a crash between the two steps neither loses nor double-counts, and a replayed
-event that was compacted away still counts once. One compaction at a time per store: two
-could overwrite each other's snapshot.
-
-An embedded store has one writer, so there the log is read once and folded in memory
-(`local`); on a server every read folds the records of its targets (baselines, which only
-steer retire/promote, are cached a few seconds). Counter records of stores made before
-events are turned into events by their first writer (legacy.py).
+Each counted thing is one record of `crps_credit`, under a deterministic id when the caller
+has one (Chroma ignores an `add` of an id it has, so a replay counts once). What a kind
+folds into (its *group*): `credit` (uses, wins or losses + 1) and `support` into the
+insight's counters, on top of its record's base counters; `baseline` into the verdicts of a
+(namespace, domain); any other kind (`cf-credit`, `admission-evidence`) into that kind's
+with/without outcomes of the insight (credit_policy.py). A snapshot (kind `snap:<group>`)
+lists every event id it covers. An embedded store's log is read once and folded in memory
+(`local`); on a server every read folds its targets' records (baselines, which only steer
+retire/promote, are cached a few seconds).
 """
 
 from __future__ import annotations
@@ -134,13 +123,11 @@ class Snapshot:
     def meta(self) -> dict[str, Any]:
         return {"kind": _SNAP + self.key[0], **_target(self.key), **self.counts.meta()}
 
-    def count(self, event: Event) -> bool:
-        """Add `event` unless it is counted already; whether it was new."""
-        if event.id in self.covered:
-            return False
-        self.covered.add(event.id)
-        self.counts += event.tally()
-        return True
+    def count(self, event: Event) -> None:
+        """Add `event` unless it is counted already."""
+        if event.id not in self.covered:
+            self.covered.add(event.id)
+            self.counts += event.tally()
 
 
 @dataclass(frozen=True)
@@ -224,8 +211,6 @@ class EventLog:
                 for page in pages(collection, ["metadatas", "documents"], where=where,
                                   size=_PAGE):
                     yield from (_parse(rid, meta, doc) for rid, doc, meta in page)
-            except StoreError:
-                raise
             except Exception as exc:
                 raise StoreError(f"cannot read the counter events: {exc}") from None
         yield from self.extra

@@ -36,61 +36,41 @@ class Memory:
     the store was built with, else MiniLM.
     """
 
-    def __init__(
-        self,
-        store: str | Path = "./store",
-        *,
-        embedder: str | Embedder | None = None,
-        settings: MemorySettings | None = None,
-        read_only: bool = False,
-    ) -> None:
+    def __init__(self, store: str | Path = "./store", *, embedder: str | Embedder | None = None,
+                 settings: MemorySettings | None = None, read_only: bool = False) -> None:
         self.store = str(store)
         self.local_path: Path | None = local_store_path(self.store)
         self.read_only = read_only
         self.client = open_client(self.store, read_only=read_only)
         self._closed = False
         try:
-            self._open(embedder, settings)
+            if embedder is None:  # as told, else what the store was built with, else MiniLM
+                embedder = (settings.embedder if settings is not None else None) \
+                    or built_with(self.client) or "minilm"
+            self.embedder: Embedder = get_embedder(embedder) if isinstance(embedder, str) \
+                else embedder
+            self.settings = settings if settings is not None else \
+                MemorySettings.model_validate({"embedder": self.embedder.name})
+            local = self.local_path is not None
+            owner = None if read_only or self.local_path is None else ownership(self.local_path)
+            self.insights = InsightStore(
+                self.client, self.embedder, settings=self.settings, local=local,
+                read_only=read_only, share=owner,
+                reopen=(lambda: open_client(self.store, read_only=True)) if read_only and local
+                else None)
+            self.trajectories = TrajectoryLog(self.client, self.embedder, read_only=read_only)
         except BaseException:
             self.close()  # a writer that fails to open holds the store no longer
             raise
 
-    def _open(self, embedder: str | Embedder | None, settings: MemorySettings | None) -> None:
-        read_only = self.read_only
-        if embedder is None:  # as told, else what the store was built with, else MiniLM
-            embedder = (settings.embedder if settings is not None else None) \
-                or built_with(self.client) or "minilm"
-        self.embedder: Embedder = (
-            get_embedder(embedder) if isinstance(embedder, str) else embedder
-        )
-        if settings is None:
-            settings = MemorySettings.model_validate({"embedder": self.embedder.name})
-        self.settings = settings
-        local = self.local_path is not None
-        owner = None if read_only or self.local_path is None else ownership(self.local_path)
-        self.insights = InsightStore(
-            self.client, self.embedder, settings=settings, local=local, read_only=read_only,
-            reopen=(lambda: open_client(self.store, read_only=True)) if read_only and local
-            else None, share=owner)
-        self.trajectories = TrajectoryLog(self.client, self.embedder, read_only=read_only)
-
     @classmethod
     def from_settings(cls, settings: Settings, *, read_only: bool = False) -> Memory:
-        return cls(settings.store, embedder=settings.memory.embedder, settings=settings.memory,
-                   read_only=read_only)
+        return cls(settings.store, settings=settings.memory, read_only=read_only)
 
-    def recall(
-        self,
-        query: str,
-        *,
-        namespace: Namespace = "default",
-        domain: str | None = None,
-        k: int | None = None,
-        token_budget: int | None = None,
-        min_similarity: float | None = None,
-        shared: list[Namespace] | None = None,
-        exploration: float | None = None,
-    ) -> list[RecalledInsight]:
+    def recall(self, query: str, *, namespace: Namespace = "default", domain: str | None = None,
+               k: int | None = None, token_budget: int | None = None,
+               min_similarity: float | None = None, shared: list[Namespace] | None = None,
+               exploration: float | None = None) -> list[RecalledInsight]:
         """The insights to put in the prompt for `query` (`InsightStore.recall`; unset
         limits and `shared` come from the settings)."""
         return self.insights.recall(

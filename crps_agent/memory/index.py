@@ -1,19 +1,15 @@
-"""How an InsightStore reads its records: an in-memory mirror, or Chroma itself.
-
-- `LocalIndex` (an embedded store: one writer, this process or nobody) reads the whole
-  collection once and answers from memory. A query is an exact scan, one matrix-vector
-  product (~1 ms at 10k x 384) with the filter on integer columns, so a filter that
-  matches most records costs nothing extra (Chroma's filtered HNSW query costs ~0.5 s at
-  100k then, and ~0.1 ms per record it returns). The store reports each of its writes.
-- `RemoteIndex` (a server, where other processes write; or a store above
-  `record_cache_size`) asks Chroma every time.
-
-Cached records are immutable: read-only metadata, and `clone` hands out the insight.
+"""How an InsightStore reads its records (docs/architecture.md, "How a recall reads data"):
+`LocalIndex`, an in-memory mirror of an embedded store that the store tells of its writes,
+answers by an exact scan (Chroma's filtered HNSW query costs ~0.5 s at 100k when the filter
+matches most records, and ~0.1 ms per record it returns); `RemoteIndex` asks Chroma every
+time. Cached records are immutable: read-only metadata, and `clone` hands out the insight.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -31,8 +27,6 @@ if TYPE_CHECKING:
     from chromadb.api.models.Collection import Collection
 
     from crps_agent.types import Insight
-
-__all__ = ["Filters", "Hit", "LocalIndex", "Record", "RemoteIndex", "clone"]
 
 # key (one of records.FILTER_KEYS) -> value, or a list/tuple/set of values (any of them)
 Filters = Mapping[str, Any]
@@ -76,6 +70,12 @@ def _record(rid: str, document: str | None, meta: Mapping[str, Any] | None) -> R
     return Record(rid, document or "", MappingProxyType(dict(meta or {})))
 
 
+def _down_to(min_similarity: float | None, hits: Iterable[Hit]) -> list[Hit]:
+    """`hits` (most similar first) while at least `min_similarity` (float noise allowed)."""
+    floor = -math.inf if min_similarity is None else min_similarity - 1e-6
+    return list(itertools.takewhile(lambda h: h.similarity >= floor, hits))
+
+
 class RemoteIndex:
     """Reads straight from Chroma (see the module doc)."""
 
@@ -112,18 +112,11 @@ class RemoteIndex:
         res: Any = self.collection.query(query_embeddings=vectors,
                                          n_results=n, where=where_clause(**filters),
                                          include=include)
-        out: list[list[Hit]] = []
-        for r, ids in enumerate(res["ids"]):
-            row: list[Hit] = []
-            for j, rid in enumerate(ids):
-                sim = 1.0 - float(res["distances"][r][j])
-                if min_similarity is not None and sim < min_similarity - 1e-9:
-                    break  # nearest first
-                emb = res["embeddings"][r][j] if embeddings else None
-                row.append(Hit(_record(rid, res["documents"][r][j], res["metadatas"][r][j]),
-                               sim, emb))
-            out.append(row)
-        return out
+        return [_down_to(min_similarity, (
+            Hit(_record(rid, res["documents"][r][j], res["metadatas"][r][j]),
+                1.0 - float(res["distances"][r][j]),
+                res["embeddings"][r][j] if embeddings else None) for j, rid in enumerate(ids)))
+            for r, ids in enumerate(res["ids"])]
 
     def stored(self, records: Iterable[tuple[str, str, Mapping[str, Any], Any]]) -> None:
         """Nothing is kept (other processes write a server's collections)."""
@@ -146,14 +139,18 @@ class LocalIndex:
         self._clear()
 
     def _clear(self) -> None:
+        import numpy as np
+
         self._loaded = False
         self._vectors = False
         # Rows are never reused: a removed record's row stays empty (removals are rare).
         self._rows: dict[str, int] = {}  # id -> row
         self._records: list[Record | None] = []  # by row, None past the end or removed
         self._used = 0  # rows handed out
-        self._matrix: np.ndarray | None = None  # rows x dim, unit length, float32
-        self._codes: dict[str, np.ndarray] = {}  # filter key -> int32 code per row
+        self._matrix: np.ndarray = np.zeros((0, self.dim), dtype=np.float32)  # unit rows
+        # per row, a code per filter key (FILTER_KEYS order): >= 1 for a value (absent
+        # included), 0 for a row not handed out yet, -1 for a removed record's row
+        self._codes: np.ndarray = np.zeros((0, len(FILTER_KEYS)), dtype=np.int32)
         self._vocab: dict[str, dict[Any, int]] = {key: {} for key in FILTER_KEYS}
 
     def __len__(self) -> int:
@@ -163,40 +160,31 @@ class LocalIndex:
     # ------------------------------------------------------------------ loading
 
     def _load(self) -> None:
-        if self._loaded:
-            return
+        """Documents and metadata (SQLite), once; the vectors follow when a query needs them."""
         with self._lock:
-            if self._loaded:
-                return
-            for attempt in range(_LOAD_TRIES):
-                try:
-                    self._load_once()
+            for attempt in range(1, _LOAD_TRIES + 1):
+                if self._loaded:
                     return
+                try:
+                    for page in pages(self.collection, ["documents", "metadatas"], size=_PAGE):
+                        self._put((rid, doc, meta, None) for rid, doc, meta in page)
+                    self._loaded = True
                 except Exception as exc:
-                    if self.reopen is None or attempt == _LOAD_TRIES - 1:
+                    if self.reopen is None or attempt == _LOAD_TRIES:
                         raise StoreError(f"cannot read the insights of the store: {exc}"
                                          ) from None
                     # a snapshot taken while its writer was mid-write: take another
                     log.info("re-reading the store (%s)", exc)
-                    time.sleep(0.2 * (attempt + 1))
+                    time.sleep(0.2 * attempt)
                     self.collection = self.reopen()
                     self._clear()
-
-    def _load_once(self) -> None:
-        """Documents and metadata (SQLite); the vectors follow when a query needs them."""
-        with self._lock:
-            for page in pages(self.collection, ["documents", "metadatas"], size=_PAGE):
-                self._put((rid, doc, meta, None) for rid, doc, meta in page)
-            self._loaded = True
 
     def _load_vectors(self) -> None:
         """The embeddings of the loaded records. Chroma's local mode cannot read those that
         another process has not flushed yet (a read-only open beside a writer): then the
         store's own embedder computes them from the texts."""
-        self._load()
-        if self._vectors:
-            return
         with self._lock:
+            self._load()
             if self._vectors:
                 return
             ids = list(self._rows)
@@ -220,11 +208,10 @@ class LocalIndex:
     def _set_vectors(self, ids: Sequence[str], vectors: Any) -> None:
         import numpy as np
 
-        assert self._matrix is not None or not ids
-        for rid, emb in zip(ids, vectors, strict=True):
-            vec = np.asarray(emb, dtype=np.float32)
-            norm = float(np.linalg.norm(vec))
-            self._matrix[self._rows[rid]] = vec / norm if norm > 0 else vec  # type: ignore[index]
+        if ids:
+            mat = np.asarray(vectors, dtype=np.float32).reshape(len(ids), self.dim)
+            norms = np.linalg.norm(mat, axis=1, keepdims=True)
+            self._matrix[[self._rows[i] for i in ids]] = mat / np.where(norms > 0, norms, 1.0)
 
     # ------------------------------------------------------------------ keeping
 
@@ -238,20 +225,11 @@ class LocalIndex:
     def _grow(self, need: int) -> None:
         import numpy as np
 
-        size = 0 if self._matrix is None else self._matrix.shape[0]
-        if need <= size:
-            return
-        new = max(need, 2 * size, 256)
-        matrix = np.zeros((new, self.dim), dtype=np.float32)
-        if self._matrix is not None:
-            matrix[:size] = self._matrix
-        self._matrix = matrix
-        for key in FILTER_KEYS:
-            codes = np.zeros(new, dtype=np.int32)
-            if key in self._codes:
-                codes[:size] = self._codes[key]
-            self._codes[key] = codes
-        self._records.extend([None] * (new - len(self._records)))
+        size = len(self._records)
+        if need > size:  # doubling: appends stay amortised O(1)
+            more = ((0, max(need, 2 * size, 256) - size), (0, 0))
+            self._matrix, self._codes = np.pad(self._matrix, more), np.pad(self._codes, more)
+            self._records.extend([None] * more[0][1])
 
     def _put(self, rows: Iterable[tuple[str, str | None, Mapping[str, Any] | None, Any]]
              ) -> None:
@@ -265,8 +243,7 @@ class LocalIndex:
             if emb is not None:
                 self._set_vectors([rid], [emb])
             self._records[row] = rec
-            for key in FILTER_KEYS:
-                self._codes[key][row] = self._code(key, rec.meta.get(key))
+            self._codes[row] = [self._code(key, rec.meta.get(key)) for key in FILTER_KEYS]
 
     def stored(self, records: Iterable[tuple[str, str, Mapping[str, Any], Any]]) -> None:
         """Records this process has just written (id, document, metadata, embedding or
@@ -281,24 +258,18 @@ class LocalIndex:
                 return
             for rid in ids:
                 row = self._rows.pop(rid, None)
-                if row is None:
-                    continue
-                self._records[row] = None
-                for key in FILTER_KEYS:
-                    self._codes[key][row] = -1  # matches nothing
+                if row is not None:
+                    self._records[row] = None
+                    self._codes[row] = -1  # matches nothing
 
     # ------------------------------------------------------------------ reading
 
     def records(self, ids: Sequence[str]) -> dict[str, Record]:
         self._load()
         with self._lock:
-            out: dict[str, Record] = {}
-            for rid in ids:
-                row = self._rows.get(rid)
-                rec = None if row is None else self._records[row]
-                if rec is not None:
-                    out[rid] = rec
-            return out
+            rows = ((rid, self._rows.get(rid)) for rid in ids)
+            return {rid: rec for rid, row in rows
+                    if row is not None and (rec := self._records[row]) is not None}
 
     def where(self, filters: Filters) -> list[Record]:
         self._load()
@@ -310,17 +281,14 @@ class LocalIndex:
     def embeddings(self, ids: Sequence[str]) -> dict[str, Any]:
         self._load_vectors()
         with self._lock:
-            assert self._matrix is not None or not ids
-            return {rid: self._matrix[row].copy() for rid in ids  # type: ignore[index]
+            return {rid: self._matrix[row].copy() for rid in ids
                     if (row := self._rows.get(rid)) is not None}
 
     def _mask(self, filters: Filters) -> np.ndarray:
         import numpy as np
 
         size = len(self._records)
-        mask = np.zeros(size, dtype=bool)
-        if self._rows:
-            mask[list(self._rows.values())] = True
+        mask = self._codes[:, 0] > 0  # the stored records
         for key, value in filters.items():
             if value is None:
                 continue
@@ -329,7 +297,7 @@ class LocalIndex:
             codes = [c for v in values if (c := vocab.get((type(v), v))) is not None]
             if not codes:
                 return np.zeros(size, dtype=bool)
-            mask &= np.isin(self._codes[key][:size], codes)
+            mask &= np.isin(self._codes[:, FILTER_KEYS.index(key)], codes)
         return mask
 
     def nearest(self, queries: Sequence[Sequence[float]], n: int, filters: Filters, *,
@@ -340,7 +308,7 @@ class LocalIndex:
         import numpy as np
 
         self._load_vectors()
-        if n <= 0 or not queries or self._matrix is None:
+        if n <= 0 or not queries:
             return [[] for _ in queries]
         with self._lock:
             mask = self._mask(filters)
@@ -353,22 +321,15 @@ class LocalIndex:
             q = q / np.where(norms > 0, norms, 1.0)
             # all rows when most match: one contiguous product beats gathering the subset
             dense = len(rows) * 2 > mask.shape[0]
-            sims_all = (self._matrix[:mask.shape[0]] @ q.T) if dense else \
-                (self._matrix[rows] @ q.T)
+            sims_all = (self._matrix if dense else self._matrix[rows]) @ q.T
             for r in range(q.shape[0]):
                 sims = sims_all[rows, r] if dense else sims_all[:, r]
                 take = min(n, len(rows))
                 top = np.argpartition(-sims, take - 1)[:take] if take < len(rows) \
                     else np.arange(len(rows))
                 top = top[np.argsort(-sims[top], kind="stable")]
-                row: list[Hit] = []
-                for t in top.tolist():
-                    sim = float(sims[t])
-                    if min_similarity is not None and sim < min_similarity - 1e-6:
-                        break
-                    at = int(rows[t])
-                    rec = self._records[at]
-                    assert rec is not None
-                    row.append(Hit(rec, sim, self._matrix[at].copy() if embeddings else None))
-                out.append(row)
+                out.append(_down_to(min_similarity, (
+                    Hit(self._records[rows[t]], float(sims[t]),  # a matching row: stored
+                        self._matrix[rows[t]].copy() if embeddings else None)
+                    for t in top.tolist())))
             return out

@@ -32,7 +32,7 @@ from crps_agent.memory.events import NOTHING, Event, EventLog, Tally, event_id, 
 from crps_agent.memory.index import Filters, Hit, LocalIndex, Record, RemoteIndex, clone
 from crps_agent.memory.ingest import AddOutcome, add_locked, plan_pairs
 from crps_agent.memory.legacy import counter_events, migrate_counters, upgrade_layout
-from crps_agent.memory.recall import RankParams, RecalledInsight, rank, select
+from crps_agent.memory.recall import RecalledInsight, rank, select
 from crps_agent.memory.records import LAYOUT, to_meta, ts
 from crps_agent.namespaces import Namespace, validate_namespace, validate_namespaces
 from crps_agent.types import Insight
@@ -54,8 +54,7 @@ _COUNTERS = ("uses", "wins", "losses", "support")
 def _with(insight: Insight, tally: Tally) -> Insight:
     """A private copy of a base insight with its events' counters added."""
     out = clone(insight)
-    for name in _COUNTERS:
-        setattr(out, name, getattr(out, name) + getattr(tally, name))
+    out.__dict__.update({n: getattr(insight, n) + getattr(tally, n) for n in _COUNTERS})
     return out
 
 
@@ -105,18 +104,6 @@ class InsightStore:
         self._embed_query = functools.lru_cache(maxsize=_QUERY_CACHE)(
             lambda query: self.embedder.embed([query])[0])
 
-    @property
-    def candidate_factor(self) -> int:
-        """Recall fetches k x this many candidates to re-rank and diversify."""
-        return self.settings.recall_candidates
-
-    @property
-    def rank_params(self) -> RankParams:
-        s = self.settings
-        return RankParams(prior_a=s.prior_a, prior_b=s.prior_b, exploration=s.exploration,
-                          promotion_boost=s.promotion_boost, mmr_lambda=s.mmr_lambda,
-                          near_duplicate=s.dedup_threshold)
-
     def utility(self, insight: Insight) -> float:
         return utility(insight, self.settings.prior_a, self.settings.prior_b)
 
@@ -157,7 +144,7 @@ class InsightStore:
         """Merge stored insights (ids or unique prefixes) into one: the representative's id
         (most support), `text`/`kind` or the representative's, summed counters, the union
         of evidence, tags and flags (dedup.combine). Re-embeds when the text changes; the
-        other members are deleted. See `dedup.merge_cluster` for an LLM-written text."""
+        other members are deleted. See `consolidation.merge_cluster` for an LLM-written text."""
         self._writable()
         with write_lock(self.client):
             full = list(dict.fromkeys(self.resolve_id(i) for i in ids))
@@ -206,19 +193,15 @@ class InsightStore:
         """The full id for `insight_id` or a unique prefix of one (at least 4 characters)."""
         if self.index.records([insight_id]):
             return insight_id
-        if len(insight_id) >= _MIN_PREFIX:
-            matches = [i for i in self._ids() if i.startswith(insight_id)]
-            if len(matches) == 1:
-                return matches[0]
-            if len(matches) > 1:
-                shown = ", ".join(sorted(matches)[:5])
-                raise NotFoundError(
-                    f"insight id prefix {insight_id!r} is ambiguous: it matches "
-                    f"{len(matches)} insights ({shown}); give more characters"
-                )
-        raise NotFoundError(
-            f"no insight with id {insight_id!r} (see `crps-agent insights list`)"
-        )
+        matches = sorted(i for i in self._ids() if i.startswith(insight_id)) \
+            if len(insight_id) >= _MIN_PREFIX else []
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            raise NotFoundError(f"insight id prefix {insight_id!r} is ambiguous: it matches "
+                                f"{len(matches)} insights ({', '.join(matches[:5])}); give "
+                                "more characters")
+        raise NotFoundError(f"no insight with id {insight_id!r} (see `crps-agent insights list`)")
 
     def get(self, insight_id: str) -> Insight:
         """The insight with this id, or with this unique id prefix (>= 4 characters)."""
@@ -241,13 +224,16 @@ class InsightStore:
         items.sort(key=lambda i: (i.created_at, i.id), reverse=True)
         return items if limit is None else items[: max(0, limit)]
 
+    def embeddings(self, ids: Iterable[str]) -> dict[str, Any]:
+        """The stored embeddings of the insights of `ids` that exist (exact ids)."""
+        return self.index.embeddings(builtins.list(dict.fromkeys(ids)))
+
     def with_embeddings(self, namespace: Namespace | None = None, domain: str | None = None
                         ) -> builtins.list[tuple[Insight, Any]]:
         """(insight, embedding) of the insights matching the filters, oldest first."""
-        items = self._folded(self.index.where(self._filters(namespace, domain, None)))
-        vectors = self.index.embeddings([i.id for i in items])
-        rows = [(i, vectors[i.id]) for i in items if i.id in vectors]
-        return sorted(rows, key=lambda r: (r[0].created_at, r[0].id))
+        items = self.list(namespace, domain)[::-1]
+        vectors = self.embeddings(i.id for i in items)
+        return [(i, vectors[i.id]) for i in items if i.id in vectors]
 
     def _query(self, query: str, n: int, filters: Filters, embeddings: bool = False,
                min_similarity: float | None = None) -> builtins.list[tuple[Insight, Hit]]:
@@ -295,12 +281,10 @@ class InsightStore:
             return [], []
         shared = builtins.list(s.shared_namespaces) if shared is None else shared
         filters = self._filters([namespace, *shared], domain, "active")
-        params = self.rank_params
-        if exploration is not None:
-            params = dataclasses.replace(params, exploration=exploration)
+        params = s if exploration is None else s.model_copy(update={"exploration": exploration})
         diverse = params.mmr_lambda < 1.0
         rows = [(ins, hit) for ins, hit in
-                self._query(query, self.candidate_factor * k, filters, embeddings=diverse,
+                self._query(query, s.recall_candidates * k, filters, embeddings=diverse,
                             min_similarity=min_similarity)
                 if hit.similarity >= min_similarity]
         vectors = {ins.id: hit.embedding for ins, hit in rows}
@@ -316,61 +300,45 @@ class InsightStore:
         """The metadata to store for `items`. Counters: with `counters`, the base such that
         base + events = the given values; else the stored base, kept (events add to it)."""
         ids = [i.id for i in items]
-        bases: builtins.list[Tally | Insight]
         if counters:
             tallies = self.events.tallies(ids)
-            bases = [tallies.get(i, NOTHING) for i in ids]
+            bases = [{n: getattr(i, n) - getattr(tallies.get(i.id, NOTHING), n)
+                      for n in _COUNTERS} for i in items]
         else:
             found = self.index.records(ids)
-            for i in ids:
-                if i not in found:
-                    raise NotFoundError(f"no insight with id {i!r}")
-            bases = [found[i].insight for i in ids]
-        metas = []
-        for ins, base in zip(items, bases, strict=True):
-            row = clone(ins)
-            for name in _COUNTERS:
-                setattr(row, name, getattr(ins, name) - getattr(base, name) if counters
-                        else getattr(base, name))
-            metas.append(to_meta(row))
-        return metas
+            if missing := [i for i in ids if i not in found]:
+                raise NotFoundError(f"no insight with id {missing[0]!r}")
+            bases = [{n: getattr(found[i].insight, n) for n in _COUNTERS} for i in ids]
+        rows = [clone(i) for i in items]
+        for row, base in zip(rows, bases, strict=True):
+            row.__dict__.update(base)
+        return [to_meta(row) for row in rows]
 
     def persist(self, insights: Iterable[Insight], *, counters: bool = False,
-                embeddings: dict[str, Any] | None = None) -> None:
-        """Write the metadata of stored insights (and the text and embedding of those in
-        `embeddings`). Their counters are left as stored (events add to them) unless
-        `counters`: then the stored base is set so that base + events = the given values."""
-        items = builtins.list(insights)
-        if not items:
-            return
-        ids = [i.id for i in items]
-        metas = self._metas(items, counters=counters)
-        embeddings = embeddings or {}
-        changed = [n for n, i in enumerate(ids) if i in embeddings]
-        if changed:
-            self.collection.update(ids=[ids[n] for n in changed],
-                                   embeddings=[embeddings[ids[n]] for n in changed],
-                                   documents=[items[n].text for n in changed],
-                                   metadatas=[metas[n] for n in changed])
-        rest = [n for n, i in enumerate(ids) if i not in embeddings]
-        if rest:
-            self.collection.update(ids=[ids[n] for n in rest],
-                                   metadatas=[metas[n] for n in rest])
-        self.index.stored([(i.id, i.text, meta, embeddings.get(i.id))
-                           for i, meta in zip(items, metas, strict=True)])
+                embeddings: builtins.list[Any] | None = None) -> None:
+        """Write the metadata of stored insights (with `embeddings`, one per insight, their
+        texts and embeddings too). Their counters are left as stored (events add to them)
+        unless `counters`: then the stored base is set so that base + events = the given
+        values."""
+        self._write(builtins.list(insights), embeddings, counters=counters)
 
     def insert(self, insights: builtins.list[Insight], embeddings: builtins.list[Any]) -> None:
         """Add new insights (ids the store does not have) with their embeddings; their
         counters are stored so that, with any events left from an earlier insight of the
         same id, they read as given."""
-        if not insights:
+        self._write(insights, embeddings, counters=True, add=True)
+
+    def _write(self, items: builtins.list[Insight], embeddings: builtins.list[Any] | None, *,
+               counters: bool, add: bool = False) -> None:
+        if not items:
             return
-        metas = self._metas(insights, counters=True)
-        self.collection.add(ids=[i.id for i in insights], embeddings=embeddings,
-                            documents=[i.text for i in insights],
-                            metadatas=metas)  # type: ignore[arg-type]
-        self.index.stored([(i.id, i.text, m, e)
-                           for i, m, e in zip(insights, metas, embeddings, strict=True)])
+        metas = self._metas(items, counters=counters)
+        texts: dict[str, Any] = {} if embeddings is None else {
+            "embeddings": embeddings, "documents": [i.text for i in items]}
+        write = self.collection.add if add else self.collection.update
+        write(ids=[i.id for i in items], metadatas=metas, **texts)  # type: ignore[arg-type]
+        self.index.stored(zip([i.id for i in items], [i.text for i in items], metas,
+                              embeddings or [None] * len(items), strict=True))
 
     def record_outcome(self, insight_ids: builtins.list[str], correct: bool, *,
                        event_id: str | None = None) -> builtins.list[Insight]:
@@ -469,7 +437,7 @@ class InsightStore:
             vectors = None
             if insight.text != old.text:
                 insight.embedder = self.embedder.name
-                vectors = {insight.id: self.embedder.embed([insight.text])[0]}
+                vectors = self.embedder.embed([insight.text])
             self.persist([insight], counters=True, embeddings=vectors)
 
     def delete(self, insight_id: str) -> None:

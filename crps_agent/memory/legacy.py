@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from crps_agent.errors import StoreError
 from crps_agent.memory.chroma import META_COLLECTION, existing, pages, rows, write_lock
-from crps_agent.memory.events import Event, EventLog, Tally, event_id
+from crps_agent.memory.events import NOTHING, Event, EventLog, Tally, event_id
 from crps_agent.memory.records import LAYOUT, PACKED_FIELDS, from_record, is_packed, to_meta
 
 if TYPE_CHECKING:
@@ -82,15 +82,10 @@ def migrate_counters(client: ClientAPI, events: EventLog) -> None:
 
 
 def _event(rid: str, meta: dict[str, Any]) -> Event:
-    """One counter record as one event with its counts."""
-    kind = str(meta.get("kind", ""))
-    eid = event_id("legacy", rid)
+    """One counter record as one event with its counts (a baseline's: wins and losses)."""
+    kind, counts = str(meta.get("kind", "")), Tally.from_meta(meta) or NOTHING
     if kind == "baseline":
-        wins, losses = int(meta.get("wins", 0) or 0), int(meta.get("losses", 0) or 0)
-        return Event(eid, kind, namespace=str(meta.get("namespace", "")),
-                     domain=str(meta.get("domain", "")),
-                     counts=Tally(uses=wins + losses, wins=wins, losses=losses))
-    return Event(eid, kind, str(meta.get("insight_id", "")), counts=Tally(
-        with_wins=int(meta.get("with_wins", 0) or 0), with_n=int(meta.get("with_n", 0) or 0),
-        without_wins=int(meta.get("without_wins", 0) or 0),
-        without_n=int(meta.get("without_n", 0) or 0)))
+        return Event(event_id("legacy", rid), kind, namespace=str(meta.get("namespace", "")),
+                     domain=str(meta.get("domain", "")), counts=Tally(
+                         uses=counts.wins + counts.losses, wins=counts.wins, losses=counts.losses))
+    return Event(event_id("legacy", rid), kind, str(meta.get("insight_id", "")), counts=counts)

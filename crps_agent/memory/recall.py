@@ -17,14 +17,8 @@ remaining token budget (a shorter one further down may still fit). lambda = 1 is
 ranking.
 
 While learning, `reserve_exploration` may give one of the k places to a young note, the
-relevant candidate with the least counterfactual evidence (fewer than
-`memory.explore_evidence` paired samples without it, credit_policy.py): a note that never
-reaches a prompt gets no with/without samples, no anchors and no wins, so its score stays
-below the established notes' wherever those are nearly as relevant (see
-crps_agent/anchors.py). The search runs an explored note in half of its samples (a
-balanced within-task test) and its outcome is credited through that test only, not as a
-raw win or loss: tried on a problem it may not fit, it would otherwise carry that
-problem's failures into its utility. A frozen evaluation never explores.
+relevant candidate with the least counterfactual evidence (why, and how an explored note
+is tested and credited: docs/architecture.md, "Exploration while learning").
 """
 
 from __future__ import annotations
@@ -33,11 +27,14 @@ import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from crps_agent.backends.base import estimate_tokens
 from crps_agent.memory.credit import utility
 from crps_agent.types import Insight
+
+if TYPE_CHECKING:
+    from crps_agent.config import MemorySettings
 
 
 @dataclass
@@ -51,16 +48,6 @@ class RecalledInsight:
     explored: bool = False  # given a place by `reserve_exploration`, not by its score
 
 
-@dataclass(frozen=True)
-class RankParams:
-    prior_a: float = 1.0
-    prior_b: float = 1.0
-    exploration: float = 0.1
-    promotion_boost: float = 1.25
-    mmr_lambda: float = 0.7
-    near_duplicate: float = 0.9
-
-
 def exploration_bonus(uses: int, total_uses: int, c: float) -> float:
     """UCB-style bonus: c x sqrt(ln(1 + total_uses) / (1 + uses))."""
     if c <= 0.0 or total_uses <= 0:
@@ -68,15 +55,18 @@ def exploration_bonus(uses: int, total_uses: int, c: float) -> float:
     return c * math.sqrt(math.log1p(total_uses) / (1.0 + uses))
 
 
-def score(insight: Insight, similarity: float, total_uses: int, params: RankParams) -> float:
+def score(insight: Insight, similarity: float, total_uses: int, params: MemorySettings
+          ) -> float:
     value = utility(insight, params.prior_a, params.prior_b)
     value += exploration_bonus(insight.uses, total_uses, params.exploration)
     boost = params.promotion_boost if insight.promoted else 1.0
     return similarity * value * boost
 
 
-def rank(pairs: Sequence[tuple[Insight, float]], params: RankParams) -> list[RecalledInsight]:
-    """Candidates scored, best first (ties: the more similar first)."""
+def rank(pairs: Sequence[tuple[Insight, float]], params: MemorySettings
+         ) -> list[RecalledInsight]:
+    """Candidates scored (`params`: the store's settings, perhaps with another
+    `exploration`), best first (ties: the more similar first)."""
     total = sum(ins.uses for ins, _ in pairs)
     ranked = [RecalledInsight(ins, sim, score(ins, sim, total, params)) for ins, sim in pairs]
     ranked.sort(key=lambda r: (r.score, r.similarity), reverse=True)
@@ -87,8 +77,16 @@ def _conflict(a: Insight, b: Insight) -> bool:
     return a.id in b.contradicts or b.id in a.contradicts
 
 
+def _fits(r: RecalledInsight, notes: Sequence[RecalledInsight], token_budget: int) -> bool:
+    """Whether `r` may join `notes`: not among them, within `token_budget` tokens, and in
+    conflict with none of them."""
+    return (r.insight.id not in {c.insight.id for c in notes}
+            and estimate_tokens(r.insight.text) <= token_budget
+            and not any(_conflict(r.insight, c.insight) for c in notes))
+
+
 def select(ranked: Sequence[RecalledInsight], vectors: Sequence[Any] | None, *, k: int,
-           token_budget: int, params: RankParams) -> list[RecalledInsight]:
+           token_budget: int, params: MemorySettings) -> list[RecalledInsight]:
     """Greedy MMR selection of at most k notes within `token_budget` tokens. `vectors` are
     the candidates' (normalised) embeddings in `ranked` order; None disables the diversity
     terms (contradictions are still kept apart)."""
@@ -116,15 +114,12 @@ def select(ranked: Sequence[RecalledInsight], vectors: Sequence[Any] | None, *, 
             pick = max(remaining, key=lambda i: relevance[i] - (1.0 - lam) * max_sim[i])
         remaining.remove(pick)
         item = ranked[pick]
-        if gram is not None and chosen and max_sim[pick] >= params.near_duplicate:
+        if gram is not None and chosen and max_sim[pick] >= params.dedup_threshold:
             continue
-        if any(_conflict(item.insight, c.insight) for c in chosen):
-            continue
-        cost = estimate_tokens(item.insight.text)
-        if used + cost > token_budget:
+        if not _fits(item, chosen, token_budget - used):
             continue
         chosen.append(item)
-        used += cost
+        used += estimate_tokens(item.insight.text)
         if gram is not None:
             row = gram[pick]
             max_sim = [m if m >= g else g for m, g in zip(max_sim, row, strict=True)]
@@ -139,14 +134,10 @@ def explore_pick(candidates: Sequence[RecalledInsight], chosen: Sequence[Recalle
     in conflict with a chosen note and fits in `token_budget` tokens; the one with the
     least evidence first, then the most relevant (similarity), then the best score. None
     when there is none."""
-    taken = {c.insight.id for c in chosen}
     young = [r for r in candidates
-             if r.insight.id not in taken and evidence.get(r.insight.id, 0) < min_evidence
-             and not any(_conflict(r.insight, c.insight) for c in chosen)
-             and estimate_tokens(r.insight.text) <= token_budget]
-    if not young:
-        return None
-    return min(young, key=lambda r: (evidence.get(r.insight.id, 0), -r.similarity, -r.score))
+             if evidence.get(r.insight.id, 0) < min_evidence and _fits(r, chosen, token_budget)]
+    return min(young, key=lambda r: (evidence.get(r.insight.id, 0), -r.similarity, -r.score),
+               default=None)
 
 
 def reserve_exploration(chosen: Sequence[RecalledInsight],
@@ -173,8 +164,6 @@ def reserve_exploration(chosen: Sequence[RecalledInsight],
     for r in list(chosen)[k - slots:]:
         if len(keep) >= k:
             break
-        if (r.insight.id not in {c.insight.id for c in keep}
-                and estimate_tokens(r.insight.text) <= left(keep)
-                and not any(_conflict(r.insight, c.insight) for c in keep)):
+        if _fits(r, keep, left(keep)):
             keep.append(r)
     return keep

@@ -11,7 +11,7 @@ import builtins
 import dataclasses
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +38,9 @@ if TYPE_CHECKING:
     from crps_agent.embedders import Embedder
 
 Progress = Callable[[str, int, int], None]  # (what, done, total)
+Rows = list[tuple[str, Any, dict[str, Any]]]  # records as `chroma.rows` gives them
 _BATCH = 256
+_INCLUDE: Any = ["documents", "metadatas"]
 
 
 def _embedding_text(logical: str, document: str | None) -> str:
@@ -66,45 +68,35 @@ class ReindexReport:
     seconds: float = 0.0
 
 
-def _copy(old: Collection, new: Collection, logical: str, embedder: Embedder,
-          progress: Progress | None, batch: int, ids: builtins.list[str] | None = None) -> int:
-    """Copy `old` (or only `ids` of it) into `new`, re-embedded; returns records copied."""
-    total = old.count() if ids is None else len(ids)
-    include: Any = ["documents", "metadatas"]
-    chunks = pages(old, include, size=batch) if ids is None else (
-        rows(old.get(ids=ids[at:at + batch], include=include))
-        for at in range(0, len(ids), batch))
+def _copy(chunks: Iterable[Rows], total: int, new: Collection, logical: str,
+          embedder: Embedder, progress: Progress | None = None) -> None:
+    """Write `chunks` of records (`chroma.rows`) into `new`, re-embedded."""
     done = 0
     cache: dict[str, builtins.list[float]] = {}  # many trajectories share one task prompt
     for chunk in chunks:
         if not chunk:
             break
-        ids_, docs, metas = (builtins.list(col) for col in zip(*chunk, strict=True))
+        ids, docs, metas = (builtins.list(col) for col in zip(*chunk, strict=True))
         texts = [_embedding_text(logical, d) for d in docs]
         missing = builtins.list(dict.fromkeys(t for t in texts if t not in cache))
         cache.update(zip(missing, embedder.embed(missing), strict=True))
         if logical == "insights":  # repacked (any layout in, layout 2 out)
             metas = [to_meta(dataclasses.replace(from_record(*row), embedder=embedder.name))
                      for row in chunk]
-        new.upsert(ids=ids_, embeddings=[cache[t] for t in texts],  # type: ignore[arg-type]
+        new.upsert(ids=ids, embeddings=[cache[t] for t in texts],  # type: ignore[arg-type]
                    documents=docs, metadatas=metas if all(metas) else None)
-        if len(cache) > 4 * batch:
+        if len(cache) > 4 * _BATCH:
             cache.clear()
         done += len(chunk)
         if progress is not None:
             progress(logical, done, total)
-    return done
 
 
-def _records(collection: Collection) -> dict[str, tuple[Any, dict[str, Any]]]:
-    return {i: (d, m) for i, d, m in rows(collection.get(include=["documents", "metadatas"]))}
-
-
-def _catch_up(old: Collection, new: Collection, logical: str, embedder: Embedder,
-              batch: int) -> int:
+def _catch_up(old: Collection, new: Collection, logical: str, embedder: Embedder) -> None:
     """Make `new` hold what `old` holds now (records added, changed or deleted during the
-    copy by other writers of a server); returns the records re-copied."""
-    source, target = _records(old), _records(new)
+    copy by other writers of a server)."""
+    source, target = ({i: (d, m) for i, d, m in rows(c.get(include=_INCLUDE))}
+                      for c in (old, new))
     gone = sorted(set(target) - set(source))
     if gone:
         new.delete(ids=gone)
@@ -114,15 +106,14 @@ def _catch_up(old: Collection, new: Collection, logical: str, embedder: Embedder
             return dataclasses.replace(from_record(i, doc, meta), embedder="")
         return doc, meta
 
-    stale = sorted(i for i, (doc, meta) in source.items()
-                   if i not in target or content(i, *target[i]) != content(i, doc, meta))
-    if stale:
-        _copy(old, new, logical, embedder, None, batch, ids=stale)
-    return len(stale)
+    stale = [(i, doc, meta) for i, (doc, meta) in sorted(source.items())
+             if i not in target or content(i, *target[i]) != content(i, doc, meta)]
+    _copy((stale[at:at + _BATCH] for at in range(0, len(stale), _BATCH)), len(stale), new,
+          logical, embedder)
 
 
-def reindex(client: ClientAPI, embedder: Embedder, *, batch: int = _BATCH,
-            progress: Progress | None = None) -> ReindexReport:
+def reindex(client: ClientAPI, embedder: Embedder, *, progress: Progress | None = None
+            ) -> ReindexReport:
     """Re-embed the store's collections with `embedder` and switch to them (module doc).
     On a Chroma server other agents may write during the copy: what they added, changed
     or deleted meanwhile is caught up before the switch, but a write between the catch-up
@@ -145,16 +136,16 @@ def reindex(client: ClientAPI, embedder: Embedder, *, batch: int = _BATCH,
             new = open_collection(client, logical, embedder, physical=new_names[logical])
             if logical == "insights":
                 upgrade_layout(client, new)  # empty: marks it; the copy writes layout 2
+            if old is not None:
+                _copy(pages(old, _INCLUDE, size=_BATCH), old.count(), new, logical, embedder,
+                      progress)
             pairs.append((logical, old, new))
-        copied = {logical: 0 if old is None else
-                  _copy(old, new, logical, embedder, progress, batch)
-                  for logical, old, new in pairs}
         if read_pointers(client).generation != current.generation:
             raise StoreError("another reindex switched the store meanwhile; nothing "
                              "was changed by this one")
         for logical, old, new in pairs:
             if old is not None and not embedded:
-                copied[logical] += _catch_up(old, new, logical, embedder, batch)
+                _catch_up(old, new, logical, embedder)
             expected = 0 if old is None else old.count()
             if new.count() != expected:
                 raise StoreError(

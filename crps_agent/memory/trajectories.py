@@ -90,12 +90,8 @@ class TrajectoryLog:
         with write_lock(self.client):
             self.collection.delete(
                 where=where_clause(kind=TRAJECTORY, search_id=result.search_id))
-            self.collection.upsert(
-                ids=ids,
-                embeddings=[embedding] * len(ids),  # type: ignore[arg-type]
-                documents=documents,
-                metadatas=metadatas,  # type: ignore[arg-type]
-            )
+            self.collection.upsert(ids=ids, embeddings=[embedding] * len(ids),  # type: ignore[arg-type]
+                                   documents=documents, metadatas=metadatas)  # type: ignore[arg-type]
 
     def _trajectories(self, **where: Any) -> list[dict[str, Any]]:
         """The decoded trajectory documents matching `where` (`where_clause` conditions),
@@ -134,24 +130,15 @@ class TrajectoryLog:
                 for m in res["metadatas"] or []]
         return max(rows)[1] if rows else None
 
-    def similar_solved(
-        self,
-        prompt: str,
-        *,
-        namespace: str,
-        domain: str,
-        k: int = 3,
-        exclude_task: str | None = None,
-    ) -> list[tuple[Task, Trajectory]]:
+    def similar_solved(self, prompt: str, *, namespace: str, domain: str, k: int = 3,
+                       exclude_task: str | None = None) -> list[tuple[Task, Trajectory]]:
         """Correct trajectories of other tasks with their tasks, one per task (highest
         reward, then fewest tokens), the task most similar to `prompt` first."""
         if k <= 0:
             return []
         namespace = validate_namespace(namespace)
-        where = where_clause(
-            kind=TRAJECTORY, namespace=namespace, domain=domain, correct=True,
-            task_id={"$ne": exclude_task} if exclude_task is not None else None,
-        )
+        where = where_clause(kind=TRAJECTORY, namespace=namespace, domain=domain, correct=True,
+                             task_id={"$ne": exclude_task} if exclude_task is not None else None)
         embedding = self._embed_prompt(prompt)
         n = max(16, 8 * k)
         while True:
@@ -164,8 +151,7 @@ class TrajectoryLog:
             best: dict[str, tuple[tuple[float, int], str]] = {}
             for doc, meta in zip(docs, metas, strict=True):
                 task_id = str(meta.get("task_id", ""))
-                key = (-float(meta.get("reward", 0.0)),
-                       int(meta.get("tokens", 0)))
+                key = (-float(meta.get("reward", 0.0)), int(meta.get("tokens", 0)))
                 if task_id not in best or key < best[task_id][0]:
                     best[task_id] = (key, doc or "{}")
             if len(best) >= k or len(docs) < n:
@@ -191,33 +177,19 @@ class TrajectoryLog:
         now = time.time()
         with write_lock(self.client):  # one upsert: a single locked operation anyway
             self.contrast_collection.upsert(
-                ids=[c.id for c in unique],
-                embeddings=embeddings,  # type: ignore[arg-type]
+                ids=[c.id for c in unique], embeddings=embeddings,  # type: ignore[arg-type]
                 documents=[json.dumps(c.to_dict()) for c in unique],
-                metadatas=[
-                    {
-                        "task_id": c.task_id,
-                        "namespace": namespace,
-                        "domain": domain,
-                        "kind": c.kind,
-                        "gap": float(c.gap),
-                        "divergence_step": int(c.divergence_step),
-                        "good_id": c.good.id,
-                        "bad_id": c.bad.id,
-                        "index": index,
-                        "created_at": now,
-                    }
-                    for index, c in enumerate(unique)
-                ],
-            )
+                metadatas=[{"task_id": c.task_id, "namespace": namespace, "domain": domain,
+                            "kind": c.kind, "gap": float(c.gap),
+                            "divergence_step": int(c.divergence_step), "good_id": c.good.id,
+                            "bad_id": c.bad.id, "index": index, "created_at": now}
+                           for index, c in enumerate(unique)])
 
     def contrasts(self, task_id: str | None = None, namespace: str | None = None
                   ) -> list[Contrast]:
         """Logged contrasts, oldest first, optionally of one task and/or namespace."""
-        res = self.contrast_collection.get(
-            where=where_clause(task_id=task_id, namespace=_namespace(namespace)),
-            include=["documents", "metadatas"],
-        )
+        res = self.contrast_collection.get(where=where_clause(
+            task_id=task_id, namespace=_namespace(namespace)), include=["documents", "metadatas"])
         return [Contrast.from_dict(d) for d in _oldest_first(res)]
 
     def count_contrasts(self, namespace: str | None = None) -> int:

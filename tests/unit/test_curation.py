@@ -262,6 +262,35 @@ def test_reindex_of_an_empty_store(tmp_path: Path) -> None:
     assert Memory(str(tmp_path / "new"), embedder="hash-64").insights.count() == 0
 
 
+def test_reindex_on_a_server_catches_up_with_writes_made_during_the_copy(
+        memory: Memory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another writer of a server adds, edits and deletes insights while the copy runs
+    (here: from the progress callback): the new generation holds what the old one holds
+    at the switch, each record embedded by the new embedder."""
+    import crps_agent.memory.reindex as rx
+
+    items = _fill(memory)
+    monkeypatch.setattr(rx, "is_server_client", lambda client: True)
+    late = Insight(text="Check the units of the answer.", domain="math")
+    at_switch: dict[str, str] = {}
+
+    def meanwhile(logical: str, done: int, total: int) -> None:
+        if logical == "insights" and not at_switch:
+            memory.remember([late])
+            edited = memory.insights.get(items[1].id)
+            edited.text = "Write each equation down before solving it."
+            memory.insights.update(edited)
+            memory.insights.delete(items[2].id)
+            at_switch.update({i.id: i.text for i in memory.insights.list()})
+
+    report = rx.reindex(memory.client, get_embedder("hash-64"), progress=meanwhile)
+    assert report.collections["insights"]["count"] == 5 and late.id in at_switch
+    fresh = Memory(memory.store, embedder="hash-64")
+    assert {i.id: i.text for i in fresh.insights.list()} == at_switch
+    for text in at_switch.values():
+        assert fresh.insights.search(text, k=1)[0].similarity > 0.99
+
+
 # ----------------------------------------------------------------------- lock
 
 

@@ -32,7 +32,7 @@ from crps_agent.memory.credit import (
     utility,
 )
 from crps_agent.memory.dedup import CONTRADICTION, likely_contradiction, text_hash
-from crps_agent.memory.recall import RankParams, exploration_bonus, rank, select
+from crps_agent.memory.recall import exploration_bonus, rank, select
 from crps_agent.namespaces import decode_namespace, encode_namespace, validate_namespace
 from crps_agent.plugins import get_registry
 from crps_agent.types import Insight, Task
@@ -118,17 +118,17 @@ def test_judge_retires_promotes_and_respects_gates() -> None:
     base = Baseline("default", "math", wins=5, losses=5)
     bad = ins(UNITS, uses=10, wins=0, losses=10)
     good = ins(PARITY, uses=10, wins=10, losses=0)
-    assert judge(bad, base, cfg).action == "retire"
-    assert judge(good, base, cfg).action == "promote"
+    assert judge(bad, base, cfg) == "retire"
+    assert judge(good, base, cfg) == "promote"
     good.promoted = True
-    assert judge(good, base, cfg).action == "keep"
+    assert judge(good, base, cfg) == "keep"
     assert judge(ins(PARITY, uses=10, wins=5, losses=5, promoted=True), base,
-                 cfg).action == "demote"
-    assert judge(ins(UNITS, uses=4, losses=4), base, cfg).action == "keep"  # too few uses
-    assert judge(bad, Baseline("default", "math", 2, 2), cfg).action == "keep"  # baseline
-    assert judge(bad, None, cfg).action == "keep"
+                 cfg) == "demote"
+    assert judge(ins(UNITS, uses=4, losses=4), base, cfg) == "keep"  # too few uses
+    assert judge(bad, Baseline("default", "math", 2, 2), cfg) == "keep"  # baseline
+    assert judge(bad, None, cfg) == "keep"
     assert judge(ins(UNITS, uses=10, losses=10, flags=[RESTORED]), base,
-                 cfg).action == "keep"  # a person restored it
+                 cfg) == "keep"  # a person restored it
 
 
 def test_record_outcome_retires_below_baseline_and_promotes_above(tmp_path: Path) -> None:
@@ -425,11 +425,11 @@ def test_exploration_bonus_favours_young_insights() -> None:
     rookie = ins("rookie")
     assert exploration_bonus(0, 20, 0.1) > exploration_bonus(20, 20, 0.1) > 0
     assert exploration_bonus(0, 0, 0.1) == 0.0
-    ranked = rank([(veteran, 0.50), (rookie, 0.46)], RankParams(exploration=0.1))
+    ranked = rank([(veteran, 0.50), (rookie, 0.46)], MemorySettings(exploration=0.1))
     assert [r.insight.text for r in ranked] == ["rookie", "veteran"]
-    greedy = rank([(veteran, 0.50), (rookie, 0.46)], RankParams(exploration=0.0))
+    greedy = rank([(veteran, 0.50), (rookie, 0.46)], MemorySettings(exploration=0.0))
     assert [r.insight.text for r in greedy] == ["veteran", "rookie"]
-    promoted = rank([(ins("p", promoted=True), 0.40), (ins("q"), 0.45)], RankParams())
+    promoted = rank([(ins("p", promoted=True), 0.40), (ins("q"), 0.45)], MemorySettings())
     assert promoted[0].insight.text == "p"
 
 
@@ -448,9 +448,9 @@ def test_mmr_keeps_near_identical_bullets_from_filling_the_budget(tmp_path: Path
     top2 = plain.recall(query, namespace="default", domain="math", k=2, min_similarity=-1)
     assert {r.insight.text for r in top2} == {a, b}
     # select() directly: a near-identical pair above the dedup threshold is never both shown
-    twins = rank([(ins("x"), 0.9), (ins("y"), 0.8)], RankParams())
+    twins = rank([(ins("x"), 0.9), (ins("y"), 0.8)], MemorySettings())
     picked = select(twins, [[1.0, 0.0], [1.0, 0.0]], k=2, token_budget=100,
-                    params=RankParams(mmr_lambda=0.9))
+                    params=MemorySettings(mmr_lambda=0.9))
     assert [p.insight.text for p in picked] == ["x"]
 
 

@@ -115,7 +115,7 @@ def test_recall_candidates_setting_sizes_the_query(tmp_path: Path) -> None:
     memory = Memory(str(tmp_path / "s"), embedder="hash",
                     settings=_settings(recall_candidates=1, mmr_lambda=1.0))
     memory.remember([Insight(text=t, domain="math") for t in TEXTS])
-    assert memory.insights.candidate_factor == 1
+    assert memory.insights.settings.recall_candidates == 1
     hits = memory.recall(QUERY, domain="math", k=2)
     plain = memory.insights.search(QUERY, domain="math", k=2)
     assert [h.insight.id for h in hits] == [h.insight.id for h in plain]

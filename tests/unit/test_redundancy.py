@@ -131,6 +131,36 @@ def test_one_order_low_confidence_or_no_json_is_no_merge(tmp_path: Path, judge) 
     agent.close()
 
 
+def test_merging_reuses_the_stored_embeddings(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The similarity floor reads the embeddings the store holds: nothing is embedded
+    again, except a text the store no longer has (a candidate deleted meanwhile)."""
+    from crps_agent.admission_policy import AdmissionDecision, Arm
+    from crps_agent.redundancy import merge_redundant
+
+    agent = _agent(tmp_path, _judge(True, True))
+    memory = agent.memory
+    note = memory.insights.list(status="active")[0]
+    cand = memory.insights.add(Insight(text=SAME, domain="math", status="candidate")).insight
+    decision = AdmissionDecision(cand.id, "rope", Arm(4, 8), Arm(4, 8), 0.5, False,
+                                 "no-evidence")
+    embedded: list[str] = []
+    embed = memory.embedder.embed
+    monkeypatch.setattr(memory.embedder, "embed",
+                        lambda texts: embedded.extend(texts) or embed(texts))
+    backend = ScriptedBackend().respond(_judge(True, True))
+
+    def merge() -> list[tuple[str, str]]:
+        merges, _ = merge_redundant("rope", "default", [decision], [cand], [note.id],
+                                    memory=memory, backend=backend, settings=agent.settings)
+        return [(m.candidate_id, m.into) for m in merges]
+
+    assert merge() == [(cand.id, note.id)] and embedded == []
+    memory.insights.delete(cand.id)  # absorb then finds no candidate: no merge is made
+    assert merge() == [] and embedded == [SAME]
+    agent.close()
+
+
 def test_absorb_is_idempotent_and_needs_an_active_note(tmp_path: Path) -> None:
     agent = _agent(tmp_path, _judge(True, True))
     store = agent.memory.insights
