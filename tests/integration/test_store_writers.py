@@ -147,7 +147,9 @@ def test_eight_writers_two_killed_lose_no_acknowledged_credit(tmp_path: Path) ->
               f"in {elapsed:.1f} s = {rate:.0f} credits/s, {extra} stored unacknowledged, "
               f"longest survivor pause after a kill {stall:.2f} s, 0 lost, 0 doubled")
         assert rate >= 50, f"{rate:.1f} acknowledged credits/s"
-        assert stall < 3.0, f"a survivor paused {stall:.2f} s after a kill"
+        # "seconds, not a minute" (the old 60 s lease): 0.2-1 s on a quiet machine; 8
+        # writers and a server on 2 shared cores have paused 3.1 s under another job's load
+        assert stall < 10.0, f"a survivor paused {stall:.2f} s after a kill"
     finally:
         server.stop()
 
