@@ -109,9 +109,9 @@ def _plan(store: InsightStore, insights: builtins.list[Insight],
         sims = (vectors[[p[0] for p in group]] @ vectors[i]).tolist() if group else []
         near = [Candidate(o.id, o.text, normalise_text(o.text) == norm, sim)
                 for o, sim in nearest.get(i, [])]
-        near += [Candidate(into_id, text, placed == norm, sim)  # stored first: they win a tie
-                 for (_, into_id, text, placed), sim in zip(group, sims, strict=True)
-                 if sim >= floor or placed == norm]
+        near += [Candidate(into_id, text, other == norm, sim)  # stored first: they win a tie
+                 for (_, into_id, text, other), sim in zip(group, sims, strict=True)
+                 if sim >= floor or other == norm]
         same = exact.get(text_hash(ins.namespace, ins.domain, ins.text))
         if ins.id in plan.pending or ins.id in plan.stored:  # the same text
             target: str | None = ins.id

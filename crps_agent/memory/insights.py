@@ -53,9 +53,7 @@ _COUNTERS = ("uses", "wins", "losses", "support")
 
 def _with(insight: Insight, tally: Tally) -> Insight:
     """A private copy of a base insight with its events' counters added."""
-    out = clone(insight)
-    out.__dict__.update({n: getattr(insight, n) + getattr(tally, n) for n in _COUNTERS})
-    return out
+    return clone(insight, **{n: getattr(insight, n) + getattr(tally, n) for n in _COUNTERS})
 
 
 class InsightStore:
@@ -309,10 +307,7 @@ class InsightStore:
             if missing := [i for i in ids if i not in found]:
                 raise NotFoundError(f"no insight with id {missing[0]!r}")
             bases = [{n: getattr(found[i].insight, n) for n in _COUNTERS} for i in ids]
-        rows = [clone(i) for i in items]
-        for row, base in zip(rows, bases, strict=True):
-            row.__dict__.update(base)
-        return [to_meta(row) for row in rows]
+        return [to_meta(clone(i, **base)) for i, base in zip(items, bases, strict=True)]
 
     def persist(self, insights: Iterable[Insight], *, counters: bool = False,
                 embeddings: builtins.list[Any] | None = None) -> None:
